@@ -1,0 +1,105 @@
+// The Mechanism interface, streaming states and the registry.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "attnkit/context.hpp"
+#include "attnkit/options.hpp"
+#include "attnkit/tensor.hpp"
+
+namespace attnkit {
+
+// Arguments of one attention call. Shapes use B batch, Sq/Sk query/key length,
+// Hq/Hk query/key heads (Hk divides Hq: GQA/MQA), Dk/Dv head dims.
+struct AttentionArgs {
+  ConstTensorView q;    // [B, Sq, Hq, Dk]
+  ConstTensorView k;    // [B, Sk, Hk, Dk]
+  ConstTensorView v;    // [B, Sk, Hk, Dv]
+  TensorView out;       // [B, Sq, Hq, Dv]
+  TensorView lse;       // optional [B, Hq, Sq] float32: log-sum-exp of scaled logits (softmax)
+  std::span<const int32_t> key_lengths;  // optional, B entries in [0, Sk]: keys >= length are padding
+  ConstTensorView memory;  // optional [B, L, Hq, Dk]: Luna / memory slots
+  TensorView memory_out;   // optional [B, L, Hq, Dv]: packed / final memory
+  ConstTensorView gate;    // optional [B, Sk, Hk]: gate logits (linear, gated=true)
+  ConstTensorView filter;  // optional [Hk, kappa]: memory-write conv filter (memory)
+};
+
+// Keys visible to query row i: j < visible_keys(...). Causal masks are
+// bottom-right aligned (query i is at key position i + Sk - Sq), as in
+// FlashAttention; padding keys (j >= length) are never visible.
+inline int64_t visible_keys(bool causal, int64_t sq, int64_t sk, int64_t length, int64_t i) {
+  int64_t n = length;
+  if (causal && i + 1 + (sk - sq) < n) n = i + 1 + (sk - sq);
+  return n < 0 ? 0 : n;
+}
+
+struct Capabilities {
+  bool noncausal = true;
+  bool causal = false;
+  bool streaming = false;
+  bool backward = false;
+  bool fast_kernel = false;  // a SIMD/threaded kernel (else float32 runs the float64 reference)
+  bool needs_memory = false; // AttentionArgs::memory is required
+};
+
+// What a stream is created for.
+struct StreamSpec {
+  int64_t batch = 1;
+  int64_t heads = 1;     // query heads
+  int64_t kv_heads = 1;  // key/value heads
+  int64_t head_dim = 0;  // Dk
+  int64_t value_dim = 0; // Dv
+  int64_t max_tokens = 0;  // capacity hint for growing states (KV cache); 0: grow as needed
+};
+
+// Incremental attention: append key/value tokens, query against all appended.
+// A fixed-size state (linear families) keeps state_bytes() constant.
+class StreamingState {
+ public:
+  virtual ~StreamingState() = default;
+  // k: [B, T, Hk, Dk], v: [B, T, Hk, Dv] float32.
+  virtual void append(const ConstTensorView& k, const ConstTensorView& v, Context& ctx) = 0;
+  // q: [B, Tq, Hq, Dk] -> out: [B, Tq, Hq, Dv]; every query sees every appended token.
+  virtual void query(const ConstTensorView& q, const TensorView& out, Context& ctx) = 0;
+  virtual size_t state_bytes() const = 0;
+  virtual int64_t length() const = 0;  // tokens appended
+};
+
+class Mechanism {
+ public:
+  explicit Mechanism(AttentionOptions options) : options_(options) {}
+  virtual ~Mechanism() = default;
+
+  virtual std::string_view name() const = 0;
+  virtual Capabilities capabilities() const = 0;
+  // Name, options and config, e.g. "topk(k=32,query_chunk=256) causal".
+  virtual std::string describe() const;
+  const AttentionOptions& options() const { return options_; }
+
+  // Empty when args are valid, else the reason ("k: heads (3) must divide q heads (8)").
+  std::string check(const AttentionArgs& args) const;
+  // Validates (throws Error) then computes out (and lse / memory_out when asked).
+  void forward(const AttentionArgs& args, Context& ctx) const;
+  // A streaming state; throws Error when the mechanism has no streaming form.
+  virtual std::unique_ptr<StreamingState> new_stream(const StreamSpec& spec) const;
+
+ protected:
+  virtual void validate(const AttentionArgs& args) const = 0;  // throws Error
+  virtual void run(const AttentionArgs& args, Context& ctx) const = 0;
+
+ private:
+  AttentionOptions options_;
+};
+
+// Registry: the one place that lists every mechanism.
+std::vector<std::string> mechanism_names();
+// config: "key=value,..." parsed by the mechanism's factory; unknown keys are errors.
+std::unique_ptr<Mechanism> make_mechanism(std::string_view name, const AttentionOptions& options = {},
+                                          std::string_view config = "");
+
+}  // namespace attnkit

@@ -1,0 +1,99 @@
+// Options shared by every mechanism, and one config struct per mechanism.
+// Defaults follow the papers (see docs/MECHANISMS.md and ../shared/SPEC.md).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace attnkit {
+
+struct AttentionOptions {
+  double scale = 0.0;   // logit scale; 0 means 1/sqrt(head_dim)
+  bool causal = false;  // query i sees keys j <= i + (Sk - Sq) (bottom-right aligned)
+};
+std::string to_string(const AttentionOptions& o);
+
+// Feature map phi applied to queries and keys by the linear family.
+enum class FeatureMap { kIdentity, kEluPlusOne, kRelu, kExp };
+// Normaliser of linear attention. kNone: the paper's r = (sum_t phi(k_t) v_t^T)^T phi(q).
+// kLength: divide by the number of attended tokens T. kFixed1000: the author code's
+// 1000 / T. kKernel: divide by phi(q) . sum_t phi(k_t) (Katharopoulos et al.).
+enum class LinearNorm { kNone, kLength, kFixed1000, kKernel };
+
+struct LinearConfig {
+  FeatureMap feature_map = FeatureMap::kIdentity;
+  LinearNorm norm = LinearNorm::kNone;
+  // Gated variant: token t contributes with weight u_t^2, u_t = sigmoid(gate[b, t, h]),
+  // the paper's h_t <- u_t h_t applied to key and value. Needs AttentionArgs::gate.
+  bool gated = false;
+  int chunk = 64;  // causal prefill chunk length (fast kernel only)
+};
+
+struct RfaConfig {
+  int features = 64;      // random features S per head
+  bool orthogonal = true;  // block-orthogonal draws (Performer FAVOR+)
+  uint64_t seed = 0;
+};
+
+// Randomized Attention, the unbiased paper form (SPEC 2(a)).
+struct RaConfig {
+  int samples = 1;  // Monte-Carlo samples per query
+  uint64_t seed = 0;
+};
+
+enum class LaraMis { kOpt, kBiased, kBalance };
+struct LaraConfig {
+  int landmarks = 16;           // C, segment-mean proposals (1-D)
+  LaraMis mis = LaraMis::kOpt;  // multiple-importance-sampling weights
+  double alpha_coeff = 1.0;
+  bool sample = false;  // false: omega_c = mu_c (deterministic, eval mode)
+  uint64_t seed = 0;
+};
+
+struct TopkConfig {
+  int k = 32;             // keys kept per query
+  int query_chunk = 256;  // queries processed together (bounds memory)
+};
+
+// Luna: the memory length l is the length of AttentionArgs::memory.
+struct LunaConfig {};
+
+enum class MemoryFilter { kConv, kMaxPool };
+// Chunk-wise memory-augmented attention (RMT recurrence) with the filtered
+// memory interface of arXiv 2404.00798.
+struct MemoryConfig {
+  int chunk = 128;                          // tokens per chunk
+  int filter_width = 1;                     // kappa; 1 = no filtering
+  MemoryFilter filter = MemoryFilter::kConv;
+  double pack_temperature = 0.0;            // memory-write logit divisor; 0 means sqrt(d)
+};
+
+struct HeinsenConfig {};
+
+// "key=value,key=value" (commas or spaces). Each factory takes the keys it knows
+// and rejects the rest with an Error naming them.
+class KeyValues {
+ public:
+  KeyValues() = default;
+  static KeyValues parse(std::string_view text);
+
+  bool has(std::string_view key) const;
+  int get_int(std::string_view key, int def, int min, int max);
+  double get_double(std::string_view key, double def, double min, double max);
+  bool get_bool(std::string_view key, bool def);
+  uint64_t get_u64(std::string_view key, uint64_t def);
+  // One of `choices`; returns its index.
+  int get_choice(std::string_view key, int def, const std::vector<std::string>& choices);
+  // Throws Error("config", ...) naming any key not consumed by a get_*.
+  void expect_consumed(std::string_view mechanism) const;
+
+ private:
+  std::map<std::string, std::string, std::less<>> kv_;
+  std::vector<std::string> consumed_;
+  const std::string* take(std::string_view key);
+};
+
+}  // namespace attnkit

@@ -1,0 +1,170 @@
+// Non-owning strided tensor views and a small owning buffer.
+//
+// Canonical attention layout is [batch, seq, heads, head_dim]. Strides are in
+// elements; the last dimension must be contiguous (stride 1, checked at the API
+// boundary), every other stride is free, so a PyTorch [B, H, N, D] tensor or a
+// KV-cache slice is a view, not a copy.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace attnkit {
+
+enum class DType : uint8_t { kF32, kF64, kBF16 };
+
+constexpr size_t dtype_size(DType t) {
+  return t == DType::kF64 ? 8 : t == DType::kF32 ? 4 : 2;
+}
+constexpr const char* dtype_name(DType t) {
+  return t == DType::kF64 ? "float64" : t == DType::kF32 ? "float32" : "bfloat16";
+}
+
+template <typename T>
+constexpr DType dtype_of();
+template <>
+constexpr DType dtype_of<float>() {
+  return DType::kF32;
+}
+template <>
+constexpr DType dtype_of<double>() {
+  return DType::kF64;
+}
+
+inline constexpr int kMaxRank = 4;
+
+// Pointer + dtype + shape + strides (elements). Rank 0 with data == nullptr
+// means "absent" for optional arguments.
+template <typename VoidPtr>
+struct BasicView {
+  VoidPtr data = nullptr;
+  DType dtype = DType::kF32;
+  int rank = 0;
+  std::array<int64_t, kMaxRank> shape{};
+  std::array<int64_t, kMaxRank> stride{};
+
+  BasicView() = default;
+  // A mutable view converts to a const one.
+  template <typename P>
+    requires(std::is_same_v<VoidPtr, const void*> && std::is_same_v<P, void*>)
+  BasicView(const BasicView<P>& o)  // NOLINT(google-explicit-constructor)
+      : data(o.data), dtype(o.dtype), rank(o.rank), shape(o.shape), stride(o.stride) {}
+
+  bool present() const { return data != nullptr || rank != 0; }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int i = 0; i < rank; ++i) n *= shape[i];
+    return n;
+  }
+  int64_t dim(int i) const { return shape[i]; }
+  // Element offset of a full index (rank entries used).
+  int64_t offset(int64_t i0, int64_t i1 = 0, int64_t i2 = 0, int64_t i3 = 0) const {
+    return i0 * stride[0] + i1 * stride[1] + i2 * stride[2] + i3 * stride[3];
+  }
+  // Typed access; the caller has validated dtype.
+  template <typename T>
+  T* ptr() const {
+    return static_cast<T*>(data);
+  }
+  template <typename T>
+  T& at(int64_t i0, int64_t i1 = 0, int64_t i2 = 0, int64_t i3 = 0) const {
+    return ptr<T>()[offset(i0, i1, i2, i3)];
+  }
+  // Pointer to the contiguous last-dimension row at [i0, i1, i2].
+  template <typename T>
+  T* row(int64_t i0, int64_t i1, int64_t i2) const {
+    return ptr<T>() + i0 * stride[0] + i1 * stride[1] + i2 * stride[2];
+  }
+};
+
+using TensorView = BasicView<void*>;
+using ConstTensorView = BasicView<const void*>;
+
+inline ConstTensorView as_const(const TensorView& v) {
+  ConstTensorView c;
+  c.data = v.data;
+  c.dtype = v.dtype;
+  c.rank = v.rank;
+  c.shape = v.shape;
+  c.stride = v.stride;
+  return c;
+}
+
+// Row-major contiguous strides for a shape.
+inline std::array<int64_t, kMaxRank> contiguous_strides(std::initializer_list<int64_t> shape) {
+  std::array<int64_t, kMaxRank> s{};
+  int64_t acc = 1;
+  int i = static_cast<int>(shape.size());
+  for (auto it = std::rbegin(shape); it != std::rend(shape); ++it) {
+    s[--i] = acc;
+    acc *= *it;
+  }
+  return s;
+}
+
+template <typename T>
+TensorView make_view(T* data, std::initializer_list<int64_t> shape) {
+  TensorView v;
+  v.data = data;
+  v.dtype = dtype_of<std::remove_const_t<T>>();
+  v.rank = static_cast<int>(shape.size());
+  int i = 0;
+  for (int64_t s : shape) v.shape[i++] = s;
+  v.stride = contiguous_strides(shape);
+  return v;
+}
+
+// Owning, contiguous, row-major buffer: for tests, the CLI and examples.
+template <typename T>
+class Tensor {
+ public:
+  Tensor() = default;
+  explicit Tensor(std::initializer_list<int64_t> shape) : shape_(shape) {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    data_.assign(static_cast<size_t>(n), T{});
+  }
+  Tensor(const std::vector<int64_t>& shape) : shape_(shape) {  // NOLINT
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    data_.assign(static_cast<size_t>(n), T{});
+  }
+  T* data() { return data_.data(); }
+  const T* data() const { return data_.data(); }
+  size_t size() const { return data_.size(); }
+  const std::vector<int64_t>& shape() const { return shape_; }
+  T& operator[](size_t i) { return data_[i]; }
+  const T& operator[](size_t i) const { return data_[i]; }
+  std::vector<T>& vec() { return data_; }
+  const std::vector<T>& vec() const { return data_; }
+
+  TensorView view() {
+    TensorView v;
+    v.data = data_.data();
+    v.dtype = dtype_of<T>();
+    v.rank = static_cast<int>(shape_.size());
+    int64_t acc = 1;
+    for (int i = v.rank - 1; i >= 0; --i) {
+      v.shape[i] = shape_[i];
+      v.stride[i] = acc;
+      acc *= shape_[i];
+    }
+    return v;
+  }
+  ConstTensorView view() const { return as_const(const_cast<Tensor*>(this)->view()); }
+  ConstTensorView cview() const { return view(); }
+
+ private:
+  std::vector<int64_t> shape_;
+  std::vector<T> data_;
+};
+
+std::string shape_string(const ConstTensorView& v);
+inline std::string shape_string(const TensorView& v) { return shape_string(as_const(v)); }
+
+}  // namespace attnkit

@@ -1,0 +1,277 @@
+// Exact softmax attention: a tiled online-softmax ("flash") kernel for CPUs.
+//
+// Plan (per call):
+//  1. Pack keys transposed per key block ([D][kKeyBlock], zero padded) and values with
+//     their head dim padded to whole vectors, once per (batch, kv head). O(N) memory.
+//  2. One task per (batch, q head, block of kQueryBlock queries). A task streams key
+//     blocks: S = Q K^T in a register tile (rows x 2 vectors of keys), masks the block
+//     edge, updates running max m and sum l per row, rescales its O rows and adds P V
+//     (rows x up to 4 vectors of the head dim). Causal tasks stop at their last visible key.
+//  3. out = O / l, lse = m + log l; a row that saw no key gives zeros and lse = -inf.
+// Every output row is owned by one task, so results do not depend on the thread count.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/cpu/softmax.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "src/cpu/kernels.hpp"
+
+HWY_BEFORE_NAMESPACE();
+namespace attnkit::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+constexpr int64_t kKeyBlock = 128;   // keys per block: a multiple of 2 vectors on every target
+constexpr int64_t kQueryBlock = 64;  // queries per task
+#if HWY_TARGET <= HWY_AVX3
+constexpr int kScoreRows = 8;  // 8 x 2 accumulators of 32 zmm registers
+#else
+constexpr int kScoreRows = 4;
+#endif
+constexpr int kPvRows = 4;  // 4 rows x 4 vectors of the head dim = 16 accumulators
+
+inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// s[r][j..j+2N) = q[r] . kt[:, j..j+2N) for R rows.
+//   q: [R][ldq] (scaled), kt: [dk][kKeyBlock], s: [R][kKeyBlock]
+template <int R>
+HWY_INLINE void ScoreTile(const float* HWY_RESTRICT q, int64_t ldq, const float* HWY_RESTRICT kt,
+                          int64_t dk, int64_t j, float* HWY_RESTRICT s) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  VF acc0[R], acc1[R];
+  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = hn::Zero(d);
+  for (int64_t c = 0; c < dk; ++c) {
+    const VF k0 = hn::Load(d, kt + c * kKeyBlock + j);
+    const VF k1 = hn::Load(d, kt + c * kKeyBlock + j + N);
+    for (int r = 0; r < R; ++r) {
+      const VF qb = hn::Set(d, q[r * ldq + c]);
+      acc0[r] = hn::MulAdd(qb, k0, acc0[r]);
+      acc1[r] = hn::MulAdd(qb, k1, acc1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    hn::Store(acc0[r], d, s + r * kKeyBlock + j);
+    hn::Store(acc1[r], d, s + r * kKeyBlock + j + N);
+  }
+}
+
+template <int R>
+HWY_INLINE void ScoreRows(const float* q, int64_t ldq, const float* kt, int64_t dk, int64_t keys,
+                          float* s) {
+  const int64_t step = 2 * static_cast<int64_t>(hn::Lanes(DF()));
+  for (int64_t j = 0; j < keys; j += step) ScoreTile<R>(q, ldq, kt, dk, j, s);
+}
+
+// S = Q K^T for `rows` rows (any count) over `keys` keys (a multiple of 2 vectors).
+HWY_INLINE void Scores(const float* q, int64_t ldq, int64_t rows, const float* kt, int64_t dk,
+                       int64_t keys, float* s) {
+  int64_t r = 0;
+  for (; r + kScoreRows <= rows; r += kScoreRows) {
+    ScoreRows<kScoreRows>(q + r * ldq, ldq, kt, dk, keys, s + r * kKeyBlock);
+  }
+  for (; r < rows; ++r) ScoreRows<1>(q + r * ldq, ldq, kt, dk, keys, s + r * kKeyBlock);
+}
+
+// o[r][c..c+NV*N) += sum_j p[r][j] v[j][c..c+NV*N), R rows.
+//   p: [R][kKeyBlock], v: [keys][ldv], o: [R][ldo]
+template <int R, int NV>
+HWY_INLINE void PvTile(const float* HWY_RESTRICT p, const float* HWY_RESTRICT v, int64_t ldv,
+                       int64_t keys, int64_t c, float* HWY_RESTRICT o, int64_t ldo) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  VF acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int x = 0; x < NV; ++x) acc[r][x] = hn::Load(d, o + r * ldo + c + x * N);
+  for (int64_t j = 0; j < keys; ++j) {
+    VF vv[NV];
+    for (int x = 0; x < NV; ++x) vv[x] = hn::Load(d, v + j * ldv + c + x * N);
+    for (int r = 0; r < R; ++r) {
+      const VF pb = hn::Set(d, p[r * kKeyBlock + j]);
+      for (int x = 0; x < NV; ++x) acc[r][x] = hn::MulAdd(pb, vv[x], acc[r][x]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int x = 0; x < NV; ++x) hn::Store(acc[r][x], d, o + r * ldo + c + x * N);
+}
+
+template <int R>
+HWY_INLINE void PvRows(const float* p, const float* v, int64_t ldv, int64_t keys, int64_t dvp,
+                       float* o) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  int64_t c = 0;
+  for (; c + 4 * N <= dvp; c += 4 * N) PvTile<R, 4>(p, v, ldv, keys, c, o, dvp);
+  switch ((dvp - c) / N) {
+    case 3: PvTile<R, 3>(p, v, ldv, keys, c, o, dvp); break;
+    case 2: PvTile<R, 2>(p, v, ldv, keys, c, o, dvp); break;
+    case 1: PvTile<R, 1>(p, v, ldv, keys, c, o, dvp); break;
+    default: break;
+  }
+}
+
+// O += P V for `rows` rows; v: [keys][dvp] packed, o: [rows][dvp].
+HWY_INLINE void AccumulatePv(const float* p, int64_t rows, const float* v, int64_t keys,
+                             int64_t dvp, float* o) {
+  int64_t r = 0;
+  for (; r + kPvRows <= rows; r += kPvRows) {
+    PvRows<kPvRows>(p + r * kKeyBlock, v, dvp, keys, dvp, o + r * dvp);
+  }
+  for (; r < rows; ++r) PvRows<1>(p + r * kKeyBlock, v, dvp, keys, dvp, o + r * dvp);
+}
+
+// One row of the online softmax over a key block of `keys` scores (a multiple of N), of
+// which the first `visible` count. Turns s into P in place; updates m, l; rescales o.
+HWY_INLINE void OnlineSoftmaxRow(float* HWY_RESTRICT s, int64_t keys, int64_t visible, float& m,
+                                 float& l, float* HWY_RESTRICT o, int64_t dvp) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  for (int64_t j = std::max<int64_t>(visible, 0); j < keys; ++j) s[j] = kNegInf;
+  VF vmax = hn::Set(d, kNegInf);
+  for (int64_t j = 0; j < keys; j += N) vmax = hn::Max(vmax, hn::Load(d, s + j));
+  const float m_new = std::max(m, hn::GetLane(hn::MaxOfLanes(d, vmax)));
+  if (m_new == kNegInf) {  // nothing visible yet: P = 0, O and l stay 0
+    std::fill(s, s + keys, 0.0f);
+    return;
+  }
+  const VF vm = hn::Set(d, m_new);
+  VF vsum = hn::Zero(d);
+  for (int64_t j = 0; j < keys; j += N) {
+    const VF p = hn::Exp(d, hn::Sub(hn::Load(d, s + j), vm));
+    hn::Store(p, d, s + j);
+    vsum = hn::Add(vsum, p);
+  }
+  const float alpha = std::exp(m - m_new);  // 0 when m was -inf
+  if (alpha != 1.0f) {
+    const VF va = hn::Set(d, alpha);
+    for (int64_t c = 0; c < dvp; c += N) hn::Store(hn::Mul(va, hn::Load(d, o + c)), d, o + c);
+  }
+  l = l * alpha + hn::GetLane(hn::SumOfLanes(d, vsum));
+  m = m_new;
+}
+
+struct Plan {
+  int64_t B, Sq, Sk, Hq, Hk, Dk, Dv, Dvp, key_blocks, query_blocks;
+  float scale;
+  bool causal;
+  float* kt;  // [B][Hk][key_blocks][Dk][kKeyBlock]
+  float* vp;  // [B][Hk][key_blocks * kKeyBlock][Dvp]
+  float* kt_head(int64_t b, int64_t hk) const { return kt + (b * Hk + hk) * key_blocks * kKeyBlock * Dk; }
+  float* vp_head(int64_t b, int64_t hk) const { return vp + (b * Hk + hk) * key_blocks * kKeyBlock * Dvp; }
+};
+
+void PackKv(const AttentionArgs& a, const Plan& p, Context& ctx) {
+  ctx.parallel_for(p.B * p.Hk * p.key_blocks, [&](int64_t task, int) {
+    const int64_t kb = task % p.key_blocks, bh = task / p.key_blocks;
+    const int64_t b = bh / p.Hk, hk = bh % p.Hk;
+    float* kt = p.kt_head(b, hk) + kb * kKeyBlock * p.Dk;
+    float* vp = p.vp_head(b, hk) + kb * kKeyBlock * p.Dvp;
+    for (int64_t j = 0; j < kKeyBlock; ++j) {
+      const int64_t key = kb * kKeyBlock + j;
+      float* vrow = vp + j * p.Dvp;
+      if (key < p.Sk) {
+        const float* k = a.k.row<const float>(b, key, hk);
+        for (int64_t c = 0; c < p.Dk; ++c) kt[c * kKeyBlock + j] = k[c];
+        const float* v = a.v.row<const float>(b, key, hk);
+        std::copy_n(v, p.Dv, vrow);
+        std::fill(vrow + p.Dv, vrow + p.Dvp, 0.0f);
+      } else {
+        for (int64_t c = 0; c < p.Dk; ++c) kt[c * kKeyBlock + j] = 0.0f;
+        std::fill(vrow, vrow + p.Dvp, 0.0f);
+      }
+    }
+  });
+}
+
+// Scratch layout per worker: q [kQueryBlock][Dk], s [kQueryBlock][kKeyBlock],
+// o [kQueryBlock][Dvp], m [kQueryBlock], l [kQueryBlock].
+int64_t ScratchFloats(const Plan& p) {
+  return kQueryBlock * (RoundUp(p.Dk, 16) + kKeyBlock + p.Dvp + 2 * 16);
+}
+
+void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float* scratch) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  const int64_t qb = task % p.query_blocks, bh = task / p.query_blocks;
+  const int64_t b = bh / p.Hq, h = bh % p.Hq, hk = h / (p.Hq / p.Hk);
+  const int64_t i0 = qb * kQueryBlock, rows = std::min(kQueryBlock, p.Sq - i0);
+  const int64_t len = a.key_lengths.empty() ? p.Sk : a.key_lengths[b];
+  const int64_t ldq = RoundUp(p.Dk, 16);
+  float* q = scratch;
+  float* s = q + kQueryBlock * ldq;
+  float* o = s + kQueryBlock * kKeyBlock;
+  float* m = o + kQueryBlock * p.Dvp;
+  float* l = m + kQueryBlock;
+  int64_t visible[kQueryBlock];
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src = a.q.row<const float>(b, i0 + r, h);
+    for (int64_t c = 0; c < p.Dk; ++c) q[r * ldq + c] = src[c] * p.scale;
+    visible[r] = visible_keys(p.causal, p.Sq, p.Sk, len, i0 + r);
+    m[r] = -std::numeric_limits<float>::infinity();
+    l[r] = 0.0f;
+  }
+  std::fill(o, o + rows * p.Dvp, 0.0f);
+  const int64_t max_visible = *std::max_element(visible, visible + rows);
+  const float* kt = p.kt_head(b, hk);
+  const float* vp = p.vp_head(b, hk);
+  for (int64_t j0 = 0; j0 < max_visible; j0 += kKeyBlock) {
+    const int64_t keys = std::min(kKeyBlock, RoundUp(max_visible - j0, 2 * N));
+    Scores(q, ldq, rows, kt + (j0 / kKeyBlock) * kKeyBlock * p.Dk, p.Dk, keys, s);
+    for (int64_t r = 0; r < rows; ++r) {
+      OnlineSoftmaxRow(s + r * kKeyBlock, keys, visible[r] - j0, m[r], l[r], o + r * p.Dvp, p.Dvp);
+    }
+    AccumulatePv(s, rows, vp + j0 * p.Dvp, std::min(keys, max_visible - j0), p.Dvp, o);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    float* dst = a.out.row<float>(b, i0 + r, h);
+    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+    for (int64_t c = 0; c < p.Dv; ++c) dst[c] = o[r * p.Dvp + c] * inv;
+    if (a.lse.present()) {
+      a.lse.at<float>(b, h, i0 + r) =
+          l[r] > 0.0f ? m[r] + std::log(l[r]) : -std::numeric_limits<float>::infinity();
+    }
+  }
+}
+
+void SoftmaxForward(const AttentionArgs& a, float scale, bool causal, Context& ctx) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  Plan p;
+  p.B = a.q.shape[0], p.Sq = a.q.shape[1], p.Hq = a.q.shape[2], p.Dk = a.q.shape[3];
+  p.Sk = a.k.shape[1], p.Hk = a.k.shape[2], p.Dv = a.v.shape[3];
+  p.Dvp = RoundUp(p.Dv, N);
+  p.key_blocks = std::max<int64_t>(1, (p.Sk + kKeyBlock - 1) / kKeyBlock);
+  p.query_blocks = (p.Sq + kQueryBlock - 1) / kQueryBlock;
+  p.scale = scale;
+  p.causal = causal;
+  const int64_t head_keys = p.key_blocks * kKeyBlock;
+  float* packed = ctx.shared_scratch(static_cast<size_t>(p.B * p.Hk * head_keys * (p.Dk + p.Dvp)));
+  p.kt = packed;
+  p.vp = packed + p.B * p.Hk * head_keys * p.Dk;
+  PackKv(a, p, ctx);
+  ctx.reserve_scratch(static_cast<size_t>(ScratchFloats(p)));
+  ctx.parallel_for(p.B * p.Hq * p.query_blocks, [&](int64_t task, int worker) {
+    AttendQueryBlock(a, p, task, ctx.scratch(worker));
+  });
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace attnkit::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace attnkit::cpu {
+
+HWY_EXPORT(SoftmaxForward);
+
+void softmax_forward(const AttentionArgs& a, float scale, bool causal, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(SoftmaxForward)(a, scale, causal, ctx);
+}
+
+}  // namespace attnkit::cpu
+#endif  // HWY_ONCE

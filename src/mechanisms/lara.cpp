@@ -1,0 +1,48 @@
+// lara: linear randomized attention with segment-mean landmarks (SPEC 2(a)); non-causal.
+#include "src/mechanisms/reference_backed.hpp"
+#include "src/mechanisms/registry.hpp"
+#include "src/mechanisms/validate.hpp"
+#include "src/reference/reference.hpp"
+
+namespace attnkit::detail {
+namespace {
+
+const std::vector<std::string> kMis = {"opt", "biased", "bh"};
+
+class Lara final : public ReferenceBacked {
+ public:
+  Lara(const AttentionOptions& o, const LaraConfig& c) : ReferenceBacked(o), c_(c) {}
+  std::string_view name() const override { return "lara"; }
+  Capabilities capabilities() const override { return {}; }
+  std::string describe() const override {
+    return "lara(landmarks=" + std::to_string(c_.landmarks) + ",mis=" + kMis[static_cast<int>(c_.mis)] +
+           ",sample=" + (c_.sample ? "1" : "0") + ") " + to_string(options());
+  }
+
+ protected:
+  void validate(const AttentionArgs& a) const override {
+    check_qkv(a, input_dtype(a));
+    check_unused(a, name(), false, false, false, false);
+  }
+  void reference(const AttentionArgs& a) const override { ref::lara_ref(a, options(), c_); }
+
+ private:
+  LaraConfig c_;
+};
+
+}  // namespace
+
+std::unique_ptr<Mechanism> make_lara(const AttentionOptions& o, KeyValues& kv) {
+  if (o.causal) {
+    throw Error("causal", "lara is non-causal by nature (its landmarks pool the whole sequence)");
+  }
+  LaraConfig c;
+  c.landmarks = kv.get_int("landmarks", c.landmarks, 1, 65536);
+  c.mis = static_cast<LaraMis>(kv.get_choice("mis", 0, kMis));
+  c.alpha_coeff = kv.get_double("alpha", c.alpha_coeff, -1e6, 1e6);
+  c.sample = kv.get_bool("sample", c.sample);
+  c.seed = kv.get_u64("seed", c.seed);
+  return std::make_unique<Lara>(o, c);
+}
+
+}  // namespace attnkit::detail

@@ -1,0 +1,60 @@
+// memory: chunk-wise memory-augmented attention (RMT recurrence) with the filtered
+// memory interface of arXiv 2404.00798 (SPEC 4.2, 4.3).
+#include "src/mechanisms/reference_backed.hpp"
+#include "src/mechanisms/registry.hpp"
+#include "src/mechanisms/validate.hpp"
+#include "src/reference/reference.hpp"
+
+namespace attnkit::detail {
+
+namespace {
+
+const std::vector<std::string> kFilters = {"conv", "maxpool"};
+
+class Memory final : public ReferenceBacked {
+ public:
+  Memory(const AttentionOptions& o, const MemoryConfig& c) : ReferenceBacked(o), c_(c) {}
+  std::string_view name() const override { return "memory"; }
+  Capabilities capabilities() const override { return {.causal = true, .needs_memory = true}; }
+  std::string describe() const override {
+    return "memory(chunk=" + std::to_string(c_.chunk) + ",filter=" + kFilters[static_cast<int>(c_.filter)] +
+           ",width=" + std::to_string(c_.filter_width) + ") " + to_string(options());
+  }
+
+ protected:
+  void validate(const AttentionArgs& a) const override {
+    const Shape sh = check_qkv(a, input_dtype(a));
+    const bool conv = c_.filter == MemoryFilter::kConv;
+    check_unused(a, name(), true, false, /*filter=*/conv, false);
+    if (sh.Sq != sh.Sk) {
+      throw Error("k", "seq (" + std::to_string(sh.Sk) + ") must equal q seq (" + std::to_string(sh.Sq) +
+                           "): chunks cut queries and keys alike");
+    }
+    check_memory_args(a, sh, input_dtype(a));
+    if (a.filter.present()) {
+      check_tensor(a.filter, "filter", 2, input_dtype(a));
+      if (a.filter.shape[0] != sh.Hk || a.filter.shape[1] != c_.filter_width) {
+        throw Error("filter", "shape " + shape_string(a.filter) + " must be [Hk, width] = [" +
+                                  std::to_string(sh.Hk) + ", " + std::to_string(c_.filter_width) + "]");
+      }
+      check_finite(a.filter, "filter");
+    }
+  }
+  void reference(const AttentionArgs& a) const override { ref::memory_ref(a, options(), c_); }
+
+ private:
+  MemoryConfig c_;
+};
+
+}  // namespace
+
+std::unique_ptr<Mechanism> make_memory(const AttentionOptions& o, KeyValues& kv) {
+  MemoryConfig c;
+  c.chunk = kv.get_int("chunk", c.chunk, 1, 1 << 20);
+  c.filter_width = kv.get_int("width", c.filter_width, 1, 1024);
+  c.filter = static_cast<MemoryFilter>(kv.get_choice("filter", 0, kFilters));
+  c.pack_temperature = kv.get_double("temperature", c.pack_temperature, 0.0, 1e6);
+  return std::make_unique<Memory>(o, c);
+}
+
+}  // namespace attnkit::detail

@@ -1,0 +1,40 @@
+// ra: Randomized Attention, the unbiased quadratic estimator (SPEC 2(a)).
+#include "src/mechanisms/reference_backed.hpp"
+#include "src/mechanisms/registry.hpp"
+#include "src/mechanisms/validate.hpp"
+#include "src/reference/reference.hpp"
+
+namespace attnkit::detail {
+namespace {
+
+class Ra final : public ReferenceBacked {
+ public:
+  Ra(const AttentionOptions& o, const RaConfig& c) : ReferenceBacked(o), c_(c) {}
+  std::string_view name() const override { return "ra"; }
+  Capabilities capabilities() const override { return {.causal = true}; }
+  std::string describe() const override {
+    return "ra(samples=" + std::to_string(c_.samples) + ",seed=" + std::to_string(c_.seed) + ") " +
+           to_string(options());
+  }
+
+ protected:
+  void validate(const AttentionArgs& a) const override {
+    check_qkv(a, input_dtype(a));
+    check_unused(a, name(), false, false, false, false);
+  }
+  void reference(const AttentionArgs& a) const override { ref::ra_ref(a, options(), c_); }
+
+ private:
+  RaConfig c_;
+};
+
+}  // namespace
+
+std::unique_ptr<Mechanism> make_ra(const AttentionOptions& o, KeyValues& kv) {
+  RaConfig c;
+  c.samples = kv.get_int("samples", c.samples, 1, 1 << 20);
+  c.seed = kv.get_u64("seed", c.seed);
+  return std::make_unique<Ra>(o, c);
+}
+
+}  // namespace attnkit::detail

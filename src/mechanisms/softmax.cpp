@@ -1,0 +1,149 @@
+// softmax: exact attention. float32 runs the tiled online-softmax kernel
+// (src/cpu/softmax.cpp); float64 runs the reference. Streaming keeps a KV cache.
+#include <algorithm>
+#include <cmath>
+
+#include "src/cpu/kernels.hpp"
+#include "src/mechanisms/registry.hpp"
+#include "src/mechanisms/validate.hpp"
+#include "src/reference/reference.hpp"
+
+namespace attnkit::detail {
+namespace {
+
+float effective_scale(const AttentionOptions& o, int64_t dk) {
+  return static_cast<float>(o.scale != 0.0 ? o.scale : 1.0 / std::sqrt(static_cast<double>(dk)));
+}
+
+void check_stream_tensor(const ConstTensorView& t, const char* name, const StreamSpec& s,
+                         int64_t heads, int64_t dim) {
+  check_tensor(t, name, 4, DType::kF32);
+  if (t.shape[0] != s.batch || t.shape[2] != heads || t.shape[3] != dim) {
+    throw Error(name, "shape " + shape_string(t) + " must be [" + std::to_string(s.batch) + ", T, " +
+                          std::to_string(heads) + ", " + std::to_string(dim) + "]");
+  }
+  check_finite(t, name);
+}
+
+// KV cache: keys and values per (batch, kv head), contiguous in time; grows by doubling.
+class KvCache final : public StreamingState {
+ public:
+  KvCache(const StreamSpec& spec, float scale) : spec_(spec), scale_(scale) {
+    reserve(std::max<int64_t>(spec.max_tokens, 16));
+  }
+
+  void append(const ConstTensorView& k, const ConstTensorView& v, Context&) override {
+    check_stream_tensor(k, "k", spec_, spec_.kv_heads, spec_.head_dim);
+    check_stream_tensor(v, "v", spec_, spec_.kv_heads, spec_.value_dim);
+    if (v.shape[1] != k.shape[1]) throw Error("v", "seq must equal k seq");
+    const int64_t t = k.shape[1];
+    if (len_ + t > cap_) reserve(std::max(2 * cap_, len_ + t));
+    for (int64_t b = 0; b < spec_.batch; ++b)
+      for (int64_t h = 0; h < spec_.kv_heads; ++h)
+        for (int64_t i = 0; i < t; ++i) {
+          std::copy_n(k.row<const float>(b, i, h), spec_.head_dim, key_row(b, h, len_ + i));
+          std::copy_n(v.row<const float>(b, i, h), spec_.value_dim, value_row(b, h, len_ + i));
+        }
+    len_ += t;
+  }
+
+  void query(const ConstTensorView& q, const TensorView& out, Context& ctx) override {
+    check_stream_tensor(q, "q", spec_, spec_.heads, spec_.head_dim);
+    check_tensor(as_const(out), "out", 4, DType::kF32);
+    if (out.shape[0] != q.shape[0] || out.shape[1] != q.shape[1] || out.shape[2] != spec_.heads ||
+        out.shape[3] != spec_.value_dim) {
+      throw Error("out", "shape " + shape_string(out) + " must be [B, Tq, Hq, Dv]");
+    }
+    check_no_overlap(as_const(out), "out", q, "q");
+    AttentionArgs a;
+    a.q = q;
+    a.out = out;
+    a.k = cache_view(keys_.data(), spec_.head_dim);
+    a.v = cache_view(values_.data(), spec_.value_dim);
+    if (q.shape[1] > 0) cpu::softmax_forward(a, scale_, /*causal=*/false, ctx);
+  }
+
+  size_t state_bytes() const override { return (keys_.size() + values_.size()) * sizeof(float); }
+  int64_t length() const override { return len_; }
+
+ private:
+  float* key_row(int64_t b, int64_t h, int64_t i) {
+    return keys_.data() + ((b * spec_.kv_heads + h) * cap_ + i) * spec_.head_dim;
+  }
+  float* value_row(int64_t b, int64_t h, int64_t i) {
+    return values_.data() + ((b * spec_.kv_heads + h) * cap_ + i) * spec_.value_dim;
+  }
+  // [B, len, Hk, D] view of a [B][Hk][cap][D] buffer.
+  ConstTensorView cache_view(const float* data, int64_t dim) const {
+    ConstTensorView v;
+    v.data = data;
+    v.dtype = DType::kF32;
+    v.rank = 4;
+    v.shape = {spec_.batch, len_, spec_.kv_heads, dim};
+    v.stride = {spec_.kv_heads * cap_ * dim, dim, cap_ * dim, 1};
+    return v;
+  }
+  void reserve(int64_t cap) {
+    std::vector<float> k(spec_.batch * spec_.kv_heads * cap * spec_.head_dim);
+    std::vector<float> v(spec_.batch * spec_.kv_heads * cap * spec_.value_dim);
+    for (int64_t bh = 0; bh < spec_.batch * spec_.kv_heads; ++bh) {
+      std::copy_n(keys_.data() + bh * cap_ * spec_.head_dim, len_ * spec_.head_dim,
+                  k.data() + bh * cap * spec_.head_dim);
+      std::copy_n(values_.data() + bh * cap_ * spec_.value_dim, len_ * spec_.value_dim,
+                  v.data() + bh * cap * spec_.value_dim);
+    }
+    keys_.swap(k);
+    values_.swap(v);
+    cap_ = cap;
+  }
+
+  StreamSpec spec_;
+  float scale_;
+  int64_t len_ = 0, cap_ = 0;
+  std::vector<float> keys_, values_;
+};
+
+class Softmax final : public Mechanism {
+ public:
+  using Mechanism::Mechanism;
+  std::string_view name() const override { return "softmax"; }
+  Capabilities capabilities() const override {
+    return {.noncausal = true, .causal = true, .streaming = true, .backward = false, .fast_kernel = true};
+  }
+
+  std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
+    if (s.batch < 1 || s.heads < 1 || s.kv_heads < 1 || s.head_dim < 1 || s.value_dim < 1) {
+      throw Error("stream", "batch, heads, kv_heads, head_dim and value_dim must be >= 1");
+    }
+    if (s.heads % s.kv_heads != 0) throw Error("stream", "kv_heads must divide heads");
+    if (s.head_dim > kMaxHeadDim || s.value_dim > kMaxHeadDim) {
+      throw Error("stream", "head dims must be <= " + std::to_string(kMaxHeadDim));
+    }
+    return std::make_unique<KvCache>(s, effective_scale(options(), s.head_dim));
+  }
+
+ protected:
+  void validate(const AttentionArgs& a) const override {
+    if (a.q.present() && a.q.dtype == DType::kF64) {
+      check_qkv(a, DType::kF64);
+    } else {
+      check_qkv(a, DType::kF32);
+    }
+    check_unused(a, name(), false, false, false, /*lse=*/true);
+  }
+  void run(const AttentionArgs& a, Context& ctx) const override {
+    if (a.q.dtype == DType::kF64) {
+      ref::softmax_ref(a, options());
+    } else {
+      cpu::softmax_forward(a, effective_scale(options(), a.q.shape[3]), options().causal, ctx);
+    }
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Mechanism> make_softmax(const AttentionOptions& o, KeyValues&) {
+  return std::make_unique<Softmax>(o);
+}
+
+}  // namespace attnkit::detail

@@ -1,0 +1,35 @@
+// Boundary validation shared by every mechanism: shapes, strides, dtypes, sizes,
+// finiteness. Every failure throws Error naming the argument and the rule.
+#pragma once
+
+#include <string_view>
+
+#include "attnkit/error.hpp"
+#include "attnkit/mechanism.hpp"
+
+namespace attnkit::detail {
+
+struct Shape {
+  int64_t B, Sq, Sk, Hq, Hk, Dk, Dv;
+};
+
+inline constexpr int64_t kMaxDim = int64_t{1} << 31;
+inline constexpr int64_t kMaxHeadDim = 1024;
+
+// Present, given rank and dtype, sizes in range, last dim contiguous, strides >= 0.
+void check_tensor(const ConstTensorView& t, std::string_view name, int rank, DType dtype);
+// No NaN or Inf anywhere in t.
+void check_finite(const ConstTensorView& t, std::string_view name);
+// q, k, v, out (+ lse, key_lengths) of an attention call; returns the sizes.
+Shape check_qkv(const AttentionArgs& a, DType dtype);
+// Throws when an optional argument the mechanism does not use was given.
+void check_unused(const AttentionArgs& a, std::string_view mechanism, bool memory, bool gate,
+                  bool filter, bool lse);
+// memory [B, L >= 1, Hq, Dk] and optional memory_out (same shape); Dk == Dv since memory
+// rows serve as keys and values (luna, memory).
+void check_memory_args(const AttentionArgs& a, const Shape& sh, DType dtype);
+// out must not share memory with an input.
+void check_no_overlap(const ConstTensorView& out, std::string_view out_name, const ConstTensorView& in,
+                      std::string_view in_name);
+
+}  // namespace attnkit::detail

@@ -1,0 +1,69 @@
+// Small helpers shared by the references (shapes, rows, log-sum-exp).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <span>
+#include <vector>
+
+#include "attnkit/mechanism.hpp"
+
+namespace attnkit::ref {
+
+inline constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+struct Dims {
+  int64_t B, Sq, Sk, Hq, Hk, Dk, Dv;
+  explicit Dims(const AttentionArgs& a)
+      : B(a.q.shape[0]), Sq(a.q.shape[1]), Sk(a.k.shape[1]), Hq(a.q.shape[2]),
+        Hk(a.k.shape[2]), Dk(a.q.shape[3]), Dv(a.v.shape[3]) {}
+  int64_t kv_head(int64_t h) const { return h / (Hq / Hk); }
+};
+
+inline int64_t key_length(const AttentionArgs& a, int64_t b) {
+  return a.key_lengths.empty() ? a.k.shape[1] : a.key_lengths[b];
+}
+
+inline double logit_scale(const AttentionOptions& o, int64_t dk) {
+  return o.scale != 0.0 ? o.scale : 1.0 / std::sqrt(static_cast<double>(dk));
+}
+
+inline const double* row(const ConstTensorView& t, int64_t b, int64_t n, int64_t h) {
+  return t.row<const double>(b, n, h);
+}
+inline double* row(const TensorView& t, int64_t b, int64_t n, int64_t h) {
+  return t.row<double>(b, n, h);
+}
+
+inline double dot(const double* x, const double* y, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += x[i] * y[i];
+  return s;
+}
+
+// log sum exp, -inf for an empty or all -inf input.
+inline double log_sum_exp(std::span<const double> x) {
+  double m = kNegInf;
+  for (double v : x) m = std::max(m, v);
+  if (m == kNegInf) return kNegInf;
+  double s = 0;
+  for (double v : x) s += std::exp(v - m);
+  return m + std::log(s);
+}
+
+// In place: x <- softmax(x); all -inf (or empty) gives all zeros.
+inline void softmax_inplace(std::span<double> x) {
+  const double l = log_sum_exp(x);
+  for (double& v : x) v = (l == kNegInf) ? 0.0 : std::exp(v - l);
+}
+
+// out[0:dv] = sum_j w[j] * rows[j][0:dv]
+inline void weighted_rows(std::span<const double> w, const std::vector<const double*>& rows,
+                          int64_t dv, double* out) {
+  std::fill(out, out + dv, 0.0);
+  for (size_t j = 0; j < w.size(); ++j)
+    for (int64_t d = 0; d < dv; ++d) out[d] += w[j] * rows[j][d];
+}
+
+}  // namespace attnkit::ref

@@ -1,0 +1,45 @@
+// Double-precision references, one per mechanism, written straight from
+// ../shared/SPEC.md: naive loops, readable, slow, always built. They are the
+// oracle for every fast kernel. All views are float64 and already validated
+// (shapes as in AttentionArgs); they depend only on the public types.
+#pragma once
+
+#include "attnkit/mechanism.hpp"
+#include "attnkit/options.hpp"
+
+namespace attnkit::ref {
+
+// out = softmax(s q k^T + mask) v; lse (optional, float64 [B, Hq, Sq]) =
+// log sum_j exp(s q.k_j); fully masked rows give out = 0, lse = -inf.
+void softmax_ref(const AttentionArgs& a, const AttentionOptions& o);
+
+// de Brebisson & Vincent: r = sum_t w_t (phi(k_t).phi(q)) v_t, normalised per c.norm.
+void linear_ref(const AttentionArgs& a, const AttentionOptions& o, const LinearConfig& c);
+
+// Performer/RFA with positive random features drawn by random_features(c.seed, Hk, ...).
+void rfa_ref(const AttentionArgs& a, const AttentionOptions& o, const RfaConfig& c);
+
+// Randomized Attention, unbiased paper form, draws from CounterRng(c.seed).
+void ra_ref(const AttentionArgs& a, const AttentionOptions& o, const RaConfig& c);
+
+// LARA with 1-D segment-mean landmarks (non-causal only).
+void lara_ref(const AttentionArgs& a, const AttentionOptions& o, const LaraConfig& c);
+
+// Top-k attention: softmax over the k largest visible logits of each query.
+void topk_ref(const AttentionArgs& a, const AttentionOptions& o, const TopkConfig& c);
+
+// Top-k feed-forward: out[t] = sum_{j in topk_j(x_t . keys_j)} relu(x_t . keys_j) values_j.
+// x: [T, Dm], keys: [F, Dm], values: [F, Dout], out: [T, Dout] (rank 2, float64).
+void topk_ff_ref(const ConstTensorView& x, const ConstTensorView& keys,
+                 const ConstTensorView& values, const TensorView& out, int k);
+
+// Luna: non-causal pack/unpack through a.memory, or the causal running-average form.
+void luna_ref(const AttentionArgs& a, const AttentionOptions& o);
+
+// Chunk-wise memory-augmented attention (RMT recurrence + filtered memory write).
+void memory_ref(const AttentionArgs& a, const AttentionOptions& o, const MemoryConfig& c);
+
+// Heinsen: softmax over logits LSE_i(q_i + k_i), evaluated quadratically.
+void heinsen_ref(const AttentionArgs& a, const AttentionOptions& o);
+
+}  // namespace attnkit::ref

@@ -1,0 +1,123 @@
+// AttentionOptions printing and the key=value config parser.
+#include "attnkit/options.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+
+#include "attnkit/error.hpp"
+
+namespace attnkit {
+
+std::string to_string(const AttentionOptions& o) {
+  std::ostringstream s;
+  s << (o.causal ? "causal" : "non-causal");
+  if (o.scale != 0.0) s << " scale=" << o.scale;
+  return s.str();
+}
+
+KeyValues KeyValues::parse(std::string_view text) {
+  KeyValues kv;
+  size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && (text[i] == ',' || text[i] == ' ')) ++i;
+    size_t j = i;
+    while (j < text.size() && text[j] != ',' && text[j] != ' ') ++j;
+    if (j > i) {
+      const std::string_view item = text.substr(i, j - i);
+      const size_t eq = item.find('=');
+      if (eq == std::string_view::npos || eq == 0 || eq + 1 == item.size()) {
+        throw Error("config", "'" + std::string(item) + "' must be key=value");
+      }
+      std::string key(item.substr(0, eq));
+      if (kv.kv_.count(key)) throw Error("config", "key '" + key + "' given twice");
+      kv.kv_[key] = std::string(item.substr(eq + 1));
+    }
+    i = j;
+  }
+  return kv;
+}
+
+bool KeyValues::has(std::string_view key) const { return kv_.find(key) != kv_.end(); }
+
+const std::string* KeyValues::take(std::string_view key) {
+  auto it = kv_.find(key);
+  if (it == kv_.end()) return nullptr;
+  consumed_.emplace_back(key);
+  return &it->second;
+}
+
+int KeyValues::get_int(std::string_view key, int def, int min, int max) {
+  const std::string* s = take(key);
+  if (!s) return def;
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(s->c_str(), &end, 10);
+  if (end != s->c_str() + s->size() || errno != 0) {
+    throw Error("config " + std::string(key), "'" + *s + "' is not an integer");
+  }
+  if (v < min || v > max) {
+    throw Error("config " + std::string(key),
+                "must be in [" + std::to_string(min) + ", " + std::to_string(max) + "], got " + *s);
+  }
+  return static_cast<int>(v);
+}
+
+double KeyValues::get_double(std::string_view key, double def, double min, double max) {
+  const std::string* s = take(key);
+  if (!s) return def;
+  char* end = nullptr;
+  const double v = std::strtod(s->c_str(), &end);
+  if (end != s->c_str() + s->size() || !std::isfinite(v)) {
+    throw Error("config " + std::string(key), "'" + *s + "' is not a finite number");
+  }
+  if (v < min || v > max) {
+    std::ostringstream r;
+    r << "must be in [" << min << ", " << max << "], got " << *s;
+    throw Error("config " + std::string(key), r.str());
+  }
+  return v;
+}
+
+bool KeyValues::get_bool(std::string_view key, bool def) {
+  const std::string* s = take(key);
+  if (!s) return def;
+  if (*s == "1" || *s == "true" || *s == "on") return true;
+  if (*s == "0" || *s == "false" || *s == "off") return false;
+  throw Error("config " + std::string(key), "'" + *s + "' must be true/false/1/0/on/off");
+}
+
+uint64_t KeyValues::get_u64(std::string_view key, uint64_t def) {
+  const std::string* s = take(key);
+  if (!s) return def;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long v = std::strtoull(s->c_str(), &end, 10);
+  if (s->empty() || (*s)[0] == '-' || end != s->c_str() + s->size() || errno != 0) {
+    throw Error("config " + std::string(key), "'" + *s + "' is not a non-negative integer");
+  }
+  return v;
+}
+
+int KeyValues::get_choice(std::string_view key, int def, const std::vector<std::string>& choices) {
+  const std::string* s = take(key);
+  if (!s) return def;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    if (choices[i] == *s) return static_cast<int>(i);
+  }
+  std::string list;
+  for (const auto& c : choices) list += (list.empty() ? "" : ", ") + c;
+  throw Error("config " + std::string(key), "'" + *s + "' must be one of: " + list);
+}
+
+void KeyValues::expect_consumed(std::string_view mechanism) const {
+  for (const auto& [key, value] : kv_) {
+    if (std::find(consumed_.begin(), consumed_.end(), key) == consumed_.end()) {
+      throw Error("config", "unknown key '" + key + "' for mechanism '" + std::string(mechanism) + "'");
+    }
+  }
+}
+
+}  // namespace attnkit

@@ -1,0 +1,138 @@
+// softmax: the fast float32 kernel against the float64 reference over swept shapes.
+#include <cmath>
+#include <limits>
+
+#include "src/reference/reference.hpp"
+#include "tests/testing/harness.hpp"
+
+namespace attnkit::testing {
+namespace {
+
+struct Case {
+  Dims d;
+  bool causal;
+  Layout layout;
+  bool padding;
+};
+
+// Runs fast (threads) and reference on one case; checks the error budget and lse.
+void check_case(const Case& c, Context& ctx, uint32_t seed) {
+  SCOPED_TRACE(to_string(c.d) + (c.causal ? " causal" : "") +
+               (c.layout == Layout::kHeadMajorPadded ? " strided" : "") + (c.padding ? " padded" : ""));
+  Problem p(c.d, seed, c.layout);
+  if (c.padding) {
+    for (int64_t b = 0; b < c.d.B; ++b) p.key_lengths.push_back(static_cast<int32_t>((c.d.Sk * (b + 1)) / (c.d.B + 1)));
+  }
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.d.Dk));
+  AttentionOptions o{.causal = c.causal};
+  // Reference with lse.
+  std::vector<double> lse_ref(c.d.B * c.d.Hq * c.d.Sq);
+  AttentionArgs a64 = p.args64();
+  a64.lse = make_view(lse_ref.data(), {c.d.B, c.d.Hq, c.d.Sq});
+  ref::softmax_ref(a64, o);
+  // Naive float32 yardstick.
+  Operand naive = make_zero_operand(p.out.shape, c.layout);
+  naive_softmax32(p, c.causal, scale, naive);
+  const Report naive_err = compare(naive, true, p.out);
+  // Fast kernel.
+  std::vector<float> lse(c.d.B * c.d.Hq * c.d.Sq);
+  AttentionArgs a32 = p.args32();
+  a32.lse = make_view(lse.data(), {c.d.B, c.d.Hq, c.d.Sq});
+  make_mechanism("softmax", o)->forward(a32, ctx);
+  const Report r = compare(p.out, true, p.out);
+  const double tol = allowed(Budget{}, naive_err.max_abs, r.ref_max);
+  EXPECT_LE(r.max_abs, tol) << r.str() << " naive32: " << naive_err.str();
+  for (size_t i = 0; i < lse.size(); ++i) {
+    if (std::isinf(lse_ref[i])) {
+      EXPECT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "lse " << i;
+    } else {
+      EXPECT_NEAR(lse[i], lse_ref[i], 1e-5 * std::max(1.0, std::abs(lse_ref[i]))) << "lse " << i;
+    }
+  }
+}
+
+TEST(Softmax, MatchesReferenceAcrossTileEdges) {
+  Context ctx(2);
+  uint32_t seed = 1;
+  for (int64_t sq : {1, 2, 7, 63, 64, 65, 129})
+    for (int64_t sk : {1, 7, 64, 65, 127, 128, 129, 300})
+      for (bool causal : {false, true}) check_case({{1, sq, sk, 2, 2, 32, 32}, causal, Layout::kContiguous, false}, ctx, seed++);
+}
+
+TEST(Softmax, MatchesReferenceAcrossHeadDims) {
+  Context ctx(2);
+  uint32_t seed = 100;
+  for (int64_t d : {1, 3, 16, 32, 64, 80, 96, 128, 200})
+    for (bool causal : {false, true}) check_case({{1, 70, 150, 2, 1, d, d}, causal, Layout::kContiguous, false}, ctx, seed++);
+  // Dk != Dv.
+  check_case({{1, 33, 77, 2, 2, 48, 24}, true, Layout::kContiguous, false}, ctx, seed++);
+  check_case({{1, 33, 77, 2, 2, 24, 130}, false, Layout::kContiguous, false}, ctx, seed++);
+}
+
+TEST(Softmax, StridedViewsGqaAndPadding) {
+  Context ctx(3);
+  uint32_t seed = 200;
+  for (bool causal : {false, true}) {
+    check_case({{2, 65, 130, 8, 2, 64, 64}, causal, Layout::kHeadMajorPadded, false}, ctx, seed++);
+    check_case({{3, 40, 200, 4, 1, 32, 32}, causal, Layout::kContiguous, true}, ctx, seed++);
+    check_case({{2, 129, 129, 6, 3, 16, 40}, causal, Layout::kHeadMajorPadded, true}, ctx, seed++);
+  }
+}
+
+TEST(Softmax, FullyMaskedRowsGiveZerosNotNan) {
+  Context ctx(2);
+  Dims d{2, 5, 6, 2, 2, 8, 8};
+  Problem p(d, 7);
+  p.key_lengths = {0, 6};  // batch 0 has no keys at all
+  std::vector<float> lse(d.B * d.Hq * d.Sq);
+  AttentionArgs a = p.args32();
+  a.lse = make_view(lse.data(), {d.B, d.Hq, d.Sq});
+  make_mechanism("softmax")->forward(a, ctx);
+  for (int64_t i = 0; i < d.Sq; ++i)
+    for (int64_t h = 0; h < d.Hq; ++h)
+      for (int64_t c = 0; c < d.Dv; ++c) EXPECT_EQ(p.out.f32[(i * d.Hq + h) * d.Dv + c], 0.0f);
+  for (int64_t i = 0; i < d.Hq * d.Sq; ++i) EXPECT_EQ(lse[i], -std::numeric_limits<float>::infinity());
+  // Causal with Sq > Sk: bottom-right alignment leaves the first Sq - Sk rows empty.
+  Dims e{1, 9, 4, 1, 1, 8, 8};
+  Problem c(e, 8);
+  make_mechanism("softmax", {.causal = true})->forward(c.args32(), ctx);
+  for (float x : c.out.f32) EXPECT_FALSE(std::isnan(x));
+  for (int64_t i = 0; i < 5; ++i)
+    for (int64_t k = 0; k < e.Dv; ++k) EXPECT_EQ(c.out.f32[i * e.Dv + k], 0.0f);
+}
+
+TEST(Softmax, LargeLogitsStayFinite) {
+  Context ctx(2);
+  Dims d{1, 50, 300, 1, 1, 32, 32};
+  Problem p(d, 9);
+  for (float& x : p.q.f32) x *= 40.0f;  // logits up to ~1e3 in size
+  for (double& x : p.q.f64) x *= 40.0;
+  make_mechanism("softmax")->forward(p.args32(), ctx);
+  Problem r = p;
+  ref::softmax_ref(r.args64(), {});
+  const Report rep = compare(p.out, true, r.out);
+  EXPECT_LE(rep.max_abs, 2e-3) << rep.str();  // near-one-hot rows; logits carry |x| ~ 1e3 * eps
+}
+
+TEST(Softmax, ExplicitScale) {
+  Context ctx(1);
+  Dims d{1, 20, 40, 2, 2, 16, 16};
+  Problem p(d, 11);
+  const AttentionOptions o{.scale = 0.9};
+  make_mechanism("softmax", o)->forward(p.args32(), ctx);
+  Problem r = p;
+  ref::softmax_ref(r.args64(), o);
+  EXPECT_LE(compare(p.out, true, r.out).max_abs, 2e-6);
+}
+
+TEST(Softmax, Float64RunsTheReference) {
+  Context ctx(1);
+  Dims d{1, 9, 13, 2, 1, 8, 8};
+  Problem p(d, 12), r(d, 12);
+  make_mechanism("softmax", {.causal = true})->forward(p.args64(), ctx);
+  ref::softmax_ref(r.args64(), {.causal = true});
+  EXPECT_EQ(compare(p.out, false, r.out).max_abs, 0.0);
+}
+
+}  // namespace
+}  // namespace attnkit::testing

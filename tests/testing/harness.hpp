@@ -1,0 +1,65 @@
+// Shared test harness: random problems, strided layouts, error reports, tolerances.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "attnkit/attnkit.hpp"
+
+namespace attnkit::testing {
+
+struct Dims {
+  int64_t B = 1, Sq = 8, Sk = 8, Hq = 1, Hk = 1, Dk = 16, Dv = 16;
+};
+std::string to_string(const Dims& d);
+
+// A [B, S, H, D] tensor of doubles plus a float32 copy, stored either contiguous or
+// physically as [B, H, S, D] with a padded row pitch (a non-contiguous view).
+struct Operand {
+  std::vector<double> f64;
+  std::vector<float> f32;
+  std::array<int64_t, 4> shape{}, stride{};
+  ConstTensorView view64() const;
+  ConstTensorView view32() const;
+  TensorView mut64();
+  TensorView mut32();
+};
+
+enum class Layout { kContiguous, kHeadMajorPadded };
+
+Operand make_operand(std::array<int64_t, 4> shape, Layout layout, std::mt19937& rng, double stddev = 1.0);
+Operand make_zero_operand(std::array<int64_t, 4> shape, Layout layout);
+
+// q, k, v, out (and memory when asked) for one problem.
+struct Problem {
+  Dims d;
+  Operand q, k, v, out, memory, memory_out;
+  std::vector<int32_t> key_lengths;
+  Problem(const Dims& d, uint32_t seed, Layout layout = Layout::kContiguous, int64_t memory_len = 0);
+  AttentionArgs args64();  // out -> out.f64
+  AttentionArgs args32();  // out -> out.f32
+};
+
+struct Report {
+  double max_abs = 0, max_rel = 0, nmse = 0, ref_max = 0;
+  int64_t worst = -1;
+  std::string str() const;
+};
+// Compares a float32 (or float64) result with a float64 expectation, both [B, S, H, D].
+Report compare(const Operand& got, bool got_is_f32, const Operand& want);
+
+// The error budget of DESIGN.md section 5:
+// max|fast - ref64| <= k * max|naive32 - ref64| + c * eps(float) * max|ref|.
+struct Budget {
+  double k = 2.0, c = 8.0;
+};
+double allowed(const Budget& b, double naive32_err, double ref_max);
+
+// Naive float32 softmax attention (no tiling, no online softmax): the yardstick for the budget.
+void naive_softmax32(const Problem& p, bool causal, double scale, Operand& out);
+
+}  // namespace attnkit::testing
