@@ -52,18 +52,22 @@ void luna_ref(const AttentionArgs& a, const AttentionOptions& o) {
         }
         for (int64_t i = 0; i < n.Sq; ++i) unpack(row(a.q, b, i, h), packed, L, n.Dv, s, row(a.out, b, i, h));
       } else {
-        for (int64_t i = 0; i <= n.Sq; ++i) {
-          // i == Sq: the final memory over all valid keys, for memory_out.
-          const int64_t nk = i < n.Sq ? visible_keys(true, n.Sq, n.Sk, len, i) : len;
-          std::fill(packed.begin(), packed.end(), 0.0);
-          for (int64_t j = 0; j < nk; ++j) {
-            const double* v = row(a.v, b, j, hk);
+        // Running sum acc = sum_{j visible} a_j v_j; rows see monotone key prefixes.
+        std::vector<double> acc(L * n.Dv, 0.0);
+        int64_t added = 0;
+        auto add_keys = [&](int64_t upto) {
+          for (; added < upto; ++added) {
+            const double* v = row(a.v, b, added, hk);
             for (int64_t l = 0; l < L; ++l) {
-              const double aj = softplus_ln2(s * dot(row(a.k, b, j, hk), row(a.memory, b, l, h), n.Dk));
-              for (int64_t d = 0; d < n.Dv; ++d) packed[l * n.Dv + d] += aj * v[d] / nk;
+              const double aj = softplus_ln2(s * dot(row(a.k, b, added, hk), row(a.memory, b, l, h), n.Dk));
+              for (int64_t d = 0; d < n.Dv; ++d) acc[l * n.Dv + d] += aj * v[d];
             }
           }
-          if (i == n.Sq) break;
+          for (size_t x = 0; x < acc.size(); ++x) packed[x] = upto > 0 ? acc[x] / upto : 0.0;
+        };
+        for (int64_t i = 0; i < n.Sq; ++i) {
+          const int64_t nk = visible_keys(true, n.Sq, n.Sk, len, i);
+          add_keys(nk);
           double* out = row(a.out, b, i, h);
           if (nk == 0) {
             std::fill(out, out + n.Dv, 0.0);
@@ -71,6 +75,7 @@ void luna_ref(const AttentionArgs& a, const AttentionOptions& o) {
             unpack(row(a.q, b, i, h), packed, L, n.Dv, s, out);
           }
         }
+        add_keys(len);  // the final memory over all valid keys, for memory_out
       }
       if (a.memory_out.present()) {
         for (int64_t l = 0; l < L; ++l)

@@ -1,0 +1,43 @@
+// The attnkit subcommands.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tools/attnkit/workload.hpp"
+
+namespace attnkit::cli {
+
+struct Common {
+  int threads = 0;
+  bool causal = false;
+  double scale = 0.0;
+  std::vector<std::string> configs;  // "name:key=value,..."
+  std::string format = "table";
+};
+
+struct RunArgs {
+  std::string mechanism = "softmax", q, k, v, out, memory, memory_out, gate, key_lengths;
+};
+int cmd_run(const Common& c, const RunArgs& r);
+
+struct CompareArgs {
+  Shape shape;
+  std::vector<std::string> mechanisms;  // empty: all registered
+  int warmup = 1, reps = 3;
+  uint64_t seed = 0;
+};
+int cmd_compare(const Common& c, const CompareArgs& a);
+
+struct BenchArgs {
+  std::string mechanism = "softmax";
+  Shape shape;
+  std::string seqs = "1024,2048,4096";
+  int warmup = 2, reps = 10;
+};
+int cmd_bench(const Common& c, const BenchArgs& a);
+
+int cmd_list(const Common& c);
+
+}  // namespace attnkit::cli
