@@ -15,6 +15,8 @@
 #include <hwy/highway.h>
 #include <hwy/contrib/math/math-inl.h>
 
+#include "src/cpu/ops/matmul-inl.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -35,7 +37,6 @@ constexpr int kScoreRows = 8;  // 8 x 2 accumulators of 32 zmm registers
 #else
 constexpr int kScoreRows = 4;
 #endif
-constexpr int kPvRows = 4;  // 4 rows x 4 vectors of the head dim = 16 accumulators
 
 inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -78,52 +79,6 @@ HWY_INLINE void Scores(const float* q, int64_t ldq, int64_t rows, const float* k
     ScoreRows<kScoreRows>(q + r * ldq, ldq, kt, dk, keys, s + r * kKeyBlock);
   }
   for (; r < rows; ++r) ScoreRows<1>(q + r * ldq, ldq, kt, dk, keys, s + r * kKeyBlock);
-}
-
-// o[r][c..c+NV*N) += sum_j p[r][j] v[j][c..c+NV*N), R rows.
-//   p: [R][kKeyBlock], v: [keys][ldv], o: [R][ldo]
-template <int R, int NV>
-HWY_INLINE void PvTile(const float* HWY_RESTRICT p, const float* HWY_RESTRICT v, int64_t ldv,
-                       int64_t keys, int64_t c, float* HWY_RESTRICT o, int64_t ldo) {
-  const DF d;
-  const size_t N = hn::Lanes(d);
-  VF acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int x = 0; x < NV; ++x) acc[r][x] = hn::Load(d, o + r * ldo + c + x * N);
-  for (int64_t j = 0; j < keys; ++j) {
-    VF vv[NV];
-    for (int x = 0; x < NV; ++x) vv[x] = hn::Load(d, v + j * ldv + c + x * N);
-    for (int r = 0; r < R; ++r) {
-      const VF pb = hn::Set(d, p[r * kKeyBlock + j]);
-      for (int x = 0; x < NV; ++x) acc[r][x] = hn::MulAdd(pb, vv[x], acc[r][x]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int x = 0; x < NV; ++x) hn::Store(acc[r][x], d, o + r * ldo + c + x * N);
-}
-
-template <int R>
-HWY_INLINE void PvRows(const float* p, const float* v, int64_t ldv, int64_t keys, int64_t dvp,
-                       float* o) {
-  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
-  int64_t c = 0;
-  for (; c + 4 * N <= dvp; c += 4 * N) PvTile<R, 4>(p, v, ldv, keys, c, o, dvp);
-  switch ((dvp - c) / N) {
-    case 3: PvTile<R, 3>(p, v, ldv, keys, c, o, dvp); break;
-    case 2: PvTile<R, 2>(p, v, ldv, keys, c, o, dvp); break;
-    case 1: PvTile<R, 1>(p, v, ldv, keys, c, o, dvp); break;
-    default: break;
-  }
-}
-
-// O += P V for `rows` rows; v: [keys][dvp] packed, o: [rows][dvp].
-HWY_INLINE void AccumulatePv(const float* p, int64_t rows, const float* v, int64_t keys,
-                             int64_t dvp, float* o) {
-  int64_t r = 0;
-  for (; r + kPvRows <= rows; r += kPvRows) {
-    PvRows<kPvRows>(p + r * kKeyBlock, v, dvp, keys, dvp, o + r * dvp);
-  }
-  for (; r < rows; ++r) PvRows<1>(p + r * kKeyBlock, v, dvp, keys, dvp, o + r * dvp);
 }
 
 // One row of the online softmax over a key block of `keys` scores (a multiple of N), of
@@ -226,7 +181,9 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
     for (int64_t r = 0; r < rows; ++r) {
       OnlineSoftmaxRow(s + r * kKeyBlock, keys, visible[r] - j0, m[r], l[r], o + r * p.Dvp, p.Dvp);
     }
-    AccumulatePv(s, rows, vp + j0 * p.Dvp, std::min(keys, max_visible - j0), p.Dvp, o);
+    // O += P V over the keys visible to some row (P is 0 past each row's own limit).
+    MatMul(s, kKeyBlock, vp + j0 * p.Dvp, p.Dvp, o, p.Dvp, rows, p.Dvp, std::min(keys, max_visible - j0),
+           /*accumulate=*/true);
   }
   for (int64_t r = 0; r < rows; ++r) {
     float* dst = a.out.row<float>(b, i0 + r, h);

@@ -1,0 +1,99 @@
+// Register-tiled float32 matmul for small per-head blocks, in the per-target namespace
+// (include inside HWY_NAMESPACE after hwy/highway.h). Per-head blocks are too small for
+// BLAS call overhead and we thread over heads ourselves.
+// Re-inclusion per target is intended (no include guard, Highway's toggle idiom).
+#if defined(ATTNKIT_CPU_OPS_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef ATTNKIT_CPU_OPS_MATMUL_INL_H_
+#undef ATTNKIT_CPU_OPS_MATMUL_INL_H_
+#else
+#define ATTNKIT_CPU_OPS_MATMUL_INL_H_
+#endif
+
+#include <hwy/highway.h>
+
+HWY_BEFORE_NAMESPACE();
+namespace attnkit::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// C[r][c..c+NV*N) (+)= sum_k A[r][k] B[k][c..c+NV*N) for R rows.
+template <int R, int NV>
+HWY_INLINE void MatMulTile(const float* HWY_RESTRICT a, int64_t lda, const float* HWY_RESTRICT b,
+                           int64_t ldb, int64_t depth, int64_t c, float* HWY_RESTRICT out,
+                           int64_t ldc, bool accumulate) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  using V = hn::Vec<decltype(d)>;
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int x = 0; x < NV; ++x) {
+      acc[r][x] = accumulate ? hn::Load(d, out + r * ldc + c + x * N) : hn::Zero(d);
+    }
+  for (int64_t k = 0; k < depth; ++k) {
+    V bv[NV];
+    for (int x = 0; x < NV; ++x) bv[x] = hn::Load(d, b + k * ldb + c + x * N);
+    for (int r = 0; r < R; ++r) {
+      const V av = hn::Set(d, a[r * lda + k]);
+      for (int x = 0; x < NV; ++x) acc[r][x] = hn::MulAdd(av, bv[x], acc[r][x]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int x = 0; x < NV; ++x) hn::Store(acc[r][x], d, out + r * ldc + c + x * N);
+}
+
+template <int R>
+HWY_INLINE void MatMulRows(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t depth,
+                           int64_t cols, float* out, int64_t ldc, bool accumulate) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(hn::ScalableTag<float>()));
+  int64_t c = 0;
+  for (; c + 4 * N <= cols; c += 4 * N) MatMulTile<R, 4>(a, lda, b, ldb, depth, c, out, ldc, accumulate);
+  switch ((cols - c) / N) {
+    case 3: MatMulTile<R, 3>(a, lda, b, ldb, depth, c, out, ldc, accumulate); break;
+    case 2: MatMulTile<R, 2>(a, lda, b, ldb, depth, c, out, ldc, accumulate); break;
+    case 1: MatMulTile<R, 1>(a, lda, b, ldb, depth, c, out, ldc, accumulate); break;
+    default: break;
+  }
+}
+
+// out[rows x cols] (+)= A[rows x depth] B[depth x cols]; cols a multiple of Lanes, all
+// row-major with the given leading dimensions (in floats).
+HWY_INLINE void MatMul(const float* a, int64_t lda, const float* b, int64_t ldb, float* out,
+                       int64_t ldc, int64_t rows, int64_t cols, int64_t depth, bool accumulate) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) MatMulRows<4>(a + r * lda, lda, b, ldb, depth, cols, out + r * ldc, ldc, accumulate);
+  for (; r < rows; ++r) MatMulRows<1>(a + r * lda, lda, b, ldb, depth, cols, out + r * ldc, ldc, accumulate);
+}
+
+// Dot product of two float rows of length n (any n).
+HWY_INLINE float Dot(const float* HWY_RESTRICT x, const float* HWY_RESTRICT y, int64_t n) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  auto acc = hn::Zero(d);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) acc = hn::MulAdd(hn::LoadU(d, x + i), hn::LoadU(d, y + i), acc);
+  float s = hn::GetLane(hn::SumOfLanes(d, acc));
+  for (; i < n; ++i) s += x[i] * y[i];
+  return s;
+}
+
+// y[0:n) += a * x[0:n); n a multiple of Lanes.
+HWY_INLINE void Axpy(float a, const float* HWY_RESTRICT x, float* HWY_RESTRICT y, int64_t n) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const auto va = hn::Set(d, a);
+  for (int64_t i = 0; i < n; i += N) hn::Store(hn::MulAdd(va, hn::Load(d, x + i), hn::Load(d, y + i)), d, y + i);
+}
+
+// x[0:n) *= a; n a multiple of Lanes.
+HWY_INLINE void Scale(float a, float* HWY_RESTRICT x, int64_t n) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const auto va = hn::Set(d, a);
+  for (int64_t i = 0; i < n; i += N) hn::Store(hn::Mul(va, hn::Load(d, x + i)), d, x + i);
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace attnkit::cpu
+HWY_AFTER_NAMESPACE();
+
+#endif  // ATTNKIT_CPU_OPS_MATMUL_INL_H_
