@@ -55,6 +55,7 @@ struct StreamSpec {
   int64_t head_dim = 0;  // Dk
   int64_t value_dim = 0; // Dv
   int64_t max_tokens = 0;  // capacity hint for growing states (KV cache); 0: grow as needed
+  ConstTensorView memory;  // [B, L, Hq, Dk] float32 for mechanisms that need memory (copied)
 };
 
 // Incremental attention: append key/value tokens, query against all appended.

@@ -2,13 +2,65 @@
 // best Highway target compiled in; callers have validated the arguments.
 #pragma once
 
+#include <vector>
+
 #include "attnkit/context.hpp"
 #include "attnkit/mechanism.hpp"
+#include "attnkit/options.hpp"
 
 namespace attnkit::cpu {
 
 // Tiled online-softmax ("flash") attention, float32. q/k/v/out as in AttentionArgs;
 // lse optional float32 [B, Hq, Sq]. O(B Hk Sk (Dk + Dv)) extra memory for packed K/V.
 void softmax_forward(const AttentionArgs& a, float scale, bool causal, Context& ctx);
+
+}  // namespace attnkit::cpu
+
+namespace attnkit::cpu {
+
+// Head-dim padding of every fixed-size state: a multiple of every target's lane count.
+inline constexpr int64_t kStatePad = 16;
+inline int64_t pad_to_state(int64_t x) { return (x + kStatePad - 1) / kStatePad * kStatePad; }
+
+// Fixed-size state of the linear families, one slot per (batch, kv head):
+// c = sum_j e_j v_j^T ([features][dvp]), z = sum_j e_j, and for log-feature kernels the
+// running per-feature log-maximum m that e_j = exp(log-feature_j - m) is taken against.
+// `features` is padded to kStatePad; padding rows stay inert (c = z = 0, m = -inf).
+struct LinearState {
+  int64_t batch = 0, kv_heads = 0, features = 0, dv = 0, dvp = 0;
+  int64_t tokens = 0;
+  std::vector<float> c, z, m;
+  LinearState() = default;
+  LinearState(int64_t batch, int64_t kv_heads, int64_t features, int64_t dv, bool log_space);
+  float* c_slot(int64_t s) { return c.data() + s * features * dvp; }
+  float* z_slot(int64_t s) { return z.data() + s * features; }
+  float* m_slot(int64_t s) { return m.data() + s * features; }
+  size_t bytes() const { return (c.size() + z.size() + m.size()) * sizeof(float) + sizeof(tokens); }
+};
+
+// Log-feature linear attention: out_i = sum_j sum_r exp(lq_ir + lk_jr) v_j / sum_j sum_r
+// exp(lq_ir + lk_jr), evaluated with per-feature running maxima, so no exp overflows.
+//   heinsen: lq = q, lk = k (features = Dk).
+//   rfa/performer: lq_r = sqrt(s) w_r.q, lk_r = sqrt(s) w_r.k - s|k|^2/2 (features = S);
+//   omega: [Hk][S][Dk] float32 projections (the |q|^2 term cancels in the ratio).
+struct LogFeatures {
+  const float* omega = nullptr;  // null: identity (heinsen)
+  int64_t features = 0;
+  float sqrt_scale = 1.0f;
+};
+void log_linear_forward(const AttentionArgs& a, const LogFeatures& f, bool causal, Context& ctx);
+void log_linear_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
+                       const LogFeatures& f, Context& ctx);
+void log_linear_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
+                      const LogFeatures& f, Context& ctx);
+
+// de Brebisson & Vincent linear attention with feature maps, gate and normalisers.
+// Causal prefill is chunked (intra-chunk matmul + carried state).
+void linear_forward(const AttentionArgs& a, const LinearConfig& c, bool causal, Context& ctx);
+// Streaming (recurrent form); no gate.
+void linear_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
+                   const LinearConfig& c, Context& ctx);
+void linear_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
+                  const LinearConfig& c, Context& ctx);
 
 }  // namespace attnkit::cpu

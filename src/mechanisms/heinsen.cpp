@@ -1,5 +1,8 @@
 // heinsen: softmax-like attention with constant cost per token in log space (SPEC 5).
-#include "src/mechanisms/reference_backed.hpp"
+// float32 runs the log-feature linear kernel (src/cpu/log_linear.cpp) with lq = q, lk = k;
+// float64 runs the quadratic reference.
+#include "src/cpu/kernels.hpp"
+#include "src/mechanisms/linear_stream.hpp"
 #include "src/mechanisms/registry.hpp"
 #include "src/mechanisms/validate.hpp"
 #include "src/reference/reference.hpp"
@@ -7,18 +10,35 @@
 namespace attnkit::detail {
 namespace {
 
-class Heinsen final : public ReferenceBacked {
+class Heinsen final : public Mechanism {
  public:
-  using ReferenceBacked::ReferenceBacked;
+  using Mechanism::Mechanism;
   std::string_view name() const override { return "heinsen"; }
-  Capabilities capabilities() const override { return {.causal = true}; }
+  Capabilities capabilities() const override {
+    return {.causal = true, .streaming = true, .fast_kernel = true};
+  }
+  // State per kv head: dK x dV sums, dK normaliser and dK running maxima (float32).
+  std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
+    check_stream_spec(s);
+    const cpu::LogFeatures f{};
+    return std::make_unique<FixedStateStream>(
+        s, cpu::LinearState(s.batch, s.kv_heads, s.head_dim, s.value_dim, /*log_space=*/true),
+        [f](auto& st, auto& k, auto& v, Context& ctx) { cpu::log_linear_append(st, k, v, f, ctx); },
+        [f](auto& st, auto& q, auto& out, Context& ctx) { cpu::log_linear_query(st, q, out, f, ctx); });
+  }
 
  protected:
   void validate(const AttentionArgs& a) const override {
-    check_qkv(a, input_dtype(a));
+    check_qkv(a, a.q.present() && a.q.dtype == DType::kF64 ? DType::kF64 : DType::kF32);
     check_unused(a, name(), false, false, false, false);
   }
-  void reference(const AttentionArgs& a) const override { ref::heinsen_ref(a, options()); }
+  void run(const AttentionArgs& a, Context& ctx) const override {
+    if (a.q.dtype == DType::kF64) {
+      ref::heinsen_ref(a, options());
+    } else {
+      cpu::log_linear_forward(a, cpu::LogFeatures{}, options().causal, ctx);
+    }
+  }
 };
 
 }  // namespace

@@ -1,6 +1,12 @@
 // rfa / performer: positive random-feature attention (SPEC 2(a)); performer draws
-// block-orthogonal features by default, rfa i.i.d. ones.
-#include "src/mechanisms/reference_backed.hpp"
+// block-orthogonal features by default, rfa i.i.d. ones. float32 runs the log-feature
+// linear kernel (src/cpu/log_linear.cpp); float64 the reference. Both draw the same
+// projections from random_features(seed, Hk, S, Dk, orthogonal).
+#include <cmath>
+
+#include "attnkit/random.hpp"
+#include "src/cpu/kernels.hpp"
+#include "src/mechanisms/linear_stream.hpp"
 #include "src/mechanisms/registry.hpp"
 #include "src/mechanisms/validate.hpp"
 #include "src/reference/reference.hpp"
@@ -8,25 +14,55 @@
 namespace attnkit::detail {
 namespace {
 
-class Rfa final : public ReferenceBacked {
+class Rfa final : public Mechanism {
  public:
   Rfa(const AttentionOptions& o, const RfaConfig& c, std::string_view name)
-      : ReferenceBacked(o), c_(c), name_(name) {}
+      : Mechanism(o), c_(c), name_(name) {}
   std::string_view name() const override { return name_; }
-  Capabilities capabilities() const override { return {.causal = true}; }
+  Capabilities capabilities() const override {
+    return {.causal = true, .streaming = true, .fast_kernel = true};
+  }
   std::string describe() const override {
     return name_ + "(features=" + std::to_string(c_.features) + ",orthogonal=" +
            (c_.orthogonal ? "1" : "0") + ",seed=" + std::to_string(c_.seed) + ") " + to_string(options());
   }
+  // State per kv head: S x dV sums, S normaliser and S running maxima (float32).
+  std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
+    check_stream_spec(s);
+    auto omega = std::make_shared<std::vector<float>>(projections(s.kv_heads, s.head_dim));
+    const cpu::LogFeatures f = features(*omega, s.head_dim);
+    return std::make_unique<FixedStateStream>(
+        s, cpu::LinearState(s.batch, s.kv_heads, c_.features, s.value_dim, /*log_space=*/true),
+        [f](auto& st, auto& k, auto& v, Context& ctx) { cpu::log_linear_append(st, k, v, f, ctx); },
+        [f](auto& st, auto& q, auto& out, Context& ctx) { cpu::log_linear_query(st, q, out, f, ctx); },
+        omega);
+  }
 
  protected:
   void validate(const AttentionArgs& a) const override {
-    check_qkv(a, input_dtype(a));
+    check_qkv(a, a.q.present() && a.q.dtype == DType::kF64 ? DType::kF64 : DType::kF32);
     check_unused(a, name(), false, false, false, false);
   }
-  void reference(const AttentionArgs& a) const override { ref::rfa_ref(a, options(), c_); }
+  void run(const AttentionArgs& a, Context& ctx) const override {
+    if (a.q.dtype == DType::kF64) {
+      ref::rfa_ref(a, options(), c_);
+      return;
+    }
+    const std::vector<float> omega = projections(a.k.shape[2], a.q.shape[3]);
+    cpu::log_linear_forward(a, features(omega, a.q.shape[3]), options().causal, ctx);
+  }
 
  private:
+  std::vector<float> projections(int64_t kv_heads, int64_t dim) const {
+    const std::vector<double> w = random_features(c_.seed, static_cast<int>(kv_heads), c_.features,
+                                                  static_cast<int>(dim), c_.orthogonal);
+    return std::vector<float>(w.begin(), w.end());
+  }
+  cpu::LogFeatures features(const std::vector<float>& omega, int64_t dim) const {
+    const double s = options().scale != 0.0 ? options().scale : 1.0 / std::sqrt(static_cast<double>(dim));
+    return {.omega = omega.data(), .features = c_.features, .sqrt_scale = static_cast<float>(std::sqrt(s))};
+  }
+
   RfaConfig c_;
   std::string name_;
 };

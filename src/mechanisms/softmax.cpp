@@ -15,16 +15,6 @@ float effective_scale(const AttentionOptions& o, int64_t dk) {
   return static_cast<float>(o.scale != 0.0 ? o.scale : 1.0 / std::sqrt(static_cast<double>(dk)));
 }
 
-void check_stream_tensor(const ConstTensorView& t, const char* name, const StreamSpec& s,
-                         int64_t heads, int64_t dim) {
-  check_tensor(t, name, 4, DType::kF32);
-  if (t.shape[0] != s.batch || t.shape[2] != heads || t.shape[3] != dim) {
-    throw Error(name, "shape " + shape_string(t) + " must be [" + std::to_string(s.batch) + ", T, " +
-                          std::to_string(heads) + ", " + std::to_string(dim) + "]");
-  }
-  check_finite(t, name);
-}
-
 // KV cache: keys and values per (batch, kv head), contiguous in time; grows by doubling.
 class KvCache final : public StreamingState {
  public:
@@ -33,9 +23,7 @@ class KvCache final : public StreamingState {
   }
 
   void append(const ConstTensorView& k, const ConstTensorView& v, Context&) override {
-    check_stream_tensor(k, "k", spec_, spec_.kv_heads, spec_.head_dim);
-    check_stream_tensor(v, "v", spec_, spec_.kv_heads, spec_.value_dim);
-    if (v.shape[1] != k.shape[1]) throw Error("v", "seq must equal k seq");
+    check_stream_append(spec_, k, v);
     const int64_t t = k.shape[1];
     if (len_ + t > cap_) reserve(std::max(2 * cap_, len_ + t));
     for (int64_t b = 0; b < spec_.batch; ++b)
@@ -48,13 +36,7 @@ class KvCache final : public StreamingState {
   }
 
   void query(const ConstTensorView& q, const TensorView& out, Context& ctx) override {
-    check_stream_tensor(q, "q", spec_, spec_.heads, spec_.head_dim);
-    check_tensor(as_const(out), "out", 4, DType::kF32);
-    if (out.shape[0] != q.shape[0] || out.shape[1] != q.shape[1] || out.shape[2] != spec_.heads ||
-        out.shape[3] != spec_.value_dim) {
-      throw Error("out", "shape " + shape_string(out) + " must be [B, Tq, Hq, Dv]");
-    }
-    check_no_overlap(as_const(out), "out", q, "q");
+    check_stream_query(spec_, q, out);
     AttentionArgs a;
     a.q = q;
     a.out = out;
@@ -112,13 +94,7 @@ class Softmax final : public Mechanism {
   }
 
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
-    if (s.batch < 1 || s.heads < 1 || s.kv_heads < 1 || s.head_dim < 1 || s.value_dim < 1) {
-      throw Error("stream", "batch, heads, kv_heads, head_dim and value_dim must be >= 1");
-    }
-    if (s.heads % s.kv_heads != 0) throw Error("stream", "kv_heads must divide heads");
-    if (s.head_dim > kMaxHeadDim || s.value_dim > kMaxHeadDim) {
-      throw Error("stream", "head dims must be <= " + std::to_string(kMaxHeadDim));
-    }
+    check_stream_spec(s);
     return std::make_unique<KvCache>(s, effective_scale(options(), s.head_dim));
   }
 

@@ -165,4 +165,42 @@ void check_memory_args(const AttentionArgs& a, const Shape& sh, DType dtype) {
   }
 }
 
+void check_stream_spec(const StreamSpec& s) {
+  if (s.batch < 1 || s.heads < 1 || s.kv_heads < 1 || s.head_dim < 1 || s.value_dim < 1) {
+    throw Error("stream", "batch, heads, kv_heads, head_dim and value_dim must be >= 1");
+  }
+  if (s.heads % s.kv_heads != 0) throw Error("stream", "kv_heads must divide heads");
+  if (s.head_dim > kMaxHeadDim || s.value_dim > kMaxHeadDim) {
+    throw Error("stream", "head dims must be <= " + std::to_string(kMaxHeadDim));
+  }
+}
+
+namespace {
+void check_stream_tensor(const ConstTensorView& t, const char* name, const StreamSpec& s, int64_t heads,
+                         int64_t dim) {
+  check_tensor(t, name, 4, DType::kF32);
+  if (t.shape[0] != s.batch || t.shape[2] != heads || t.shape[3] != dim) {
+    throw Error(name, "shape " + shape_string(t) + " must be [" + std::to_string(s.batch) + ", T, " +
+                          std::to_string(heads) + ", " + std::to_string(dim) + "]");
+  }
+  check_finite(t, name);
+}
+}  // namespace
+
+void check_stream_append(const StreamSpec& s, const ConstTensorView& k, const ConstTensorView& v) {
+  check_stream_tensor(k, "k", s, s.kv_heads, s.head_dim);
+  check_stream_tensor(v, "v", s, s.kv_heads, s.value_dim);
+  if (v.shape[1] != k.shape[1]) throw Error("v", "seq must equal k seq");
+}
+
+void check_stream_query(const StreamSpec& s, const ConstTensorView& q, const TensorView& out) {
+  check_stream_tensor(q, "q", s, s.heads, s.head_dim);
+  check_tensor(as_const(out), "out", 4, DType::kF32);
+  if (out.shape[0] != q.shape[0] || out.shape[1] != q.shape[1] || out.shape[2] != s.heads ||
+      out.shape[3] != s.value_dim) {
+    throw Error("out", "shape " + shape_string(out) + " must be [B, Tq, Hq, Dv]");
+  }
+  check_no_overlap(as_const(out), "out", q, "q");
+}
+
 }  // namespace attnkit::detail

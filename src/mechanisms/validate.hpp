@@ -28,6 +28,11 @@ void check_unused(const AttentionArgs& a, std::string_view mechanism, bool memor
 // memory [B, L >= 1, Hq, Dk] and optional memory_out (same shape); Dk == Dv since memory
 // rows serve as keys and values (luna, memory).
 void check_memory_args(const AttentionArgs& a, const Shape& sh, DType dtype);
+// Streaming: the spec, appended k [B, T, Hk, Dk] / v [B, T, Hk, Dv], and queries
+// q [B, Tq, Hq, Dk] with out [B, Tq, Hq, Dv] (float32, finite).
+void check_stream_spec(const StreamSpec& s);
+void check_stream_append(const StreamSpec& s, const ConstTensorView& k, const ConstTensorView& v);
+void check_stream_query(const StreamSpec& s, const ConstTensorView& q, const TensorView& out);
 // out must not share memory with an input.
 void check_no_overlap(const ConstTensorView& out, std::string_view out_name, const ConstTensorView& in,
                       std::string_view in_name);

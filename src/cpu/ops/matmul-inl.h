@@ -1,7 +1,9 @@
 // Register-tiled float32 matmul for small per-head blocks, in the per-target namespace
-// (include inside HWY_NAMESPACE after hwy/highway.h). Per-head blocks are too small for
+// and small vector helpers (include at file scope after hwy/highway.h, like Highway -inl.h
+// headers). Per-head blocks are too small for
 // BLAS call overhead and we thread over heads ourselves.
-// Re-inclusion per target is intended (no include guard, Highway's toggle idiom).
+// Re-inclusion per target is intended (Highway toggle idiom). Loads are unaligned: callers
+// pass std::vector-backed states as well as aligned scratch.
 #if defined(ATTNKIT_CPU_OPS_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef ATTNKIT_CPU_OPS_MATMUL_INL_H_
 #undef ATTNKIT_CPU_OPS_MATMUL_INL_H_
@@ -27,18 +29,18 @@ HWY_INLINE void MatMulTile(const float* HWY_RESTRICT a, int64_t lda, const float
   V acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int x = 0; x < NV; ++x) {
-      acc[r][x] = accumulate ? hn::Load(d, out + r * ldc + c + x * N) : hn::Zero(d);
+      acc[r][x] = accumulate ? hn::LoadU(d, out + r * ldc + c + x * N) : hn::Zero(d);
     }
   for (int64_t k = 0; k < depth; ++k) {
     V bv[NV];
-    for (int x = 0; x < NV; ++x) bv[x] = hn::Load(d, b + k * ldb + c + x * N);
+    for (int x = 0; x < NV; ++x) bv[x] = hn::LoadU(d, b + k * ldb + c + x * N);
     for (int r = 0; r < R; ++r) {
       const V av = hn::Set(d, a[r * lda + k]);
       for (int x = 0; x < NV; ++x) acc[r][x] = hn::MulAdd(av, bv[x], acc[r][x]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int x = 0; x < NV; ++x) hn::Store(acc[r][x], d, out + r * ldc + c + x * N);
+    for (int x = 0; x < NV; ++x) hn::StoreU(acc[r][x], d, out + r * ldc + c + x * N);
 }
 
 template <int R>
@@ -81,7 +83,7 @@ HWY_INLINE void Axpy(float a, const float* HWY_RESTRICT x, float* HWY_RESTRICT y
   const hn::ScalableTag<float> d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const auto va = hn::Set(d, a);
-  for (int64_t i = 0; i < n; i += N) hn::Store(hn::MulAdd(va, hn::Load(d, x + i), hn::Load(d, y + i)), d, y + i);
+  for (int64_t i = 0; i < n; i += N) hn::StoreU(hn::MulAdd(va, hn::LoadU(d, x + i), hn::LoadU(d, y + i)), d, y + i);
 }
 
 // x[0:n) *= a; n a multiple of Lanes.
@@ -89,7 +91,7 @@ HWY_INLINE void Scale(float a, float* HWY_RESTRICT x, int64_t n) {
   const hn::ScalableTag<float> d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const auto va = hn::Set(d, a);
-  for (int64_t i = 0; i < n; i += N) hn::Store(hn::Mul(va, hn::Load(d, x + i)), d, x + i);
+  for (int64_t i = 0; i < n; i += N) hn::StoreU(hn::Mul(va, hn::LoadU(d, x + i)), d, x + i);
 }
 
 }  // namespace HWY_NAMESPACE

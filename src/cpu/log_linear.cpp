@@ -1,0 +1,214 @@
+// Log-feature linear attention, the kernel of `heinsen` and `rfa` / `performer`:
+//   out_i = sum_j sum_r exp(lq_ir + lk_jr) v_j / sum_j sum_r exp(lq_ir + lk_jr).
+// Each (batch, kv head) keeps c = sum_j e_j v_j^T, z = sum_j e_j with e_jr = exp(lk_jr - m_r)
+// against the running per-feature maximum m_r, rescaled when the maximum grows (an online
+// softmax per feature). Every exp argument is <= 0, so |q|, |k| ~ 1e3 cannot overflow,
+// and a key's dropped terms are below e^-87 of a key the same queries also see.
+// The same AddKey / QueryRow serve causal prefill, non-causal and streaming, so the
+// streaming output equals the last causal row bit for bit.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/cpu/log_linear.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "src/cpu/kernels.hpp"
+#include "src/cpu/ops/matmul-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace attnkit::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using DF = hn::ScalableTag<float>;
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+struct Slot {
+  float* c;  // [fp][dvp]
+  float* z;  // [fp]
+  float* m;  // [fp]
+};
+
+// Log-features of a key (with_norm) or query row into lf[0:fp); padding lanes get -inf.
+HWY_INLINE void ComputeLogFeatures(const float* x, int64_t dk, const LogFeatures& f, const float* omega,
+                            int64_t fp, bool with_norm, float* lf) {
+  if (omega == nullptr) {
+    std::copy_n(x, dk, lf);
+    std::fill(lf + dk, lf + fp, kNegInf);
+    return;
+  }
+  const float s = f.sqrt_scale;
+  const float norm = with_norm ? 0.5f * s * s * Dot(x, x, dk) : 0.0f;
+  for (int64_t r = 0; r < f.features; ++r) lf[r] = s * Dot(omega + r * dk, x, dk) - norm;
+  std::fill(lf + f.features, lf + fp, kNegInf);
+}
+
+// Adds key features lk[0:fp) with value v[0:dvp) (zero padded) to a slot.
+// tmp: 2 * fp floats of scratch.
+HWY_INLINE void AddKey(const Slot& st, const float* HWY_RESTRICT lk, const float* HWY_RESTRICT v,
+                       int64_t fp, int64_t dvp, float* HWY_RESTRICT tmp) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  float* scale = tmp;
+  float* e = tmp + fp;
+  bool rescale = false;
+  const auto neg_inf = hn::Set(d, kNegInf);
+  for (int64_t r = 0; r < fp; r += N) {
+    const auto m = hn::LoadU(d, st.m + r);
+    const auto x = hn::LoadU(d, lk + r);
+    const auto nm = hn::Max(m, x);
+    // exp(m - nm) is 1 when unchanged (also for -inf == -inf); exp(x - nm) is 0 for x = -inf.
+    const auto sc = hn::IfThenElse(hn::Eq(m, nm), hn::Set(d, 1.0f), hn::Exp(d, hn::Sub(m, nm)));
+    const auto ev = hn::IfThenZeroElse(hn::Eq(x, neg_inf), hn::Exp(d, hn::Sub(x, nm)));
+    rescale |= !hn::AllTrue(d, hn::Eq(sc, hn::Set(d, 1.0f)));
+    hn::StoreU(nm, d, st.m + r);
+    hn::StoreU(sc, d, scale + r);
+    hn::StoreU(ev, d, e + r);
+    hn::StoreU(hn::MulAdd(hn::LoadU(d, st.z + r), sc, ev), d, st.z + r);
+  }
+  for (int64_t r = 0; r < fp; ++r) {
+    float* cr = st.c + r * dvp;
+    if (rescale && scale[r] != 1.0f) Scale(scale[r], cr, dvp);
+    if (e[r] != 0.0f) Axpy(e[r], v, cr, dvp);
+  }
+}
+
+// out[0:dv) for query features lq[0:fp); zeros when the slot has seen no key.
+// tmp: fp + dvp floats of scratch.
+HWY_INLINE void QueryRow(const Slot& st, const float* HWY_RESTRICT lq, int64_t fp, int64_t dv,
+                         int64_t dvp, float* HWY_RESTRICT tmp, float* HWY_RESTRICT out) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  auto vmax = hn::Set(d, kNegInf);
+  for (int64_t r = 0; r < fp; r += N) vmax = hn::Max(vmax, hn::Add(hn::LoadU(d, lq + r), hn::LoadU(d, st.m + r)));
+  const float c = hn::GetLane(hn::MaxOfLanes(d, vmax));
+  if (c == kNegInf) {
+    std::fill(out, out + dv, 0.0f);
+    return;
+  }
+  float* w = tmp;
+  float* num = tmp + fp;
+  const auto vc = hn::Set(d, c);
+  for (int64_t r = 0; r < fp; r += N) {
+    hn::StoreU(hn::Exp(d, hn::Sub(hn::Add(hn::LoadU(d, lq + r), hn::LoadU(d, st.m + r)), vc)), d, w + r);
+  }
+  MatMulRows<1>(w, fp, st.c, dvp, fp, dvp, num, dvp, /*accumulate=*/false);
+  const float den = Dot(w, st.z, fp);
+  const float inv = den > 0.0f ? 1.0f / den : 0.0f;
+  for (int64_t x = 0; x < dv; ++x) out[x] = num[x] * inv;
+}
+
+struct Dims {
+  int64_t B, Sq, Sk, Hq, Hk, Dk, Dv, Dvp, Fp;
+  explicit Dims(const AttentionArgs& a, const LogFeatures& f)
+      : B(a.q.shape[0]), Sq(a.q.shape[1]), Sk(a.k.shape[1]), Hq(a.q.shape[2]), Hk(a.k.shape[2]),
+        Dk(a.q.shape[3]), Dv(a.v.shape[3]), Dvp(pad_to_state(Dv)),
+        Fp(pad_to_state(f.omega ? f.features : Dk)) {}
+};
+
+// Scratch: slot (fp * dvp + 2 fp) + lk/lq (fp) + padded v (dvp) + tmp (2 fp + dvp).
+int64_t ScratchFloats(int64_t fp, int64_t dvp) { return fp * dvp + 2 * fp + fp + dvp + 2 * fp + dvp + 64; }
+
+void LogLinearForward(const AttentionArgs& a, const LogFeatures& f, bool causal, Context& ctx) {
+  const Dims n(a, f);
+  ctx.reserve_scratch(static_cast<size_t>(ScratchFloats(n.Fp, n.Dvp)));
+  ctx.parallel_for(n.B * n.Hq, [&](int64_t task, int worker) {
+    const int64_t b = task / n.Hq, h = task % n.Hq, hk = h / (n.Hq / n.Hk);
+    const int64_t len = a.key_lengths.empty() ? n.Sk : a.key_lengths[b];
+    const float* omega = f.omega ? f.omega + hk * f.features * n.Dk : nullptr;
+    float* s = ctx.scratch(worker);
+    const Slot st{s, s + n.Fp * n.Dvp, s + n.Fp * n.Dvp + n.Fp};
+    float* lf = st.m + n.Fp;
+    float* vbuf = lf + n.Fp;
+    float* tmp = vbuf + n.Dvp;
+    std::fill(st.c, st.c + n.Fp * n.Dvp + n.Fp, 0.0f);
+    std::fill(st.m, st.m + n.Fp, kNegInf);
+    std::fill(vbuf, vbuf + n.Dvp, 0.0f);
+    int64_t added = 0;
+    for (int64_t i = 0; i < n.Sq; ++i) {
+      for (const int64_t upto = visible_keys(causal, n.Sq, n.Sk, len, i); added < upto; ++added) {
+        ComputeLogFeatures(a.k.row<const float>(b, added, hk), n.Dk, f, omega, n.Fp, true, lf);
+        std::copy_n(a.v.row<const float>(b, added, hk), n.Dv, vbuf);
+        AddKey(st, lf, vbuf, n.Fp, n.Dvp, tmp);
+      }
+      ComputeLogFeatures(a.q.row<const float>(b, i, h), n.Dk, f, omega, n.Fp, false, lf);
+      QueryRow(st, lf, n.Fp, n.Dv, n.Dvp, tmp, a.out.row<float>(b, i, h));
+    }
+  });
+}
+
+void LogLinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
+                     const LogFeatures& f, Context& ctx) {
+  const int64_t T = k.shape[1], dk = k.shape[3];
+  ctx.reserve_scratch(static_cast<size_t>(ScratchFloats(s.features, s.dvp)));
+  ctx.parallel_for(s.batch * s.kv_heads, [&](int64_t slot, int worker) {
+    const int64_t b = slot / s.kv_heads, hk = slot % s.kv_heads;
+    const float* omega = f.omega ? f.omega + hk * f.features * dk : nullptr;
+    const Slot st{s.c_slot(slot), s.z_slot(slot), s.m_slot(slot)};
+    float* lf = ctx.scratch(worker);
+    float* vbuf = lf + s.features;
+    float* tmp = vbuf + s.dvp;
+    std::fill(vbuf, vbuf + s.dvp, 0.0f);
+    for (int64_t t = 0; t < T; ++t) {
+      ComputeLogFeatures(k.row<const float>(b, t, hk), dk, f, omega, s.features, true, lf);
+      std::copy_n(v.row<const float>(b, t, hk), s.dv, vbuf);
+      AddKey(st, lf, vbuf, s.features, s.dvp, tmp);
+    }
+  });
+}
+
+void LogLinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out, const LogFeatures& f,
+                    Context& ctx) {
+  const int64_t T = q.shape[1], hq = q.shape[2], dk = q.shape[3];
+  ctx.reserve_scratch(static_cast<size_t>(ScratchFloats(s.features, s.dvp)));
+  ctx.parallel_for(s.batch * hq, [&](int64_t task, int worker) {
+    const int64_t b = task / hq, h = task % hq, hk = h / (hq / s.kv_heads), slot = b * s.kv_heads + hk;
+    const float* omega = f.omega ? f.omega + hk * f.features * dk : nullptr;
+    const Slot st{s.c_slot(slot), s.z_slot(slot), s.m_slot(slot)};
+    float* lf = ctx.scratch(worker);
+    float* tmp = lf + s.features;
+    for (int64_t t = 0; t < T; ++t) {
+      ComputeLogFeatures(q.row<const float>(b, t, h), dk, f, omega, s.features, false, lf);
+      QueryRow(st, lf, s.features, s.dv, s.dvp, tmp, out.row<float>(b, t, h));
+    }
+  });
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace attnkit::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace attnkit::cpu {
+
+HWY_EXPORT(LogLinearForward);
+HWY_EXPORT(LogLinearAppend);
+HWY_EXPORT(LogLinearQuery);
+
+void log_linear_forward(const AttentionArgs& a, const LogFeatures& f, bool causal, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LogLinearForward)(a, f, causal, ctx);
+}
+void log_linear_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
+                       const LogFeatures& f, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LogLinearAppend)(s, k, v, f, ctx);
+  s.tokens += k.shape[1];
+}
+void log_linear_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
+                      const LogFeatures& f, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LogLinearQuery)(s, q, out, f, ctx);
+}
+
+LinearState::LinearState(int64_t batch_, int64_t kv_heads_, int64_t features_, int64_t dv_, bool log_space)
+    : batch(batch_), kv_heads(kv_heads_), features(pad_to_state(features_)), dv(dv_), dvp(pad_to_state(dv_)) {
+  const int64_t slots = batch * kv_heads;
+  c.assign(slots * features * dvp, 0.0f);
+  z.assign(slots * features, 0.0f);
+  if (log_space) m.assign(slots * features, -std::numeric_limits<float>::infinity());
+}
+
+}  // namespace attnkit::cpu
+#endif  // HWY_ONCE

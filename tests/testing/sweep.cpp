@@ -1,0 +1,104 @@
+#include "tests/testing/sweep.hpp"
+
+#include <cmath>
+#include <limits>
+
+namespace attnkit::testing {
+namespace {
+
+std::vector<Dims> shapes(const SweepOptions& o) {
+  std::vector<Dims> s = {
+      {1, 1, 1, 1, 1, 16, 16},    {1, 2, 7, 2, 1, 16, 16},    {1, 63, 64, 2, 2, 32, 32},
+      {1, 65, 65, 1, 1, 64, 64},  {1, 64, 130, 4, 2, 80, 80}, {1, 130, 64, 2, 2, 128, 128},
+      {2, 33, 47, 4, 4, 16, 48},  {1, 100, 100, 3, 1, 24, 24},
+  };
+  for (Dims& d : s) {
+    if (o.equal_lengths) d.Sk = d.Sq;
+    if (o.equal_dims) d.Dv = d.Dk;
+  }
+  return s;
+}
+
+}  // namespace
+
+void sweep_against_reference(const std::string& name, const std::string& config, const RefFn& ref,
+                             const SweepOptions& o) {
+  Context ctx(2);
+  uint32_t seed = 1000;
+  for (bool causal : {false, true}) {
+    if (causal && !o.causal) continue;
+    const AttentionOptions opts{.causal = causal};
+    const auto m = make_mechanism(name, opts, config);
+    for (const Dims& d : shapes(o)) {
+      for (Layout layout : {Layout::kContiguous, Layout::kHeadMajorPadded}) {
+        for (bool padded : {false, true}) {
+          SCOPED_TRACE(name + " " + config + " " + to_string(d) + (causal ? " causal" : "") +
+                       (layout == Layout::kHeadMajorPadded ? " strided" : "") + (padded ? " padded" : ""));
+          Problem p(d, seed++, layout, o.memory_len);
+          if (padded) {
+            for (int64_t b = 0; b < d.B; ++b) p.key_lengths.push_back(static_cast<int32_t>(d.Sk - (d.Sk * (b + 1)) / 3));
+          }
+          Problem r = p;
+          m->forward(p.args32(), ctx);
+          ref(r.args64(), opts);
+          const Report rep = compare(p.out, true, r.out);
+          EXPECT_LE(rep.max_abs, o.c * std::numeric_limits<float>::epsilon() * std::max(rep.ref_max, 1.0))
+              << rep.str();
+          if (o.memory_len > 0) {
+            const Report mr = compare(p.memory_out, true, r.memory_out);
+            EXPECT_LE(mr.max_abs, o.c * std::numeric_limits<float>::epsilon() * std::max(mr.ref_max, 1.0))
+                << "memory_out " << mr.str();
+          }
+        }
+      }
+    }
+    // Same output for 1, 2 and 7 threads, bit for bit.
+    const Dims d{2, 150, 150, 4, 2, 32, 32};
+    Problem base(d, seed++, Layout::kContiguous, o.memory_len);
+    std::vector<std::vector<float>> outs;
+    for (int threads : {1, 2, 7}) {
+      Context c(threads);
+      Problem p = base;
+      m->forward(p.args32(), c);
+      outs.push_back(p.out.f32);
+    }
+    EXPECT_EQ(outs[0], outs[1]) << name << " 1 vs 2 threads";
+    EXPECT_EQ(outs[0], outs[2]) << name << " 1 vs 7 threads";
+  }
+}
+
+void check_streaming_matches_causal(const std::string& name, const std::string& config, double tol,
+                                    int64_t memory_len) {
+  Context ctx(2);
+  const Dims d{2, 90, 90, 4, 2, 32, 32};
+  Problem p(d, 7, Layout::kContiguous, memory_len);
+  const auto m = make_mechanism(name, {.causal = true}, config);
+  m->forward(p.args32(), ctx);
+  StreamSpec spec{.batch = d.B, .heads = d.Hq, .kv_heads = d.Hk, .head_dim = d.Dk, .value_dim = d.Dv};
+  if (memory_len > 0) spec.memory = p.memory.view32();
+  const std::unique_ptr<StreamingState> stream = m->new_stream(spec);
+  std::vector<float> out(d.B * d.Hq * d.Dv);
+  const size_t bytes0 = stream->state_bytes();
+  for (int64_t t = 0; t < d.Sk; ++t) {
+    auto slice = [&](const Operand& o) {
+      ConstTensorView v = o.view32();
+      v.data = o.f32.data() + t * o.stride[1];
+      v.shape[1] = 1;
+      return v;
+    };
+    stream->append(slice(p.k), slice(p.v), ctx);
+    stream->query(slice(p.q), make_view(out.data(), {d.B, 1, d.Hq, d.Dv}), ctx);
+    for (int64_t b = 0; b < d.B; ++b)
+      for (int64_t h = 0; h < d.Hq; ++h)
+        for (int64_t c = 0; c < d.Dv; ++c) {
+          const float want = p.out.f32[b * p.out.stride[0] + t * p.out.stride[1] + h * p.out.stride[2] + c];
+          ASSERT_NEAR(out[(b * d.Hq + h) * d.Dv + c], want, tol) << name << " t=" << t;
+        }
+  }
+  EXPECT_EQ(stream->length(), d.Sk);
+  if (name != "softmax") {
+    EXPECT_EQ(stream->state_bytes(), bytes0) << name << ": state must not grow";
+  }
+}
+
+}  // namespace attnkit::testing
