@@ -1,4 +1,11 @@
 // linear: de Brebisson & Vincent linear attention with gate and feature maps (SPEC 1).
+// float32 runs src/cpu/linear.cpp (chunked causal prefill, recurrent streaming); map=exp
+// with norm=kernel and no gate is Heinsen's mechanism and runs its overflow-free log-space
+// kernel. float64 runs the reference.
+#include <cmath>
+
+#include "src/cpu/kernels.hpp"
+#include "src/mechanisms/linear_stream.hpp"
 #include "src/mechanisms/reference_backed.hpp"
 #include "src/mechanisms/registry.hpp"
 #include "src/mechanisms/validate.hpp"
@@ -10,15 +17,27 @@ namespace {
 const std::vector<std::string> kMaps = {"identity", "elu1", "relu", "exp"};
 const std::vector<std::string> kNorms = {"none", "length", "fixed1000", "kernel"};
 
-class Linear final : public ReferenceBacked {
+class Linear final : public Mechanism {
  public:
-  Linear(const AttentionOptions& o, const LinearConfig& c) : ReferenceBacked(o), c_(c) {}
+  Linear(const AttentionOptions& o, const LinearConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "linear"; }
-  Capabilities capabilities() const override { return {.causal = true}; }
+  Capabilities capabilities() const override {
+    return {.causal = true, .streaming = !c_.gated, .fast_kernel = true};
+  }
   std::string describe() const override {
     return "linear(map=" + kMaps[static_cast<int>(c_.feature_map)] +
-           ",norm=" + kNorms[static_cast<int>(c_.norm)] + ",gated=" + (c_.gated ? "1" : "0") + ") " +
-           to_string(options());
+           ",norm=" + kNorms[static_cast<int>(c_.norm)] + ",gated=" + (c_.gated ? "1" : "0") +
+           ",chunk=" + std::to_string(c_.chunk) + ") " + to_string(options());
+  }
+  // State per kv head: C (Dk x Dv) and z (Dk) float32, plus the token count.
+  std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
+    if (c_.gated) throw Error("stream", "gated linear attention needs a gate per token; append(k, v) has none");
+    check_stream_spec(s);
+    const LinearConfig c = c_;
+    return std::make_unique<FixedStateStream>(
+        s, cpu::LinearState(s.batch, s.kv_heads, s.head_dim, s.value_dim, /*log_space=*/false),
+        [c](auto& st, auto& k, auto& v, Context& ctx) { cpu::linear_append(st, k, v, c, ctx); },
+        [c](auto& st, auto& q, auto& out, Context& ctx) { cpu::linear_query(st, q, out, c, ctx); });
   }
 
  protected:
@@ -32,10 +51,43 @@ class Linear final : public ReferenceBacked {
       }
       check_finite(a.gate, "gate");
     }
+    if (c_.feature_map == FeatureMap::kExp && !log_space() && input_dtype(a) == DType::kF32) {
+      // exp(q).exp(k) summed over keys must stay inside float32.
+      for (auto [t, name] : {std::pair{a.q, "q"}, {a.k, "k"}}) {
+        if (max_entry(t) > 30.0f) {
+          throw Error(name, "entries must be <= 30 with map=exp (exp overflows float32); use norm=kernel "
+                            "(Heinsen's log-space form) for larger values");
+        }
+      }
+    }
   }
-  void reference(const AttentionArgs& a) const override { ref::linear_ref(a, options(), c_); }
+  void run(const AttentionArgs& a, Context& ctx) const override {
+    if (a.q.dtype == DType::kF64) {
+      ref::linear_ref(a, options(), c_);
+    } else if (log_space()) {
+      cpu::log_linear_forward(a, cpu::LogFeatures{}, options().causal, ctx);
+    } else {
+      cpu::linear_forward(a, c_, options().causal, ctx);
+    }
+  }
 
  private:
+  // phi = exp with the kernel normaliser and no gate is exactly Heinsen's mechanism.
+  bool log_space() const {
+    return c_.feature_map == FeatureMap::kExp && c_.norm == LinearNorm::kKernel && !c_.gated;
+  }
+  static float max_entry(const ConstTensorView& t) {
+    float m = -INFINITY;
+    for (int64_t b = 0; b < t.shape[0]; ++b)
+      for (int64_t i = 0; i < t.shape[1]; ++i)
+        for (int64_t h = 0; h < t.shape[2]; ++h) {
+          const float* r = t.row<const float>(b, i, h);
+          for (int64_t d = 0; d < t.shape[3]; ++d) m = std::max(m, r[d]);
+        }
+    return m;
+  }
+
+
   LinearConfig c_;
 };
 
@@ -47,7 +99,7 @@ std::unique_ptr<Mechanism> make_linear(const AttentionOptions& o, KeyValues& kv)
   c.feature_map = static_cast<FeatureMap>(kv.get_choice("map", 0, kMaps));
   c.norm = static_cast<LinearNorm>(kv.get_choice("norm", 0, kNorms));
   c.gated = kv.get_bool("gated", false);
-  c.chunk = kv.get_int("chunk", c.chunk, 1, 4096);
+  c.chunk = kv.get_int("chunk", c.chunk, 1, 1024);
   if (c.norm == LinearNorm::kKernel && c.feature_map == FeatureMap::kIdentity) {
     throw Error("config norm", "'kernel' needs a positive feature map (map=elu1, relu or exp)");
   }

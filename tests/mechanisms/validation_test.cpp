@@ -122,7 +122,9 @@ TEST_F(Validation, EmptySizes) {
 TEST_F(Validation, StreamingArguments) {
   auto s = softmax->new_stream({.batch = 2, .heads = 4, .kv_heads = 2, .head_dim = 8, .value_dim = 8});
   EXPECT_EQ(error_of([&] { s->append(p.q.view32(), p.v.view32(), ctx); }), "k: shape [2, 4, 4, 8] must be [2, T, 2, 8]");
-  EXPECT_EQ(error_of([&] { make_mechanism("linear")->new_stream({}); }), "stream: linear has no streaming form");
+  EXPECT_EQ(error_of([&] { make_mechanism("lara")->new_stream({}); }), "stream: lara has no streaming form");
+  EXPECT_EQ(error_of([&] { make_mechanism("linear")->new_stream({}); }),
+            "stream: batch, heads, kv_heads, head_dim and value_dim must be >= 1");
 }
 
 }  // namespace

@@ -1,0 +1,241 @@
+// de Brebisson & Vincent linear attention with feature maps, gate and normalisers.
+//
+// out_i = norm_i * sum_{j visible} w_j (phi(q_i).phi(k_j)) v_j, computed per (batch, q head)
+// in chunks of T query rows (the chunked form of causal prefill):
+//  1. advance the carried state C = sum_j w_j phi(k_j) v_j^T, z = sum_j w_j phi(k_j) to the
+//     first key the chunk's first row sees (C += phi(K)^T (w V), a matmul);
+//  2. out = phi(Q) C + (phi(Q) phi(K_intra)^T * w * causal mask) V_intra (two matmuls) over
+//     the at most T - 1 keys seen by some but not all rows of the chunk;
+//  3. divide by the normaliser (none, T_i, T_i / 1000, or phi(q_i).z_i).
+// Non-causal is step 1 over every valid key then step 2 with no intra block. Streaming uses
+// the recurrent form (rank-1 updates of C and z).
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/cpu/linear.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "src/cpu/kernels.hpp"
+#include "src/cpu/ops/matmul-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace attnkit::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using DF = hn::ScalableTag<float>;
+
+// out[0:dkp) = phi(x[0:dk)), zero beyond dk (so padded lanes add nothing to dots).
+HWY_INLINE void FeatureRow(const float* HWY_RESTRICT x, int64_t dk, int64_t dkp, FeatureMap map,
+                           float* HWY_RESTRICT out) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  std::copy_n(x, dk, out);
+  std::fill(out + dk, out + dkp, 0.0f);
+  const auto zero = hn::Zero(d), one = hn::Set(d, 1.0f);
+  for (int64_t i = 0; i < dkp; i += N) {
+    const auto v = hn::LoadU(d, out + i);
+    switch (map) {
+      case FeatureMap::kIdentity: break;
+      case FeatureMap::kRelu: hn::StoreU(hn::Max(v, zero), d, out + i); break;
+      case FeatureMap::kEluPlusOne:
+        hn::StoreU(hn::IfThenElse(hn::Gt(v, zero), hn::Add(v, one), hn::Exp(d, v)), d, out + i);
+        break;
+      case FeatureMap::kExp: hn::StoreU(hn::Exp(d, v), d, out + i); break;
+    }
+  }
+  std::fill(out + dk, out + dkp, 0.0f);
+}
+
+HWY_INLINE float Normalise(LinearNorm norm, int64_t visible, float den) {
+  switch (norm) {
+    case LinearNorm::kNone: return visible > 0 ? 1.0f : 0.0f;
+    case LinearNorm::kLength: return visible > 0 ? 1.0f / static_cast<float>(visible) : 0.0f;
+    case LinearNorm::kFixed1000: return visible > 0 ? 1000.0f / static_cast<float>(visible) : 0.0f;
+    case LinearNorm::kKernel: return den > 0.0f ? 1.0f / den : 0.0f;
+  }
+  return 1.0f;
+}
+
+HWY_INLINE float GateWeight(const AttentionArgs& a, bool gated, int64_t b, int64_t j, int64_t hk) {
+  if (!gated) return 1.0f;
+  const float u = 1.0f / (1.0f + std::exp(-a.gate.at<const float>(b, j, hk)));
+  return u * u;
+}
+
+struct Plan {
+  int64_t B, Sq, Sk, Hq, Hk, Dk, Dkp, Dv, Dvp, T, Tp;
+  LinearConfig cfg;
+  bool causal;
+};
+
+struct Scratch {
+  float *c, *z, *fq, *fkt, *vb, *s, *acc, *den, *w, *row;
+  Scratch(float* p, const Plan& n) {
+    c = p;                        // [Dkp][Dvp]
+    z = c + n.Dkp * n.Dvp;        // [Dkp]
+    fq = z + n.Dkp;               // [T][Dkp]
+    fkt = fq + n.T * n.Dkp;       // [Dkp][Tp]
+    vb = fkt + n.Dkp * n.Tp;      // [Tp][Dvp]
+    s = vb + n.Tp * n.Dvp;        // [T][Tp]
+    acc = s + n.T * n.Tp;         // [T][Dvp]
+    den = acc + n.T * n.Dvp;      // [T]
+    w = den + n.Tp;               // [Tp]
+    row = w + n.Tp;               // [Dkp]
+  }
+  static int64_t floats(const Plan& n) {
+    return n.Dkp * n.Dvp + n.Dkp + n.T * n.Dkp + n.Dkp * n.Tp + n.Tp * n.Dvp + n.T * n.Tp + n.T * n.Dvp +
+           2 * n.Tp + n.Dkp + 64;
+  }
+};
+
+// Keys [j0, j1) into sc.fkt (transposed features), sc.vb (values, w-scaled if scale_values)
+// and sc.w (weights).
+HWY_INLINE void LoadKeys(const AttentionArgs& a, const Plan& n, int64_t b, int64_t hk, int64_t j0, int64_t j1,
+                         bool scale_values, Scratch& sc) {
+  const int64_t cnt = j1 - j0;
+  std::fill(sc.fkt, sc.fkt + n.Dkp * n.Tp, 0.0f);
+  for (int64_t j = 0; j < cnt; ++j) {
+    FeatureRow(a.k.row<const float>(b, j0 + j, hk), n.Dk, n.Dkp, n.cfg.feature_map, sc.row);
+    for (int64_t r = 0; r < n.Dk; ++r) sc.fkt[r * n.Tp + j] = sc.row[r];
+    sc.w[j] = GateWeight(a, n.cfg.gated, b, j0 + j, hk);
+    const float* v = a.v.row<const float>(b, j0 + j, hk);
+    float* vr = sc.vb + j * n.Dvp;
+    const float f = scale_values ? sc.w[j] : 1.0f;
+    for (int64_t x = 0; x < n.Dv; ++x) vr[x] = f * v[x];
+    std::fill(vr + n.Dv, vr + n.Dvp, 0.0f);
+  }
+}
+
+void AttendHead(const AttentionArgs& a, const Plan& n, int64_t b, int64_t h, Scratch& sc) {
+  const int64_t hk = h / (n.Hq / n.Hk);
+  const int64_t len = a.key_lengths.empty() ? n.Sk : a.key_lengths[b];
+  std::fill(sc.c, sc.c + n.Dkp * n.Dvp + n.Dkp, 0.0f);  // c and z
+  int64_t kdone = 0;
+  for (int64_t i0 = 0; i0 < n.Sq; i0 += n.T) {
+    const int64_t rows = std::min(n.T, n.Sq - i0);
+    const int64_t lo = visible_keys(n.causal, n.Sq, n.Sk, len, i0);
+    const int64_t hi = visible_keys(n.causal, n.Sq, n.Sk, len, i0 + rows - 1);
+    // 1. Carried state up to lo.
+    for (int64_t j0 = kdone; j0 < lo; j0 += n.T) {
+      const int64_t j1 = std::min(lo, j0 + n.T);
+      LoadKeys(a, n, b, hk, j0, j1, /*scale_values=*/true, sc);
+      MatMul(sc.fkt, n.Tp, sc.vb, n.Dvp, sc.c, n.Dvp, n.Dk, n.Dvp, j1 - j0, /*accumulate=*/true);
+      for (int64_t r = 0; r < n.Dk; ++r) sc.z[r] += Dot(sc.fkt + r * n.Tp, sc.w, j1 - j0);
+    }
+    kdone = std::max(kdone, lo);
+    // 2. Inter-chunk part from the state.
+    for (int64_t r = 0; r < rows; ++r) {
+      FeatureRow(a.q.row<const float>(b, i0 + r, h), n.Dk, n.Dkp, n.cfg.feature_map, sc.fq + r * n.Dkp);
+      sc.den[r] = Dot(sc.fq + r * n.Dkp, sc.z, n.Dkp);
+    }
+    MatMul(sc.fq, n.Dkp, sc.c, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, n.Dk, /*accumulate=*/false);
+    // Intra-chunk part over keys [lo, hi), masked per row.
+    if (hi > lo) {
+      LoadKeys(a, n, b, hk, lo, hi, /*scale_values=*/false, sc);
+      MatMul(sc.fq, n.Dkp, sc.fkt, n.Tp, sc.s, n.Tp, rows, n.Tp, n.Dk, /*accumulate=*/false);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t vis = visible_keys(n.causal, n.Sq, n.Sk, len, i0 + r) - lo;
+        float* sr = sc.s + r * n.Tp;
+        float d = 0;
+        for (int64_t j = 0; j < n.Tp; ++j) {
+          sr[j] = j < vis ? sr[j] * sc.w[j] : 0.0f;
+          d += sr[j];
+        }
+        sc.den[r] += d;
+      }
+      MatMul(sc.s, n.Tp, sc.vb, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, hi - lo, /*accumulate=*/true);
+    }
+    // 3. Normalise.
+    for (int64_t r = 0; r < rows; ++r) {
+      const float f = Normalise(n.cfg.norm, visible_keys(n.causal, n.Sq, n.Sk, len, i0 + r), sc.den[r]);
+      float* dst = a.out.row<float>(b, i0 + r, h);
+      for (int64_t x = 0; x < n.Dv; ++x) dst[x] = f * sc.acc[r * n.Dvp + x];
+    }
+  }
+}
+
+void LinearForward(const AttentionArgs& a, const LinearConfig& cfg, bool causal, Context& ctx) {
+  Plan n;
+  n.B = a.q.shape[0], n.Sq = a.q.shape[1], n.Hq = a.q.shape[2], n.Dk = a.q.shape[3];
+  n.Sk = a.k.shape[1], n.Hk = a.k.shape[2], n.Dv = a.v.shape[3];
+  n.Dkp = pad_to_state(n.Dk), n.Dvp = pad_to_state(n.Dv);
+  n.T = cfg.chunk, n.Tp = pad_to_state(cfg.chunk);
+  n.cfg = cfg;
+  n.causal = causal;
+  ctx.reserve_scratch(static_cast<size_t>(Scratch::floats(n)));
+  ctx.parallel_for(n.B * n.Hq, [&](int64_t task, int worker) {
+    Scratch sc(ctx.scratch(worker), n);
+    AttendHead(a, n, task / n.Hq, task % n.Hq, sc);
+  });
+}
+
+void LinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensorView& v, const LinearConfig& cfg,
+                  Context& ctx) {
+  const int64_t T = k.shape[1], dk = k.shape[3];
+  ctx.reserve_scratch(static_cast<size_t>(2 * s.features + s.dvp));
+  ctx.parallel_for(s.batch * s.kv_heads, [&](int64_t slot, int worker) {
+    const int64_t b = slot / s.kv_heads, hk = slot % s.kv_heads;
+    float* fk = ctx.scratch(worker);
+    float* vb = fk + s.features;
+    std::fill(vb, vb + s.dvp, 0.0f);
+    float* c = s.c_slot(slot);
+    float* z = s.z_slot(slot);
+    for (int64_t t = 0; t < T; ++t) {
+      FeatureRow(k.row<const float>(b, t, hk), dk, s.features, cfg.feature_map, fk);
+      std::copy_n(v.row<const float>(b, t, hk), s.dv, vb);
+      for (int64_t r = 0; r < dk; ++r) {
+        if (fk[r] != 0.0f) Axpy(fk[r], vb, c + r * s.dvp, s.dvp);
+        z[r] += fk[r];
+      }
+    }
+  });
+}
+
+void LinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out, const LinearConfig& cfg,
+                 Context& ctx) {
+  const int64_t T = q.shape[1], hq = q.shape[2], dk = q.shape[3];
+  const int64_t tokens = s.tokens;
+  ctx.reserve_scratch(static_cast<size_t>(s.features + s.dvp));
+  ctx.parallel_for(s.batch * hq, [&](int64_t task, int worker) {
+    const int64_t b = task / hq, h = task % hq, slot = b * s.kv_heads + h / (hq / s.kv_heads);
+    float* fq = ctx.scratch(worker);
+    float* num = fq + s.features;
+    for (int64_t t = 0; t < T; ++t) {
+      FeatureRow(q.row<const float>(b, t, h), dk, s.features, cfg.feature_map, fq);
+      MatMulRows<1>(fq, s.features, s.c_slot(slot), s.dvp, dk, s.dvp, num, s.dvp, /*accumulate=*/false);
+      const float f = Normalise(cfg.norm, tokens, Dot(fq, s.z_slot(slot), s.features));
+      float* dst = out.row<float>(b, t, h);
+      for (int64_t x = 0; x < s.dv; ++x) dst[x] = f * num[x];
+    }
+  });
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace attnkit::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace attnkit::cpu {
+
+HWY_EXPORT(LinearForward);
+HWY_EXPORT(LinearAppend);
+HWY_EXPORT(LinearQuery);
+
+void linear_forward(const AttentionArgs& a, const LinearConfig& c, bool causal, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LinearForward)(a, c, causal, ctx);
+}
+void linear_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v, const LinearConfig& c,
+                   Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LinearAppend)(s, k, v, c, ctx);
+  s.tokens += k.shape[1];
+}
+void linear_query(LinearState& s, const ConstTensorView& q, const TensorView& out, const LinearConfig& c,
+                  Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LinearQuery)(s, q, out, c, ctx);
+}
+
+}  // namespace attnkit::cpu
+#endif  // HWY_ONCE
