@@ -1,26 +1,94 @@
 // luna: nested pack/unpack attention through a memory (SPEC 4.1), causal and not.
-#include "src/mechanisms/reference_backed.hpp"
+// float32 non-causal: pack = softmax kernel with the memory as queries, unpack = softmax
+// kernel over the packed memory (tied keys = values). float32 causal: the running-average
+// kernel (src/cpu/luna.cpp), also the streaming form. float64 runs the reference.
+#include <cmath>
+#include <memory>
+
+#include "src/cpu/kernels.hpp"
+#include "src/mechanisms/linear_stream.hpp"
 #include "src/mechanisms/registry.hpp"
 #include "src/mechanisms/validate.hpp"
 #include "src/reference/reference.hpp"
 
 namespace attnkit::detail {
-
 namespace {
 
-class Luna final : public ReferenceBacked {
+float scale_of(const AttentionOptions& o, int64_t dk) {
+  return static_cast<float>(o.scale != 0.0 ? o.scale : 1.0 / std::sqrt(static_cast<double>(dk)));
+}
+
+class Luna final : public Mechanism {
  public:
-  using ReferenceBacked::ReferenceBacked;
+  using Mechanism::Mechanism;
   std::string_view name() const override { return "luna"; }
-  Capabilities capabilities() const override { return {.causal = true, .needs_memory = true}; }
+  Capabilities capabilities() const override {
+    return {.causal = true, .streaming = true, .fast_kernel = true, .needs_memory = true};
+  }
+  // Causal running-average state per (batch, q head): L x Dv sums and the step count.
+  std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
+    check_stream_spec(s);
+    if (s.head_dim != s.value_dim) throw Error("stream", "luna needs head_dim == value_dim (tied unpack)");
+    check_tensor(s.memory, "memory", 4, DType::kF32);
+    if (s.memory.shape[0] != s.batch || s.memory.shape[2] != s.heads || s.memory.shape[3] != s.head_dim ||
+        s.memory.shape[1] < 1) {
+      throw Error("memory", "shape " + shape_string(s.memory) + " must be [B, L >= 1, Hq, Dk]");
+    }
+    check_finite(s.memory, "memory");
+    // The stream keeps its own contiguous copy of the memory.
+    auto mem = std::make_shared<Tensor<float>>(
+        std::vector<int64_t>(s.memory.shape.begin(), s.memory.shape.end()));
+    for (int64_t b = 0; b < s.batch; ++b)
+      for (int64_t l = 0; l < s.memory.shape[1]; ++l)
+        for (int64_t h = 0; h < s.heads; ++h)
+          std::copy_n(s.memory.row<const float>(b, l, h), s.head_dim, mem->view().row<float>(b, l, h));
+    const float sc = scale_of(options(), s.head_dim);
+    const ConstTensorView mv = mem->cview();
+    return std::make_unique<FixedStateStream>(
+        s, cpu::LinearState(s.batch, s.heads, s.memory.shape[1], s.value_dim, /*log_space=*/false),
+        [mv, sc](auto& st, auto& k, auto& v, Context& ctx) { cpu::luna_append(st, k, v, mv, sc, ctx); },
+        [mv, sc](auto& st, auto& q, auto& out, Context& ctx) { cpu::luna_query(st, q, out, mv, sc, ctx); }, mem);
+  }
 
  protected:
   void validate(const AttentionArgs& a) const override {
-    const Shape sh = check_qkv(a, input_dtype(a));
+    const DType dt = a.q.present() && a.q.dtype == DType::kF64 ? DType::kF64 : DType::kF32;
+    const Shape sh = check_qkv(a, dt);
     check_unused(a, name(), true, false, false, false);
-    check_memory_args(a, sh, input_dtype(a));
+    check_memory_args(a, sh, dt);
   }
-  void reference(const AttentionArgs& a) const override { ref::luna_ref(a, options()); }
+  void run(const AttentionArgs& a, Context& ctx) const override {
+    if (a.q.dtype == DType::kF64) {
+      ref::luna_ref(a, options());
+      return;
+    }
+    const float s = scale_of(options(), a.q.shape[3]);
+    if (options().causal) {
+      cpu::luna_causal_forward(a, s, ctx);
+      return;
+    }
+    // Pack: the memory attends over the sequence.
+    Tensor<float> packed;
+    AttentionArgs pack;
+    pack.q = a.memory;
+    pack.k = a.k;
+    pack.v = a.v;
+    pack.key_lengths = a.key_lengths;
+    if (a.memory_out.present()) {
+      pack.out = a.memory_out;
+    } else {
+      packed = Tensor<float>({a.memory.shape[0], a.memory.shape[1], a.memory.shape[2], a.v.shape[3]});
+      pack.out = packed.view();
+    }
+    cpu::softmax_forward(pack, s, /*causal=*/false, ctx);
+    // Unpack: the sequence attends over the packed memory (keys = values).
+    AttentionArgs unpack;
+    unpack.q = a.q;
+    unpack.k = pack.out;
+    unpack.v = pack.out;
+    unpack.out = a.out;
+    cpu::softmax_forward(unpack, s, /*causal=*/false, ctx);
+  }
 };
 
 }  // namespace

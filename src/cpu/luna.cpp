@@ -1,0 +1,146 @@
+// Causal Luna, the running-average form of SPEC 4.1(b)-(c):
+//   a_j[l] = log2(1 + 2^(s k_j . p_l))   (softplus with beta = ln 2)
+//   acc_t = sum_{j visible} a_j v_j^T     ([L][Dv], the fixed-size state), t = #visible
+//   out_t = sum_l softmax_l(s q_t . acc_t[l] / t) acc_t[l] / t
+// One task per (batch, q head); prefill and streaming share AddKey / QueryRow, so the
+// streaming output equals the causal row. (Non-causal Luna is two softmax-kernel calls,
+// see src/mechanisms/luna.cpp.)
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/cpu/luna.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "src/cpu/kernels.hpp"
+#include "src/cpu/ops/matmul-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace attnkit::cpu {
+namespace HWY_NAMESPACE {
+
+HWY_INLINE float SoftplusLn2(float z) {
+  return z > 0.0f ? z + std::log2(1.0f + std::exp2(-z)) : std::log2(1.0f + std::exp2(z));
+}
+
+// acc[l] += a_l v for key k (v zero padded to dvp); mem(l) -> p_l row.
+template <typename MemRow>
+HWY_INLINE void AddKey(float* acc, const float* k, const float* v, int64_t L, int64_t dk, int64_t dvp, float s,
+                       const MemRow& mem) {
+  for (int64_t l = 0; l < L; ++l) Axpy(SoftplusLn2(s * Dot(k, mem(l), dk)), v, acc + l * dvp, dvp);
+}
+
+// out = softmax_l(s q . acc_l / t) acc / t; zeros when t == 0. w: L floats of scratch.
+HWY_INLINE void QueryRow(const float* acc, int64_t t, const float* q, int64_t L, int64_t dk, int64_t dv,
+                         int64_t dvp, float s, float* w, float* out) {
+  if (t == 0) {
+    std::fill(out, out + dv, 0.0f);
+    return;
+  }
+  const float inv_t = 1.0f / static_cast<float>(t);
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t l = 0; l < L; ++l) m = std::max(m, w[l] = s * inv_t * Dot(q, acc + l * dvp, dk));
+  float sum = 0;
+  for (int64_t l = 0; l < L; ++l) sum += (w[l] = std::exp(w[l] - m));
+  const float f = inv_t / sum;
+  std::fill(out, out + dv, 0.0f);
+  for (int64_t l = 0; l < L; ++l) {
+    const float wl = w[l] * f;
+    const float* al = acc + l * dvp;
+    for (int64_t x = 0; x < dv; ++x) out[x] += wl * al[x];
+  }
+}
+
+void LunaCausalForward(const AttentionArgs& a, float s, Context& ctx) {
+  const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], dk = a.q.shape[3];
+  const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], dv = a.v.shape[3], dvp = pad_to_state(dv);
+  const int64_t L = a.memory.shape[1];
+  ctx.reserve_scratch(static_cast<size_t>(L * dvp + dvp + L + 64));
+  ctx.parallel_for(B * Hq, [&](int64_t task, int worker) {
+    const int64_t b = task / Hq, h = task % Hq, hk = h / (Hq / Hk);
+    const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
+    float* acc = ctx.scratch(worker);
+    float* vb = acc + L * dvp;
+    float* w = vb + dvp;
+    std::fill(acc, acc + L * dvp + dvp, 0.0f);
+    auto mem = [&](int64_t l) { return a.memory.row<const float>(b, l, h); };
+    int64_t added = 0;
+    auto add_upto = [&](int64_t upto) {
+      for (; added < upto; ++added) {
+        std::copy_n(a.v.row<const float>(b, added, hk), dv, vb);
+        AddKey(acc, a.k.row<const float>(b, added, hk), vb, L, dk, dvp, s, mem);
+      }
+    };
+    for (int64_t i = 0; i < Sq; ++i) {
+      const int64_t t = visible_keys(true, Sq, Sk, len, i);
+      add_upto(t);
+      QueryRow(acc, t, a.q.row<const float>(b, i, h), L, dk, dv, dvp, s, w, a.out.row<float>(b, i, h));
+    }
+    if (a.memory_out.present()) {  // the final packed memory over all valid keys
+      add_upto(len);
+      const float inv = len > 0 ? 1.0f / static_cast<float>(len) : 0.0f;
+      for (int64_t l = 0; l < L; ++l) {
+        float* dst = a.memory_out.row<float>(b, l, h);
+        for (int64_t x = 0; x < dv; ++x) dst[x] = acc[l * dvp + x] * inv;
+      }
+    }
+  });
+}
+
+void LunaAppend(LinearState& st, const ConstTensorView& k, const ConstTensorView& v, const ConstTensorView& memory,
+                float s, Context& ctx) {
+  const int64_t T = k.shape[1], Hk = k.shape[2], dk = k.shape[3], Hq = st.kv_heads, L = memory.shape[1];
+  ctx.reserve_scratch(static_cast<size_t>(st.dvp));
+  ctx.parallel_for(st.batch * Hq, [&](int64_t slot, int worker) {
+    const int64_t b = slot / Hq, h = slot % Hq, hk = h / (Hq / Hk);
+    float* vb = ctx.scratch(worker);
+    std::fill(vb, vb + st.dvp, 0.0f);
+    auto mem = [&](int64_t l) { return memory.row<const float>(b, l, h); };
+    for (int64_t t = 0; t < T; ++t) {
+      std::copy_n(v.row<const float>(b, t, hk), st.dv, vb);
+      AddKey(st.c_slot(slot), k.row<const float>(b, t, hk), vb, L, dk, st.dvp, s, mem);
+    }
+  });
+}
+
+void LunaQuery(LinearState& st, const ConstTensorView& q, const TensorView& out, const ConstTensorView& memory,
+               float s, Context& ctx) {
+  const int64_t T = q.shape[1], Hq = q.shape[2], dk = q.shape[3], L = memory.shape[1];
+  ctx.reserve_scratch(static_cast<size_t>(L + 16));
+  ctx.parallel_for(st.batch * Hq, [&](int64_t slot, int worker) {
+    const int64_t b = slot / Hq, h = slot % Hq;
+    for (int64_t t = 0; t < T; ++t) {
+      QueryRow(st.c_slot(slot), st.tokens, q.row<const float>(b, t, h), L, dk, st.dv, st.dvp, s,
+               ctx.scratch(worker), out.row<float>(b, t, h));
+    }
+  });
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace attnkit::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace attnkit::cpu {
+
+HWY_EXPORT(LunaCausalForward);
+HWY_EXPORT(LunaAppend);
+HWY_EXPORT(LunaQuery);
+
+void luna_causal_forward(const AttentionArgs& a, float scale, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LunaCausalForward)(a, scale, ctx);
+}
+void luna_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v, const ConstTensorView& memory,
+                 float scale, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LunaAppend)(s, k, v, memory, scale, ctx);
+  s.tokens += k.shape[1];
+}
+void luna_query(LinearState& s, const ConstTensorView& q, const TensorView& out, const ConstTensorView& memory,
+                float scale, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LunaQuery)(s, q, out, memory, scale, ctx);
+}
+
+}  // namespace attnkit::cpu
+#endif  // HWY_ONCE
