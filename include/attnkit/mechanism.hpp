@@ -97,6 +97,14 @@ class Mechanism {
   AttentionOptions options_;
 };
 
+// Top-k feed-forward (Gupta et al. 2021, a feed-forward layer read as attention):
+// out[t] = sum over the k largest x_t . keys_j of relu(x_t . keys_j) values_j.
+// x: [T, Dm], keys: [F, Dm] (rows of W_in), values: [F, Dout] (rows of W_out^T),
+// out: [T, Dout]; rank 2, rows contiguous, all float32 (fast) or all float64 (reference).
+// k >= F is the dense ReLU feed-forward.
+void topk_feed_forward(const ConstTensorView& x, const ConstTensorView& keys, const ConstTensorView& values,
+                       const TensorView& out, int k, Context& ctx);
+
 // Registry: the one place that lists every mechanism.
 std::vector<std::string> mechanism_names();
 // config: "key=value,..." parsed by the mechanism's factory; unknown keys are errors.

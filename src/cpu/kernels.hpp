@@ -77,3 +77,16 @@ void luna_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
                 const ConstTensorView& memory, float scale, Context& ctx);
 
 }  // namespace attnkit::cpu
+
+namespace attnkit::cpu {
+
+// Top-k attention: per query, softmax over its k largest visible logits (ties to the
+// lower key index). Scores are computed for tasks of at most min(query_chunk, 32) rows,
+// so extra memory is O(rows * Sk) per thread plus the packed keys: linear in N.
+void topk_forward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal, Context& ctx);
+// Top-k feed-forward: out[t] = sum over the k largest x_t . keys_j of relu(x_t . keys_j) values_j.
+// x [T, Dm], keys [F, Dm], values [F, Dout], out [T, Dout], float32, rows contiguous.
+void topk_ff_forward(const ConstTensorView& x, const ConstTensorView& keys, const ConstTensorView& values,
+                     const TensorView& out, int k, Context& ctx);
+
+}  // namespace attnkit::cpu

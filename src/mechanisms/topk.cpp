@@ -1,17 +1,21 @@
-// topk: top-k attention with query chunks (SPEC 3(a)).
-#include "src/mechanisms/reference_backed.hpp"
+// topk: top-k attention with query chunks (SPEC 3(a)), and top-k feed-forward.
+// float32 runs src/cpu/topk.cpp; float64 runs the reference.
+#include <cmath>
+
+#include "src/cpu/kernels.hpp"
 #include "src/mechanisms/registry.hpp"
 #include "src/mechanisms/validate.hpp"
 #include "src/reference/reference.hpp"
 
-namespace attnkit::detail {
+namespace attnkit {
+namespace detail {
 namespace {
 
-class Topk final : public ReferenceBacked {
+class Topk final : public Mechanism {
  public:
-  Topk(const AttentionOptions& o, const TopkConfig& c) : ReferenceBacked(o), c_(c) {}
+  Topk(const AttentionOptions& o, const TopkConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "topk"; }
-  Capabilities capabilities() const override { return {.causal = true}; }
+  Capabilities capabilities() const override { return {.causal = true, .fast_kernel = true}; }
   std::string describe() const override {
     return "topk(k=" + std::to_string(c_.k) + ",query_chunk=" + std::to_string(c_.query_chunk) + ") " +
            to_string(options());
@@ -19,10 +23,17 @@ class Topk final : public ReferenceBacked {
 
  protected:
   void validate(const AttentionArgs& a) const override {
-    check_qkv(a, input_dtype(a));
+    check_qkv(a, a.q.present() && a.q.dtype == DType::kF64 ? DType::kF64 : DType::kF32);
     check_unused(a, name(), false, false, false, false);
   }
-  void reference(const AttentionArgs& a) const override { ref::topk_ref(a, options(), c_); }
+  void run(const AttentionArgs& a, Context& ctx) const override {
+    if (a.q.dtype == DType::kF64) {
+      ref::topk_ref(a, options(), c_);
+      return;
+    }
+    const double s = options().scale != 0.0 ? options().scale : 1.0 / std::sqrt(static_cast<double>(a.q.shape[3]));
+    cpu::topk_forward(a, c_.k, c_.query_chunk, static_cast<float>(s), options().causal, ctx);
+  }
 
  private:
   TopkConfig c_;
@@ -37,4 +48,40 @@ std::unique_ptr<Mechanism> make_topk(const AttentionOptions& o, KeyValues& kv) {
   return std::make_unique<Topk>(o, c);
 }
 
-}  // namespace attnkit::detail
+}  // namespace detail
+
+void topk_feed_forward(const ConstTensorView& x, const ConstTensorView& keys, const ConstTensorView& values,
+                       const TensorView& out, int k, Context& ctx) {
+  using detail::check_tensor;
+  const DType dt = x.present() && x.dtype == DType::kF64 ? DType::kF64 : DType::kF32;
+  check_tensor(x, "x", 2, dt);
+  check_tensor(keys, "keys", 2, dt);
+  check_tensor(values, "values", 2, dt);
+  check_tensor(as_const(out), "out", 2, dt);
+  if (k < 1) throw Error("k", "must be >= 1, got " + std::to_string(k));
+  if (x.shape[1] < 1) throw Error("x", "dim 1 (model dim) must be >= 1");
+  if (keys.shape[1] != x.shape[1]) {
+    throw Error("keys", "dim 1 (" + std::to_string(keys.shape[1]) + ") must equal x dim 1 (" +
+                            std::to_string(x.shape[1]) + ")");
+  }
+  if (values.shape[0] != keys.shape[0]) {
+    throw Error("values", "dim 0 (" + std::to_string(values.shape[0]) + ") must equal keys dim 0 (" +
+                              std::to_string(keys.shape[0]) + ")");
+  }
+  if (out.shape[0] != x.shape[0] || out.shape[1] != values.shape[1]) {
+    throw Error("out", "shape " + shape_string(out) + " must be [T, Dout] = [" + std::to_string(x.shape[0]) + ", " +
+                           std::to_string(values.shape[1]) + "]");
+  }
+  for (auto [t, name] : {std::pair{x, "x"}, {keys, "keys"}, {values, "values"}}) {
+    detail::check_finite(t, name);
+    detail::check_no_overlap(as_const(out), "out", t, name);
+  }
+  if (x.shape[0] == 0) return;
+  if (dt == DType::kF64) {
+    ref::topk_ff_ref(x, keys, values, out, k);
+  } else {
+    cpu::topk_ff_forward(x, keys, values, out, k, ctx);
+  }
+}
+
+}  // namespace attnkit

@@ -1,0 +1,187 @@
+// Top-k attention and top-k feed-forward (SPEC 3).
+// Keys are packed transposed once ([Dk][Skp] per kv head); a task takes a few query rows,
+// computes their scores with the register-tiled matmul, and per row selects the k largest
+// with a bounded min-heap behind a vector prefilter (only lanes above the current k-th
+// value reach the heap), then mixes the kept values. Memory: O(rows * Sk) per thread.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/cpu/topk.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+
+#include "src/cpu/kernels.hpp"
+#include "src/cpu/ops/matmul-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace attnkit::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using DF = hn::ScalableTag<float>;
+
+constexpr int64_t kRowsPerTask = 32;
+
+inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Indices of the k largest of s[0:n) (ties to the lower index) into idx; returns the count
+// (min(k, n)). heap: k floats of scratch.
+HWY_INLINE int64_t SelectTopK(const float* HWY_RESTRICT s, int64_t n, int64_t k, float* HWY_RESTRICT heap,
+                              int32_t* HWY_RESTRICT idx) {
+  if (n <= k) {
+    for (int64_t j = 0; j < n; ++j) idx[j] = static_cast<int32_t>(j);
+    return n;
+  }
+  // 1. The k-th largest value tau: a min-heap of the k largest seen so far.
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  std::copy_n(s, k, heap);
+  std::make_heap(heap, heap + k, std::greater<float>());
+  int64_t j = k;
+  for (; j + N <= n; j += N) {
+    if (hn::AllFalse(d, hn::Gt(hn::LoadU(d, s + j), hn::Set(d, heap[0])))) continue;
+    for (int64_t x = j; x < j + N; ++x) {
+      if (s[x] > heap[0]) {
+        std::pop_heap(heap, heap + k, std::greater<float>());
+        heap[k - 1] = s[x];
+        std::push_heap(heap, heap + k, std::greater<float>());
+      }
+    }
+  }
+  for (; j < n; ++j) {
+    if (s[j] > heap[0]) {
+      std::pop_heap(heap, heap + k, std::greater<float>());
+      heap[k - 1] = s[j];
+      std::push_heap(heap, heap + k, std::greater<float>());
+    }
+  }
+  const float tau = heap[0];
+  // 2. Everything above tau, then ties at tau by increasing index until k.
+  int64_t c = 0;
+  for (int64_t x = 0; x < n; ++x) {
+    if (s[x] > tau) idx[c++] = static_cast<int32_t>(x);
+  }
+  for (int64_t x = 0; x < n && c < k; ++x) {
+    if (s[x] == tau) idx[c++] = static_cast<int32_t>(x);
+  }
+  std::sort(idx, idx + c);
+  return c;
+}
+
+// Packs rows [0, n) of a matrix (row r at src(r), dim entries) transposed into dst[dim][ld].
+template <typename Row>
+void PackTransposed(const Row& src, int64_t n, int64_t dim, int64_t ld, float* dst) {
+  std::fill(dst, dst + dim * ld, 0.0f);
+  for (int64_t r = 0; r < n; ++r) {
+    const float* x = src(r);
+    for (int64_t c = 0; c < dim; ++c) dst[c * ld + r] = x[c];
+  }
+}
+
+void TopkForward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal, Context& ctx) {
+  const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
+  const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
+  const int64_t Skp = RoundUp(std::max<int64_t>(Sk, 1), kStatePad), Dkp = pad_to_state(Dk);
+  const int64_t rows_per_task = std::min<int64_t>(query_chunk, kRowsPerTask);
+  const int64_t blocks = (Sq + rows_per_task - 1) / rows_per_task;
+  float* kt = ctx.shared_scratch(static_cast<size_t>(B * Hk * Dk * Skp));
+  ctx.parallel_for(B * Hk, [&](int64_t bh, int) {
+    const int64_t b = bh / Hk, hk = bh % Hk;
+    PackTransposed([&](int64_t r) { return a.k.row<const float>(b, r, hk); }, Sk, Dk, Skp, kt + bh * Dk * Skp);
+  });
+  // Scratch: q rows [rows][Dkp], scores [rows][Skp], heap [k], indices [k], accumulator [Dv].
+  const int64_t kk = std::min<int64_t>(k, Sk);
+  ctx.reserve_scratch(static_cast<size_t>(rows_per_task * (Dkp + Skp) + 2 * kk + Dv + 64));
+  ctx.parallel_for(B * Hq * blocks, [&](int64_t task, int worker) {
+    const int64_t blk = task % blocks, bh = task / blocks, b = bh / Hq, h = bh % Hq, hk = h / (Hq / Hk);
+    const int64_t i0 = blk * rows_per_task, rows = std::min(rows_per_task, Sq - i0);
+    const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
+    float* q = ctx.scratch(worker);
+    float* s = q + rows_per_task * Dkp;
+    float* heap = s + rows_per_task * Skp;
+    int32_t* idx = reinterpret_cast<int32_t*>(heap + kk);
+    float* acc = heap + 2 * kk;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* src = a.q.row<const float>(b, i0 + r, h);
+      for (int64_t c = 0; c < Dk; ++c) q[r * Dkp + c] = src[c] * scale;
+    }
+    const int64_t cols = RoundUp(std::max<int64_t>(visible_keys(causal, Sq, Sk, len, i0 + rows - 1), 1), kStatePad);
+    MatMul(q, Dkp, kt + (b * Hk + hk) * Dk * Skp, Skp, s, Skp, rows, std::min(cols, Skp), Dk, /*accumulate=*/false);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t n = visible_keys(causal, Sq, Sk, len, i0 + r);
+      float* dst = a.out.row<float>(b, i0 + r, h);
+      const float* sr = s + r * Skp;
+      const int64_t c = SelectTopK(sr, n, k, heap, idx);
+      if (c == 0) {
+        std::fill(dst, dst + Dv, 0.0f);
+        continue;
+      }
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t t = 0; t < c; ++t) m = std::max(m, sr[idx[t]]);
+      float sum = 0;
+      std::fill(acc, acc + Dv, 0.0f);
+      for (int64_t t = 0; t < c; ++t) {
+        const float p = std::exp(sr[idx[t]] - m);
+        sum += p;
+        const float* v = a.v.row<const float>(b, idx[t], hk);
+        for (int64_t x = 0; x < Dv; ++x) acc[x] += p * v[x];
+      }
+      for (int64_t x = 0; x < Dv; ++x) dst[x] = acc[x] / sum;
+    }
+  });
+}
+
+void TopkFfForward(const ConstTensorView& x, const ConstTensorView& keys, const ConstTensorView& values,
+                   const TensorView& out, int k, Context& ctx) {
+  const int64_t T = x.shape[0], Dm = x.shape[1], F = keys.shape[0], Dout = values.shape[1];
+  const int64_t Fp = RoundUp(std::max<int64_t>(F, 1), kStatePad), Dmp = pad_to_state(Dm);
+  float* kt = ctx.shared_scratch(static_cast<size_t>(Dm * Fp));
+  PackTransposed([&](int64_t r) { return keys.ptr<const float>() + r * keys.stride[0]; }, F, Dm, Fp, kt);
+  const int64_t kk = std::min<int64_t>(k, F);
+  const int64_t blocks = (T + kRowsPerTask - 1) / kRowsPerTask;
+  ctx.reserve_scratch(static_cast<size_t>(kRowsPerTask * (Dmp + Fp) + 2 * kk + 64));
+  ctx.parallel_for(blocks, [&](int64_t blk, int worker) {
+    const int64_t t0 = blk * kRowsPerTask, rows = std::min(kRowsPerTask, T - t0);
+    float* q = ctx.scratch(worker);
+    float* s = q + kRowsPerTask * Dmp;
+    float* heap = s + kRowsPerTask * Fp;
+    int32_t* idx = reinterpret_cast<int32_t*>(heap + kk);
+    for (int64_t r = 0; r < rows; ++r) std::copy_n(x.ptr<const float>() + (t0 + r) * x.stride[0], Dm, q + r * Dmp);
+    MatMul(q, Dmp, kt, Fp, s, Fp, rows, Fp, Dm, /*accumulate=*/false);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* dst = out.ptr<float>() + (t0 + r) * out.stride[0];
+      std::fill(dst, dst + Dout, 0.0f);
+      const float* sr = s + r * Fp;
+      const int64_t c = SelectTopK(sr, F, k, heap, idx);
+      for (int64_t t = 0; t < c; ++t) {
+        const float act = std::max(sr[idx[t]], 0.0f);
+        if (act == 0.0f) continue;
+        const float* v = values.ptr<const float>() + idx[t] * values.stride[0];
+        for (int64_t o = 0; o < Dout; ++o) dst[o] += act * v[o];
+      }
+    }
+  });
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace attnkit::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace attnkit::cpu {
+
+HWY_EXPORT(TopkForward);
+HWY_EXPORT(TopkFfForward);
+
+void topk_forward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(TopkForward)(a, k, query_chunk, scale, causal, ctx);
+}
+void topk_ff_forward(const ConstTensorView& x, const ConstTensorView& keys, const ConstTensorView& values,
+                     const TensorView& out, int k, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(TopkFfForward)(x, keys, values, out, k, ctx);
+}
+
+}  // namespace attnkit::cpu
+#endif  // HWY_ONCE
