@@ -1,5 +1,6 @@
 #include "tools/attnkit/workload.hpp"
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -85,6 +86,12 @@ Timing time_runs(int warmup, int reps, const std::function<void()>& fn) {
 }
 
 int64_t peak_memory_growth(const std::function<void()>& fn) {
+  // Large blocks come from mmap (a fixed threshold, not glibc's adaptive one) and freed
+  // memory goes back to the kernel, so one mechanism's peak is not hidden in another's
+  // free lists.
+  static const bool fixed = mallopt(M_MMAP_THRESHOLD, 256 * 1024) == 1;
+  (void)fixed;
+  malloc_trim(0);
   {
     std::ofstream clear("/proc/self/clear_refs");
     clear << "5";  // reset VmHWM to the current RSS
