@@ -90,3 +90,19 @@ void topk_ff_forward(const ConstTensorView& x, const ConstTensorView& keys, cons
                      const TensorView& out, int k, Context& ctx);
 
 }  // namespace attnkit::cpu
+
+namespace attnkit::cpu {
+
+// Chunk-wise memory-augmented attention (RMT recurrence + filtered memory write):
+// per (batch, q head) sequentially over chunks; every read and write is a small softmax
+// attention done with the register-tiled matmul. filter: optional [Hk, width] weights.
+void memory_forward(const AttentionArgs& a, const MemoryConfig& c, float scale, bool causal, Context& ctx);
+
+// Randomized Attention (unbiased): the same draws as ref::ra_ref (CounterRng streams
+// (b, h, i); uniform counter t; normal counters 2^40 + t Dk + d).
+void ra_forward(const AttentionArgs& a, const RaConfig& c, float scale, bool causal, Context& ctx);
+
+// LARA with 1-D segment-mean landmarks (non-causal), as ref::lara_ref.
+void lara_forward(const AttentionArgs& a, const LaraConfig& c, float scale, Context& ctx);
+
+}  // namespace attnkit::cpu

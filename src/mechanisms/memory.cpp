@@ -1,5 +1,9 @@
 // memory: chunk-wise memory-augmented attention (RMT recurrence) with the filtered
-// memory interface of arXiv 2404.00798 (SPEC 4.2, 4.3).
+// memory interface of arXiv 2404.00798 (SPEC 4.2, 4.3). float32 runs src/cpu/memory.cpp;
+// float64 runs the reference.
+#include <cmath>
+
+#include "src/cpu/kernels.hpp"
 #include "src/mechanisms/reference_backed.hpp"
 #include "src/mechanisms/registry.hpp"
 #include "src/mechanisms/validate.hpp"
@@ -11,11 +15,13 @@ namespace {
 
 const std::vector<std::string> kFilters = {"conv", "maxpool"};
 
-class Memory final : public ReferenceBacked {
+class Memory final : public Mechanism {
  public:
-  Memory(const AttentionOptions& o, const MemoryConfig& c) : ReferenceBacked(o), c_(c) {}
+  Memory(const AttentionOptions& o, const MemoryConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "memory"; }
-  Capabilities capabilities() const override { return {.causal = true, .needs_memory = true}; }
+  Capabilities capabilities() const override {
+    return {.causal = true, .fast_kernel = true, .needs_memory = true};
+  }
   std::string describe() const override {
     return "memory(chunk=" + std::to_string(c_.chunk) + ",filter=" + kFilters[static_cast<int>(c_.filter)] +
            ",width=" + std::to_string(c_.filter_width) + ") " + to_string(options());
@@ -40,7 +46,14 @@ class Memory final : public ReferenceBacked {
       check_finite(a.filter, "filter");
     }
   }
-  void reference(const AttentionArgs& a) const override { ref::memory_ref(a, options(), c_); }
+  void run(const AttentionArgs& a, Context& ctx) const override {
+    if (a.q.dtype == DType::kF64) {
+      ref::memory_ref(a, options(), c_);
+      return;
+    }
+    const double s = options().scale != 0.0 ? options().scale : 1.0 / std::sqrt(static_cast<double>(a.q.shape[3]));
+    cpu::memory_forward(a, c_, static_cast<float>(s), options().causal, ctx);
+  }
 
  private:
   MemoryConfig c_;

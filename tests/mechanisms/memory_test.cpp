@@ -1,0 +1,38 @@
+// memory: the chunked fast kernel against the float64 reference, with and without filters.
+#include "src/reference/reference.hpp"
+#include "tests/testing/sweep.hpp"
+
+namespace attnkit::testing {
+namespace {
+
+TEST(Memory, MatchesReferenceOverTheSweep) {
+  for (const auto& [cfg, c] : std::vector<std::pair<std::string, MemoryConfig>>{
+           {"chunk=16", {.chunk = 16}},
+           {"chunk=7,width=3", {.chunk = 7, .filter_width = 3}},
+           {"chunk=32,width=4,filter=maxpool,temperature=2", {.chunk = 32, .filter_width = 4, .filter = MemoryFilter::kMaxPool, .pack_temperature = 2.0}},
+           {"chunk=500", {.chunk = 500}}}) {
+    sweep_against_reference("memory", cfg, [c](auto& a, auto& o) { ref::memory_ref(a, o, c); },
+                            {.memory_len = 3, .equal_lengths = true, .equal_dims = true});
+  }
+}
+
+TEST(Memory, ExplicitConvWeights) {
+  Context ctx(2);
+  const Dims d{1, 40, 40, 2, 1, 16, 16};
+  Problem p(d, 3, Layout::kContiguous, 4), r = p;
+  Tensor<float> w({1, 3});
+  Tensor<double> w64({1, 3});
+  const float taps[3] = {0.25f, -0.5f, 1.5f};
+  for (int i = 0; i < 3; ++i) w64[i] = w[i] = taps[i];
+  AttentionArgs a = p.args32();
+  a.filter = w.cview();
+  AttentionArgs a64 = r.args64();
+  a64.filter = w64.cview();
+  make_mechanism("memory", {.causal = true}, "chunk=8,width=3")->forward(a, ctx);
+  ref::memory_ref(a64, {.causal = true}, {.chunk = 8, .filter_width = 3});
+  EXPECT_LE(compare(p.out, true, r.out).max_abs, 1e-5);
+  EXPECT_LE(compare(p.memory_out, true, r.memory_out).max_abs, 1e-5);
+}
+
+}  // namespace
+}  // namespace attnkit::testing
