@@ -1,4 +1,8 @@
 // lara: linear randomized attention with segment-mean landmarks (SPEC 2(a)); non-causal.
+// float32 runs src/cpu/lara.cpp; float64 runs the reference.
+#include <cmath>
+
+#include "src/cpu/kernels.hpp"
 #include "src/mechanisms/reference_backed.hpp"
 #include "src/mechanisms/registry.hpp"
 #include "src/mechanisms/validate.hpp"
@@ -9,11 +13,11 @@ namespace {
 
 const std::vector<std::string> kMis = {"opt", "biased", "bh"};
 
-class Lara final : public ReferenceBacked {
+class Lara final : public Mechanism {
  public:
-  Lara(const AttentionOptions& o, const LaraConfig& c) : ReferenceBacked(o), c_(c) {}
+  Lara(const AttentionOptions& o, const LaraConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "lara"; }
-  Capabilities capabilities() const override { return {}; }
+  Capabilities capabilities() const override { return {.fast_kernel = true}; }
   std::string describe() const override {
     return "lara(landmarks=" + std::to_string(c_.landmarks) + ",mis=" + kMis[static_cast<int>(c_.mis)] +
            ",sample=" + (c_.sample ? "1" : "0") + ") " + to_string(options());
@@ -24,7 +28,14 @@ class Lara final : public ReferenceBacked {
     check_qkv(a, input_dtype(a));
     check_unused(a, name(), false, false, false, false);
   }
-  void reference(const AttentionArgs& a) const override { ref::lara_ref(a, options(), c_); }
+  void run(const AttentionArgs& a, Context& ctx) const override {
+    if (a.q.dtype == DType::kF64) {
+      ref::lara_ref(a, options(), c_);
+      return;
+    }
+    const double s = options().scale != 0.0 ? options().scale : 1.0 / std::sqrt(static_cast<double>(a.q.shape[3]));
+    cpu::lara_forward(a, c_, static_cast<float>(s), ctx);
+  }
 
  private:
   LaraConfig c_;

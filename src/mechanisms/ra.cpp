@@ -1,4 +1,8 @@
-// ra: Randomized Attention, the unbiased quadratic estimator (SPEC 2(a)).
+// ra: Randomized Attention, the unbiased quadratic estimator (SPEC 2(a)). float32 runs
+// src/cpu/ra.cpp with the same draws as the reference; float64 runs the reference.
+#include <cmath>
+
+#include "src/cpu/kernels.hpp"
 #include "src/mechanisms/reference_backed.hpp"
 #include "src/mechanisms/registry.hpp"
 #include "src/mechanisms/validate.hpp"
@@ -7,11 +11,11 @@
 namespace attnkit::detail {
 namespace {
 
-class Ra final : public ReferenceBacked {
+class Ra final : public Mechanism {
  public:
-  Ra(const AttentionOptions& o, const RaConfig& c) : ReferenceBacked(o), c_(c) {}
+  Ra(const AttentionOptions& o, const RaConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "ra"; }
-  Capabilities capabilities() const override { return {.causal = true}; }
+  Capabilities capabilities() const override { return {.causal = true, .fast_kernel = true}; }
   std::string describe() const override {
     return "ra(samples=" + std::to_string(c_.samples) + ",seed=" + std::to_string(c_.seed) + ") " +
            to_string(options());
@@ -22,7 +26,14 @@ class Ra final : public ReferenceBacked {
     check_qkv(a, input_dtype(a));
     check_unused(a, name(), false, false, false, false);
   }
-  void reference(const AttentionArgs& a) const override { ref::ra_ref(a, options(), c_); }
+  void run(const AttentionArgs& a, Context& ctx) const override {
+    if (a.q.dtype == DType::kF64) {
+      ref::ra_ref(a, options(), c_);
+      return;
+    }
+    const double s = options().scale != 0.0 ? options().scale : 1.0 / std::sqrt(static_cast<double>(a.q.shape[3]));
+    cpu::ra_forward(a, c_, static_cast<float>(s), options().causal, ctx);
+  }
 
  private:
   RaConfig c_;
