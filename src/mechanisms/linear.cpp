@@ -6,7 +6,6 @@
 
 #include "src/cpu/kernels.hpp"
 #include "src/mechanisms/linear_stream.hpp"
-#include "src/mechanisms/reference_backed.hpp"
 #include "src/mechanisms/registry.hpp"
 #include "src/mechanisms/validate.hpp"
 #include "src/reference/reference.hpp"

@@ -52,7 +52,7 @@ class Luna final : public Mechanism {
 
  protected:
   void validate(const AttentionArgs& a) const override {
-    const DType dt = a.q.present() && a.q.dtype == DType::kF64 ? DType::kF64 : DType::kF32;
+    const DType dt = input_dtype(a);
     const Shape sh = check_qkv(a, dt);
     check_unused(a, name(), true, false, false, false);
     check_memory_args(a, sh, dt);

@@ -3,7 +3,6 @@
 #include <cmath>
 
 #include "src/cpu/kernels.hpp"
-#include "src/mechanisms/reference_backed.hpp"
 #include "src/mechanisms/registry.hpp"
 #include "src/mechanisms/validate.hpp"
 #include "src/reference/reference.hpp"

@@ -23,7 +23,7 @@ class Topk final : public Mechanism {
 
  protected:
   void validate(const AttentionArgs& a) const override {
-    check_qkv(a, a.q.present() && a.q.dtype == DType::kF64 ? DType::kF64 : DType::kF32);
+    check_qkv(a, input_dtype(a));
     check_unused(a, name(), false, false, false, false);
   }
   void run(const AttentionArgs& a, Context& ctx) const override {

@@ -16,6 +16,11 @@ struct Shape {
 inline constexpr int64_t kMaxDim = int64_t{1} << 31;
 inline constexpr int64_t kMaxHeadDim = 1024;
 
+// Mechanisms take float32 (fast kernels) or float64 (references), following q.
+inline DType input_dtype(const AttentionArgs& a) {
+  return a.q.present() && a.q.dtype == DType::kF64 ? DType::kF64 : DType::kF32;
+}
+
 // Present, given rank and dtype, sizes in range, last dim contiguous, strides >= 0.
 void check_tensor(const ConstTensorView& t, std::string_view name, int rank, DType dtype);
 // No NaN or Inf anywhere in t.
