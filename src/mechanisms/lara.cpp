@@ -32,8 +32,8 @@ class Lara final : public Mechanism {
       ref::lara_ref(a, options(), c_);
       return;
     }
-    const double s = options().scale != 0.0 ? options().scale : 1.0 / std::sqrt(static_cast<double>(a.q.shape[3]));
-    cpu::lara_forward(a, c_, static_cast<float>(s), ctx);
+    const float s = logit_scale(options(), a.q.shape[3]);
+    cpu::lara_forward(a, c_, s, ctx);
   }
 
  private:

@@ -14,10 +14,6 @@
 namespace attnkit::detail {
 namespace {
 
-float scale_of(const AttentionOptions& o, int64_t dk) {
-  return static_cast<float>(o.scale != 0.0 ? o.scale : 1.0 / std::sqrt(static_cast<double>(dk)));
-}
-
 class Luna final : public Mechanism {
  public:
   using Mechanism::Mechanism;
@@ -42,7 +38,7 @@ class Luna final : public Mechanism {
       for (int64_t l = 0; l < s.memory.shape[1]; ++l)
         for (int64_t h = 0; h < s.heads; ++h)
           std::copy_n(s.memory.row<const float>(b, l, h), s.head_dim, mem->view().row<float>(b, l, h));
-    const float sc = scale_of(options(), s.head_dim);
+    const float sc = logit_scale(options(), s.head_dim);
     const ConstTensorView mv = mem->cview();
     return std::make_unique<FixedStateStream>(
         s, cpu::LinearState(s.batch, s.heads, s.memory.shape[1], s.value_dim, /*log_space=*/false),
@@ -62,7 +58,7 @@ class Luna final : public Mechanism {
       ref::luna_ref(a, options());
       return;
     }
-    const float s = scale_of(options(), a.q.shape[3]);
+    const float s = logit_scale(options(), a.q.shape[3]);
     if (options().causal) {
       cpu::luna_causal_forward(a, s, ctx);
       return;

@@ -50,8 +50,8 @@ class Memory final : public Mechanism {
       ref::memory_ref(a, options(), c_);
       return;
     }
-    const double s = options().scale != 0.0 ? options().scale : 1.0 / std::sqrt(static_cast<double>(a.q.shape[3]));
-    cpu::memory_forward(a, c_, static_cast<float>(s), options().causal, ctx);
+    const float s = logit_scale(options(), a.q.shape[3]);
+    cpu::memory_forward(a, c_, s, options().causal, ctx);
   }
 
  private:

@@ -30,8 +30,8 @@ class Ra final : public Mechanism {
       ref::ra_ref(a, options(), c_);
       return;
     }
-    const double s = options().scale != 0.0 ? options().scale : 1.0 / std::sqrt(static_cast<double>(a.q.shape[3]));
-    cpu::ra_forward(a, c_, static_cast<float>(s), options().causal, ctx);
+    const float s = logit_scale(options(), a.q.shape[3]);
+    cpu::ra_forward(a, c_, s, options().causal, ctx);
   }
 
  private:

@@ -59,8 +59,7 @@ class Rfa final : public Mechanism {
     return std::vector<float>(w.begin(), w.end());
   }
   cpu::LogFeatures features(const std::vector<float>& omega, int64_t dim) const {
-    const double s = options().scale != 0.0 ? options().scale : 1.0 / std::sqrt(static_cast<double>(dim));
-    return {.omega = omega.data(), .features = c_.features, .sqrt_scale = static_cast<float>(std::sqrt(s))};
+    return {.omega = omega.data(), .features = c_.features, .sqrt_scale = std::sqrt(logit_scale(options(), dim))};
   }
 
   RfaConfig c_;

@@ -11,10 +11,6 @@
 namespace attnkit::detail {
 namespace {
 
-float effective_scale(const AttentionOptions& o, int64_t dk) {
-  return static_cast<float>(o.scale != 0.0 ? o.scale : 1.0 / std::sqrt(static_cast<double>(dk)));
-}
-
 // KV cache: keys and values per (batch, kv head), contiguous in time; grows by doubling.
 class KvCache final : public StreamingState {
  public:
@@ -95,7 +91,7 @@ class Softmax final : public Mechanism {
 
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
     check_stream_spec(s);
-    return std::make_unique<KvCache>(s, effective_scale(options(), s.head_dim));
+    return std::make_unique<KvCache>(s, logit_scale(options(), s.head_dim));
   }
 
  protected:
@@ -111,7 +107,7 @@ class Softmax final : public Mechanism {
     if (a.q.dtype == DType::kF64) {
       ref::softmax_ref(a, options());
     } else {
-      cpu::softmax_forward(a, effective_scale(options(), a.q.shape[3]), options().causal, ctx);
+      cpu::softmax_forward(a, logit_scale(options(), a.q.shape[3]), options().causal, ctx);
     }
   }
 };

@@ -31,8 +31,8 @@ class Topk final : public Mechanism {
       ref::topk_ref(a, options(), c_);
       return;
     }
-    const double s = options().scale != 0.0 ? options().scale : 1.0 / std::sqrt(static_cast<double>(a.q.shape[3]));
-    cpu::topk_forward(a, c_.k, c_.query_chunk, static_cast<float>(s), options().causal, ctx);
+    const float s = logit_scale(options(), a.q.shape[3]);
+    cpu::topk_forward(a, c_.k, c_.query_chunk, s, options().causal, ctx);
   }
 
  private:

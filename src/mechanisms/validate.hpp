@@ -2,6 +2,7 @@
 // finiteness. Every failure throws Error naming the argument and the rule.
 #pragma once
 
+#include <cmath>
 #include <string_view>
 
 #include "attnkit/error.hpp"
@@ -19,6 +20,11 @@ inline constexpr int64_t kMaxHeadDim = 1024;
 // Mechanisms take float32 (fast kernels) or float64 (references), following q.
 inline DType input_dtype(const AttentionArgs& a) {
   return a.q.present() && a.q.dtype == DType::kF64 ? DType::kF64 : DType::kF32;
+}
+
+// The logit scale: options.scale, or 1/sqrt(head_dim) when it is 0.
+inline float logit_scale(const AttentionOptions& o, int64_t head_dim) {
+  return static_cast<float>(o.scale != 0.0 ? o.scale : 1.0 / std::sqrt(static_cast<double>(head_dim)));
 }
 
 // Present, given rank and dtype, sizes in range, last dim contiguous, strides >= 0.

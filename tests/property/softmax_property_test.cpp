@@ -3,7 +3,7 @@
 #include <cstring>
 #include <numeric>
 
-#include "tests/testing/harness.hpp"
+#include "tests/testing/sweep.hpp"
 
 namespace attnkit::testing {
 namespace {
@@ -58,32 +58,8 @@ TEST(SoftmaxProperty, BitwiseEqualAcrossThreadCounts) {
 }
 
 TEST(SoftmaxProperty, StreamingEqualsLastRowOfCausal) {
-  // Append token t, query q_t: row t of the causal forward.
-  Context ctx(2);
-  const Dims d{2, 150, 150, 4, 2, 32, 16};
-  Problem p(d, 6);
-  make_mechanism("softmax", {.causal = true})->forward(p.args32(), ctx);
-  auto stream = make_mechanism("softmax")->new_stream(
-      {.batch = d.B, .heads = d.Hq, .kv_heads = d.Hk, .head_dim = d.Dk, .value_dim = d.Dv});
-  std::vector<float> out(d.B * d.Hq * d.Dv);
-  for (int64_t t = 0; t < d.Sk; ++t) {
-    auto slice = [&](const Operand& o) {
-      ConstTensorView v = o.view32();
-      v.data = o.f32.data() + t * o.stride[1];
-      v.shape[1] = 1;
-      return v;
-    };
-    stream->append(slice(p.k), slice(p.v), ctx);
-    stream->query(slice(p.q), make_view(out.data(), {d.B, 1, d.Hq, d.Dv}), ctx);
-    for (int64_t b = 0; b < d.B; ++b)
-      for (int64_t h = 0; h < d.Hq; ++h)
-        for (int64_t c = 0; c < d.Dv; ++c) {
-          const float want = p.out.f32[b * p.out.stride[0] + t * p.out.stride[1] + h * p.out.stride[2] + c];
-          ASSERT_NEAR(out[(b * d.Hq + h) * d.Dv + c], want, 1e-6f) << "t=" << t;
-        }
-  }
-  EXPECT_EQ(stream->length(), d.Sk);
-  EXPECT_GE(stream->state_bytes(), static_cast<size_t>(d.B * d.Hk * d.Sk * (d.Dk + d.Dv) * 4));
+  // Append token t, query q_t: row t of the causal forward (the KV cache path).
+  check_streaming_matches_causal("softmax", "", 1e-6);
 }
 
 }  // namespace
