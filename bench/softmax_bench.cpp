@@ -1,6 +1,7 @@
 // Exact softmax attention: the fused online-softmax kernel against an unfused
 // OpenBLAS peer (S = QK^T, row softmax, O = PV per head, as naive PyTorch does).
-// Counters: GFLOP (shown as a rate, i.e. GFLOP/s) over 4*D*(visible pairs) per head; bytes of extra memory.
+// Counters: GFLOP (shown as a rate, i.e. GFLOP/s) over 4*D*(visible pairs) per head; bytes of extra
+// memory.
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
@@ -17,13 +18,18 @@ constexpr int64_t kHeads = 8, kDim = 64;
 struct Inputs {
   Tensor<float> q, k, v, out;
   explicit Inputs(int64_t n)
-      : q({1, n, kHeads, kDim}), k({1, n, kHeads, kDim}), v({1, n, kHeads, kDim}), out({1, n, kHeads, kDim}) {
+      : q({1, n, kHeads, kDim}),
+        k({1, n, kHeads, kDim}),
+        v({1, n, kHeads, kDim}),
+        out({1, n, kHeads, kDim}) {
     std::mt19937 rng(1);
     std::normal_distribution<float> d;
     for (auto* t : {&q, &k, &v})
       for (float& x : t->vec()) x = d(rng);
   }
-  AttentionArgs args() { return {.q = q.cview(), .k = k.cview(), .v = v.cview(), .out = out.view()}; }
+  AttentionArgs args() {
+    return {.q = q.cview(), .k = k.cview(), .v = v.cview(), .out = out.view()};
+  }
 };
 
 double flops(int64_t n, bool causal) {
@@ -39,7 +45,8 @@ void BM_SoftmaxFused(benchmark::State& state) {
   const auto m = make_mechanism("softmax", {.causal = causal});
   const AttentionArgs a = in.args();
   for (auto _ : state) m->forward(a, ctx);
-  state.counters["GFLOP"] = benchmark::Counter(flops(n, causal) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP"] =
+      benchmark::Counter(flops(n, causal) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["workspace_MiB"] = static_cast<double>(ctx.workspace_bytes()) / (1 << 20);
 }
 
@@ -56,7 +63,8 @@ void BM_SoftmaxUnfusedBlas(benchmark::State& state) {
       const float* q = in.q.data() + h * kDim;
       const float* k = in.k.data() + h * kDim;
       const float* v = in.v.data() + h * kDim;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, kDim, scale, q, ld, k, ld, 0.0f, s.data(), n);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, kDim, scale, q, ld, k, ld, 0.0f,
+                  s.data(), n);
       for (int64_t i = 0; i < n; ++i) {
         float* row = s.data() + i * n;
         const int64_t vis = causal ? i + 1 : n;
@@ -66,12 +74,13 @@ void BM_SoftmaxUnfusedBlas(benchmark::State& state) {
         for (int64_t j = 0; j < vis; ++j) row[j] /= sum;
         for (int64_t j = vis; j < n; ++j) row[j] = 0.0f;
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, kDim, n, 1.0f, s.data(), n, v, ld, 0.0f,
-                  in.out.data() + h * kDim, ld);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, kDim, n, 1.0f, s.data(), n, v, ld,
+                  0.0f, in.out.data() + h * kDim, ld);
     }
     benchmark::DoNotOptimize(in.out.data());
   }
-  state.counters["GFLOP"] = benchmark::Counter(flops(n, causal) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP"] =
+      benchmark::Counter(flops(n, causal) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["workspace_MiB"] = static_cast<double>(s.size() * sizeof(float)) / (1 << 20);
 }
 

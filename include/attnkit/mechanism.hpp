@@ -17,12 +17,13 @@ namespace attnkit {
 // Arguments of one attention call. Shapes use B batch, Sq/Sk query/key length,
 // Hq/Hk query/key heads (Hk divides Hq: GQA/MQA), Dk/Dv head dims.
 struct AttentionArgs {
-  ConstTensorView q;    // [B, Sq, Hq, Dk]
-  ConstTensorView k;    // [B, Sk, Hk, Dk]
-  ConstTensorView v;    // [B, Sk, Hk, Dv]
-  TensorView out;       // [B, Sq, Hq, Dv]
-  TensorView lse;       // optional [B, Hq, Sq] float32: log-sum-exp of scaled logits (softmax)
-  std::span<const int32_t> key_lengths;  // optional, B entries in [0, Sk]: keys >= length are padding
+  ConstTensorView q;  // [B, Sq, Hq, Dk]
+  ConstTensorView k;  // [B, Sk, Hk, Dk]
+  ConstTensorView v;  // [B, Sk, Hk, Dv]
+  TensorView out;     // [B, Sq, Hq, Dv]
+  TensorView lse;     // optional [B, Hq, Sq] float32: log-sum-exp of scaled logits (softmax)
+  std::span<const int32_t>
+      key_lengths;         // optional, B entries in [0, Sk]: keys >= length are padding
   ConstTensorView memory;  // optional [B, L, Hq, Dk]: Luna / memory slots
   TensorView memory_out;   // optional [B, L, Hq, Dv]: packed / final memory
   ConstTensorView gate;    // optional [B, Sk, Hk]: gate logits (linear, gated=true)
@@ -43,17 +44,17 @@ struct Capabilities {
   bool causal = false;
   bool streaming = false;
   bool backward = false;
-  bool fast_kernel = false;  // a SIMD/threaded kernel (else float32 runs the float64 reference)
-  bool needs_memory = false; // AttentionArgs::memory is required
+  bool fast_kernel = false;   // a SIMD/threaded kernel (else float32 runs the float64 reference)
+  bool needs_memory = false;  // AttentionArgs::memory is required
 };
 
 // What a stream is created for.
 struct StreamSpec {
   int64_t batch = 1;
-  int64_t heads = 1;     // query heads
-  int64_t kv_heads = 1;  // key/value heads
-  int64_t head_dim = 0;  // Dk
-  int64_t value_dim = 0; // Dv
+  int64_t heads = 1;       // query heads
+  int64_t kv_heads = 1;    // key/value heads
+  int64_t head_dim = 0;    // Dk
+  int64_t value_dim = 0;   // Dv
   int64_t max_tokens = 0;  // capacity hint for growing states (KV cache); 0: grow as needed
   ConstTensorView memory;  // [B, L, Hq, Dk] float32 for mechanisms that need memory (copied)
 };
@@ -102,13 +103,14 @@ class Mechanism {
 // x: [T, Dm], keys: [F, Dm] (rows of W_in), values: [F, Dout] (rows of W_out^T),
 // out: [T, Dout]; rank 2, rows contiguous, all float32 (fast) or all float64 (reference).
 // k >= F is the dense ReLU feed-forward.
-void topk_feed_forward(const ConstTensorView& x, const ConstTensorView& keys, const ConstTensorView& values,
-                       const TensorView& out, int k, Context& ctx);
+void topk_feed_forward(const ConstTensorView& x, const ConstTensorView& keys,
+                       const ConstTensorView& values, const TensorView& out, int k, Context& ctx);
 
 // Registry: the one place that lists every mechanism.
 std::vector<std::string> mechanism_names();
 // config: "key=value,..." parsed by the mechanism's factory; unknown keys are errors.
-std::unique_ptr<Mechanism> make_mechanism(std::string_view name, const AttentionOptions& options = {},
+std::unique_ptr<Mechanism> make_mechanism(std::string_view name,
+                                          const AttentionOptions& options = {},
                                           std::string_view config = "");
 
 }  // namespace attnkit

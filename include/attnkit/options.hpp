@@ -33,7 +33,7 @@ struct LinearConfig {
 };
 
 struct RfaConfig {
-  int features = 64;      // random features S per head
+  int features = 64;       // random features S per head
   bool orthogonal = true;  // block-orthogonal draws (Performer FAVOR+)
   uint64_t seed = 0;
 };
@@ -65,10 +65,10 @@ enum class MemoryFilter { kConv, kMaxPool };
 // Chunk-wise memory-augmented attention (RMT recurrence) with the filtered
 // memory interface of arXiv 2404.00798.
 struct MemoryConfig {
-  int chunk = 128;                          // tokens per chunk
-  int filter_width = 1;                     // kappa; 1 = no filtering
+  int chunk = 128;       // tokens per chunk
+  int filter_width = 1;  // kappa; 1 = no filtering
   MemoryFilter filter = MemoryFilter::kConv;
-  double pack_temperature = 0.0;            // memory-write logit divisor; 0 means sqrt(d)
+  double pack_temperature = 0.0;  // memory-write logit divisor; 0 means sqrt(d)
 };
 
 struct HeinsenConfig {};

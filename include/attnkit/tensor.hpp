@@ -18,9 +18,7 @@ namespace attnkit {
 
 enum class DType : uint8_t { kF32, kF64, kBF16 };
 
-constexpr size_t dtype_size(DType t) {
-  return t == DType::kF64 ? 8 : t == DType::kF32 ? 4 : 2;
-}
+constexpr size_t dtype_size(DType t) { return t == DType::kF64 ? 8 : t == DType::kF32 ? 4 : 2; }
 constexpr const char* dtype_name(DType t) {
   return t == DType::kF64 ? "float64" : t == DType::kF32 ? "float32" : "bfloat16";
 }
@@ -51,8 +49,8 @@ struct BasicView {
   BasicView() = default;
   // A mutable view converts to a const one.
   template <typename P>
-    requires(std::is_same_v<VoidPtr, const void*> && std::is_same_v<P, void*>)
-  BasicView(const BasicView<P>& o)  // NOLINT(google-explicit-constructor)
+  requires(std::is_same_v<VoidPtr, const void*>&& std::is_same_v<P, void*>)
+      BasicView(const BasicView<P>& o)  // NOLINT(google-explicit-constructor)
       : data(o.data), dtype(o.dtype), rank(o.rank), shape(o.shape), stride(o.stride) {}
 
   bool present() const { return data != nullptr || rank != 0; }

@@ -83,11 +83,12 @@ namespace attnkit::cpu {
 // Top-k attention: per query, softmax over its k largest visible logits (ties to the
 // lower key index). Scores are computed for tasks of at most min(query_chunk, 32) rows,
 // so extra memory is O(rows * Sk) per thread plus the packed keys: linear in N.
-void topk_forward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal, Context& ctx);
+void topk_forward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal,
+                  Context& ctx);
 // Top-k feed-forward: out[t] = sum over the k largest x_t . keys_j of relu(x_t . keys_j) values_j.
 // x [T, Dm], keys [F, Dm], values [F, Dout], out [T, Dout], float32, rows contiguous.
-void topk_ff_forward(const ConstTensorView& x, const ConstTensorView& keys, const ConstTensorView& values,
-                     const TensorView& out, int k, Context& ctx);
+void topk_ff_forward(const ConstTensorView& x, const ConstTensorView& keys,
+                     const ConstTensorView& values, const TensorView& out, int k, Context& ctx);
 
 }  // namespace attnkit::cpu
 
@@ -96,7 +97,8 @@ namespace attnkit::cpu {
 // Chunk-wise memory-augmented attention (RMT recurrence + filtered memory write):
 // per (batch, q head) sequentially over chunks; every read and write is a small softmax
 // attention done with the register-tiled matmul. filter: optional [Hk, width] weights.
-void memory_forward(const AttentionArgs& a, const MemoryConfig& c, float scale, bool causal, Context& ctx);
+void memory_forward(const AttentionArgs& a, const MemoryConfig& c, float scale, bool causal,
+                    Context& ctx);
 
 // Randomized Attention (unbiased): the same draws as ref::ra_ref (CounterRng streams
 // (b, h, i); uniform counter t; normal counters 2^40 + t Dk + d).

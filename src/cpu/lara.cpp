@@ -7,8 +7,10 @@
 // Every product over the sequence is a matmul on packed operands: O((Sq + Sk) C D).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/cpu/lara.cpp"
-#include <hwy/foreach_target.h>  // IWYU pragma: keep
+// clang-format off
+#include <hwy/foreach_target.h>  // IWYU pragma: keep (re-includes this file per target)
 #include <hwy/highway.h>
+// clang-format on
 
 #include <algorithm>
 #include <cmath>
@@ -16,8 +18,8 @@
 
 #include "attnkit/random.hpp"
 #include "src/cpu/kernels.hpp"
-#include "src/cpu/ops/matmul-inl.h"
 #include "src/cpu/ops/attend-inl.h"
+#include "src/cpu/ops/matmul-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
@@ -44,16 +46,23 @@ void SegmentMeans(const Row& row, int64_t n, int64_t C, int64_t dim, int64_t ld,
 struct Sizes {
   int64_t L, Dk, Dkp, Dvp, Skp, Sqp, Lp;
   int64_t floats() const {
-    return Dk * Skp + Skp * Dvp + Dk * Sqp + 2 * L * Sqp + L * Skp + 4 * L * Dkp + L * Dvp + Skp + Sqp + 6 * Lp + 64;
+    return Dk * Skp + Skp * Dvp + Dk * Sqp + 2 * L * Sqp + L * Skp + 4 * L * Dkp + L * Dvp + Skp +
+           Sqp + 6 * Lp + 64;
   }
 };
 
 void LaraForward(const AttentionArgs& a, const LaraConfig& cfg, float s, Context& ctx) {
   const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
   const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
-  const int64_t L = std::max<int64_t>(1, std::min<int64_t>({cfg.landmarks, Sq, std::max<int64_t>(Sk, 1)}));
-  const Sizes z{L, Dk, pad_to_state(Dk), pad_to_state(Dv), pad_to_state(std::max<int64_t>(Sk, 1)),
-                pad_to_state(Sq), pad_to_state(L)};
+  const int64_t L =
+      std::max<int64_t>(1, std::min<int64_t>({cfg.landmarks, Sq, std::max<int64_t>(Sk, 1)}));
+  const Sizes z{L,
+                Dk,
+                pad_to_state(Dk),
+                pad_to_state(Dv),
+                pad_to_state(std::max<int64_t>(Sk, 1)),
+                pad_to_state(Sq),
+                pad_to_state(L)};
   const CounterRng rng(cfg.seed);
   ctx.reserve_scratch(static_cast<size_t>(z.floats()));
   ctx.parallel_for(B * Hq, [&](int64_t task, int worker) {
@@ -61,27 +70,28 @@ void LaraForward(const AttentionArgs& a, const LaraConfig& cfg, float s, Context
     const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
     const int64_t C = std::min<int64_t>({cfg.landmarks, Sq, len});
     if (C == 0) {
-      for (int64_t i = 0; i < Sq; ++i) std::fill(a.out.row<float>(b, i, h), a.out.row<float>(b, i, h) + Dv, 0.0f);
+      for (int64_t i = 0; i < Sq; ++i)
+        std::fill(a.out.row<float>(b, i, h), a.out.row<float>(b, i, h) + Dv, 0.0f);
       return;
     }
-    float* kt = ctx.scratch(worker);        // [Dk][Skp]
-    float* vp = kt + Dk * z.Skp;            // [Skp][Dvp]
-    float* qt = vp + z.Skp * z.Dvp;         // [Dk][Sqp]
-    float* lq = qt + Dk * z.Sqp;            // [L][Sqp]  w_c . q_n, then t_nc or mu_c . q_n
-    float* tq = lq + L * z.Sqp;             // [L][Sqp]
-    float* lk = tq + L * z.Sqp;             // [L][Skp]
-    float* qbar = lk + L * z.Skp;           // [L][Dkp]
+    float* kt = ctx.scratch(worker);  // [Dk][Skp]
+    float* vp = kt + Dk * z.Skp;      // [Skp][Dvp]
+    float* qt = vp + z.Skp * z.Dvp;   // [Dk][Sqp]
+    float* lq = qt + Dk * z.Sqp;      // [L][Sqp]  w_c . q_n, then t_nc or mu_c . q_n
+    float* tq = lq + L * z.Sqp;       // [L][Sqp]
+    float* lk = tq + L * z.Sqp;       // [L][Skp]
+    float* qbar = lk + L * z.Skp;     // [L][Dkp]
     float* kbar = qbar + L * z.Dkp;
     float* mu = kbar + L * z.Dkp;
     float* omega = mu + L * z.Dkp;
-    float* F = omega + L * z.Dkp;           // [L][Dvp]
-    float* knorm = F + L * z.Dvp;           // [Skp]
-    float* qnorm = knorm + z.Skp;           // [Sqp]
-    float* lse_k = qnorm + z.Sqp;           // [Lp]
+    float* F = omega + L * z.Dkp;  // [L][Dvp]
+    float* knorm = F + L * z.Dvp;  // [Skp]
+    float* qnorm = knorm + z.Skp;  // [Sqp]
+    float* lse_k = qnorm + z.Sqp;  // [Lp]
     float* log_q = lse_k + z.Lp;
     float* bh = log_q + z.Lp;
     float* logits = bh + z.Lp;
-    float* tmp = logits + z.Lp;             // [2 Lp]
+    float* tmp = logits + z.Lp;  // [2 Lp]
     auto qrow = [&](int64_t i) { return a.q.row<const float>(b, i, h); };
     auto krow = [&](int64_t j) { return a.k.row<const float>(b, j, hk); };
     // Packed operands.
@@ -105,7 +115,8 @@ void LaraForward(const AttentionArgs& a, const LaraConfig& cfg, float s, Context
     for (int64_t c = 0; c < C; ++c)
       for (int64_t x = 0; x < z.Dkp; ++x) {
         mu[c * z.Dkp + x] = qbar[c * z.Dkp + x] + kbar[c * z.Dkp + x];
-        const double eps = (cfg.sample && x < Dk) ? rng.normal(CounterRng::stream(b, h, c), x) : 0.0;
+        const double eps =
+            (cfg.sample && x < Dk) ? rng.normal(CounterRng::stream(b, h, c), x) : 0.0;
         omega[c * z.Dkp + x] = mu[c * z.Dkp + x] + static_cast<float>(eps);
       }
     // Lk = l(k_j, w_c); F_c = softmax_j(Lk_c) V; lse_k.

@@ -11,8 +11,10 @@
 // the recurrent form (rank-1 updates of C and z).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/cpu/linear.cpp"
-#include <hwy/foreach_target.h>  // IWYU pragma: keep
+// clang-format off
+#include <hwy/foreach_target.h>  // IWYU pragma: keep (re-includes this file per target)
 #include <hwy/highway.h>
+// clang-format on
 #include <hwy/contrib/math/math-inl.h>
 
 #include <algorithm>
@@ -38,12 +40,17 @@ HWY_INLINE void FeatureRow(const float* HWY_RESTRICT x, int64_t dk, int64_t dkp,
   for (int64_t i = 0; i < dkp; i += N) {
     const auto v = hn::LoadU(d, out + i);
     switch (map) {
-      case FeatureMap::kIdentity: break;
-      case FeatureMap::kRelu: hn::StoreU(hn::Max(v, zero), d, out + i); break;
+      case FeatureMap::kIdentity:
+        break;
+      case FeatureMap::kRelu:
+        hn::StoreU(hn::Max(v, zero), d, out + i);
+        break;
       case FeatureMap::kEluPlusOne:
         hn::StoreU(hn::IfThenElse(hn::Gt(v, zero), hn::Add(v, one), hn::Exp(d, v)), d, out + i);
         break;
-      case FeatureMap::kExp: hn::StoreU(hn::Exp(d, v), d, out + i); break;
+      case FeatureMap::kExp:
+        hn::StoreU(hn::Exp(d, v), d, out + i);
+        break;
     }
   }
   std::fill(out + dk, out + dkp, 0.0f);
@@ -51,10 +58,14 @@ HWY_INLINE void FeatureRow(const float* HWY_RESTRICT x, int64_t dk, int64_t dkp,
 
 HWY_INLINE float Normalise(LinearNorm norm, int64_t visible, float den) {
   switch (norm) {
-    case LinearNorm::kNone: return visible > 0 ? 1.0f : 0.0f;
-    case LinearNorm::kLength: return visible > 0 ? 1.0f / static_cast<float>(visible) : 0.0f;
-    case LinearNorm::kFixed1000: return visible > 0 ? 1000.0f / static_cast<float>(visible) : 0.0f;
-    case LinearNorm::kKernel: return den > 0.0f ? 1.0f / den : 0.0f;
+    case LinearNorm::kNone:
+      return visible > 0 ? 1.0f : 0.0f;
+    case LinearNorm::kLength:
+      return visible > 0 ? 1.0f / static_cast<float>(visible) : 0.0f;
+    case LinearNorm::kFixed1000:
+      return visible > 0 ? 1000.0f / static_cast<float>(visible) : 0.0f;
+    case LinearNorm::kKernel:
+      return den > 0.0f ? 1.0f / den : 0.0f;
   }
   return 1.0f;
 }
@@ -74,27 +85,27 @@ struct Plan {
 struct Scratch {
   float *c, *z, *fq, *fkt, *vb, *s, *acc, *den, *w, *row;
   Scratch(float* p, const Plan& n) {
-    c = p;                        // [Dkp][Dvp]
-    z = c + n.Dkp * n.Dvp;        // [Dkp]
-    fq = z + n.Dkp;               // [T][Dkp]
-    fkt = fq + n.T * n.Dkp;       // [Dkp][Tp]
-    vb = fkt + n.Dkp * n.Tp;      // [Tp][Dvp]
-    s = vb + n.Tp * n.Dvp;        // [T][Tp]
-    acc = s + n.T * n.Tp;         // [T][Dvp]
-    den = acc + n.T * n.Dvp;      // [T]
-    w = den + n.Tp;               // [Tp]
-    row = w + n.Tp;               // [Dkp]
+    c = p;                    // [Dkp][Dvp]
+    z = c + n.Dkp * n.Dvp;    // [Dkp]
+    fq = z + n.Dkp;           // [T][Dkp]
+    fkt = fq + n.T * n.Dkp;   // [Dkp][Tp]
+    vb = fkt + n.Dkp * n.Tp;  // [Tp][Dvp]
+    s = vb + n.Tp * n.Dvp;    // [T][Tp]
+    acc = s + n.T * n.Tp;     // [T][Dvp]
+    den = acc + n.T * n.Dvp;  // [T]
+    w = den + n.Tp;           // [Tp]
+    row = w + n.Tp;           // [Dkp]
   }
   static int64_t floats(const Plan& n) {
-    return n.Dkp * n.Dvp + n.Dkp + n.T * n.Dkp + n.Dkp * n.Tp + n.Tp * n.Dvp + n.T * n.Tp + n.T * n.Dvp +
-           2 * n.Tp + n.Dkp + 64;
+    return n.Dkp * n.Dvp + n.Dkp + n.T * n.Dkp + n.Dkp * n.Tp + n.Tp * n.Dvp + n.T * n.Tp +
+           n.T * n.Dvp + 2 * n.Tp + n.Dkp + 64;
   }
 };
 
 // Keys [j0, j1) into sc.fkt (transposed features), sc.vb (values, w-scaled if scale_values)
 // and sc.w (weights).
-HWY_INLINE void LoadKeys(const AttentionArgs& a, const Plan& n, int64_t b, int64_t hk, int64_t j0, int64_t j1,
-                         bool scale_values, Scratch& sc) {
+HWY_INLINE void LoadKeys(const AttentionArgs& a, const Plan& n, int64_t b, int64_t hk, int64_t j0,
+                         int64_t j1, bool scale_values, Scratch& sc) {
   const int64_t cnt = j1 - j0;
   std::fill(sc.fkt, sc.fkt + n.Dkp * n.Tp, 0.0f);
   for (int64_t j = 0; j < cnt; ++j) {
@@ -128,7 +139,8 @@ void AttendHead(const AttentionArgs& a, const Plan& n, int64_t b, int64_t h, Scr
     kdone = std::max(kdone, lo);
     // 2. Inter-chunk part from the state.
     for (int64_t r = 0; r < rows; ++r) {
-      FeatureRow(a.q.row<const float>(b, i0 + r, h), n.Dk, n.Dkp, n.cfg.feature_map, sc.fq + r * n.Dkp);
+      FeatureRow(a.q.row<const float>(b, i0 + r, h), n.Dk, n.Dkp, n.cfg.feature_map,
+                 sc.fq + r * n.Dkp);
       sc.den[r] = Dot(sc.fq + r * n.Dkp, sc.z, n.Dkp);
     }
     MatMul(sc.fq, n.Dkp, sc.c, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, n.Dk, /*accumulate=*/false);
@@ -150,7 +162,8 @@ void AttendHead(const AttentionArgs& a, const Plan& n, int64_t b, int64_t h, Scr
     }
     // 3. Normalise.
     for (int64_t r = 0; r < rows; ++r) {
-      const float f = Normalise(n.cfg.norm, visible_keys(n.causal, n.Sq, n.Sk, len, i0 + r), sc.den[r]);
+      const float f =
+          Normalise(n.cfg.norm, visible_keys(n.causal, n.Sq, n.Sk, len, i0 + r), sc.den[r]);
       float* dst = a.out.row<float>(b, i0 + r, h);
       for (int64_t x = 0; x < n.Dv; ++x) dst[x] = f * sc.acc[r * n.Dvp + x];
     }
@@ -172,8 +185,8 @@ void LinearForward(const AttentionArgs& a, const LinearConfig& cfg, bool causal,
   });
 }
 
-void LinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensorView& v, const LinearConfig& cfg,
-                  Context& ctx) {
+void LinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
+                  const LinearConfig& cfg, Context& ctx) {
   const int64_t T = k.shape[1], dk = k.shape[3];
   ctx.reserve_scratch(static_cast<size_t>(2 * s.features + s.dvp));
   ctx.parallel_for(s.batch * s.kv_heads, [&](int64_t slot, int worker) {
@@ -194,8 +207,8 @@ void LinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensorVie
   });
 }
 
-void LinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out, const LinearConfig& cfg,
-                 Context& ctx) {
+void LinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out,
+                 const LinearConfig& cfg, Context& ctx) {
   const int64_t T = q.shape[1], hq = q.shape[2], dk = q.shape[3];
   const int64_t tokens = s.tokens;
   ctx.reserve_scratch(static_cast<size_t>(s.features + s.dvp));
@@ -205,7 +218,8 @@ void LinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out
     float* num = fq + s.features;
     for (int64_t t = 0; t < T; ++t) {
       FeatureRow(q.row<const float>(b, t, h), dk, s.features, cfg.feature_map, fq);
-      MatMulRows<1>(fq, s.features, s.c_slot(slot), s.dvp, dk, s.dvp, num, s.dvp, /*accumulate=*/false);
+      MatMulRows<1>(fq, s.features, s.c_slot(slot), s.dvp, dk, s.dvp, num, s.dvp,
+                    /*accumulate=*/false);
       const float f = Normalise(cfg.norm, tokens, Dot(fq, s.z_slot(slot), s.features));
       float* dst = out.row<float>(b, t, h);
       for (int64_t x = 0; x < s.dv; ++x) dst[x] = f * num[x];
@@ -227,13 +241,13 @@ HWY_EXPORT(LinearQuery);
 void linear_forward(const AttentionArgs& a, const LinearConfig& c, bool causal, Context& ctx) {
   HWY_DYNAMIC_DISPATCH(LinearForward)(a, c, causal, ctx);
 }
-void linear_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v, const LinearConfig& c,
-                   Context& ctx) {
+void linear_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
+                   const LinearConfig& c, Context& ctx) {
   HWY_DYNAMIC_DISPATCH(LinearAppend)(s, k, v, c, ctx);
   s.tokens += k.shape[1];
 }
-void linear_query(LinearState& s, const ConstTensorView& q, const TensorView& out, const LinearConfig& c,
-                  Context& ctx) {
+void linear_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
+                  const LinearConfig& c, Context& ctx) {
   HWY_DYNAMIC_DISPATCH(LinearQuery)(s, q, out, c, ctx);
 }
 

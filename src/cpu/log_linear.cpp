@@ -8,8 +8,10 @@
 // streaming output equals the last causal row bit for bit.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/cpu/log_linear.cpp"
-#include <hwy/foreach_target.h>  // IWYU pragma: keep
+// clang-format off
+#include <hwy/foreach_target.h>  // IWYU pragma: keep (re-includes this file per target)
 #include <hwy/highway.h>
+// clang-format on
 #include <hwy/contrib/math/math-inl.h>
 
 #include <algorithm>
@@ -34,8 +36,8 @@ struct Slot {
 };
 
 // Log-features of a key (with_norm) or query row into lf[0:fp); padding lanes get -inf.
-HWY_INLINE void ComputeLogFeatures(const float* x, int64_t dk, const LogFeatures& f, const float* omega,
-                            int64_t fp, bool with_norm, float* lf) {
+HWY_INLINE void ComputeLogFeatures(const float* x, int64_t dk, const LogFeatures& f,
+                                   const float* omega, int64_t fp, bool with_norm, float* lf) {
   if (omega == nullptr) {
     std::copy_n(x, dk, lf);
     std::fill(lf + dk, lf + fp, kNegInf);
@@ -84,7 +86,8 @@ HWY_INLINE void QueryRow(const Slot& st, const float* HWY_RESTRICT lq, int64_t f
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   auto vmax = hn::Set(d, kNegInf);
-  for (int64_t r = 0; r < fp; r += N) vmax = hn::Max(vmax, hn::Add(hn::LoadU(d, lq + r), hn::LoadU(d, st.m + r)));
+  for (int64_t r = 0; r < fp; r += N)
+    vmax = hn::Max(vmax, hn::Add(hn::LoadU(d, lq + r), hn::LoadU(d, st.m + r)));
   const float c = hn::GetLane(hn::MaxOfLanes(d, vmax));
   if (c == kNegInf) {
     std::fill(out, out + dv, 0.0f);
@@ -94,7 +97,8 @@ HWY_INLINE void QueryRow(const Slot& st, const float* HWY_RESTRICT lq, int64_t f
   float* num = tmp + fp;
   const auto vc = hn::Set(d, c);
   for (int64_t r = 0; r < fp; r += N) {
-    hn::StoreU(hn::Exp(d, hn::Sub(hn::Add(hn::LoadU(d, lq + r), hn::LoadU(d, st.m + r)), vc)), d, w + r);
+    hn::StoreU(hn::Exp(d, hn::Sub(hn::Add(hn::LoadU(d, lq + r), hn::LoadU(d, st.m + r)), vc)), d,
+               w + r);
   }
   MatMulRows<1>(w, fp, st.c, dvp, fp, dvp, num, dvp, /*accumulate=*/false);
   const float den = Dot(w, st.z, fp);
@@ -105,13 +109,21 @@ HWY_INLINE void QueryRow(const Slot& st, const float* HWY_RESTRICT lq, int64_t f
 struct Dims {
   int64_t B, Sq, Sk, Hq, Hk, Dk, Dv, Dvp, Fp;
   explicit Dims(const AttentionArgs& a, const LogFeatures& f)
-      : B(a.q.shape[0]), Sq(a.q.shape[1]), Sk(a.k.shape[1]), Hq(a.q.shape[2]), Hk(a.k.shape[2]),
-        Dk(a.q.shape[3]), Dv(a.v.shape[3]), Dvp(pad_to_state(Dv)),
+      : B(a.q.shape[0]),
+        Sq(a.q.shape[1]),
+        Sk(a.k.shape[1]),
+        Hq(a.q.shape[2]),
+        Hk(a.k.shape[2]),
+        Dk(a.q.shape[3]),
+        Dv(a.v.shape[3]),
+        Dvp(pad_to_state(Dv)),
         Fp(pad_to_state(f.omega ? f.features : Dk)) {}
 };
 
 // Scratch: slot (fp * dvp + 2 fp) + lk/lq (fp) + padded v (dvp) + tmp (2 fp + dvp).
-int64_t ScratchFloats(int64_t fp, int64_t dvp) { return fp * dvp + 2 * fp + fp + dvp + 2 * fp + dvp + 64; }
+int64_t ScratchFloats(int64_t fp, int64_t dvp) {
+  return fp * dvp + 2 * fp + fp + dvp + 2 * fp + dvp + 64;
+}
 
 void LogLinearForward(const AttentionArgs& a, const LogFeatures& f, bool causal, Context& ctx) {
   const Dims n(a, f);
@@ -161,12 +173,13 @@ void LogLinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensor
   });
 }
 
-void LogLinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out, const LogFeatures& f,
-                    Context& ctx) {
+void LogLinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out,
+                    const LogFeatures& f, Context& ctx) {
   const int64_t T = q.shape[1], hq = q.shape[2], dk = q.shape[3];
   ctx.reserve_scratch(static_cast<size_t>(ScratchFloats(s.features, s.dvp)));
   ctx.parallel_for(s.batch * hq, [&](int64_t task, int worker) {
-    const int64_t b = task / hq, h = task % hq, hk = h / (hq / s.kv_heads), slot = b * s.kv_heads + hk;
+    const int64_t b = task / hq, h = task % hq, hk = h / (hq / s.kv_heads),
+                  slot = b * s.kv_heads + hk;
     const float* omega = f.omega ? f.omega + hk * f.features * dk : nullptr;
     const Slot st{s.c_slot(slot), s.z_slot(slot), s.m_slot(slot)};
     float* lf = ctx.scratch(worker);
@@ -202,8 +215,13 @@ void log_linear_query(LinearState& s, const ConstTensorView& q, const TensorView
   HWY_DYNAMIC_DISPATCH(LogLinearQuery)(s, q, out, f, ctx);
 }
 
-LinearState::LinearState(int64_t batch_, int64_t kv_heads_, int64_t features_, int64_t dv_, bool log_space)
-    : batch(batch_), kv_heads(kv_heads_), features(pad_to_state(features_)), dv(dv_), dvp(pad_to_state(dv_)) {
+LinearState::LinearState(int64_t batch_, int64_t kv_heads_, int64_t features_, int64_t dv_,
+                         bool log_space)
+    : batch(batch_),
+      kv_heads(kv_heads_),
+      features(pad_to_state(features_)),
+      dv(dv_),
+      dvp(pad_to_state(dv_)) {
   const int64_t slots = batch * kv_heads;
   c.assign(slots * features * dvp, 0.0f);
   z.assign(slots * features, 0.0f);

@@ -7,8 +7,10 @@
 // see src/mechanisms/luna.cpp.)
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/cpu/luna.cpp"
-#include <hwy/foreach_target.h>  // IWYU pragma: keep
+// clang-format off
+#include <hwy/foreach_target.h>  // IWYU pragma: keep (re-includes this file per target)
 #include <hwy/highway.h>
+// clang-format on
 
 #include <algorithm>
 #include <cmath>
@@ -27,14 +29,14 @@ HWY_INLINE float SoftplusLn2(float z) {
 
 // acc[l] += a_l v for key k (v zero padded to dvp); mem(l) -> p_l row.
 template <typename MemRow>
-HWY_INLINE void AddKey(float* acc, const float* k, const float* v, int64_t L, int64_t dk, int64_t dvp, float s,
-                       const MemRow& mem) {
+HWY_INLINE void AddKey(float* acc, const float* k, const float* v, int64_t L, int64_t dk,
+                       int64_t dvp, float s, const MemRow& mem) {
   for (int64_t l = 0; l < L; ++l) Axpy(SoftplusLn2(s * Dot(k, mem(l), dk)), v, acc + l * dvp, dvp);
 }
 
 // out = softmax_l(s q . acc_l / t) acc / t; zeros when t == 0. w: L floats of scratch.
-HWY_INLINE void QueryRow(const float* acc, int64_t t, const float* q, int64_t L, int64_t dk, int64_t dv,
-                         int64_t dvp, float s, float* w, float* out) {
+HWY_INLINE void QueryRow(const float* acc, int64_t t, const float* q, int64_t L, int64_t dk,
+                         int64_t dv, int64_t dvp, float s, float* w, float* out) {
   if (t == 0) {
     std::fill(out, out + dv, 0.0f);
     return;
@@ -76,7 +78,8 @@ void LunaCausalForward(const AttentionArgs& a, float s, Context& ctx) {
     for (int64_t i = 0; i < Sq; ++i) {
       const int64_t t = visible_keys(true, Sq, Sk, len, i);
       add_upto(t);
-      QueryRow(acc, t, a.q.row<const float>(b, i, h), L, dk, dv, dvp, s, w, a.out.row<float>(b, i, h));
+      QueryRow(acc, t, a.q.row<const float>(b, i, h), L, dk, dv, dvp, s, w,
+               a.out.row<float>(b, i, h));
     }
     if (a.memory_out.present()) {  // the final packed memory over all valid keys
       add_upto(len);
@@ -89,9 +92,10 @@ void LunaCausalForward(const AttentionArgs& a, float s, Context& ctx) {
   });
 }
 
-void LunaAppend(LinearState& st, const ConstTensorView& k, const ConstTensorView& v, const ConstTensorView& memory,
-                float s, Context& ctx) {
-  const int64_t T = k.shape[1], Hk = k.shape[2], dk = k.shape[3], Hq = st.kv_heads, L = memory.shape[1];
+void LunaAppend(LinearState& st, const ConstTensorView& k, const ConstTensorView& v,
+                const ConstTensorView& memory, float s, Context& ctx) {
+  const int64_t T = k.shape[1], Hk = k.shape[2], dk = k.shape[3], Hq = st.kv_heads,
+                L = memory.shape[1];
   ctx.reserve_scratch(static_cast<size_t>(st.dvp));
   ctx.parallel_for(st.batch * Hq, [&](int64_t slot, int worker) {
     const int64_t b = slot / Hq, h = slot % Hq, hk = h / (Hq / Hk);
@@ -105,8 +109,8 @@ void LunaAppend(LinearState& st, const ConstTensorView& k, const ConstTensorView
   });
 }
 
-void LunaQuery(LinearState& st, const ConstTensorView& q, const TensorView& out, const ConstTensorView& memory,
-               float s, Context& ctx) {
+void LunaQuery(LinearState& st, const ConstTensorView& q, const TensorView& out,
+               const ConstTensorView& memory, float s, Context& ctx) {
   const int64_t T = q.shape[1], Hq = q.shape[2], dk = q.shape[3], L = memory.shape[1];
   ctx.reserve_scratch(static_cast<size_t>(L + 16));
   ctx.parallel_for(st.batch * Hq, [&](int64_t slot, int worker) {
@@ -132,13 +136,13 @@ HWY_EXPORT(LunaQuery);
 void luna_causal_forward(const AttentionArgs& a, float scale, Context& ctx) {
   HWY_DYNAMIC_DISPATCH(LunaCausalForward)(a, scale, ctx);
 }
-void luna_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v, const ConstTensorView& memory,
-                 float scale, Context& ctx) {
+void luna_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
+                 const ConstTensorView& memory, float scale, Context& ctx) {
   HWY_DYNAMIC_DISPATCH(LunaAppend)(s, k, v, memory, scale, ctx);
   s.tokens += k.shape[1];
 }
-void luna_query(LinearState& s, const ConstTensorView& q, const TensorView& out, const ConstTensorView& memory,
-                float scale, Context& ctx) {
+void luna_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
+                const ConstTensorView& memory, float scale, Context& ctx) {
   HWY_DYNAMIC_DISPATCH(LunaQuery)(s, q, out, memory, scale, ctx);
 }
 

@@ -6,16 +6,18 @@
 // sample one for the f logits and one for the value mix. Draws follow ref::ra_ref exactly.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/cpu/ra.cpp"
-#include <hwy/foreach_target.h>  // IWYU pragma: keep
+// clang-format off
+#include <hwy/foreach_target.h>  // IWYU pragma: keep (re-includes this file per target)
 #include <hwy/highway.h>
+// clang-format on
 
 #include <algorithm>
 #include <cmath>
 
 #include "attnkit/random.hpp"
 #include "src/cpu/kernels.hpp"
-#include "src/cpu/ops/matmul-inl.h"
 #include "src/cpu/ops/attend-inl.h"
+#include "src/cpu/ops/matmul-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
@@ -23,10 +25,12 @@ namespace HWY_NAMESPACE {
 
 constexpr int64_t kRows = 32;
 
-void RaForward(const AttentionArgs& a, const RaConfig& cfg, float scale, bool causal, Context& ctx) {
+void RaForward(const AttentionArgs& a, const RaConfig& cfg, float scale, bool causal,
+               Context& ctx) {
   const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
   const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
-  const int64_t Skp = pad_to_state(std::max<int64_t>(Sk, 1)), Dkp = pad_to_state(Dk), Dvp = pad_to_state(Dv);
+  const int64_t Skp = pad_to_state(std::max<int64_t>(Sk, 1)), Dkp = pad_to_state(Dk),
+                Dvp = pad_to_state(Dv);
   const float sqrt_s = std::sqrt(scale);
   // Shared: per (b, hk) keys transposed [Dk][Skp], values [Skp][Dvp], s |k|^2 / 2 [Skp].
   const int64_t per_head = Dk * Skp + Skp * Dvp + Skp;
@@ -48,17 +52,18 @@ void RaForward(const AttentionArgs& a, const RaConfig& cfg, float scale, bool ca
   ctx.reserve_scratch(static_cast<size_t>(kRows * (Dkp + 2 * Skp + 2 * Dvp) + 64));
   const CounterRng rng(cfg.seed);
   ctx.parallel_for(B * Hq * blocks, [&](int64_t task, int worker) {
-    const int64_t blk = task % blocks, bh = task / blocks, b = bh / Hq, h = bh % Hq, hk = h / (Hq / Hk);
+    const int64_t blk = task % blocks, bh = task / blocks, b = bh / Hq, h = bh % Hq,
+                  hk = h / (Hq / Hk);
     const int64_t i0 = blk * kRows, rows = std::min(kRows, Sq - i0);
     const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
     const float* kt = shared + (b * Hk + hk) * per_head;
     const float* vp = kt + Dk * Skp;
     const float* half_norm = vp + Skp * Dvp;
-    float* w = ctx.scratch(worker);      // [rows][Dkp]: scaled queries, then samples
-    float* pi = w + kRows * Dkp;         // [rows][Skp]
-    float* f = pi + kRows * Skp;         // [rows][Skp]
-    float* mix = f + kRows * Skp;        // [rows][Dvp]
-    float* acc = mix + kRows * Dvp;      // [rows][Dvp]
+    float* w = ctx.scratch(worker);  // [rows][Dkp]: scaled queries, then samples
+    float* pi = w + kRows * Dkp;     // [rows][Skp]
+    float* f = pi + kRows * Skp;     // [rows][Skp]
+    float* mix = f + kRows * Skp;    // [rows][Dvp]
+    float* acc = mix + kRows * Dvp;  // [rows][Dvp]
     auto visible = [&](int64_t r) { return visible_keys(causal, Sq, Sk, len, i0 + r); };
     for (int64_t r = 0; r < rows; ++r) {
       const float* q = a.q.row<const float>(b, i0 + r, h);
@@ -81,14 +86,16 @@ void RaForward(const AttentionArgs& a, const RaConfig& cfg, float scale, bool ca
         const float* km = a.k.row<const float>(b, m, hk);
         for (int64_t x = 0; x < Dk; ++x) {
           w[r * Dkp + x] = sqrt_s * (q[x] + km[x]) +
-                           static_cast<float>(rng.normal(stream, (1ull << 40) + static_cast<uint64_t>(t) * Dk + x));
+                           static_cast<float>(rng.normal(
+                               stream, (1ull << 40) + static_cast<uint64_t>(t) * Dk + x));
         }
       }
       MatMul(w, Dkp, kt, Skp, f, Skp, rows, Skp, Dk, /*accumulate=*/false);
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t j = 0; j < Skp; ++j) f[r * Skp + j] = sqrt_s * f[r * Skp + j] - half_norm[j];
       SoftmaxRows(f, Skp, rows, Skp, visible);
-      MatMul(f, Skp, vp, Dvp, acc, Dvp, rows, Dvp, std::max<int64_t>(visible(rows - 1), 0), /*accumulate=*/true);
+      MatMul(f, Skp, vp, Dvp, acc, Dvp, rows, Dvp, std::max<int64_t>(visible(rows - 1), 0),
+             /*accumulate=*/true);
     }
     for (int64_t r = 0; r < rows; ++r) {
       float* dst = a.out.row<float>(b, i0 + r, h);

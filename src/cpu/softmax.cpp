@@ -11,17 +11,18 @@
 // Every output row is owned by one task, so results do not depend on the thread count.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/cpu/softmax.cpp"
-#include <hwy/foreach_target.h>  // IWYU pragma: keep
+// clang-format off
+#include <hwy/foreach_target.h>  // IWYU pragma: keep (re-includes this file per target)
 #include <hwy/highway.h>
+// clang-format on
 #include <hwy/contrib/math/math-inl.h>
-
-#include "src/cpu/ops/matmul-inl.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "src/cpu/kernels.hpp"
+#include "src/cpu/ops/matmul-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
@@ -118,8 +119,12 @@ struct Plan {
   bool causal;
   float* kt;  // [B][Hk][key_blocks][Dk][kKeyBlock]
   float* vp;  // [B][Hk][key_blocks * kKeyBlock][Dvp]
-  float* kt_head(int64_t b, int64_t hk) const { return kt + (b * Hk + hk) * key_blocks * kKeyBlock * Dk; }
-  float* vp_head(int64_t b, int64_t hk) const { return vp + (b * Hk + hk) * key_blocks * kKeyBlock * Dvp; }
+  float* kt_head(int64_t b, int64_t hk) const {
+    return kt + (b * Hk + hk) * key_blocks * kKeyBlock * Dk;
+  }
+  float* vp_head(int64_t b, int64_t hk) const {
+    return vp + (b * Hk + hk) * key_blocks * kKeyBlock * Dvp;
+  }
 };
 
 void PackKv(const AttentionArgs& a, const Plan& p, Context& ctx) {
@@ -182,7 +187,8 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
       OnlineSoftmaxRow(s + r * kKeyBlock, keys, visible[r] - j0, m[r], l[r], o + r * p.Dvp, p.Dvp);
     }
     // O += P V over the keys visible to some row (P is 0 past each row's own limit).
-    MatMul(s, kKeyBlock, vp + j0 * p.Dvp, p.Dvp, o, p.Dvp, rows, p.Dvp, std::min(keys, max_visible - j0),
+    MatMul(s, kKeyBlock, vp + j0 * p.Dvp, p.Dvp, o, p.Dvp, rows, p.Dvp,
+           std::min(keys, max_visible - j0),
            /*accumulate=*/true);
   }
   for (int64_t r = 0; r < rows; ++r) {

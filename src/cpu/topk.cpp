@@ -5,8 +5,10 @@
 // value reach the heap), then mixes the kept values. Memory: O(rows * Sk) per thread.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/cpu/topk.cpp"
-#include <hwy/foreach_target.h>  // IWYU pragma: keep
+// clang-format off
+#include <hwy/foreach_target.h>  // IWYU pragma: keep (re-includes this file per target)
 #include <hwy/highway.h>
+// clang-format on
 
 #include <algorithm>
 #include <cmath>
@@ -28,8 +30,8 @@ inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // Indices of the k largest of s[0:n) (ties to the lower index) into idx; returns the count
 // (min(k, n)). heap: k floats of scratch.
-HWY_INLINE int64_t SelectTopK(const float* HWY_RESTRICT s, int64_t n, int64_t k, float* HWY_RESTRICT heap,
-                              int32_t* HWY_RESTRICT idx) {
+HWY_INLINE int64_t SelectTopK(const float* HWY_RESTRICT s, int64_t n, int64_t k,
+                              float* HWY_RESTRICT heap, int32_t* HWY_RESTRICT idx) {
   if (n <= k) {
     for (int64_t j = 0; j < n; ++j) idx[j] = static_cast<int32_t>(j);
     return n;
@@ -80,7 +82,8 @@ void PackTransposed(const Row& src, int64_t n, int64_t dim, int64_t ld, float* d
   }
 }
 
-void TopkForward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal, Context& ctx) {
+void TopkForward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal,
+                 Context& ctx) {
   const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
   const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
   const int64_t Skp = RoundUp(std::max<int64_t>(Sk, 1), kStatePad), Dkp = pad_to_state(Dk);
@@ -89,13 +92,15 @@ void TopkForward(const AttentionArgs& a, int k, int query_chunk, float scale, bo
   float* kt = ctx.shared_scratch(static_cast<size_t>(B * Hk * Dk * Skp));
   ctx.parallel_for(B * Hk, [&](int64_t bh, int) {
     const int64_t b = bh / Hk, hk = bh % Hk;
-    PackTransposed([&](int64_t r) { return a.k.row<const float>(b, r, hk); }, Sk, Dk, Skp, kt + bh * Dk * Skp);
+    PackTransposed([&](int64_t r) { return a.k.row<const float>(b, r, hk); }, Sk, Dk, Skp,
+                   kt + bh * Dk * Skp);
   });
   // Scratch: q rows [rows][Dkp], scores [rows][Skp], heap [k], indices [k], accumulator [Dv].
   const int64_t kk = std::min<int64_t>(k, Sk);
   ctx.reserve_scratch(static_cast<size_t>(rows_per_task * (Dkp + Skp) + 2 * kk + Dv + 64));
   ctx.parallel_for(B * Hq * blocks, [&](int64_t task, int worker) {
-    const int64_t blk = task % blocks, bh = task / blocks, b = bh / Hq, h = bh % Hq, hk = h / (Hq / Hk);
+    const int64_t blk = task % blocks, bh = task / blocks, b = bh / Hq, h = bh % Hq,
+                  hk = h / (Hq / Hk);
     const int64_t i0 = blk * rows_per_task, rows = std::min(rows_per_task, Sq - i0);
     const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
     float* q = ctx.scratch(worker);
@@ -107,8 +112,10 @@ void TopkForward(const AttentionArgs& a, int k, int query_chunk, float scale, bo
       const float* src = a.q.row<const float>(b, i0 + r, h);
       for (int64_t c = 0; c < Dk; ++c) q[r * Dkp + c] = src[c] * scale;
     }
-    const int64_t cols = RoundUp(std::max<int64_t>(visible_keys(causal, Sq, Sk, len, i0 + rows - 1), 1), kStatePad);
-    MatMul(q, Dkp, kt + (b * Hk + hk) * Dk * Skp, Skp, s, Skp, rows, std::min(cols, Skp), Dk, /*accumulate=*/false);
+    const int64_t cols =
+        RoundUp(std::max<int64_t>(visible_keys(causal, Sq, Sk, len, i0 + rows - 1), 1), kStatePad);
+    MatMul(q, Dkp, kt + (b * Hk + hk) * Dk * Skp, Skp, s, Skp, rows, std::min(cols, Skp), Dk,
+           /*accumulate=*/false);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t n = visible_keys(causal, Sq, Sk, len, i0 + r);
       float* dst = a.out.row<float>(b, i0 + r, h);
@@ -133,12 +140,13 @@ void TopkForward(const AttentionArgs& a, int k, int query_chunk, float scale, bo
   });
 }
 
-void TopkFfForward(const ConstTensorView& x, const ConstTensorView& keys, const ConstTensorView& values,
-                   const TensorView& out, int k, Context& ctx) {
+void TopkFfForward(const ConstTensorView& x, const ConstTensorView& keys,
+                   const ConstTensorView& values, const TensorView& out, int k, Context& ctx) {
   const int64_t T = x.shape[0], Dm = x.shape[1], F = keys.shape[0], Dout = values.shape[1];
   const int64_t Fp = RoundUp(std::max<int64_t>(F, 1), kStatePad), Dmp = pad_to_state(Dm);
   float* kt = ctx.shared_scratch(static_cast<size_t>(Dm * Fp));
-  PackTransposed([&](int64_t r) { return keys.ptr<const float>() + r * keys.stride[0]; }, F, Dm, Fp, kt);
+  PackTransposed([&](int64_t r) { return keys.ptr<const float>() + r * keys.stride[0]; }, F, Dm, Fp,
+                 kt);
   const int64_t kk = std::min<int64_t>(k, F);
   const int64_t blocks = (T + kRowsPerTask - 1) / kRowsPerTask;
   ctx.reserve_scratch(static_cast<size_t>(kRowsPerTask * (Dmp + Fp) + 2 * kk + 64));
@@ -148,7 +156,8 @@ void TopkFfForward(const ConstTensorView& x, const ConstTensorView& keys, const 
     float* s = q + kRowsPerTask * Dmp;
     float* heap = s + kRowsPerTask * Fp;
     int32_t* idx = reinterpret_cast<int32_t*>(heap + kk);
-    for (int64_t r = 0; r < rows; ++r) std::copy_n(x.ptr<const float>() + (t0 + r) * x.stride[0], Dm, q + r * Dmp);
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy_n(x.ptr<const float>() + (t0 + r) * x.stride[0], Dm, q + r * Dmp);
     MatMul(q, Dmp, kt, Fp, s, Fp, rows, Fp, Dm, /*accumulate=*/false);
     for (int64_t r = 0; r < rows; ++r) {
       float* dst = out.ptr<float>() + (t0 + r) * out.stride[0];
@@ -175,11 +184,12 @@ namespace attnkit::cpu {
 HWY_EXPORT(TopkForward);
 HWY_EXPORT(TopkFfForward);
 
-void topk_forward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal, Context& ctx) {
+void topk_forward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal,
+                  Context& ctx) {
   HWY_DYNAMIC_DISPATCH(TopkForward)(a, k, query_chunk, scale, causal, ctx);
 }
-void topk_ff_forward(const ConstTensorView& x, const ConstTensorView& keys, const ConstTensorView& values,
-                     const TensorView& out, int k, Context& ctx) {
+void topk_ff_forward(const ConstTensorView& x, const ConstTensorView& keys,
+                     const ConstTensorView& values, const TensorView& out, int k, Context& ctx) {
   HWY_DYNAMIC_DISPATCH(TopkFfForward)(x, keys, values, out, k, ctx);
 }
 

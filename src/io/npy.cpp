@@ -22,7 +22,8 @@ class HeaderParser {
     throw Error(name_, "npy header " + rule + " (at byte " + std::to_string(i_) + " of header)");
   }
   void skip_space() {
-    while (i_ < t_.size() && (t_[i_] == ' ' || t_[i_] == '\t' || t_[i_] == '\n' || t_[i_] == '\r')) ++i_;
+    while (i_ < t_.size() && (t_[i_] == ' ' || t_[i_] == '\t' || t_[i_] == '\n' || t_[i_] == '\r'))
+      ++i_;
   }
   bool accept(char c) {
     skip_space();
@@ -55,15 +56,18 @@ class HeaderParser {
     std::vector<int64_t> dims;
     while (!accept(')')) {
       skip_space();
-      if (i_ >= t_.size() || t_[i_] < '0' || t_[i_] > '9') fail("shape entries must be non-negative integers");
+      if (i_ >= t_.size() || t_[i_] < '0' || t_[i_] > '9')
+        fail("shape entries must be non-negative integers");
       int64_t v = 0;
       while (i_ < t_.size() && t_[i_] >= '0' && t_[i_] <= '9') {
         if (v > (std::numeric_limits<int64_t>::max() - 9) / 10) fail("shape entry overflows");
         v = v * 10 + (t_[i_++] - '0');
       }
-      if (accept('L')) {}  // Python 2 long suffix
+      if (accept('L')) {
+      }  // Python 2 long suffix
       dims.push_back(v);
-      if (dims.size() > static_cast<size_t>(kMaxNpyRank)) fail("shape rank exceeds " + std::to_string(kMaxNpyRank));
+      if (dims.size() > static_cast<size_t>(kMaxNpyRank))
+        fail("shape rank exceeds " + std::to_string(kMaxNpyRank));
       if (!accept(',')) {
         expect(')');
         break;
@@ -97,16 +101,20 @@ NpyHeader parse_npy_header(std::span<const uint8_t> file, std::string_view name_
     throw Error(name, "not an .npy file (missing \\x93NUMPY magic or shorter than 10 bytes)");
   }
   const int major = file[6];
-  if (major < 1 || major > 3) throw Error(name, "npy format version " + std::to_string(major) + " is not 1, 2 or 3");
+  if (major < 1 || major > 3)
+    throw Error(name, "npy format version " + std::to_string(major) + " is not 1, 2 or 3");
   const size_t len_bytes = major == 1 ? 2 : 4;
   if (file.size() < 8 + len_bytes) throw Error(name, "truncated npy header length");
   const size_t header_len = read_le(file.data() + 8, static_cast<int>(len_bytes));
   const size_t start = 8 + len_bytes;
-  if (header_len > kMaxNpyHeader) throw Error(name, "npy header length " + std::to_string(header_len) + " exceeds 1 MiB");
-  if (file.size() < start + header_len) throw Error(name, "truncated npy header (file ends inside it)");
+  if (header_len > kMaxNpyHeader)
+    throw Error(name, "npy header length " + std::to_string(header_len) + " exceeds 1 MiB");
+  if (file.size() < start + header_len)
+    throw Error(name, "truncated npy header (file ends inside it)");
   const std::string_view text(reinterpret_cast<const char*>(file.data() + start), header_len);
   for (char c : text) {
-    if (static_cast<unsigned char>(c) >= 0x80 || (c < 0x20 && c != '\n' && c != '\r' && c != '\t')) {
+    if (static_cast<unsigned char>(c) >= 0x80 ||
+        (c < 0x20 && c != '\n' && c != '\r' && c != '\t')) {
       throw Error(name, "npy header must be printable ASCII");
     }
   }
@@ -125,11 +133,14 @@ NpyHeader parse_npy_header(std::span<const uint8_t> file, std::string_view name_
       } else if (d == "<f8" || d == "=f8") {
         h.dtype = DType::kF64;
       } else {
-        throw Error(name, "npy dtype '" + d + "' is not supported (need little-endian float32 '<f4' or float64 '<f8')");
+        throw Error(name,
+                    "npy dtype '" + d +
+                        "' is not supported (need little-endian float32 '<f4' or float64 '<f8')");
       }
       have_descr = true;
     } else if (key == "fortran_order") {
-      if (p.boolean()) throw Error(name, "npy fortran_order=True is not supported (save a C-contiguous array)");
+      if (p.boolean())
+        throw Error(name, "npy fortran_order=True is not supported (save a C-contiguous array)");
       have_order = true;
     } else if (key == "shape") {
       h.shape = p.tuple();
@@ -143,7 +154,8 @@ NpyHeader parse_npy_header(std::span<const uint8_t> file, std::string_view name_
     }
   }
   if (!p.at_end()) p.fail("has text after the closing '}'");
-  if (!have_descr || !have_order || !have_shape) throw Error(name, "npy header must have 'descr', 'fortran_order' and 'shape'");
+  if (!have_descr || !have_order || !have_shape)
+    throw Error(name, "npy header must have 'descr', 'fortran_order' and 'shape'");
 
   const size_t item = dtype_size(h.dtype);
   size_t count = 1;
@@ -157,7 +169,8 @@ NpyHeader parse_npy_header(std::span<const uint8_t> file, std::string_view name_
   const size_t have = file.size() - h.data_offset;
   if (have != count * item) {
     throw Error(name, "npy data is " + std::to_string(have) + " bytes but shape needs " +
-                          std::to_string(count * item) + (have < count * item ? " (truncated file)" : " (trailing bytes)"));
+                          std::to_string(count * item) +
+                          (have < count * item ? " (truncated file)" : " (trailing bytes)"));
   }
   return h;
 }
@@ -195,7 +208,8 @@ void write_npy(const std::string& path, const float* data, const std::vector<int
   std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (";
   size_t count = 1;
   for (size_t i = 0; i < shape.size(); ++i) {
-    dict += std::to_string(shape[i]) + (shape.size() == 1 ? "," : (i + 1 < shape.size() ? ", " : ""));
+    dict +=
+        std::to_string(shape[i]) + (shape.size() == 1 ? "," : (i + 1 < shape.size() ? ", " : ""));
     count *= static_cast<size_t>(shape[i]);
   }
   dict += "), }";
@@ -205,8 +219,16 @@ void write_npy(const std::string& path, const float* data, const std::vector<int
   dict += '\n';
   std::ofstream f(path, std::ios::binary);
   if (!f) throw Error(path, "cannot open for writing");
-  const uint8_t prefix[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
-                              static_cast<uint8_t>(dict.size() & 0xff), static_cast<uint8_t>(dict.size() >> 8)};
+  const uint8_t prefix[10] = {0x93,
+                              'N',
+                              'U',
+                              'M',
+                              'P',
+                              'Y',
+                              1,
+                              0,
+                              static_cast<uint8_t>(dict.size() & 0xff),
+                              static_cast<uint8_t>(dict.size() >> 8)};
   f.write(reinterpret_cast<const char*>(prefix), 10);
   f.write(dict.data(), static_cast<std::streamsize>(dict.size()));
   f.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * sizeof(float)));

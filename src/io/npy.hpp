@@ -18,7 +18,7 @@ inline constexpr int kMaxNpyRank = 8;
 struct NpyHeader {
   DType dtype = DType::kF32;  // float32 ('<f4') or float64 ('<f8'), little-endian
   std::vector<int64_t> shape;
-  size_t data_offset = 0;     // bytes before the array data
+  size_t data_offset = 0;  // bytes before the array data
 };
 
 // Parses and checks the header against the whole file (data size must match exactly).

@@ -24,7 +24,9 @@ class Heinsen final : public Mechanism {
     return std::make_unique<FixedStateStream>(
         s, cpu::LinearState(s.batch, s.kv_heads, s.head_dim, s.value_dim, /*log_space=*/true),
         [f](auto& st, auto& k, auto& v, Context& ctx) { cpu::log_linear_append(st, k, v, f, ctx); },
-        [f](auto& st, auto& q, auto& out, Context& ctx) { cpu::log_linear_query(st, q, out, f, ctx); });
+        [f](auto& st, auto& q, auto& out, Context& ctx) {
+          cpu::log_linear_query(st, q, out, f, ctx);
+        });
   }
 
  protected:

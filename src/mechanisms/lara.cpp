@@ -18,8 +18,9 @@ class Lara final : public Mechanism {
   std::string_view name() const override { return "lara"; }
   Capabilities capabilities() const override { return {.fast_kernel = true}; }
   std::string describe() const override {
-    return "lara(landmarks=" + std::to_string(c_.landmarks) + ",mis=" + kMis[static_cast<int>(c_.mis)] +
-           ",sample=" + (c_.sample ? "1" : "0") + ") " + to_string(options());
+    return "lara(landmarks=" + std::to_string(c_.landmarks) +
+           ",mis=" + kMis[static_cast<int>(c_.mis)] + ",sample=" + (c_.sample ? "1" : "0") + ") " +
+           to_string(options());
   }
 
  protected:

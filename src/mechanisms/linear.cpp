@@ -30,7 +30,8 @@ class Linear final : public Mechanism {
   }
   // State per kv head: C (Dk x Dv) and z (Dk) float32, plus the token count.
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
-    if (c_.gated) throw Error("stream", "gated linear attention needs a gate per token; append(k, v) has none");
+    if (c_.gated)
+      throw Error("stream", "gated linear attention needs a gate per token; append(k, v) has none");
     check_stream_spec(s);
     const LinearConfig c = c_;
     return std::make_unique<FixedStateStream>(
@@ -54,8 +55,9 @@ class Linear final : public Mechanism {
       // exp(q).exp(k) summed over keys must stay inside float32.
       for (auto [t, name] : {std::pair{a.q, "q"}, {a.k, "k"}}) {
         if (max_entry(t) > 30.0f) {
-          throw Error(name, "entries must be <= 30 with map=exp (exp overflows float32); use norm=kernel "
-                            "(Heinsen's log-space form) for larger values");
+          throw Error(name,
+                      "entries must be <= 30 with map=exp (exp overflows float32); use norm=kernel "
+                      "(Heinsen's log-space form) for larger values");
         }
       }
     }
@@ -85,7 +87,6 @@ class Linear final : public Mechanism {
         }
     return m;
   }
-
 
   LinearConfig c_;
 };

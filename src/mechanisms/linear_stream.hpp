@@ -13,12 +13,17 @@ namespace attnkit::detail {
 
 class FixedStateStream final : public StreamingState {
  public:
-  using AppendFn = std::function<void(cpu::LinearState&, const ConstTensorView&, const ConstTensorView&, Context&)>;
-  using QueryFn = std::function<void(cpu::LinearState&, const ConstTensorView&, const TensorView&, Context&)>;
+  using AppendFn = std::function<void(cpu::LinearState&, const ConstTensorView&,
+                                      const ConstTensorView&, Context&)>;
+  using QueryFn =
+      std::function<void(cpu::LinearState&, const ConstTensorView&, const TensorView&, Context&)>;
   // keep_alive: data the functions point into (e.g. random projections).
   FixedStateStream(const StreamSpec& spec, cpu::LinearState state, AppendFn append, QueryFn query,
                    std::shared_ptr<const void> keep_alive = nullptr)
-      : spec_(spec), state_(std::move(state)), append_(std::move(append)), query_(std::move(query)),
+      : spec_(spec),
+        state_(std::move(state)),
+        append_(std::move(append)),
+        query_(std::move(query)),
         keep_alive_(std::move(keep_alive)) {}
 
   void append(const ConstTensorView& k, const ConstTensorView& v, Context& ctx) override {

@@ -24,10 +24,11 @@ class Luna final : public Mechanism {
   // Causal running-average state per (batch, q head): L x Dv sums and the step count.
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
     check_stream_spec(s);
-    if (s.head_dim != s.value_dim) throw Error("stream", "luna needs head_dim == value_dim (tied unpack)");
+    if (s.head_dim != s.value_dim)
+      throw Error("stream", "luna needs head_dim == value_dim (tied unpack)");
     check_tensor(s.memory, "memory", 4, DType::kF32);
-    if (s.memory.shape[0] != s.batch || s.memory.shape[2] != s.heads || s.memory.shape[3] != s.head_dim ||
-        s.memory.shape[1] < 1) {
+    if (s.memory.shape[0] != s.batch || s.memory.shape[2] != s.heads ||
+        s.memory.shape[3] != s.head_dim || s.memory.shape[1] < 1) {
       throw Error("memory", "shape " + shape_string(s.memory) + " must be [B, L >= 1, Hq, Dk]");
     }
     check_finite(s.memory, "memory");
@@ -37,13 +38,19 @@ class Luna final : public Mechanism {
     for (int64_t b = 0; b < s.batch; ++b)
       for (int64_t l = 0; l < s.memory.shape[1]; ++l)
         for (int64_t h = 0; h < s.heads; ++h)
-          std::copy_n(s.memory.row<const float>(b, l, h), s.head_dim, mem->view().row<float>(b, l, h));
+          std::copy_n(s.memory.row<const float>(b, l, h), s.head_dim,
+                      mem->view().row<float>(b, l, h));
     const float sc = logit_scale(options(), s.head_dim);
     const ConstTensorView mv = mem->cview();
     return std::make_unique<FixedStateStream>(
         s, cpu::LinearState(s.batch, s.heads, s.memory.shape[1], s.value_dim, /*log_space=*/false),
-        [mv, sc](auto& st, auto& k, auto& v, Context& ctx) { cpu::luna_append(st, k, v, mv, sc, ctx); },
-        [mv, sc](auto& st, auto& q, auto& out, Context& ctx) { cpu::luna_query(st, q, out, mv, sc, ctx); }, mem);
+        [mv, sc](auto& st, auto& k, auto& v, Context& ctx) {
+          cpu::luna_append(st, k, v, mv, sc, ctx);
+        },
+        [mv, sc](auto& st, auto& q, auto& out, Context& ctx) {
+          cpu::luna_query(st, q, out, mv, sc, ctx);
+        },
+        mem);
   }
 
  protected:
@@ -73,7 +80,8 @@ class Luna final : public Mechanism {
     if (a.memory_out.present()) {
       pack.out = a.memory_out;
     } else {
-      packed = Tensor<float>({a.memory.shape[0], a.memory.shape[1], a.memory.shape[2], a.v.shape[3]});
+      packed =
+          Tensor<float>({a.memory.shape[0], a.memory.shape[1], a.memory.shape[2], a.v.shape[3]});
       pack.out = packed.view();
     }
     cpu::softmax_forward(pack, s, /*causal=*/false, ctx);

@@ -1,12 +1,11 @@
 // Mechanism base behaviour: validate-then-run, and the default "no stream".
-#include "attnkit/error.hpp"
 #include "attnkit/mechanism.hpp"
+
+#include "attnkit/error.hpp"
 
 namespace attnkit {
 
-std::string Mechanism::describe() const {
-  return std::string(name()) + " " + to_string(options_);
-}
+std::string Mechanism::describe() const { return std::string(name()) + " " + to_string(options_); }
 
 std::string Mechanism::check(const AttentionArgs& args) const {
   try {

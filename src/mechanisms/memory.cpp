@@ -22,7 +22,8 @@ class Memory final : public Mechanism {
     return {.causal = true, .fast_kernel = true, .needs_memory = true};
   }
   std::string describe() const override {
-    return "memory(chunk=" + std::to_string(c_.chunk) + ",filter=" + kFilters[static_cast<int>(c_.filter)] +
+    return "memory(chunk=" + std::to_string(c_.chunk) +
+           ",filter=" + kFilters[static_cast<int>(c_.filter)] +
            ",width=" + std::to_string(c_.filter_width) + ") " + to_string(options());
   }
 
@@ -32,15 +33,16 @@ class Memory final : public Mechanism {
     const bool conv = c_.filter == MemoryFilter::kConv;
     check_unused(a, name(), true, false, /*filter=*/conv, false);
     if (sh.Sq != sh.Sk) {
-      throw Error("k", "seq (" + std::to_string(sh.Sk) + ") must equal q seq (" + std::to_string(sh.Sq) +
-                           "): chunks cut queries and keys alike");
+      throw Error("k", "seq (" + std::to_string(sh.Sk) + ") must equal q seq (" +
+                           std::to_string(sh.Sq) + "): chunks cut queries and keys alike");
     }
     check_memory_args(a, sh, input_dtype(a));
     if (a.filter.present()) {
       check_tensor(a.filter, "filter", 2, input_dtype(a));
       if (a.filter.shape[0] != sh.Hk || a.filter.shape[1] != c_.filter_width) {
         throw Error("filter", "shape " + shape_string(a.filter) + " must be [Hk, width] = [" +
-                                  std::to_string(sh.Hk) + ", " + std::to_string(c_.filter_width) + "]");
+                                  std::to_string(sh.Hk) + ", " + std::to_string(c_.filter_width) +
+                                  "]");
       }
       check_finite(a.filter, "filter");
     }

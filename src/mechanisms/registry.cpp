@@ -14,11 +14,11 @@ struct Entry {
 };
 
 constexpr Entry kRegistry[] = {
-    {"softmax", detail::make_softmax}, {"linear", detail::make_linear},
-    {"heinsen", detail::make_heinsen}, {"rfa", detail::make_rfa},
+    {"softmax", detail::make_softmax},     {"linear", detail::make_linear},
+    {"heinsen", detail::make_heinsen},     {"rfa", detail::make_rfa},
     {"performer", detail::make_performer}, {"ra", detail::make_ra},
-    {"lara", detail::make_lara},       {"topk", detail::make_topk},
-    {"luna", detail::make_luna},       {"memory", detail::make_memory},
+    {"lara", detail::make_lara},           {"topk", detail::make_topk},
+    {"luna", detail::make_luna},           {"memory", detail::make_memory},
 };
 
 }  // namespace

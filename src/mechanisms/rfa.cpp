@@ -23,8 +23,9 @@ class Rfa final : public Mechanism {
     return {.causal = true, .streaming = true, .fast_kernel = true};
   }
   std::string describe() const override {
-    return name_ + "(features=" + std::to_string(c_.features) + ",orthogonal=" +
-           (c_.orthogonal ? "1" : "0") + ",seed=" + std::to_string(c_.seed) + ") " + to_string(options());
+    return name_ + "(features=" + std::to_string(c_.features) +
+           ",orthogonal=" + (c_.orthogonal ? "1" : "0") + ",seed=" + std::to_string(c_.seed) +
+           ") " + to_string(options());
   }
   // State per kv head: S x dV sums, S normaliser and S running maxima (float32).
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
@@ -34,7 +35,9 @@ class Rfa final : public Mechanism {
     return std::make_unique<FixedStateStream>(
         s, cpu::LinearState(s.batch, s.kv_heads, c_.features, s.value_dim, /*log_space=*/true),
         [f](auto& st, auto& k, auto& v, Context& ctx) { cpu::log_linear_append(st, k, v, f, ctx); },
-        [f](auto& st, auto& q, auto& out, Context& ctx) { cpu::log_linear_query(st, q, out, f, ctx); },
+        [f](auto& st, auto& q, auto& out, Context& ctx) {
+          cpu::log_linear_query(st, q, out, f, ctx);
+        },
         omega);
   }
 
@@ -59,7 +62,9 @@ class Rfa final : public Mechanism {
     return std::vector<float>(w.begin(), w.end());
   }
   cpu::LogFeatures features(const std::vector<float>& omega, int64_t dim) const {
-    return {.omega = omega.data(), .features = c_.features, .sqrt_scale = std::sqrt(logit_scale(options(), dim))};
+    return {.omega = omega.data(),
+            .features = c_.features,
+            .sqrt_scale = std::sqrt(logit_scale(options(), dim))};
   }
 
   RfaConfig c_;

@@ -86,7 +86,11 @@ class Softmax final : public Mechanism {
   using Mechanism::Mechanism;
   std::string_view name() const override { return "softmax"; }
   Capabilities capabilities() const override {
-    return {.noncausal = true, .causal = true, .streaming = true, .backward = false, .fast_kernel = true};
+    return {.noncausal = true,
+            .causal = true,
+            .streaming = true,
+            .backward = false,
+            .fast_kernel = true};
   }
 
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {

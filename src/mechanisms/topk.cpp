@@ -17,8 +17,8 @@ class Topk final : public Mechanism {
   std::string_view name() const override { return "topk"; }
   Capabilities capabilities() const override { return {.causal = true, .fast_kernel = true}; }
   std::string describe() const override {
-    return "topk(k=" + std::to_string(c_.k) + ",query_chunk=" + std::to_string(c_.query_chunk) + ") " +
-           to_string(options());
+    return "topk(k=" + std::to_string(c_.k) + ",query_chunk=" + std::to_string(c_.query_chunk) +
+           ") " + to_string(options());
   }
 
  protected:
@@ -50,8 +50,8 @@ std::unique_ptr<Mechanism> make_topk(const AttentionOptions& o, KeyValues& kv) {
 
 }  // namespace detail
 
-void topk_feed_forward(const ConstTensorView& x, const ConstTensorView& keys, const ConstTensorView& values,
-                       const TensorView& out, int k, Context& ctx) {
+void topk_feed_forward(const ConstTensorView& x, const ConstTensorView& keys,
+                       const ConstTensorView& values, const TensorView& out, int k, Context& ctx) {
   using detail::check_tensor;
   const DType dt = x.present() && x.dtype == DType::kF64 ? DType::kF64 : DType::kF32;
   check_tensor(x, "x", 2, dt);
@@ -65,12 +65,13 @@ void topk_feed_forward(const ConstTensorView& x, const ConstTensorView& keys, co
                             std::to_string(x.shape[1]) + ")");
   }
   if (values.shape[0] != keys.shape[0]) {
-    throw Error("values", "dim 0 (" + std::to_string(values.shape[0]) + ") must equal keys dim 0 (" +
-                              std::to_string(keys.shape[0]) + ")");
+    throw Error("values", "dim 0 (" + std::to_string(values.shape[0]) +
+                              ") must equal keys dim 0 (" + std::to_string(keys.shape[0]) + ")");
   }
   if (out.shape[0] != x.shape[0] || out.shape[1] != values.shape[1]) {
-    throw Error("out", "shape " + shape_string(out) + " must be [T, Dout] = [" + std::to_string(x.shape[0]) + ", " +
-                           std::to_string(values.shape[1]) + "]");
+    throw Error("out", "shape " + shape_string(out) + " must be [T, Dout] = [" +
+                           std::to_string(x.shape[0]) + ", " + std::to_string(values.shape[1]) +
+                           "]");
   }
   for (auto [t, name] : {std::pair{x, "x"}, {keys, "keys"}, {values, "values"}}) {
     detail::check_finite(t, name);

@@ -55,13 +55,15 @@ void check_tensor(const ConstTensorView& t, std::string_view name, int rank, DTy
     const std::string dim = rank == 4 ? kDimNames[i] : "dim " + s(i);
     if (t.shape[i] < 0) throw Error(n, dim + " (" + s(t.shape[i]) + ") must be >= 0");
     if (t.shape[i] >= kMaxDim) throw Error(n, dim + " (" + s(t.shape[i]) + ") must be < 2^31");
-    if (t.stride[i] < 0) throw Error(n, "stride of " + dim + " (" + s(t.stride[i]) + ") must be >= 0");
+    if (t.stride[i] < 0)
+      throw Error(n, "stride of " + dim + " (" + s(t.stride[i]) + ") must be >= 0");
     if (t.stride[i] >= (int64_t{1} << 40)) throw Error(n, "stride of " + dim + " must be < 2^40");
     numel *= std::max<int64_t>(t.shape[i], 1);
     if (numel >= (int64_t{1} << 40)) throw Error(n, "must have fewer than 2^40 elements");
   }
   if (t.stride[rank - 1] != 1 && t.shape[rank - 1] > 1) {
-    throw Error(n, "last dimension must be contiguous (stride 1), got stride " + s(t.stride[rank - 1]));
+    throw Error(
+        n, "last dimension must be contiguous (stride 1), got stride " + s(t.stride[rank - 1]));
   }
 }
 
@@ -70,8 +72,8 @@ void check_finite(const ConstTensorView& t, std::string_view name) {
   if (!ok) throw Error(std::string(name), "must be finite (found NaN or Inf)");
 }
 
-void check_no_overlap(const ConstTensorView& out, std::string_view out_name, const ConstTensorView& in,
-                      std::string_view in_name) {
+void check_no_overlap(const ConstTensorView& out, std::string_view out_name,
+                      const ConstTensorView& in, std::string_view in_name) {
   const auto [a0, a1] = byte_range(out);
   const auto [b0, b1] = byte_range(in);
   if (a0 <= a1 && b0 <= b1 && a0 <= b1 && b0 <= a1) {
@@ -91,37 +93,48 @@ Shape check_qkv(const AttentionArgs& a, DType dtype) {
   if (sh.Hk < 1) throw Error("k", "heads must be >= 1");
   if (sh.Dk < 1) throw Error("q", "head_dim must be >= 1");
   if (sh.Dv < 1) throw Error("v", "head_dim must be >= 1");
-  if (sh.Dk > kMaxHeadDim) throw Error("q", "head_dim (" + s(sh.Dk) + ") must be <= " + s(kMaxHeadDim));
-  if (sh.Dv > kMaxHeadDim) throw Error("v", "head_dim (" + s(sh.Dv) + ") must be <= " + s(kMaxHeadDim));
-  if (a.k.shape[0] != sh.B) throw Error("k", "batch (" + s(a.k.shape[0]) + ") must equal q batch (" + s(sh.B) + ")");
-  if (a.v.shape[0] != sh.B) throw Error("v", "batch (" + s(a.v.shape[0]) + ") must equal q batch (" + s(sh.B) + ")");
-  if (sh.Hq % sh.Hk != 0) throw Error("k", "heads (" + s(sh.Hk) + ") must divide q heads (" + s(sh.Hq) + ")");
-  if (a.k.shape[3] != sh.Dk) throw Error("k", "head_dim (" + s(a.k.shape[3]) + ") must equal q head_dim (" + s(sh.Dk) + ")");
-  if (a.v.shape[1] != sh.Sk) throw Error("v", "seq (" + s(a.v.shape[1]) + ") must equal k seq (" + s(sh.Sk) + ")");
-  if (a.v.shape[2] != sh.Hk) throw Error("v", "heads (" + s(a.v.shape[2]) + ") must equal k heads (" + s(sh.Hk) + ")");
+  if (sh.Dk > kMaxHeadDim)
+    throw Error("q", "head_dim (" + s(sh.Dk) + ") must be <= " + s(kMaxHeadDim));
+  if (sh.Dv > kMaxHeadDim)
+    throw Error("v", "head_dim (" + s(sh.Dv) + ") must be <= " + s(kMaxHeadDim));
+  if (a.k.shape[0] != sh.B)
+    throw Error("k", "batch (" + s(a.k.shape[0]) + ") must equal q batch (" + s(sh.B) + ")");
+  if (a.v.shape[0] != sh.B)
+    throw Error("v", "batch (" + s(a.v.shape[0]) + ") must equal q batch (" + s(sh.B) + ")");
+  if (sh.Hq % sh.Hk != 0)
+    throw Error("k", "heads (" + s(sh.Hk) + ") must divide q heads (" + s(sh.Hq) + ")");
+  if (a.k.shape[3] != sh.Dk)
+    throw Error("k", "head_dim (" + s(a.k.shape[3]) + ") must equal q head_dim (" + s(sh.Dk) + ")");
+  if (a.v.shape[1] != sh.Sk)
+    throw Error("v", "seq (" + s(a.v.shape[1]) + ") must equal k seq (" + s(sh.Sk) + ")");
+  if (a.v.shape[2] != sh.Hk)
+    throw Error("v", "heads (" + s(a.v.shape[2]) + ") must equal k heads (" + s(sh.Hk) + ")");
   const int64_t want[4] = {sh.B, sh.Sq, sh.Hq, sh.Dv};
   for (int i = 0; i < 4; ++i) {
     if (a.out.shape[i] != want[i]) {
-      throw Error("out", std::string(kDimNames[i]) + " (" + s(a.out.shape[i]) + ") must be " + s(want[i]) +
-                             " (shape [B, Sq, Hq, Dv] = [" + s(sh.B) + ", " + s(sh.Sq) + ", " + s(sh.Hq) +
-                             ", " + s(sh.Dv) + "])");
+      throw Error("out", std::string(kDimNames[i]) + " (" + s(a.out.shape[i]) + ") must be " +
+                             s(want[i]) + " (shape [B, Sq, Hq, Dv] = [" + s(sh.B) + ", " +
+                             s(sh.Sq) + ", " + s(sh.Hq) + ", " + s(sh.Dv) + "])");
     }
   }
   if (a.lse.present()) {
     check_tensor(as_const(a.lse), "lse", 3, DType::kF32);
     if (dtype == DType::kF64) throw Error("lse", "is float32 and only for float32 inputs");
     if (a.lse.shape[0] != sh.B || a.lse.shape[1] != sh.Hq || a.lse.shape[2] != sh.Sq) {
-      throw Error("lse", "shape must be [B, Hq, Sq] = [" + s(sh.B) + ", " + s(sh.Hq) + ", " + s(sh.Sq) + "]");
+      throw Error("lse", "shape must be [B, Hq, Sq] = [" + s(sh.B) + ", " + s(sh.Hq) + ", " +
+                             s(sh.Sq) + "]");
     }
     check_no_overlap(as_const(a.lse), "lse", as_const(a.out), "out");
   }
   if (!a.key_lengths.empty()) {
     if (static_cast<int64_t>(a.key_lengths.size()) != sh.B) {
-      throw Error("key_lengths", "must have one entry per batch (" + s(sh.B) + "), got " + s(a.key_lengths.size()));
+      throw Error("key_lengths", "must have one entry per batch (" + s(sh.B) + "), got " +
+                                     s(a.key_lengths.size()));
     }
     for (size_t b = 0; b < a.key_lengths.size(); ++b) {
       if (a.key_lengths[b] < 0 || a.key_lengths[b] > sh.Sk) {
-        throw Error("key_lengths", "entry " + s(b) + " (" + s(a.key_lengths[b]) + ") must be in [0, " + s(sh.Sk) + "]");
+        throw Error("key_lengths", "entry " + s(b) + " (" + s(a.key_lengths[b]) +
+                                       ") must be in [0, " + s(sh.Sk) + "]");
       }
     }
   }
@@ -135,7 +148,8 @@ Shape check_qkv(const AttentionArgs& a, DType dtype) {
 void check_unused(const AttentionArgs& a, std::string_view mechanism, bool memory, bool gate,
                   bool filter, bool lse) {
   const std::string m(mechanism);
-  if (!memory && (a.memory.present() || a.memory_out.present())) throw Error("memory", "is not used by " + m);
+  if (!memory && (a.memory.present() || a.memory_out.present()))
+    throw Error("memory", "is not used by " + m);
   if (!gate && a.gate.present()) throw Error("gate", "is not used by " + m);
   if (!filter && a.filter.present()) throw Error("filter", "is not used by " + m);
   if (!lse && a.lse.present()) throw Error("lse", "is not produced by " + m);
@@ -157,8 +171,8 @@ void check_memory_args(const AttentionArgs& a, const Shape& sh, DType dtype) {
   if (a.memory_out.present()) {
     check_tensor(as_const(a.memory_out), "memory_out", 4, dtype);
     if (a.memory_out.shape != a.memory.shape) {
-      throw Error("memory_out", "shape " + shape_string(a.memory_out) + " must equal memory shape " +
-                                    shape_string(a.memory));
+      throw Error("memory_out", "shape " + shape_string(a.memory_out) +
+                                    " must equal memory shape " + shape_string(a.memory));
     }
     check_no_overlap(as_const(a.memory_out), "memory_out", a.memory, "memory");
     check_no_overlap(as_const(a.memory_out), "memory_out", as_const(a.out), "out");
@@ -176,12 +190,12 @@ void check_stream_spec(const StreamSpec& s) {
 }
 
 namespace {
-void check_stream_tensor(const ConstTensorView& t, const char* name, const StreamSpec& s, int64_t heads,
-                         int64_t dim) {
+void check_stream_tensor(const ConstTensorView& t, const char* name, const StreamSpec& s,
+                         int64_t heads, int64_t dim) {
   check_tensor(t, name, 4, DType::kF32);
   if (t.shape[0] != s.batch || t.shape[2] != heads || t.shape[3] != dim) {
-    throw Error(name, "shape " + shape_string(t) + " must be [" + std::to_string(s.batch) + ", T, " +
-                          std::to_string(heads) + ", " + std::to_string(dim) + "]");
+    throw Error(name, "shape " + shape_string(t) + " must be [" + std::to_string(s.batch) +
+                          ", T, " + std::to_string(heads) + ", " + std::to_string(dim) + "]");
   }
   check_finite(t, name);
 }

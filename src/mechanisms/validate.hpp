@@ -24,7 +24,8 @@ inline DType input_dtype(const AttentionArgs& a) {
 
 // The logit scale: options.scale, or 1/sqrt(head_dim) when it is 0.
 inline float logit_scale(const AttentionOptions& o, int64_t head_dim) {
-  return static_cast<float>(o.scale != 0.0 ? o.scale : 1.0 / std::sqrt(static_cast<double>(head_dim)));
+  return static_cast<float>(o.scale != 0.0 ? o.scale
+                                           : 1.0 / std::sqrt(static_cast<double>(head_dim)));
 }
 
 // Present, given rank and dtype, sizes in range, last dim contiguous, strides >= 0.
@@ -45,7 +46,7 @@ void check_stream_spec(const StreamSpec& s);
 void check_stream_append(const StreamSpec& s, const ConstTensorView& k, const ConstTensorView& v);
 void check_stream_query(const StreamSpec& s, const ConstTensorView& q, const TensorView& out);
 // out must not share memory with an input.
-void check_no_overlap(const ConstTensorView& out, std::string_view out_name, const ConstTensorView& in,
-                      std::string_view in_name);
+void check_no_overlap(const ConstTensorView& out, std::string_view out_name,
+                      const ConstTensorView& in, std::string_view in_name);
 
 }  // namespace attnkit::detail

@@ -33,7 +33,8 @@ void segment_means(const ConstTensorView& t, int64_t b, int64_t h, const std::ve
       const double* x = row(t, b, j, h);
       for (int64_t d = 0; d < dim; ++d) means[c * dim + d] += x[d];
     }
-    for (int64_t d = 0; d < dim; ++d) means[c * dim + d] /= static_cast<double>(off[c + 1] - off[c]);
+    for (int64_t d = 0; d < dim; ++d)
+      means[c * dim + d] /= static_cast<double>(off[c + 1] - off[c]);
   }
 }
 
@@ -44,7 +45,9 @@ void lara_ref(const AttentionArgs& a, const AttentionOptions& o, const LaraConfi
   const int64_t D = n.Dk;
   const double s = logit_scale(o, D);
   const CounterRng rng(cfg.seed);
-  auto ell = [&](const double* x, const double* w) { return s * dot(w, x, D) - s * dot(x, x, D) / 2; };
+  auto ell = [&](const double* x, const double* w) {
+    return s * dot(w, x, D) - s * dot(x, x, D) / 2;
+  };
   std::vector<double> qbar, kbar, mu, omega, F, lse_k, log_q, bh, t_nc, logits, tmp;
   std::vector<const double*> vrows;
   for (int64_t b = 0; b < n.B; ++b) {
@@ -53,7 +56,8 @@ void lara_ref(const AttentionArgs& a, const AttentionOptions& o, const LaraConfi
       const int64_t hk = n.kv_head(h);
       const int64_t C = std::min<int64_t>({cfg.landmarks, n.Sq, len});
       if (C == 0) {
-        for (int64_t i = 0; i < n.Sq; ++i) std::fill(row(a.out, b, i, h), row(a.out, b, i, h) + n.Dv, 0.0);
+        for (int64_t i = 0; i < n.Sq; ++i)
+          std::fill(row(a.out, b, i, h), row(a.out, b, i, h) + n.Dv, 0.0);
         continue;
       }
       segment_means(a.q, b, h, segments(n.Sq, C), D, qbar);

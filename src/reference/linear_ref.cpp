@@ -7,10 +7,14 @@ namespace {
 
 double feature(FeatureMap m, double x) {
   switch (m) {
-    case FeatureMap::kIdentity: return x;
-    case FeatureMap::kEluPlusOne: return x > 0 ? x + 1.0 : std::exp(x);
-    case FeatureMap::kRelu: return x > 0 ? x : 0.0;
-    case FeatureMap::kExp: return std::exp(x);
+    case FeatureMap::kIdentity:
+      return x;
+    case FeatureMap::kEluPlusOne:
+      return x > 0 ? x + 1.0 : std::exp(x);
+    case FeatureMap::kRelu:
+      return x > 0 ? x : 0.0;
+    case FeatureMap::kExp:
+      return std::exp(x);
   }
   return x;
 }
@@ -46,10 +50,17 @@ void linear_ref(const AttentionArgs& a, const AttentionOptions& o, const LinearC
         }
         double norm = 1.0;
         switch (c.norm) {
-          case LinearNorm::kNone: break;
-          case LinearNorm::kLength: norm = nk > 0 ? 1.0 / nk : 0.0; break;
-          case LinearNorm::kFixed1000: norm = nk > 0 ? 1000.0 / nk : 0.0; break;
-          case LinearNorm::kKernel: norm = z > 0 ? 1.0 / z : 0.0; break;
+          case LinearNorm::kNone:
+            break;
+          case LinearNorm::kLength:
+            norm = nk > 0 ? 1.0 / nk : 0.0;
+            break;
+          case LinearNorm::kFixed1000:
+            norm = nk > 0 ? 1000.0 / nk : 0.0;
+            break;
+          case LinearNorm::kKernel:
+            norm = z > 0 ? 1.0 / z : 0.0;
+            break;
         }
         for (int64_t d = 0; d < n.Dv; ++d) out[d] *= norm;
       }

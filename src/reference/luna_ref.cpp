@@ -12,7 +12,9 @@ namespace attnkit::ref {
 namespace {
 
 // log2(1 + 2^z): softplus with beta = ln 2, computed without overflow.
-double softplus_ln2(double z) { return z > 0 ? z + std::log2(1.0 + std::exp2(-z)) : std::log2(1.0 + std::exp2(z)); }
+double softplus_ln2(double z) {
+  return z > 0 ? z + std::log2(1.0 + std::exp2(-z)) : std::log2(1.0 + std::exp2(z));
+}
 
 // out = softmax_lambda(s q . mem_lambda) mem  (mem: L rows of dim).
 void unpack(const double* q, const std::vector<double>& mem, int64_t L, int64_t dim, double s,
@@ -50,7 +52,8 @@ void luna_ref(const AttentionArgs& a, const AttentionOptions& o) {
           softmax_inplace(logits);
           weighted_rows(logits, vrows, n.Dv, &packed[l * n.Dv]);
         }
-        for (int64_t i = 0; i < n.Sq; ++i) unpack(row(a.q, b, i, h), packed, L, n.Dv, s, row(a.out, b, i, h));
+        for (int64_t i = 0; i < n.Sq; ++i)
+          unpack(row(a.q, b, i, h), packed, L, n.Dv, s, row(a.out, b, i, h));
       } else {
         // Running sum acc = sum_{j visible} a_j v_j; rows see monotone key prefixes.
         std::vector<double> acc(L * n.Dv, 0.0);
@@ -59,7 +62,8 @@ void luna_ref(const AttentionArgs& a, const AttentionOptions& o) {
           for (; added < upto; ++added) {
             const double* v = row(a.v, b, added, hk);
             for (int64_t l = 0; l < L; ++l) {
-              const double aj = softplus_ln2(s * dot(row(a.k, b, added, hk), row(a.memory, b, l, h), n.Dk));
+              const double aj =
+                  softplus_ln2(s * dot(row(a.k, b, added, hk), row(a.memory, b, l, h), n.Dk));
               for (int64_t d = 0; d < n.Dv; ++d) acc[l * n.Dv + d] += aj * v[d];
             }
           }

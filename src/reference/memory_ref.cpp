@@ -45,7 +45,8 @@ void memory_ref(const AttentionArgs& a, const AttentionOptions& o, const MemoryC
   const Dims n(a);
   const int64_t m = a.memory.shape[1], D = n.Dk;
   const double s = logit_scale(o, D);
-  const double temp = c.pack_temperature > 0 ? c.pack_temperature : std::sqrt(static_cast<double>(D));
+  const double temp =
+      c.pack_temperature > 0 ? c.pack_temperature : std::sqrt(static_cast<double>(D));
   std::vector<double> mem(m * D), next(m * D), w;
   std::vector<const double*> krows, vrows;
   for (int64_t b = 0; b < n.B; ++b) {

@@ -1,7 +1,7 @@
 // Randomized Attention, the unbiased estimator of the paper's theory (SPEC 2(a), top decision):
 // for each query n and sample t: m ~ pi_n = softmax_m(s q_n.k_m), w = q'_n + k'_m + eps,
-// eps ~ N(0, I) in the scaled space (x' = s^(1/2) x); f(w) = sum_m softmax_m(w.k'_m - |k'_m|^2/2) v_m;
-// out_n = mean_t f(w). E[out_n] is exact softmax attention. Masks apply to pi and f alike.
+// eps ~ N(0, I) in the scaled space (x' = s^(1/2) x); f(w) = sum_m softmax_m(w.k'_m - |k'_m|^2/2)
+// v_m; out_n = mean_t f(w). E[out_n] is exact softmax attention. Masks apply to pi and f alike.
 #include "attnkit/random.hpp"
 #include "ref_common.hpp"
 #include "reference.hpp"

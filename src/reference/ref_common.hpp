@@ -16,8 +16,13 @@ inline constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 struct Dims {
   int64_t B, Sq, Sk, Hq, Hk, Dk, Dv;
   explicit Dims(const AttentionArgs& a)
-      : B(a.q.shape[0]), Sq(a.q.shape[1]), Sk(a.k.shape[1]), Hq(a.q.shape[2]),
-        Hk(a.k.shape[2]), Dk(a.q.shape[3]), Dv(a.v.shape[3]) {}
+      : B(a.q.shape[0]),
+        Sq(a.q.shape[1]),
+        Sk(a.k.shape[1]),
+        Hq(a.q.shape[2]),
+        Hk(a.k.shape[2]),
+        Dk(a.q.shape[3]),
+        Dv(a.v.shape[3]) {}
   int64_t kv_head(int64_t h) const { return h / (Hq / Hk); }
 };
 

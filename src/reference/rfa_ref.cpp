@@ -23,8 +23,8 @@ void rfa_ref(const AttentionArgs& a, const AttentionOptions& o, const RfaConfig&
   const Dims n(a);
   const double sqrt_s = std::sqrt(logit_scale(o, n.Dk));
   const int64_t S = c.features;
-  const std::vector<double> omega =
-      random_features(c.seed, static_cast<int>(n.Hk), c.features, static_cast<int>(n.Dk), c.orthogonal);
+  const std::vector<double> omega = random_features(c.seed, static_cast<int>(n.Hk), c.features,
+                                                    static_cast<int>(n.Dk), c.orthogonal);
   std::vector<double> lk, lq(S), kv(S * n.Dv), z(S);
   for (int64_t b = 0; b < n.B; ++b) {
     const int64_t len = key_length(a, b);

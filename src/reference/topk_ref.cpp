@@ -13,9 +13,8 @@ std::vector<int64_t> top_indices(const std::vector<double>& x, int64_t k) {
   std::vector<int64_t> idx(x.size());
   std::iota(idx.begin(), idx.end(), 0);
   if (k >= static_cast<int64_t>(x.size())) return idx;
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int64_t i, int64_t j) {
-    return x[i] > x[j] || (x[i] == x[j] && i < j);
-  });
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                    [&](int64_t i, int64_t j) { return x[i] > x[j] || (x[i] == x[j] && i < j); });
   idx.resize(k);
   return idx;
 }
@@ -34,7 +33,8 @@ void topk_ref(const AttentionArgs& a, const AttentionOptions& o, const TopkConfi
       for (int64_t i = 0; i < n.Sq; ++i) {
         const int64_t nk = visible_keys(o.causal, n.Sq, n.Sk, len, i);
         logits.resize(nk);
-        for (int64_t j = 0; j < nk; ++j) logits[j] = s * dot(row(a.q, b, i, h), row(a.k, b, j, hk), n.Dk);
+        for (int64_t j = 0; j < nk; ++j)
+          logits[j] = s * dot(row(a.q, b, i, h), row(a.k, b, j, hk), n.Dk);
         const std::vector<int64_t> top = top_indices(logits, c.k);
         kept.resize(top.size());
         vrows.resize(top.size());
@@ -55,7 +55,8 @@ void topk_ff_ref(const ConstTensorView& x, const ConstTensorView& keys,
   std::vector<double> scores(F);
   for (int64_t t = 0; t < T; ++t) {
     const double* xt = x.ptr<const double>() + t * x.stride[0];
-    for (int64_t j = 0; j < F; ++j) scores[j] = dot(xt, keys.ptr<const double>() + j * keys.stride[0], Dm);
+    for (int64_t j = 0; j < F; ++j)
+      scores[j] = dot(xt, keys.ptr<const double>() + j * keys.stride[0], Dm);
     double* o = out.ptr<double>() + t * out.stride[0];
     std::fill(o, o + Dout, 0.0);
     for (int64_t j : top_indices(scores, k)) {

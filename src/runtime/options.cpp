@@ -115,7 +115,8 @@ int KeyValues::get_choice(std::string_view key, int def, const std::vector<std::
 void KeyValues::expect_consumed(std::string_view mechanism) const {
   for (const auto& [key, value] : kv_) {
     if (std::find(consumed_.begin(), consumed_.end(), key) == consumed_.end()) {
-      throw Error("config", "unknown key '" + key + "' for mechanism '" + std::string(mechanism) + "'");
+      throw Error("config",
+                  "unknown key '" + key + "' for mechanism '" + std::string(mechanism) + "'");
     }
   }
 }

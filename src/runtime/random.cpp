@@ -1,7 +1,7 @@
 // Random-feature projections (RFA / Performer), reproducible from a seed.
-#include <cmath>
-
 #include "attnkit/random.hpp"
+
+#include <cmath>
 
 namespace attnkit {
 

@@ -1,7 +1,7 @@
 // The attnkit CLI end to end: run on .npy files, clear errors with exit code 2.
-#include <cstdio>
 #include <sys/wait.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -27,7 +27,8 @@ std::string test_dir() {
 
 Result cli(const std::string& args) {
   const std::string log = test_dir() + "/cli.log";
-  const int status = std::system((std::string(ATTNKIT_CLI) + " " + args + " > " + log + " 2>&1").c_str());
+  const int status =
+      std::system((std::string(ATTNKIT_CLI) + " " + args + " > " + log + " 2>&1").c_str());
   std::ifstream f(log);
   std::stringstream s;
   s << f.rdbuf();
@@ -61,12 +62,14 @@ TEST_F(Cli, BadInputsExitWithAClearError) {
     std::ofstream bad(dir + "/bad.npy", std::ios::binary);
     bad << "\x93NUMPY\x01\x00garbage";
   }
-  Result r = cli("run --q " + dir + "/bad.npy --k " + dir + "/k.npy --v " + dir + "/v.npy -o " + dir + "/o.npy");
+  Result r = cli("run --q " + dir + "/bad.npy --k " + dir + "/k.npy --v " + dir + "/v.npy -o " +
+                 dir + "/o.npy");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.output.find("attnkit: error: " + dir + "/bad.npy: "), std::string::npos) << r.output;
   r = cli("run -m topk -c topk:k=0 " + qkv() + " -o " + dir + "/o.npy");
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.output.find("config k: must be in [1, 1073741824], got 0"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("config k: must be in [1, 1073741824], got 0"), std::string::npos)
+      << r.output;
   r = cli("run -m lara --causal " + qkv() + " -o " + dir + "/o.npy");
   EXPECT_NE(r.output.find("causal: lara is non-causal by nature"), std::string::npos) << r.output;
   r = cli("run -m luna " + qkv() + " -o " + dir + "/o.npy");
@@ -78,7 +81,10 @@ TEST_F(Cli, BadInputsExitWithAClearError) {
 TEST_F(Cli, CompareAndBenchFormats) {
   Result r = cli("compare -n 40 --heads 2 -d 16 --reps 1 -m softmax,linear,topk -f csv");
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_EQ(r.output.rfind("mechanism,kernel,time_ms,vs_softmax,peak_MiB,max_abs_err,rel_err,config\n", 0), 0u) << r.output;
+  EXPECT_EQ(r.output.rfind(
+                "mechanism,kernel,time_ms,vs_softmax,peak_MiB,max_abs_err,rel_err,config\n", 0),
+            0u)
+      << r.output;
   EXPECT_NE(r.output.find("\nsoftmax,fast,"), std::string::npos);
   r = cli("bench -m softmax -n 64,128 --heads 2 -d 16 --reps 2 -f json");
   ASSERT_EQ(r.code, 0) << r.output;

@@ -9,7 +9,11 @@ TEST(Memory, MatchesReferenceOverTheSweep) {
   for (const auto& [cfg, c] : std::vector<std::pair<std::string, MemoryConfig>>{
            {"chunk=16", {.chunk = 16}},
            {"chunk=7,width=3", {.chunk = 7, .filter_width = 3}},
-           {"chunk=32,width=4,filter=maxpool,temperature=2", {.chunk = 32, .filter_width = 4, .filter = MemoryFilter::kMaxPool, .pack_temperature = 2.0}},
+           {"chunk=32,width=4,filter=maxpool,temperature=2",
+            {.chunk = 32,
+            .filter_width = 4,
+            .filter = MemoryFilter::kMaxPool,
+            .pack_temperature = 2.0}},
            {"chunk=500", {.chunk = 500}}}) {
     sweep_against_reference("memory", cfg, [c](auto& a, auto& o) { ref::memory_ref(a, o, c); },
                             {.memory_len = 3, .equal_lengths = true, .equal_dims = true});

@@ -7,8 +7,9 @@ namespace {
 
 TEST(Ra, MatchesReferenceOverTheSweep) {
   for (int samples : {1, 3}) {
-    sweep_against_reference("ra", "samples=" + std::to_string(samples) + ",seed=9",
-                            [samples](auto& a, auto& o) { ref::ra_ref(a, o, {.samples = samples, .seed = 9}); });
+    sweep_against_reference(
+        "ra", "samples=" + std::to_string(samples) + ",seed=9",
+        [samples](auto& a, auto& o) { ref::ra_ref(a, o, {.samples = samples, .seed = 9}); });
   }
 }
 
@@ -16,7 +17,8 @@ TEST(Ra, ErrorFallsLikeOneOverSqrtSamples) {
   Context ctx(2);
   auto error = [&](int samples) {
     Problem p({1, 16, 16, 2, 2, 8, 8}, 4), r = p;
-    make_mechanism("ra", {.causal = true}, "samples=" + std::to_string(samples))->forward(p.args32(), ctx);
+    make_mechanism("ra", {.causal = true}, "samples=" + std::to_string(samples))
+        ->forward(p.args32(), ctx);
     ref::softmax_ref(r.args64(), {.causal = true});
     return compare(p.out, true, r.out).max_abs;
   };

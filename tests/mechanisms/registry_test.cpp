@@ -15,23 +15,32 @@ using RefFn = std::function<void(const AttentionArgs&, const AttentionOptions&)>
 std::map<std::string, std::pair<std::string, RefFn>> cases() {
   return {
       {"softmax", {"", [](auto& a, auto& o) { ref::softmax_ref(a, o); }}},
-      {"linear", {"map=elu1,norm=kernel", [](auto& a, auto& o) {
-         ref::linear_ref(a, o, {.feature_map = FeatureMap::kEluPlusOne, .norm = LinearNorm::kKernel});
-       }}},
+      {"linear",
+       {"map=elu1,norm=kernel",
+        [](auto& a, auto& o) {
+          ref::linear_ref(a, o,
+                          {.feature_map = FeatureMap::kEluPlusOne, .norm = LinearNorm::kKernel});
+        }}},
       {"heinsen", {"", [](auto& a, auto& o) { ref::heinsen_ref(a, o); }}},
-      {"rfa", {"features=32,seed=3", [](auto& a, auto& o) {
-         ref::rfa_ref(a, o, {.features = 32, .orthogonal = false, .seed = 3});
-       }}},
-      {"performer", {"features=32,seed=3", [](auto& a, auto& o) {
-         ref::rfa_ref(a, o, {.features = 32, .orthogonal = true, .seed = 3});
-       }}},
-      {"ra", {"samples=4,seed=2", [](auto& a, auto& o) { ref::ra_ref(a, o, {.samples = 4, .seed = 2}); }}},
+      {"rfa",
+       {"features=32,seed=3",
+        [](auto& a, auto& o) {
+          ref::rfa_ref(a, o, {.features = 32, .orthogonal = false, .seed = 3});
+        }}},
+      {"performer",
+       {"features=32,seed=3",
+        [](auto& a, auto& o) {
+          ref::rfa_ref(a, o, {.features = 32, .orthogonal = true, .seed = 3});
+        }}},
+      {"ra",
+       {"samples=4,seed=2",
+        [](auto& a, auto& o) { ref::ra_ref(a, o, {.samples = 4, .seed = 2}); }}},
       {"lara", {"landmarks=4", [](auto& a, auto& o) { ref::lara_ref(a, o, {.landmarks = 4}); }}},
       {"topk", {"k=5", [](auto& a, auto& o) { ref::topk_ref(a, o, {.k = 5}); }}},
       {"luna", {"", [](auto& a, auto& o) { ref::luna_ref(a, o); }}},
-      {"memory", {"chunk=8,width=3", [](auto& a, auto& o) {
-         ref::memory_ref(a, o, {.chunk = 8, .filter_width = 3});
-       }}},
+      {"memory",
+       {"chunk=8,width=3",
+        [](auto& a, auto& o) { ref::memory_ref(a, o, {.chunk = 8, .filter_width = 3}); }}},
   };
 }
 
@@ -62,7 +71,8 @@ TEST(Registry, Float32ForwardMatchesReference) {
       m->forward(p.args32(), ctx);
       c.second(r.args64(), o);
       const Report rep = compare(p.out, true, r.out);
-      EXPECT_LE(rep.max_abs, allowed(Budget{}, 0.0, rep.ref_max)) << name << (causal ? " causal " : " ") << rep.str();
+      EXPECT_LE(rep.max_abs, allowed(Budget{}, 0.0, rep.ref_max))
+          << name << (causal ? " causal " : " ") << rep.str();
       if (mem) {
         EXPECT_LE(compare(p.memory_out, true, r.memory_out).max_abs, 1e-5) << name;
       }
@@ -82,15 +92,20 @@ TEST(Registry, ConfigErrorsNameTheKey) {
   EXPECT_EQ(message("topk", "k=0"), "config k: must be in [1, 1073741824], got 0");
   EXPECT_EQ(message("topk", "kk=3"), "config: unknown key 'kk' for mechanism 'topk'");
   EXPECT_EQ(message("topk", "k"), "config: 'k' must be key=value");
-  EXPECT_EQ(message("linear", "map=tanh"), "config map: 'tanh' must be one of: identity, elu1, relu, exp");
-  EXPECT_EQ(message("linear", "norm=kernel"), "config norm: 'kernel' needs a positive feature map (map=elu1, relu or exp)");
+  EXPECT_EQ(message("linear", "map=tanh"),
+            "config map: 'tanh' must be one of: identity, elu1, relu, exp");
+  EXPECT_EQ(message("linear", "norm=kernel"),
+            "config norm: 'kernel' needs a positive feature map (map=elu1, relu or exp)");
   EXPECT_EQ(message("rfa", "seed=-1"), "config seed: '-1' is not a non-negative integer");
   EXPECT_EQ(message("lara", "", {.causal = true}),
             "causal: lara is non-causal by nature (its landmarks pool the whole sequence)");
   EXPECT_EQ(message("nope", ""),
-            "mechanism: unknown name 'nope' (known: softmax, linear, heinsen, rfa, performer, ra, lara, topk, luna, memory)");
-  EXPECT_EQ(message("softmax", "", {.scale = -1.0}), "scale: must be finite and >= 0 (0 means 1/sqrt(head_dim))");
-  EXPECT_EQ(message("heinsen", "", {.scale = 0.5}), "scale: heinsen attention has no logit scale; leave it 0");
+            "mechanism: unknown name 'nope' (known: softmax, linear, heinsen, rfa, performer, ra, "
+            "lara, topk, luna, memory)");
+  EXPECT_EQ(message("softmax", "", {.scale = -1.0}),
+            "scale: must be finite and >= 0 (0 means 1/sqrt(head_dim))");
+  EXPECT_EQ(message("heinsen", "", {.scale = 0.5}),
+            "scale: heinsen attention has no logit scale; leave it 0");
 }
 
 }  // namespace

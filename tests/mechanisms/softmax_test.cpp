@@ -18,10 +18,12 @@ struct Case {
 // Runs fast (threads) and reference on one case; checks the error budget and lse.
 void check_case(const Case& c, Context& ctx, uint32_t seed) {
   SCOPED_TRACE(to_string(c.d) + (c.causal ? " causal" : "") +
-               (c.layout == Layout::kHeadMajorPadded ? " strided" : "") + (c.padding ? " padded" : ""));
+               (c.layout == Layout::kHeadMajorPadded ? " strided" : "") +
+               (c.padding ? " padded" : ""));
   Problem p(c.d, seed, c.layout);
   if (c.padding) {
-    for (int64_t b = 0; b < c.d.B; ++b) p.key_lengths.push_back(static_cast<int32_t>((c.d.Sk * (b + 1)) / (c.d.B + 1)));
+    for (int64_t b = 0; b < c.d.B; ++b)
+      p.key_lengths.push_back(static_cast<int32_t>((c.d.Sk * (b + 1)) / (c.d.B + 1)));
   }
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.d.Dk));
   AttentionOptions o{.causal = c.causal};
@@ -56,14 +58,16 @@ TEST(Softmax, MatchesReferenceAcrossTileEdges) {
   uint32_t seed = 1;
   for (int64_t sq : {1, 2, 7, 63, 64, 65, 129})
     for (int64_t sk : {1, 7, 64, 65, 127, 128, 129, 300})
-      for (bool causal : {false, true}) check_case({{1, sq, sk, 2, 2, 32, 32}, causal, Layout::kContiguous, false}, ctx, seed++);
+      for (bool causal : {false, true})
+        check_case({{1, sq, sk, 2, 2, 32, 32}, causal, Layout::kContiguous, false}, ctx, seed++);
 }
 
 TEST(Softmax, MatchesReferenceAcrossHeadDims) {
   Context ctx(2);
   uint32_t seed = 100;
   for (int64_t d : {1, 3, 16, 32, 64, 80, 96, 128, 200})
-    for (bool causal : {false, true}) check_case({{1, 70, 150, 2, 1, d, d}, causal, Layout::kContiguous, false}, ctx, seed++);
+    for (bool causal : {false, true})
+      check_case({{1, 70, 150, 2, 1, d, d}, causal, Layout::kContiguous, false}, ctx, seed++);
   // Dk != Dv.
   check_case({{1, 33, 77, 2, 2, 48, 24}, true, Layout::kContiguous, false}, ctx, seed++);
   check_case({{1, 33, 77, 2, 2, 24, 130}, false, Layout::kContiguous, false}, ctx, seed++);
@@ -91,7 +95,8 @@ TEST(Softmax, FullyMaskedRowsGiveZerosNotNan) {
   for (int64_t i = 0; i < d.Sq; ++i)
     for (int64_t h = 0; h < d.Hq; ++h)
       for (int64_t c = 0; c < d.Dv; ++c) EXPECT_EQ(p.out.f32[(i * d.Hq + h) * d.Dv + c], 0.0f);
-  for (int64_t i = 0; i < d.Hq * d.Sq; ++i) EXPECT_EQ(lse[i], -std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < d.Hq * d.Sq; ++i)
+    EXPECT_EQ(lse[i], -std::numeric_limits<float>::infinity());
   // Causal with Sq > Sk: bottom-right alignment leaves the first Sq - Sk rows empty.
   Dims e{1, 9, 4, 1, 1, 8, 8};
   Problem c(e, 8);

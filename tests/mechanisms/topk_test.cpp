@@ -7,8 +7,9 @@ namespace {
 
 TEST(Topk, MatchesReferenceOverTheSweep) {
   for (int k : {1, 5, 32, 1000}) {
-    sweep_against_reference("topk", "k=" + std::to_string(k) + ",query_chunk=" + std::to_string(k == 5 ? 3 : 256),
-                            [k](auto& a, auto& o) { ref::topk_ref(a, o, {.k = k}); });
+    sweep_against_reference(
+        "topk", "k=" + std::to_string(k) + ",query_chunk=" + std::to_string(k == 5 ? 3 : 256),
+        [k](auto& a, auto& o) { ref::topk_ref(a, o, {.k = k}); });
   }
 }
 

@@ -21,7 +21,9 @@ class Validation : public ::testing::Test {
   Context ctx{1};
   Problem p{{2, 4, 6, 4, 2, 8, 8}, 1};
   std::unique_ptr<Mechanism> softmax = make_mechanism("softmax");
-  std::string run(AttentionArgs a) { return error_of([&] { softmax->forward(a, ctx); }); }
+  std::string run(AttentionArgs a) {
+    return error_of([&] { softmax->forward(a, ctx); });
+  }
 };
 
 TEST_F(Validation, Shapes) {
@@ -96,8 +98,10 @@ TEST_F(Validation, OptionalArguments) {
   a.gate = p.q.view32();
   EXPECT_EQ(run(a), "gate: is not used by softmax");
   // Mechanisms that need extra inputs say so.
-  EXPECT_EQ(error_of([&] { make_mechanism("luna")->forward(p.args32(), ctx); }), "memory: is required");
-  EXPECT_EQ(error_of([&] { make_mechanism("linear", {}, "gated=1")->forward(p.args32(), ctx); }), "gate: is required");
+  EXPECT_EQ(error_of([&] { make_mechanism("luna")->forward(p.args32(), ctx); }),
+            "memory: is required");
+  EXPECT_EQ(error_of([&] { make_mechanism("linear", {}, "gated=1")->forward(p.args32(), ctx); }),
+            "gate: is required");
   EXPECT_EQ(error_of([&] { make_mechanism("memory")->forward(p.args32(), ctx); }),
             "k: seq (6) must equal q seq (4): chunks cut queries and keys alike");
 }
@@ -120,9 +124,12 @@ TEST_F(Validation, EmptySizes) {
 }
 
 TEST_F(Validation, StreamingArguments) {
-  auto s = softmax->new_stream({.batch = 2, .heads = 4, .kv_heads = 2, .head_dim = 8, .value_dim = 8});
-  EXPECT_EQ(error_of([&] { s->append(p.q.view32(), p.v.view32(), ctx); }), "k: shape [2, 4, 4, 8] must be [2, T, 2, 8]");
-  EXPECT_EQ(error_of([&] { make_mechanism("lara")->new_stream({}); }), "stream: lara has no streaming form");
+  auto s =
+      softmax->new_stream({.batch = 2, .heads = 4, .kv_heads = 2, .head_dim = 8, .value_dim = 8});
+  EXPECT_EQ(error_of([&] { s->append(p.q.view32(), p.v.view32(), ctx); }),
+            "k: shape [2, 4, 4, 8] must be [2, T, 2, 8]");
+  EXPECT_EQ(error_of([&] { make_mechanism("lara")->new_stream({}); }),
+            "stream: lara has no streaming form");
   EXPECT_EQ(error_of([&] { make_mechanism("linear")->new_stream({}); }),
             "stream: batch, heads, kv_heads, head_dim and value_dim must be >= 1");
 }

@@ -13,7 +13,8 @@ TEST(HeinsenRef, EqualsLinearAttentionWithExpFeatures) {
   for (bool causal : {false, true}) {
     Problem p({2, 9, 11, 4, 2, 5, 3}, 3), r = p;
     ref::heinsen_ref(p.args64(), {.causal = causal});
-    ref::linear_ref(r.args64(), {.causal = causal}, {.feature_map = FeatureMap::kExp, .norm = LinearNorm::kKernel});
+    ref::linear_ref(r.args64(), {.causal = causal},
+                    {.feature_map = FeatureMap::kExp, .norm = LinearNorm::kKernel});
     EXPECT_LE(compare(p.out, false, r.out).max_abs, 1e-13);
   }
 }
@@ -21,7 +22,8 @@ TEST(HeinsenRef, EqualsLinearAttentionWithExpFeatures) {
 TEST(HeinsenRef, SingleKeyAndLogitIsLseOfSum) {
   Small s({{0.1, 0.2}}, {{1.0, -1.0}, {0.0, 0.5}}, {{-2.0}, {3.0}});
   ref::heinsen_ref(s.args(), {});
-  const double l0 = std::log(std::exp(1.1) + std::exp(-0.8)), l1 = std::log(std::exp(0.1) + std::exp(0.7));
+  const double l0 = std::log(std::exp(1.1) + std::exp(-0.8)),
+               l1 = std::log(std::exp(0.1) + std::exp(0.7));
   const double w0 = std::exp(l0), w1 = std::exp(l1);
   EXPECT_NEAR(s.o(0, 0), (-2.0 * w0 + 3.0 * w1) / (w0 + w1), 1e-15);  // V of any sign
   Small one({{5.0}}, {{-3.0}}, {{-4.0}});

@@ -8,7 +8,9 @@
 namespace attnkit::testing {
 namespace {
 
-Small two_tokens() { return Small({{1.0, 2.0}}, {{1.0, 0.0}, {0.0, 1.0}}, {{1.0, 1.0}, {2.0, 3.0}}); }
+Small two_tokens() {
+  return Small({{1.0, 2.0}}, {{1.0, 0.0}, {0.0, 1.0}}, {{1.0, 1.0}, {2.0, 3.0}});
+}
 
 TEST(LinearRef, CqEqualsSumOfScoredValues) {
   // r = sum_t (k_t . q) v_t = 1 * [1, 1] + 2 * [2, 3].

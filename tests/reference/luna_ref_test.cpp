@@ -10,7 +10,8 @@ namespace {
 
 TEST(LunaRef, OneMemoryRowUnpacksToThePackedRow) {
   // l = 1: unpack softmax over one row returns it; pack over identical keys averages v.
-  Small s({{1.0, 2.0}, {-3.0, 0.5}}, {{0.2, 0.2}, {0.2, 0.2}, {0.2, 0.2}}, {{1.0, 0.0}, {2.0, 4.0}, {6.0, 2.0}});
+  Small s({{1.0, 2.0}, {-3.0, 0.5}}, {{0.2, 0.2}, {0.2, 0.2}, {0.2, 0.2}},
+          {{1.0, 0.0}, {2.0, 4.0}, {6.0, 2.0}});
   s.set_memory({{0.7, -0.1}});
   ref::luna_ref(s.args(), {});
   for (int i = 0; i < 2; ++i) {

@@ -61,7 +61,8 @@ TEST(MemoryRef, IdentityFiltersChangeNothing) {
   AttentionArgs a = centred.args64();
   a.filter = w.cview();
   ref::memory_ref(a, {}, {.chunk = 4, .filter_width = 3});
-  ref::memory_ref(pool.args64(), {}, {.chunk = 4, .filter_width = 1, .filter = MemoryFilter::kMaxPool});
+  ref::memory_ref(pool.args64(), {},
+                  {.chunk = 4, .filter_width = 1, .filter = MemoryFilter::kMaxPool});
   EXPECT_LE(compare(plain.out, false, centred.out).max_abs, 1e-15);
   EXPECT_LE(compare(plain.memory_out, false, centred.memory_out).max_abs, 1e-15);
   EXPECT_EQ(compare(plain.memory_out, false, pool.memory_out).max_abs, 0.0);

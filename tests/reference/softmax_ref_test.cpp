@@ -63,7 +63,8 @@ TEST(SoftmaxRef, GqaSharesKvHeads) {
   const double qs[] = {1.0, -1.0, 0.5, 2.0};
   for (int i = 0; i < 4; ++i) q[i] = qs[i];
   k[0] = 1.0, k[1] = -0.5, v[0] = 3.0, v[1] = -1.0;
-  ref::softmax_ref({.q = q.cview(), .k = k.cview(), .v = v.cview(), .out = out.view()}, {.scale = 1.0});
+  ref::softmax_ref({.q = q.cview(), .k = k.cview(), .v = v.cview(), .out = out.view()},
+                   {.scale = 1.0});
   for (int i = 0; i < 2; ++i)
     for (int h = 0; h < 2; ++h) {
       const double x = qs[i * 2 + h];

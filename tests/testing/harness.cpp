@@ -16,8 +16,8 @@ std::string to_string(const Dims& d) {
 
 namespace {
 
-TensorView view_of(void* data, const std::array<int64_t, 4>& shape, const std::array<int64_t, 4>& stride,
-                   DType dt) {
+TensorView view_of(void* data, const std::array<int64_t, 4>& shape,
+                   const std::array<int64_t, 4>& stride, DType dt) {
   TensorView v;
   v.data = data;
   v.dtype = dt;
@@ -64,7 +64,8 @@ Operand make_zero_operand(std::array<int64_t, 4> shape, Layout layout) {
   return o;
 }
 
-Operand make_operand(std::array<int64_t, 4> shape, Layout layout, std::mt19937& rng, double stddev) {
+Operand make_operand(std::array<int64_t, 4> shape, Layout layout, std::mt19937& rng,
+                     double stddev) {
   Operand o = make_zero_operand(shape, layout);
   std::normal_distribution<double> dist(0.0, stddev);
   for (size_t i = 0; i < o.f64.size(); ++i) {
@@ -117,8 +118,8 @@ AttentionArgs Problem::args32() {
 
 std::string Report::str() const {
   std::ostringstream s;
-  s << "max_abs=" << max_abs << " max_rel=" << max_rel << " nmse=" << nmse << " worst_index=" << worst
-    << " ref_max=" << ref_max;
+  s << "max_abs=" << max_abs << " max_rel=" << max_rel << " nmse=" << nmse
+    << " worst_index=" << worst << " ref_max=" << ref_max;
   return s.str();
 }
 
@@ -135,7 +136,8 @@ Report compare(const Operand& got, bool got_is_f32, const Operand& want) {
           const int64_t ow = b * want.stride[0] + s * want.stride[1] + h * want.stride[2] + d;
           const double g = got_is_f32 ? got.f32[og] : got.f64[og];
           const double w = want.f64[ow];
-          const double e = std::isnan(g) ? std::numeric_limits<double>::infinity() : std::abs(g - w);
+          const double e =
+              std::isnan(g) ? std::numeric_limits<double>::infinity() : std::abs(g - w);
           if (r.worst < 0 || e > r.max_abs) {
             r.max_abs = e;
             r.worst = flat;
@@ -167,7 +169,8 @@ void naive_softmax32(const Problem& p, bool causal, double scale, Operand& out) 
         w.assign(nk, 0.0f);
         float m = -std::numeric_limits<float>::infinity();
         for (int64_t j = 0; j < nk; ++j) {
-          const float* k = p.k.f32.data() + b * p.k.stride[0] + j * p.k.stride[1] + hk * p.k.stride[2];
+          const float* k =
+              p.k.f32.data() + b * p.k.stride[0] + j * p.k.stride[1] + hk * p.k.stride[2];
           float dot = 0;
           for (int64_t c = 0; c < d.Dk; ++c) dot += q[c] * k[c];
           w[j] = dot * s;

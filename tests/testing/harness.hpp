@@ -31,7 +31,8 @@ struct Operand {
 
 enum class Layout { kContiguous, kHeadMajorPadded };
 
-Operand make_operand(std::array<int64_t, 4> shape, Layout layout, std::mt19937& rng, double stddev = 1.0);
+Operand make_operand(std::array<int64_t, 4> shape, Layout layout, std::mt19937& rng,
+                     double stddev = 1.0);
 Operand make_zero_operand(std::array<int64_t, 4> shape, Layout layout);
 
 // q, k, v, out (and memory when asked) for one problem.
@@ -39,7 +40,8 @@ struct Problem {
   Dims d;
   Operand q, k, v, out, memory, memory_out;
   std::vector<int32_t> key_lengths;
-  Problem(const Dims& d, uint32_t seed, Layout layout = Layout::kContiguous, int64_t memory_len = 0);
+  Problem(const Dims& d, uint32_t seed, Layout layout = Layout::kContiguous,
+          int64_t memory_len = 0);
   AttentionArgs args64();  // out -> out.f64
   AttentionArgs args32();  // out -> out.f32
 };

@@ -8,9 +8,9 @@ namespace {
 
 std::vector<Dims> shapes(const SweepOptions& o) {
   std::vector<Dims> s = {
-      {1, 1, 1, 1, 1, 16, 16},    {1, 2, 7, 2, 1, 16, 16},    {1, 63, 64, 2, 2, 32, 32},
-      {1, 65, 65, 1, 1, 64, 64},  {1, 64, 130, 4, 2, 80, 80}, {1, 130, 64, 2, 2, 128, 128},
-      {2, 33, 47, 4, 4, 16, 48},  {1, 100, 100, 3, 1, 24, 24},
+      {1, 1, 1, 1, 1, 16, 16},   {1, 2, 7, 2, 1, 16, 16},     {1, 63, 64, 2, 2, 32, 32},
+      {1, 65, 65, 1, 1, 64, 64}, {1, 64, 130, 4, 2, 80, 80},  {1, 130, 64, 2, 2, 128, 128},
+      {2, 33, 47, 4, 4, 16, 48}, {1, 100, 100, 3, 1, 24, 24},
   };
   for (Dims& d : s) {
     if (o.equal_lengths) d.Sk = d.Sq;
@@ -33,20 +33,24 @@ void sweep_against_reference(const std::string& name, const std::string& config,
       for (Layout layout : {Layout::kContiguous, Layout::kHeadMajorPadded}) {
         for (bool padded : {false, true}) {
           SCOPED_TRACE(name + " " + config + " " + to_string(d) + (causal ? " causal" : "") +
-                       (layout == Layout::kHeadMajorPadded ? " strided" : "") + (padded ? " padded" : ""));
+                       (layout == Layout::kHeadMajorPadded ? " strided" : "") +
+                       (padded ? " padded" : ""));
           Problem p(d, seed++, layout, o.memory_len);
           if (padded) {
-            for (int64_t b = 0; b < d.B; ++b) p.key_lengths.push_back(static_cast<int32_t>(d.Sk - (d.Sk * (b + 1)) / 3));
+            for (int64_t b = 0; b < d.B; ++b)
+              p.key_lengths.push_back(static_cast<int32_t>(d.Sk - (d.Sk * (b + 1)) / 3));
           }
           Problem r = p;
           m->forward(p.args32(), ctx);
           ref(r.args64(), opts);
           const Report rep = compare(p.out, true, r.out);
-          EXPECT_LE(rep.max_abs, o.c * std::numeric_limits<float>::epsilon() * std::max(rep.ref_max, 1.0))
+          EXPECT_LE(rep.max_abs,
+                    o.c * std::numeric_limits<float>::epsilon() * std::max(rep.ref_max, 1.0))
               << rep.str();
           if (o.memory_len > 0) {
             const Report mr = compare(p.memory_out, true, r.memory_out);
-            EXPECT_LE(mr.max_abs, o.c * std::numeric_limits<float>::epsilon() * std::max(mr.ref_max, 1.0))
+            EXPECT_LE(mr.max_abs,
+                      o.c * std::numeric_limits<float>::epsilon() * std::max(mr.ref_max, 1.0))
                 << "memory_out " << mr.str();
           }
         }
@@ -74,7 +78,8 @@ void check_streaming_matches_causal(const std::string& name, const std::string& 
   Problem p(d, 7, Layout::kContiguous, memory_len);
   const auto m = make_mechanism(name, {.causal = true}, config);
   m->forward(p.args32(), ctx);
-  StreamSpec spec{.batch = d.B, .heads = d.Hq, .kv_heads = d.Hk, .head_dim = d.Dk, .value_dim = d.Dv};
+  StreamSpec spec{
+      .batch = d.B, .heads = d.Hq, .kv_heads = d.Hk, .head_dim = d.Dk, .value_dim = d.Dv};
   if (memory_len > 0) spec.memory = p.memory.view32();
   const std::unique_ptr<StreamingState> stream = m->new_stream(spec);
   std::vector<float> out(d.B * d.Hq * d.Dv);
@@ -91,7 +96,8 @@ void check_streaming_matches_causal(const std::string& name, const std::string& 
     for (int64_t b = 0; b < d.B; ++b)
       for (int64_t h = 0; h < d.Hq; ++h)
         for (int64_t c = 0; c < d.Dv; ++c) {
-          const float want = p.out.f32[b * p.out.stride[0] + t * p.out.stride[1] + h * p.out.stride[2] + c];
+          const float want =
+              p.out.f32[b * p.out.stride[0] + t * p.out.stride[1] + h * p.out.stride[2] + c];
           ASSERT_NEAR(out[(b * d.Hq + h) * d.Dv + c], want, tol) << name << " t=" << t;
         }
   }

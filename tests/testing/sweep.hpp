@@ -13,11 +13,11 @@ namespace attnkit::testing {
 using RefFn = std::function<void(const AttentionArgs&, const AttentionOptions&)>;
 
 struct SweepOptions {
-  double c = 64.0;              // error budget: c * eps(float) * max(|ref|, 1)
-  bool causal = true;           // also sweep causal
-  int64_t memory_len = 0;       // > 0: pass memory / memory_out of this length
-  bool equal_lengths = false;   // Sq == Sk required (memory)
-  bool equal_dims = false;      // Dk == Dv required (luna, memory)
+  double c = 64.0;             // error budget: c * eps(float) * max(|ref|, 1)
+  bool causal = true;          // also sweep causal
+  int64_t memory_len = 0;      // > 0: pass memory / memory_out of this length
+  bool equal_lengths = false;  // Sq == Sk required (memory)
+  bool equal_dims = false;     // Dk == Dv required (luna, memory)
 };
 
 void sweep_against_reference(const std::string& name, const std::string& config, const RefFn& ref,

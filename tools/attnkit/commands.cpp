@@ -13,7 +13,8 @@ namespace {
 std::string config_for(const Common& c, const std::string& name) {
   for (const std::string& s : c.configs) {
     const size_t colon = s.find(':');
-    if (colon == std::string::npos) throw Error("--config", "'" + s + "' must be name:key=value,...");
+    if (colon == std::string::npos)
+      throw Error("--config", "'" + s + "' must be name:key=value,...");
     if (s.substr(0, colon) == name) return s.substr(colon + 1);
   }
   return "";
@@ -26,8 +27,10 @@ ConstTensorView as_bshd(const Tensor<float>& t, const std::string& name) {
   const auto& s = t.shape();
   ConstTensorView v = t.view();
   if (s.size() < 2 || s.size() > 4) {
-    throw Error(name, "npy rank must be 2 ([seq, dim]), 3 ([seq, heads, dim]) or 4 ([batch, seq, heads, dim]), got " +
-                          std::to_string(s.size()));
+    throw Error(name,
+                "npy rank must be 2 ([seq, dim]), 3 ([seq, heads, dim]) or 4 ([batch, seq, heads, "
+                "dim]), got " +
+                    std::to_string(s.size()));
   }
   std::array<int64_t, 4> shape{1, 1, 1, 1};
   if (s.size() == 2) shape = {1, s[0], 1, s[1]};
@@ -54,7 +57,8 @@ double max_abs_diff(const Tensor<float>& a, const Tensor<float>& b) {
 // Multiply-adds of exact attention (QK^T and PV), counting only visible pairs.
 double softmax_flops(const Shape& s, bool causal) {
   double pairs = 0;
-  for (int64_t i = 0; i < s.seq; ++i) pairs += static_cast<double>(visible_keys(causal, s.seq, s.sk(), s.sk(), i));
+  for (int64_t i = 0; i < s.seq; ++i)
+    pairs += static_cast<double>(visible_keys(causal, s.seq, s.sk(), s.sk(), i));
   return 4.0 * s.dim * pairs * s.batch * s.heads;
 }
 
@@ -73,7 +77,8 @@ int cmd_run(const Common& c, const RunArgs& r) {
   a.out = out.view();
   a.out.rank = 4;
   a.out.shape = {a.q.shape[0], a.q.shape[1], a.q.shape[2], a.v.shape[3]};
-  a.out.stride = {a.out.shape[1] * a.out.shape[2] * a.out.shape[3], a.out.shape[2] * a.out.shape[3], a.out.shape[3], 1};
+  a.out.stride = {a.out.shape[1] * a.out.shape[2] * a.out.shape[3], a.out.shape[2] * a.out.shape[3],
+                  a.out.shape[3], 1};
   if (!r.memory.empty()) {
     memory = io::read_npy(r.memory);
     a.memory = as_bshd(memory, r.memory);
@@ -89,7 +94,8 @@ int cmd_run(const Common& c, const RunArgs& r) {
   }
   std::vector<int32_t> lengths;
   if (!r.key_lengths.empty()) {
-    for (int64_t x : parse_int_list(r.key_lengths, "--key-lengths")) lengths.push_back(static_cast<int32_t>(x));
+    for (int64_t x : parse_int_list(r.key_lengths, "--key-lengths"))
+      lengths.push_back(static_cast<int32_t>(x));
     a.key_lengths = lengths;
   }
   Context ctx(c.threads);
@@ -116,7 +122,9 @@ int cmd_compare(const Common& c, const CompareArgs& args) {
   }
   const double base_scale = std::max(max_abs(base), 1e-30);
   double base_time = 0;
-  Table table{{"mechanism", "kernel", "time_ms", "vs_softmax", "peak_MiB", "max_abs_err", "rel_err", "config"}, {}};
+  Table table{{"mechanism", "kernel", "time_ms", "vs_softmax", "peak_MiB", "max_abs_err", "rel_err",
+               "config"},
+              {}};
   Progress progress(static_cast<int>(names.size()));
   for (const std::string& name : names) {
     progress.step(name);
@@ -125,7 +133,8 @@ int cmd_compare(const Common& c, const CompareArgs& args) {
       m = make_mechanism(name, opts, config_for(c, name));
     } catch (const Error& e) {
       if (!c.causal || args.mechanisms.size() > 0) throw;
-      table.rows.push_back({name, "-", "-", "-", "-", "-", "-", std::string("skipped: ") + e.what()});
+      table.rows.push_back(
+          {name, "-", "-", "-", "-", "-", "-", std::string("skipped: ") + e.what()});
       continue;
     }
     Tensor<float> out, mem_out;
@@ -135,10 +144,10 @@ int cmd_compare(const Common& c, const CompareArgs& args) {
     const Timing t = time_runs(args.warmup, args.reps, [&] { m->forward(a, ctx); });
     if (name == "softmax") base_time = t.median_s;
     const double err = max_abs_diff(out, base);
-    table.rows.push_back({name, m->capabilities().fast_kernel ? "fast" : "reference",
-                          fmt(t.median_s * 1e3, 4), base_time > 0 ? fmt(t.median_s / base_time) : "-",
-                          peak < 0 ? "n/a" : fmt(peak / 1048576.0), fmt(err), fmt(err / base_scale),
-                          m->describe()});
+    table.rows.push_back(
+        {name, m->capabilities().fast_kernel ? "fast" : "reference", fmt(t.median_s * 1e3, 4),
+         base_time > 0 ? fmt(t.median_s / base_time) : "-",
+         peak < 0 ? "n/a" : fmt(peak / 1048576.0), fmt(err), fmt(err / base_scale), m->describe()});
   }
   std::cout << table.render(c.format);
   if (c.format == "table") {
@@ -146,7 +155,8 @@ int cmd_compare(const Common& c, const CompareArgs& args) {
     std::cout << "\nshape B=" << s.batch << " Sq=" << s.seq << " Sk=" << s.sk() << " Hq=" << s.heads
               << " Hk=" << s.hk() << " D=" << s.dim << (c.causal ? " causal" : " non-causal")
               << "; errors are against exact softmax (rel = max abs / max |softmax out|); "
-              << "time is the median of " << args.reps << " runs; " << Context::cpu_report() << "\n";
+              << "time is the median of " << args.reps << " runs; " << Context::cpu_report()
+              << "\n";
   }
   return 0;
 }
@@ -167,15 +177,17 @@ int cmd_bench(const Common& c, const BenchArgs& args) {
     const AttentionArgs a = w.args(*m, out, mem_out);
     const Timing t = time_runs(args.warmup, args.reps, [&] { m->forward(a, ctx); });
     // GFLOP/s is defined for exact softmax only (other mechanisms do other work).
-    const std::string gflops = args.mechanism == "softmax" ? fmt(softmax_flops(s, c.causal) / t.median_s / 1e9, 4) : "-";
-    table.rows.push_back({m->describe(), std::to_string(n), fmt(t.median_s * 1e3, 4), fmt(t.min_s * 1e3, 4), gflops,
+    const std::string gflops =
+        args.mechanism == "softmax" ? fmt(softmax_flops(s, c.causal) / t.median_s / 1e9, 4) : "-";
+    table.rows.push_back({m->describe(), std::to_string(n), fmt(t.median_s * 1e3, 4),
+                          fmt(t.min_s * 1e3, 4), gflops,
                           fmt(static_cast<double>(s.batch * n) / t.median_s / 1e6, 4)});
   }
   std::cout << table.render(c.format);
   if (c.format == "table") {
-    std::cout << "\nB=" << args.shape.batch << " H=" << args.shape.heads << " D=" << args.shape.dim << " threads="
-              << ctx.num_threads() << " warmup=" << args.warmup << " reps=" << args.reps << "; " << Context::cpu_report()
-              << "\n";
+    std::cout << "\nB=" << args.shape.batch << " H=" << args.shape.heads << " D=" << args.shape.dim
+              << " threads=" << ctx.num_threads() << " warmup=" << args.warmup
+              << " reps=" << args.reps << "; " << Context::cpu_report() << "\n";
   }
   return 0;
 }

@@ -58,7 +58,8 @@ Workload::Workload(const Shape& s, uint64_t seed)
   for (Tensor<float>* t : {&q, &k, &v, &memory, &gate}) fill_normal(*t, rng);
 }
 
-AttentionArgs Workload::args(const Mechanism& m, Tensor<float>& out, Tensor<float>& memory_out) const {
+AttentionArgs Workload::args(const Mechanism& m, Tensor<float>& out,
+                             Tensor<float>& memory_out) const {
   out = Tensor<float>({shape.batch, shape.seq, shape.heads, shape.dim});
   AttentionArgs a;
   a.q = q.cview();

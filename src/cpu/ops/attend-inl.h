@@ -1,6 +1,6 @@
 // A small dense softmax attention on packed operands, for kernels that attend over short
 // blocks (memory slots, landmarks): out = softmax_rows(scale * Q K^T, masked) V.
-// Include at file scope after hwy/highway.h and src/cpu/ops/matmul-inl.h.
+// Include at file scope after hwy/highway.h.
 #if defined(ATTNKIT_CPU_OPS_ATTEND_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef ATTNKIT_CPU_OPS_ATTEND_INL_H_
 #undef ATTNKIT_CPU_OPS_ATTEND_INL_H_
@@ -14,6 +14,8 @@
 #include <cmath>
 #include <limits>
 
+#include "src/cpu/ops/matmul-inl.h"
+
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
 namespace HWY_NAMESPACE {
@@ -21,7 +23,8 @@ namespace HWY_NAMESPACE {
 // In place: each of `rows` rows of s (leading dim lds) becomes softmax over its first
 // visible(r) entries, zero elsewhere (up to `cols`); rows with none stay all zero.
 template <typename Visible>
-HWY_INLINE void SoftmaxRows(float* s, int64_t lds, int64_t rows, int64_t cols, const Visible& visible) {
+HWY_INLINE void SoftmaxRows(float* s, int64_t lds, int64_t rows, int64_t cols,
+                            const Visible& visible) {
   for (int64_t r = 0; r < rows; ++r) {
     float* x = s + r * lds;
     const int64_t n = visible(r);
@@ -39,9 +42,9 @@ HWY_INLINE void SoftmaxRows(float* s, int64_t lds, int64_t rows, int64_t cols, c
 // kt [depth][ldk] (keys transposed, ldk >= nk rounded to lanes), v [nk][ldv].
 // s: scratch of rows * ldk floats.
 template <typename Visible>
-HWY_INLINE void Attend(const float* q, int64_t ldq, int64_t rows, int64_t depth, const float* kt, int64_t ldk,
-                       int64_t nk, const float* v, int64_t ldv, int64_t cols_v, float scale, const Visible& visible,
-                       float* s, float* out, int64_t ldo) {
+HWY_INLINE void Attend(const float* q, int64_t ldq, int64_t rows, int64_t depth, const float* kt,
+                       int64_t ldk, int64_t nk, const float* v, int64_t ldv, int64_t cols_v,
+                       float scale, const Visible& visible, float* s, float* out, int64_t ldo) {
   MatMul(q, ldq, kt, ldk, s, ldk, rows, ldk, depth, /*accumulate=*/false);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < nk; ++j) s[r * ldk + j] *= scale;

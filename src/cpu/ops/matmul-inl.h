@@ -48,12 +48,20 @@ HWY_INLINE void MatMulRows(const float* a, int64_t lda, const float* b, int64_t 
                            int64_t cols, float* out, int64_t ldc, bool accumulate) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(hn::ScalableTag<float>()));
   int64_t c = 0;
-  for (; c + 4 * N <= cols; c += 4 * N) MatMulTile<R, 4>(a, lda, b, ldb, depth, c, out, ldc, accumulate);
+  for (; c + 4 * N <= cols; c += 4 * N)
+    MatMulTile<R, 4>(a, lda, b, ldb, depth, c, out, ldc, accumulate);
   switch ((cols - c) / N) {
-    case 3: MatMulTile<R, 3>(a, lda, b, ldb, depth, c, out, ldc, accumulate); break;
-    case 2: MatMulTile<R, 2>(a, lda, b, ldb, depth, c, out, ldc, accumulate); break;
-    case 1: MatMulTile<R, 1>(a, lda, b, ldb, depth, c, out, ldc, accumulate); break;
-    default: break;
+    case 3:
+      MatMulTile<R, 3>(a, lda, b, ldb, depth, c, out, ldc, accumulate);
+      break;
+    case 2:
+      MatMulTile<R, 2>(a, lda, b, ldb, depth, c, out, ldc, accumulate);
+      break;
+    case 1:
+      MatMulTile<R, 1>(a, lda, b, ldb, depth, c, out, ldc, accumulate);
+      break;
+    default:
+      break;
   }
 }
 
@@ -62,8 +70,10 @@ HWY_INLINE void MatMulRows(const float* a, int64_t lda, const float* b, int64_t 
 HWY_INLINE void MatMul(const float* a, int64_t lda, const float* b, int64_t ldb, float* out,
                        int64_t ldc, int64_t rows, int64_t cols, int64_t depth, bool accumulate) {
   int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) MatMulRows<4>(a + r * lda, lda, b, ldb, depth, cols, out + r * ldc, ldc, accumulate);
-  for (; r < rows; ++r) MatMulRows<1>(a + r * lda, lda, b, ldb, depth, cols, out + r * ldc, ldc, accumulate);
+  for (; r + 4 <= rows; r += 4)
+    MatMulRows<4>(a + r * lda, lda, b, ldb, depth, cols, out + r * ldc, ldc, accumulate);
+  for (; r < rows; ++r)
+    MatMulRows<1>(a + r * lda, lda, b, ldb, depth, cols, out + r * ldc, ldc, accumulate);
 }
 
 // Dot product of two float rows of length n (any n).
@@ -83,7 +93,8 @@ HWY_INLINE void Axpy(float a, const float* HWY_RESTRICT x, float* HWY_RESTRICT y
   const hn::ScalableTag<float> d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const auto va = hn::Set(d, a);
-  for (int64_t i = 0; i < n; i += N) hn::StoreU(hn::MulAdd(va, hn::LoadU(d, x + i), hn::LoadU(d, y + i)), d, y + i);
+  for (int64_t i = 0; i < n; i += N)
+    hn::StoreU(hn::MulAdd(va, hn::LoadU(d, x + i), hn::LoadU(d, y + i)), d, y + i);
 }
 
 // x[0:n) *= a; n a multiple of Lanes.
