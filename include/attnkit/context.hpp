@@ -23,7 +23,10 @@ class Context {
   // Runs fn(task, worker) for task in [0, tasks); worker in [0, num_threads()).
   // Tasks are claimed dynamically; each task must own its outputs, so results do
   // not depend on the thread count. Not reentrant.
-  void parallel_for(int64_t tasks, const std::function<void(int64_t task, int worker)>& fn);
+  // work: estimated flops of all tasks together; below ~1 MFLOP waking the pool costs more
+  // than it saves, so the caller's thread runs them all.
+  void parallel_for(int64_t tasks, const std::function<void(int64_t task, int worker)>& fn,
+                    double work = 1e12);
 
   // Per-worker scratch of at least `floats` floats, 64-byte aligned. Call
   // reserve_scratch before parallel_for; scratch() never allocates.

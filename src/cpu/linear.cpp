@@ -204,7 +204,7 @@ void LinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensorVie
         z[r] += fk[r];
       }
     }
-  });
+  }, 2.0 * s.batch * s.kv_heads * T * s.features * s.dvp);
 }
 
 void LinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out,
@@ -224,7 +224,7 @@ void LinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out
       float* dst = out.row<float>(b, t, h);
       for (int64_t x = 0; x < s.dv; ++x) dst[x] = f * num[x];
     }
-  });
+  }, 2.0 * s.batch * hq * T * s.features * s.dvp);
 }
 
 }  // namespace HWY_NAMESPACE

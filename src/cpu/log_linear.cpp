@@ -170,7 +170,7 @@ void LogLinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensor
       std::copy_n(v.row<const float>(b, t, hk), s.dv, vbuf);
       AddKey(st, lf, vbuf, s.features, s.dvp, tmp);
     }
-  });
+  }, 4.0 * s.batch * s.kv_heads * T * s.features * (s.dvp + dk));
 }
 
 void LogLinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out,
@@ -188,7 +188,7 @@ void LogLinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& 
       ComputeLogFeatures(q.row<const float>(b, t, h), dk, f, omega, s.features, false, lf);
       QueryRow(st, lf, s.features, s.dv, s.dvp, tmp, out.row<float>(b, t, h));
     }
-  });
+  }, 4.0 * s.batch * hq * T * s.features * (s.dvp + dk));
 }
 
 }  // namespace HWY_NAMESPACE

@@ -106,7 +106,7 @@ void LunaAppend(LinearState& st, const ConstTensorView& k, const ConstTensorView
       std::copy_n(v.row<const float>(b, t, hk), st.dv, vb);
       AddKey(st.c_slot(slot), k.row<const float>(b, t, hk), vb, L, dk, st.dvp, s, mem);
     }
-  });
+  }, 4.0 * st.batch * Hq * T * L * (dk + st.dvp));
 }
 
 void LunaQuery(LinearState& st, const ConstTensorView& q, const TensorView& out,
@@ -119,7 +119,7 @@ void LunaQuery(LinearState& st, const ConstTensorView& q, const TensorView& out,
       QueryRow(st.c_slot(slot), st.tokens, q.row<const float>(b, t, h), L, dk, st.dv, st.dvp, s,
                ctx.scratch(worker), out.row<float>(b, t, h));
     }
-  });
+  }, 4.0 * st.batch * Hq * T * L * (dk + st.dvp));
 }
 
 }  // namespace HWY_NAMESPACE

@@ -28,8 +28,8 @@ constexpr int64_t kRowsPerTask = 32;
 
 inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// Indices of the k largest of s[0:n) (ties to the lower index) into idx; returns the count
-// (min(k, n)). heap: k floats of scratch.
+// Indices of the k largest of s[0:n) (ties to the lower index) into idx (2k entries of
+// room); returns the count min(k, n). Order of the indices is unspecified. heap: k floats.
 HWY_INLINE int64_t SelectTopK(const float* HWY_RESTRICT s, int64_t n, int64_t k,
                               float* HWY_RESTRICT heap, int32_t* HWY_RESTRICT idx) {
   if (n <= k) {
@@ -60,16 +60,27 @@ HWY_INLINE int64_t SelectTopK(const float* HWY_RESTRICT s, int64_t n, int64_t k,
     }
   }
   const float tau = heap[0];
-  // 2. Everything above tau, then ties at tau by increasing index until k.
-  int64_t c = 0;
-  for (int64_t x = 0; x < n; ++x) {
-    if (s[x] > tau) idx[c++] = static_cast<int32_t>(x);
+  // 2. Everything above tau, then ties at tau by increasing index until k: one pass in
+  // index order, in which only vectors holding a value >= tau reach the scalar code.
+  const auto vtau = hn::Set(d, tau);
+  int64_t above = 0, ties = 0;
+  int32_t* tie = idx + k;  // ties collected after the k slots (idx holds 2k entries)
+  auto visit = [&](int64_t x) {
+    if (s[x] > tau) {
+      idx[above++] = static_cast<int32_t>(x);
+    } else if (s[x] == tau && ties < k) {
+      tie[ties++] = static_cast<int32_t>(x);
+    }
+  };
+  int64_t x = 0;
+  for (; x + N <= n; x += N) {
+    if (hn::AllFalse(d, hn::Ge(hn::LoadU(d, s + x), vtau))) continue;
+    for (int64_t y = x; y < x + N; ++y) visit(y);
   }
-  for (int64_t x = 0; x < n && c < k; ++x) {
-    if (s[x] == tau) idx[c++] = static_cast<int32_t>(x);
-  }
-  std::sort(idx, idx + c);
-  return c;
+  for (; x < n; ++x) visit(x);
+  const int64_t take = std::min(ties, k - above);
+  std::copy_n(tie, take, idx + above);
+  return above + take;
 }
 
 // Packs rows [0, n) of a matrix (row r at src(r), dim entries) transposed into dst[dim][ld].
@@ -97,7 +108,7 @@ void TopkForward(const AttentionArgs& a, int k, int query_chunk, float scale, bo
   });
   // Scratch: q rows [rows][Dkp], scores [rows][Skp], heap [k], indices [k], accumulator [Dv].
   const int64_t kk = std::min<int64_t>(k, Sk);
-  ctx.reserve_scratch(static_cast<size_t>(rows_per_task * (Dkp + Skp) + 2 * kk + Dv + 64));
+  ctx.reserve_scratch(static_cast<size_t>(rows_per_task * (Dkp + Skp) + 3 * kk + Dv + 64));
   ctx.parallel_for(B * Hq * blocks, [&](int64_t task, int worker) {
     const int64_t blk = task % blocks, bh = task / blocks, b = bh / Hq, h = bh % Hq,
                   hk = h / (Hq / Hk);
@@ -107,7 +118,7 @@ void TopkForward(const AttentionArgs& a, int k, int query_chunk, float scale, bo
     float* s = q + rows_per_task * Dkp;
     float* heap = s + rows_per_task * Skp;
     int32_t* idx = reinterpret_cast<int32_t*>(heap + kk);
-    float* acc = heap + 2 * kk;
+    float* acc = heap + 3 * kk;
     for (int64_t r = 0; r < rows; ++r) {
       const float* src = a.q.row<const float>(b, i0 + r, h);
       for (int64_t c = 0; c < Dk; ++c) q[r * Dkp + c] = src[c] * scale;
@@ -149,7 +160,7 @@ void TopkFfForward(const ConstTensorView& x, const ConstTensorView& keys,
                  kt);
   const int64_t kk = std::min<int64_t>(k, F);
   const int64_t blocks = (T + kRowsPerTask - 1) / kRowsPerTask;
-  ctx.reserve_scratch(static_cast<size_t>(kRowsPerTask * (Dmp + Fp) + 2 * kk + 64));
+  ctx.reserve_scratch(static_cast<size_t>(kRowsPerTask * (Dmp + Fp) + 3 * kk + 64));
   ctx.parallel_for(blocks, [&](int64_t blk, int worker) {
     const int64_t t0 = blk * kRowsPerTask, rows = std::min(kRowsPerTask, T - t0);
     float* q = ctx.scratch(worker);

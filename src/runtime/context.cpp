@@ -68,10 +68,12 @@ Context::~Context() {
 
 int Context::num_threads() const { return impl_->threads; }
 
-void Context::parallel_for(int64_t tasks, const std::function<void(int64_t, int)>& fn) {
+void Context::parallel_for(int64_t tasks, const std::function<void(int64_t, int)>& fn,
+                           double work) {
   Impl& p = *impl_;
   if (tasks <= 0) return;
-  if (p.threads == 1 || tasks == 1) {
+  constexpr double kMinParallelWork = 1e6;  // flops; a wake-up round trip is ~10 us
+  if (p.threads == 1 || tasks == 1 || work < kMinParallelWork) {
     for (int64_t t = 0; t < tasks; ++t) fn(t, 0);
     return;
   }

@@ -161,8 +161,56 @@ int cmd_compare(const Common& c, const CompareArgs& args) {
   return 0;
 }
 
+// Streaming decode: after a context of n tokens, the median time of one step
+// (append one token, query one token). For the KV cache, GB/s = cache bytes read per step.
+int bench_decode(const Common& c, const BenchArgs& args, const std::vector<int64_t>& seqs) {
+  const auto m = make_mechanism(args.mechanism, options_of(c), config_for(c, args.mechanism));
+  Table table{{"mechanism", "context", "step_us", "state_bytes", "GB/s"}, {}};
+  Progress progress(static_cast<int>(seqs.size()));
+  Context ctx(c.threads);
+  Shape s = args.shape;
+  s.seq = 4096;
+  s.kv_seq = 0;
+  const Workload w(s, 1);  // appended in blocks of up to 4096 tokens
+  const StreamSpec spec{.batch = s.batch, .heads = s.heads, .kv_heads = s.hk(), .head_dim = s.dim,
+                        .value_dim = s.dim, .memory = m->capabilities().needs_memory ? w.memory.cview() : ConstTensorView{}};
+  Tensor<float> out({s.batch, 1, s.heads, s.dim});
+  auto rows = [](const Tensor<float>& t, int64_t from, int64_t count) {
+    ConstTensorView v = t.cview();
+    v.data = t.data() + from * v.stride[1];
+    v.shape[1] = count;
+    return v;
+  };
+  for (int64_t n : seqs) {
+    progress.step(args.mechanism + " decode context=" + std::to_string(n));
+    auto stream = m->new_stream(spec);
+    for (int64_t done = 0; done < n;) {
+      const int64_t t = std::min<int64_t>(4096, n - done);
+      stream->append(rows(w.k, 0, t), rows(w.v, 0, t), ctx);
+      done += t;
+    }
+    int64_t step = 0;
+    const Timing t = time_runs(args.warmup, args.reps, [&] {
+      const int64_t i = step++ % 4096;
+      stream->append(rows(w.k, i, 1), rows(w.v, i, 1), ctx);
+      stream->query(rows(w.q, i, 1), out.view(), ctx);
+    });
+    const double bytes = static_cast<double>(stream->state_bytes());
+    table.rows.push_back({m->describe(), std::to_string(n), fmt(t.median_s * 1e6, 4),
+                          std::to_string(stream->state_bytes()), fmt(bytes / t.median_s / 1e9, 3)});
+  }
+  std::cout << table.render(c.format);
+  if (c.format == "table") {
+    std::cout << "\nB=" << s.batch << " H=" << s.heads << " D=" << s.dim << " threads=" << ctx.num_threads()
+              << "; step = append 1 token + query 1 token, median of " << args.reps
+              << "; GB/s = state bytes / step time\n";
+  }
+  return 0;
+}
+
 int cmd_bench(const Common& c, const BenchArgs& args) {
   const std::vector<int64_t> seqs = parse_int_list(args.seqs, "--seq");
+  if (args.decode) return bench_decode(c, args, seqs);
   const auto m = make_mechanism(args.mechanism, options_of(c), config_for(c, args.mechanism));
   Table table{{"mechanism", "seq", "median_ms", "min_ms", "GFLOP/s", "Mtokens/s"}, {}};
   Progress progress(static_cast<int>(seqs.size()));
