@@ -32,7 +32,7 @@ using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 
 constexpr int64_t kKeyBlock = 128;   // keys per block: a multiple of 2 vectors on every target
-constexpr int64_t kQueryBlock = 64;  // queries per task
+constexpr int64_t kQueryBlock = 128;  // queries per task
 #if HWY_TARGET <= HWY_AVX3
 constexpr int kScoreRows = 8;  // 8 x 2 accumulators of 32 zmm registers
 #else
