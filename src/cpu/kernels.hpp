@@ -13,6 +13,9 @@ namespace attnkit::cpu {
 // Tiled online-softmax ("flash") attention, float32. q/k/v/out as in AttentionArgs;
 // lse optional float32 [B, Hq, Sq]. O(B Hk Sk (Dk + Dv)) extra memory for packed K/V.
 void softmax_forward(const AttentionArgs& a, float scale, bool causal, Context& ctx);
+// Non-causal attention of a few queries over a long KV cache, streamed without packing
+// (split over keys, merged by log-sum-exp in a fixed order). No padding.
+void softmax_decode(const AttentionArgs& a, float scale, Context& ctx);
 
 }  // namespace attnkit::cpu
 

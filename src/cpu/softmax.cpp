@@ -223,6 +223,78 @@ void SoftmaxForward(const AttentionArgs& a, float scale, bool causal, Context& c
   });
 }
 
+
+// Decode: few queries against a long KV cache. Memory-bound, so no packing: each task
+// streams one split of kDecodeSplit keys of one (batch, q head) straight from the cache,
+// keeping (max, sum, partial output); splits are merged in a fixed order afterwards, so
+// the result does not depend on the thread count.
+constexpr int64_t kDecodeSplit = 2048;
+constexpr int64_t kDecodeBlock = 256;
+
+void SoftmaxDecode(const AttentionArgs& a, float scale, Context& ctx) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t B = a.q.shape[0], Tq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
+  const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3], Dvp = RoundUp(Dv, N);
+  const int64_t splits = std::max<int64_t>(1, (Sk + kDecodeSplit - 1) / kDecodeSplit);
+  const int64_t part = Dvp + 2;  // partial output, max, sum
+  float* partials = ctx.shared_scratch(static_cast<size_t>(B * Tq * Hq * splits * part));
+  ctx.reserve_scratch(static_cast<size_t>(kDecodeBlock + Dvp + RoundUp(Dk, N) + 64));
+  ctx.parallel_for(B * Tq * Hq * splits, [&](int64_t task, int worker) {
+    const int64_t sp = task % splits, row = task / splits;
+    const int64_t h = row % Hq, t = (row / Hq) % Tq, b = row / (Hq * Tq), hk = h / (Hq / Hk);
+    const int64_t j0 = sp * kDecodeSplit, j1 = std::min(Sk, j0 + kDecodeSplit);
+    float* w = ctx.scratch(worker);
+    float* o = w + kDecodeBlock;
+    float* q = o + Dvp;
+    const float* qsrc = a.q.row<const float>(b, t, h);
+    for (int64_t x = 0; x < Dk; ++x) q[x] = qsrc[x] * scale;
+    std::fill(o, o + Dvp, 0.0f);
+    float m = -std::numeric_limits<float>::infinity(), l = 0.0f;
+    for (int64_t jb = j0; jb < j1; jb += kDecodeBlock) {
+      const int64_t n = std::min(kDecodeBlock, j1 - jb);
+      float bm = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < n; ++j) bm = std::max(bm, w[j] = Dot(q, a.k.row<const float>(b, jb + j, hk), Dk));
+      const float nm = std::max(m, bm);
+      const float alpha = std::exp(m - nm);
+      if (alpha != 1.0f) Scale(alpha, o, Dvp);
+      l *= alpha;
+      for (int64_t j = 0; j < n; ++j) {
+        const float p = std::exp(w[j] - nm);
+        l += p;
+        const float* v = a.v.row<const float>(b, jb + j, hk);
+        const auto vp = hn::Set(d, p);
+        int64_t x = 0;
+        for (; x + N <= Dv; x += N) hn::StoreU(hn::MulAdd(vp, hn::LoadU(d, v + x), hn::LoadU(d, o + x)), d, o + x);
+        for (; x < Dv; ++x) o[x] += p * v[x];
+      }
+      m = nm;
+    }
+    float* dst = partials + task * part;
+    std::copy_n(o, Dvp, dst);
+    dst[Dvp] = m;
+    dst[Dvp + 1] = l;
+  }, 4.0 * B * Tq * Hq * Sk * (Dk + Dv));
+  // Merge the splits of each row in order.
+  for (int64_t row = 0; row < B * Tq * Hq; ++row) {
+    const int64_t h = row % Hq, t = (row / Hq) % Tq, b = row / (Hq * Tq);
+    const float* p0 = partials + row * splits * part;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t sp = 0; sp < splits; ++sp) m = std::max(m, p0[sp * part + Dvp]);
+    float* dst = a.out.row<float>(b, t, h);
+    std::fill(dst, dst + Dv, 0.0f);
+    if (m == -std::numeric_limits<float>::infinity()) continue;
+    float l = 0;
+    for (int64_t sp = 0; sp < splits; ++sp) {
+      const float* p = p0 + sp * part;
+      const float f = std::exp(p[Dvp] - m);
+      l += f * p[Dvp + 1];
+      for (int64_t x = 0; x < Dv; ++x) dst[x] += f * p[x];
+    }
+    for (int64_t x = 0; x < Dv; ++x) dst[x] /= l;
+  }
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace attnkit::cpu
 HWY_AFTER_NAMESPACE();
@@ -231,6 +303,11 @@ HWY_AFTER_NAMESPACE();
 namespace attnkit::cpu {
 
 HWY_EXPORT(SoftmaxForward);
+HWY_EXPORT(SoftmaxDecode);
+
+void softmax_decode(const AttentionArgs& a, float scale, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(SoftmaxDecode)(a, scale, ctx);
+}
 
 void softmax_forward(const AttentionArgs& a, float scale, bool causal, Context& ctx) {
   HWY_DYNAMIC_DISPATCH(SoftmaxForward)(a, scale, causal, ctx);

@@ -11,6 +11,8 @@
 namespace attnkit::detail {
 namespace {
 
+constexpr int64_t kDecodeQueries = 8;
+
 // KV cache: keys and values per (batch, kv head), contiguous in time; grows by doubling.
 class KvCache final : public StreamingState {
  public:
@@ -38,7 +40,13 @@ class KvCache final : public StreamingState {
     a.out = out;
     a.k = cache_view(keys_.data(), spec_.head_dim);
     a.v = cache_view(values_.data(), spec_.value_dim);
-    if (q.shape[1] > 0) cpu::softmax_forward(a, scale_, /*causal=*/false, ctx);
+    if (q.shape[1] == 0) return;
+    // A few queries read the cache once (bandwidth-bound); many are a prefill.
+    if (q.shape[1] <= kDecodeQueries) {
+      cpu::softmax_decode(a, scale_, ctx);
+    } else {
+      cpu::softmax_forward(a, scale_, /*causal=*/false, ctx);
+    }
   }
 
   size_t state_bytes() const override { return (keys_.size() + values_.size()) * sizeof(float); }

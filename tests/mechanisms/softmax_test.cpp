@@ -130,6 +130,38 @@ TEST(Softmax, ExplicitScale) {
   EXPECT_LE(compare(p.out, true, r.out).max_abs, 2e-6);
 }
 
+TEST(Softmax, KvCacheDecodeAcrossSplitsMatchesPrefill) {
+  // More than one 2048-key split, GQA, 1..8 queries (the decode path) and 9 (prefill path).
+  Context ctx(2);
+  const Dims d{2, 9, 5000, 4, 2, 40, 24};
+  Problem p(d, 21);
+  auto stream = make_mechanism("softmax")->new_stream(
+      {.batch = d.B, .heads = d.Hq, .kv_heads = d.Hk, .head_dim = d.Dk, .value_dim = d.Dv});
+  ConstTensorView k = p.k.view32(), v = p.v.view32();
+  for (int64_t t0 = 0; t0 < d.Sk; t0 += 1700) {  // appended in uneven blocks
+    ConstTensorView kb = k, vb = v;
+    kb.data = p.k.f32.data() + t0 * k.stride[1];
+    vb.data = p.v.f32.data() + t0 * v.stride[1];
+    kb.shape[1] = vb.shape[1] = std::min<int64_t>(1700, d.Sk - t0);
+    stream->append(kb, vb, ctx);
+  }
+  Problem r = p;
+  ref::softmax_ref(r.args64(), {});
+  for (int64_t tq : {1, 8, 9}) {
+    ConstTensorView q = p.q.view32();
+    q.shape[1] = tq;
+    std::vector<float> out(d.B * tq * d.Hq * d.Dv);
+    stream->query(q, make_view(out.data(), {d.B, tq, d.Hq, d.Dv}), ctx);
+    for (int64_t b = 0; b < d.B; ++b)
+      for (int64_t i = 0; i < tq; ++i)
+        for (int64_t h = 0; h < d.Hq; ++h)
+          for (int64_t x = 0; x < d.Dv; ++x) {
+            const double want = r.out.f64[b * r.out.stride[0] + i * r.out.stride[1] + h * r.out.stride[2] + x];
+            ASSERT_NEAR(out[((b * tq + i) * d.Hq + h) * d.Dv + x], want, 2e-6) << "tq=" << tq;
+          }
+  }
+}
+
 TEST(Softmax, Float64RunsTheReference) {
   Context ctx(1);
   Dims d{1, 9, 13, 2, 1, 8, 8};
