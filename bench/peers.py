@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Exact softmax attention: attnkit against PyTorch on the same shapes, in one run.
+
+Runs `attnkit bench -f json` and PyTorch's attention (the naive matmul-softmax-matmul
+form, and scaled_dot_product_attention where the installed version has it) with the same
+thread count, then prints times and attnkit's speed-up. PyTorch is optional: Debian's
+python3-torch (run with /usr/bin/python3) or a PyPI torch. Usage:
+
+    /usr/bin/python3 bench/peers.py [--attnkit build/attnkit] [--seq 1024,4096] [--threads 2]
+"""
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+
+
+def attnkit_times(binary, seqs, causal, threads, reps):
+    cmd = [binary, "bench", "-m", "softmax", "-n", ",".join(map(str, seqs)), "-f", "json",
+           "--threads", str(threads), "--reps", str(reps)]
+    if causal:
+        cmd.append("--causal")
+    rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return {int(r["seq"]): float(r["median_ms"]) for r in rows}
+
+
+def median_ms(fn, reps, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def torch_times(torch, seqs, causal, reps, heads=8, dim=64):
+    out = {}
+    for n in seqs:
+        q, k, v = (torch.randn(1, heads, n, dim) for _ in range(3))
+        mask = torch.triu(torch.ones(n, n, dtype=torch.bool), 1) if causal else None
+
+        def naive():
+            s = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(dim))
+            if mask is not None:
+                s = s.masked_fill(mask, float("-inf"))
+            return torch.softmax(s, dim=-1) @ v
+
+        with torch.no_grad():
+            row = {"naive": median_ms(naive, reps)}
+            sdpa = getattr(torch.nn.functional, "scaled_dot_product_attention", None)
+            if sdpa is not None:
+                row["sdpa"] = median_ms(lambda: sdpa(q, k, v, is_causal=causal), reps)
+        out[n] = row
+    return out
+
+
+def flops(n, causal, heads=8, dim=64):
+    pairs = n * (n + 1) / 2 if causal else n * n
+    return 4.0 * dim * pairs * heads
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--attnkit", default="build/attnkit")
+    ap.add_argument("--seq", default="1024,2048,4096")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    seqs = [int(x) for x in args.seq.split(",")]
+    try:
+        import torch
+    except ImportError:
+        sys.exit("peers.py: PyTorch is not importable (apt-get install python3-torch; run /usr/bin/python3)")
+    torch.set_num_threads(args.threads)
+    print(f"# PyTorch {torch.__version__}, {args.threads} threads, B=1 H=8 D=64, median of {args.reps}")
+    print("| N | causal | attnkit ms | GFLOP/s | torch naive ms | speed-up | torch sdpa ms | speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    for causal in (False, True):
+        ours = attnkit_times(args.attnkit, seqs, causal, args.threads, args.reps)
+        theirs = torch_times(torch, seqs, causal, args.reps)
+        for n in seqs:
+            t, p = ours[n], theirs[n]
+            sdpa = p.get("sdpa")
+            print(f"| {n} | {'yes' if causal else 'no'} | {t:.2f} | {flops(n, causal) / t / 1e6:.0f} | "
+                  f"{p['naive']:.2f} | {p['naive'] / t:.1f}x | "
+                  f"{f'{sdpa:.2f}' if sdpa else '-'} | {f'{sdpa / t:.1f}x' if sdpa else '-'} |")
+
+
+if __name__ == "__main__":
+    main()
