@@ -2,10 +2,10 @@
 //
 // out_i = norm_i * sum_{j visible} w_j (phi(q_i).phi(k_j)) v_j, computed per (batch, q head)
 // in chunks of T query rows (the chunked form of causal prefill):
-//  1. advance the carried state C = sum_j w_j phi(k_j) v_j^T, z = sum_j w_j phi(k_j) to the
-//     first key the chunk's first row sees (C += phi(K)^T (w V), a matmul);
-//  2. out = phi(Q) C + (phi(Q) phi(K_intra)^T * w * causal mask) V_intra (two matmuls) over
-//     the at most T - 1 keys seen by some but not all rows of the chunk;
+//  1. out = phi(Q) C from the carried state C = sum_j w_j phi(k_j) v_j^T, z = sum_j w_j phi(k_j);
+//  2. + (phi(Q) phi(K_p)^T * w * causal mask) V_p over the keys not yet in the state (about
+//     one chunk's worth), then those keys join the state (C += phi(K_p)^T (w V_p)): every
+//     key's features are computed and packed once;
 //  3. divide by the normaliser (none, T_i, T_i / 1000, or phi(q_i).z_i).
 // Non-causal is step 1 over every valid key then step 2 with no intra block. Streaming uses
 // the recurrent form (rank-1 updates of C and z).
@@ -102,65 +102,77 @@ struct Scratch {
   }
 };
 
-// Keys [j0, j1) into sc.fkt (transposed features), sc.vb (values, w-scaled if scale_values)
-// and sc.w (weights).
+// Keys [j0, j1) (at most Tp) into sc.fkt (features, transposed), sc.vb (values) and sc.w
+// (weights): each key's features are computed once.
 HWY_INLINE void LoadKeys(const AttentionArgs& a, const Plan& n, int64_t b, int64_t hk, int64_t j0,
-                         int64_t j1, bool scale_values, Scratch& sc) {
-  const int64_t cnt = j1 - j0;
-  std::fill(sc.fkt, sc.fkt + n.Dkp * n.Tp, 0.0f);
+                         int64_t j1, Scratch& sc) {
+  const int64_t cnt = j1 - j0, cols = pad_to_state(cnt);
+  for (int64_t r = 0; r < n.Dk; ++r) std::fill(sc.fkt + r * n.Tp + cnt, sc.fkt + r * n.Tp + cols, 0.0f);
   for (int64_t j = 0; j < cnt; ++j) {
     FeatureRow(a.k.row<const float>(b, j0 + j, hk), n.Dk, n.Dkp, n.cfg.feature_map, sc.row);
     for (int64_t r = 0; r < n.Dk; ++r) sc.fkt[r * n.Tp + j] = sc.row[r];
     sc.w[j] = GateWeight(a, n.cfg.gated, b, j0 + j, hk);
-    const float* v = a.v.row<const float>(b, j0 + j, hk);
     float* vr = sc.vb + j * n.Dvp;
-    const float f = scale_values ? sc.w[j] : 1.0f;
-    for (int64_t x = 0; x < n.Dv; ++x) vr[x] = f * v[x];
+    std::copy_n(a.v.row<const float>(b, j0 + j, hk), n.Dv, vr);
     std::fill(vr + n.Dv, vr + n.Dvp, 0.0f);
   }
+}
+
+// C += (phi(K)^T diag(w)) V and z += phi(K)^T w for the cnt keys loaded in sc.
+HWY_INLINE void AddToState(const Plan& n, int64_t cnt, Scratch& sc) {
+  for (int64_t r = 0; r < n.Dk; ++r) {
+    float* fr = sc.fkt + r * n.Tp;
+    float sum = 0;
+    for (int64_t j = 0; j < cnt; ++j) sum += (fr[j] *= sc.w[j]);
+    sc.z[r] += sum;
+  }
+  MatMul(sc.fkt, n.Tp, sc.vb, n.Dvp, sc.c, n.Dvp, n.Dk, n.Dvp, cnt, /*accumulate=*/true);
 }
 
 void AttendHead(const AttentionArgs& a, const Plan& n, int64_t b, int64_t h, Scratch& sc) {
   const int64_t hk = h / (n.Hq / n.Hk);
   const int64_t len = a.key_lengths.empty() ? n.Sk : a.key_lengths[b];
   std::fill(sc.c, sc.c + n.Dkp * n.Dvp + n.Dkp, 0.0f);  // c and z
-  int64_t kdone = 0;
+  int64_t kdone = 0;  // keys [0, kdone) are in the state
   for (int64_t i0 = 0; i0 < n.Sq; i0 += n.T) {
     const int64_t rows = std::min(n.T, n.Sq - i0);
     const int64_t lo = visible_keys(n.causal, n.Sq, n.Sk, len, i0);
     const int64_t hi = visible_keys(n.causal, n.Sq, n.Sk, len, i0 + rows - 1);
-    // 1. Carried state up to lo.
-    for (int64_t j0 = kdone; j0 < lo; j0 += n.T) {
-      const int64_t j1 = std::min(lo, j0 + n.T);
-      LoadKeys(a, n, b, hk, j0, j1, /*scale_values=*/true, sc);
-      MatMul(sc.fkt, n.Tp, sc.vb, n.Dvp, sc.c, n.Dvp, n.Dk, n.Dvp, j1 - j0, /*accumulate=*/true);
-      for (int64_t r = 0; r < n.Dk; ++r) sc.z[r] += Dot(sc.fkt + r * n.Tp, sc.w, j1 - j0);
+    // 1. Keys every row sees go straight into the state while more than Tp keys are pending
+    //    (a long causal offset, or non-causal); since hi - lo < T this leaves at most Tp.
+    while (hi - kdone > n.Tp) {
+      const int64_t j1 = std::min(lo, kdone + n.T);
+      LoadKeys(a, n, b, hk, kdone, j1, sc);
+      AddToState(n, j1 - kdone, sc);
+      kdone = j1;
     }
-    kdone = std::max(kdone, lo);
-    // 2. Inter-chunk part from the state.
+    // 2. The state's part: phi(Q) C and phi(Q) z.
     for (int64_t r = 0; r < rows; ++r) {
       FeatureRow(a.q.row<const float>(b, i0 + r, h), n.Dk, n.Dkp, n.cfg.feature_map,
                  sc.fq + r * n.Dkp);
       sc.den[r] = Dot(sc.fq + r * n.Dkp, sc.z, n.Dkp);
     }
     MatMul(sc.fq, n.Dkp, sc.c, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, n.Dk, /*accumulate=*/false);
-    // Intra-chunk part over keys [lo, hi), masked per row.
-    if (hi > lo) {
-      LoadKeys(a, n, b, hk, lo, hi, /*scale_values=*/false, sc);
-      MatMul(sc.fq, n.Dkp, sc.fkt, n.Tp, sc.s, n.Tp, rows, n.Tp, n.Dk, /*accumulate=*/false);
+    // 3. The pending keys [kdone, hi): a masked intra-chunk matmul, then into the state.
+    if (hi > kdone) {
+      const int64_t cnt = hi - kdone, cols = pad_to_state(cnt);
+      LoadKeys(a, n, b, hk, kdone, hi, sc);
+      MatMul(sc.fq, n.Dkp, sc.fkt, n.Tp, sc.s, n.Tp, rows, cols, n.Dk, /*accumulate=*/false);
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t vis = visible_keys(n.causal, n.Sq, n.Sk, len, i0 + r) - lo;
+        const int64_t vis = visible_keys(n.causal, n.Sq, n.Sk, len, i0 + r) - kdone;
         float* sr = sc.s + r * n.Tp;
         float d = 0;
-        for (int64_t j = 0; j < n.Tp; ++j) {
+        for (int64_t j = 0; j < cols; ++j) {
           sr[j] = j < vis ? sr[j] * sc.w[j] : 0.0f;
           d += sr[j];
         }
         sc.den[r] += d;
       }
-      MatMul(sc.s, n.Tp, sc.vb, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, hi - lo, /*accumulate=*/true);
+      MatMul(sc.s, n.Tp, sc.vb, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, cnt, /*accumulate=*/true);
+      AddToState(n, cnt, sc);
+      kdone = hi;
     }
-    // 3. Normalise.
+    // 4. Normalise.
     for (int64_t r = 0; r < rows; ++r) {
       const float f =
           Normalise(n.cfg.norm, visible_keys(n.causal, n.Sq, n.Sk, len, i0 + r), sc.den[r]);
@@ -175,7 +187,7 @@ void LinearForward(const AttentionArgs& a, const LinearConfig& cfg, bool causal,
   n.B = a.q.shape[0], n.Sq = a.q.shape[1], n.Hq = a.q.shape[2], n.Dk = a.q.shape[3];
   n.Sk = a.k.shape[1], n.Hk = a.k.shape[2], n.Dv = a.v.shape[3];
   n.Dkp = pad_to_state(n.Dk), n.Dvp = pad_to_state(n.Dv);
-  n.T = cfg.chunk, n.Tp = pad_to_state(cfg.chunk);
+  n.T = cfg.chunk, n.Tp = pad_to_state(2 * cfg.chunk);  // pending keys: at most 2 chunks
   n.cfg = cfg;
   n.causal = causal;
   ctx.reserve_scratch(static_cast<size_t>(Scratch::floats(n)));
