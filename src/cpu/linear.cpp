@@ -34,8 +34,7 @@ HWY_INLINE void FeatureRow(const float* HWY_RESTRICT x, int64_t dk, int64_t dkp,
                            float* HWY_RESTRICT out) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  std::copy_n(x, dk, out);
-  std::fill(out + dk, out + dkp, 0.0f);
+  CopyPadded(x, dk, out, dkp);
   const auto zero = hn::Zero(d), one = hn::Set(d, 1.0f);
   for (int64_t i = 0; i < dkp; i += N) {
     const auto v = hn::LoadU(d, out + i);
@@ -107,14 +106,17 @@ struct Scratch {
 HWY_INLINE void LoadKeys(const AttentionArgs& a, const Plan& n, int64_t b, int64_t hk, int64_t j0,
                          int64_t j1, Scratch& sc) {
   const int64_t cnt = j1 - j0, cols = pad_to_state(cnt);
-  for (int64_t r = 0; r < n.Dk; ++r) std::fill(sc.fkt + r * n.Tp + cnt, sc.fkt + r * n.Tp + cols, 0.0f);
+  for (int64_t r = 0; r < n.Dk; ++r)
+    std::fill(sc.fkt + r * n.Tp + cnt, sc.fkt + r * n.Tp + cols, 0.0f);
   for (int64_t j = 0; j < cnt; ++j) {
+    if (j0 + j + kPrefetchRows < a.k.shape[1]) {
+      PrefetchRow(a.k.row<const float>(b, j0 + j + kPrefetchRows, hk), n.Dk);
+      PrefetchRow(a.v.row<const float>(b, j0 + j + kPrefetchRows, hk), n.Dv);
+    }
     FeatureRow(a.k.row<const float>(b, j0 + j, hk), n.Dk, n.Dkp, n.cfg.feature_map, sc.row);
     for (int64_t r = 0; r < n.Dk; ++r) sc.fkt[r * n.Tp + j] = sc.row[r];
     sc.w[j] = GateWeight(a, n.cfg.gated, b, j0 + j, hk);
-    float* vr = sc.vb + j * n.Dvp;
-    std::copy_n(a.v.row<const float>(b, j0 + j, hk), n.Dv, vr);
-    std::fill(vr + n.Dv, vr + n.Dvp, 0.0f);
+    CopyPadded(a.v.row<const float>(b, j0 + j, hk), n.Dv, sc.vb + j * n.Dvp, n.Dvp);
   }
 }
 
@@ -133,7 +135,7 @@ void AttendHead(const AttentionArgs& a, const Plan& n, int64_t b, int64_t h, Scr
   const int64_t hk = h / (n.Hq / n.Hk);
   const int64_t len = a.key_lengths.empty() ? n.Sk : a.key_lengths[b];
   std::fill(sc.c, sc.c + n.Dkp * n.Dvp + n.Dkp, 0.0f);  // c and z
-  int64_t kdone = 0;  // keys [0, kdone) are in the state
+  int64_t kdone = 0;                                    // keys [0, kdone) are in the state
   for (int64_t i0 = 0; i0 < n.Sq; i0 += n.T) {
     const int64_t rows = std::min(n.T, n.Sq - i0);
     const int64_t lo = visible_keys(n.causal, n.Sq, n.Sk, len, i0);
@@ -148,6 +150,8 @@ void AttendHead(const AttentionArgs& a, const Plan& n, int64_t b, int64_t h, Scr
     }
     // 2. The state's part: phi(Q) C and phi(Q) z.
     for (int64_t r = 0; r < rows; ++r) {
+      if (i0 + r + kPrefetchRows < n.Sq)
+        PrefetchRow(a.q.row<const float>(b, i0 + r + kPrefetchRows, h), n.Dk);
       FeatureRow(a.q.row<const float>(b, i0 + r, h), n.Dk, n.Dkp, n.cfg.feature_map,
                  sc.fq + r * n.Dkp);
       sc.den[r] = Dot(sc.fq + r * n.Dkp, sc.z, n.Dkp);
@@ -201,22 +205,25 @@ void LinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensorVie
                   const LinearConfig& cfg, Context& ctx) {
   const int64_t T = k.shape[1], dk = k.shape[3];
   ctx.reserve_scratch(static_cast<size_t>(2 * s.features + s.dvp));
-  ctx.parallel_for(s.batch * s.kv_heads, [&](int64_t slot, int worker) {
-    const int64_t b = slot / s.kv_heads, hk = slot % s.kv_heads;
-    float* fk = ctx.scratch(worker);
-    float* vb = fk + s.features;
-    std::fill(vb, vb + s.dvp, 0.0f);
-    float* c = s.c_slot(slot);
-    float* z = s.z_slot(slot);
-    for (int64_t t = 0; t < T; ++t) {
-      FeatureRow(k.row<const float>(b, t, hk), dk, s.features, cfg.feature_map, fk);
-      std::copy_n(v.row<const float>(b, t, hk), s.dv, vb);
-      for (int64_t r = 0; r < dk; ++r) {
-        if (fk[r] != 0.0f) Axpy(fk[r], vb, c + r * s.dvp, s.dvp);
-        z[r] += fk[r];
-      }
-    }
-  }, 2.0 * s.batch * s.kv_heads * T * s.features * s.dvp);
+  ctx.parallel_for(
+      s.batch * s.kv_heads,
+      [&](int64_t slot, int worker) {
+        const int64_t b = slot / s.kv_heads, hk = slot % s.kv_heads;
+        float* fk = ctx.scratch(worker);
+        float* vb = fk + s.features;
+        std::fill(vb, vb + s.dvp, 0.0f);
+        float* c = s.c_slot(slot);
+        float* z = s.z_slot(slot);
+        for (int64_t t = 0; t < T; ++t) {
+          FeatureRow(k.row<const float>(b, t, hk), dk, s.features, cfg.feature_map, fk);
+          CopyPadded(v.row<const float>(b, t, hk), s.dv, vb, s.dvp);
+          for (int64_t r = 0; r < dk; ++r) {
+            if (fk[r] != 0.0f) Axpy(fk[r], vb, c + r * s.dvp, s.dvp);
+            z[r] += fk[r];
+          }
+        }
+      },
+      2.0 * s.batch * s.kv_heads * T * s.features * s.dvp);
 }
 
 void LinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out,
@@ -224,19 +231,22 @@ void LinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out
   const int64_t T = q.shape[1], hq = q.shape[2], dk = q.shape[3];
   const int64_t tokens = s.tokens;
   ctx.reserve_scratch(static_cast<size_t>(s.features + s.dvp));
-  ctx.parallel_for(s.batch * hq, [&](int64_t task, int worker) {
-    const int64_t b = task / hq, h = task % hq, slot = b * s.kv_heads + h / (hq / s.kv_heads);
-    float* fq = ctx.scratch(worker);
-    float* num = fq + s.features;
-    for (int64_t t = 0; t < T; ++t) {
-      FeatureRow(q.row<const float>(b, t, h), dk, s.features, cfg.feature_map, fq);
-      MatMulRows<1>(fq, s.features, s.c_slot(slot), s.dvp, dk, s.dvp, num, s.dvp,
-                    /*accumulate=*/false);
-      const float f = Normalise(cfg.norm, tokens, Dot(fq, s.z_slot(slot), s.features));
-      float* dst = out.row<float>(b, t, h);
-      for (int64_t x = 0; x < s.dv; ++x) dst[x] = f * num[x];
-    }
-  }, 2.0 * s.batch * hq * T * s.features * s.dvp);
+  ctx.parallel_for(
+      s.batch * hq,
+      [&](int64_t task, int worker) {
+        const int64_t b = task / hq, h = task % hq, slot = b * s.kv_heads + h / (hq / s.kv_heads);
+        float* fq = ctx.scratch(worker);
+        float* num = fq + s.features;
+        for (int64_t t = 0; t < T; ++t) {
+          FeatureRow(q.row<const float>(b, t, h), dk, s.features, cfg.feature_map, fq);
+          MatMulRows<1>(fq, s.features, s.c_slot(slot), s.dvp, dk, s.dvp, num, s.dvp,
+                        /*accumulate=*/false);
+          const float f = Normalise(cfg.norm, tokens, Dot(fq, s.z_slot(slot), s.features));
+          float* dst = out.row<float>(b, t, h);
+          for (int64_t x = 0; x < s.dv; ++x) dst[x] = f * num[x];
+        }
+      },
+      2.0 * s.batch * hq * T * s.features * s.dvp);
 }
 
 }  // namespace HWY_NAMESPACE

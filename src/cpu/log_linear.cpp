@@ -143,10 +143,16 @@ void LogLinearForward(const AttentionArgs& a, const LogFeatures& f, bool causal,
     int64_t added = 0;
     for (int64_t i = 0; i < n.Sq; ++i) {
       for (const int64_t upto = visible_keys(causal, n.Sq, n.Sk, len, i); added < upto; ++added) {
+        if (added + kPrefetchRows < n.Sk) {
+          PrefetchRow(a.k.row<const float>(b, added + kPrefetchRows, hk), n.Dk);
+          PrefetchRow(a.v.row<const float>(b, added + kPrefetchRows, hk), n.Dv);
+        }
         ComputeLogFeatures(a.k.row<const float>(b, added, hk), n.Dk, f, omega, n.Fp, true, lf);
-        std::copy_n(a.v.row<const float>(b, added, hk), n.Dv, vbuf);
+        CopyPadded(a.v.row<const float>(b, added, hk), n.Dv, vbuf, n.Dvp);
         AddKey(st, lf, vbuf, n.Fp, n.Dvp, tmp);
       }
+      if (i + kPrefetchRows < n.Sq)
+        PrefetchRow(a.q.row<const float>(b, i + kPrefetchRows, h), n.Dk);
       ComputeLogFeatures(a.q.row<const float>(b, i, h), n.Dk, f, omega, n.Fp, false, lf);
       QueryRow(st, lf, n.Fp, n.Dv, n.Dvp, tmp, a.out.row<float>(b, i, h));
     }
@@ -157,38 +163,44 @@ void LogLinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensor
                      const LogFeatures& f, Context& ctx) {
   const int64_t T = k.shape[1], dk = k.shape[3];
   ctx.reserve_scratch(static_cast<size_t>(ScratchFloats(s.features, s.dvp)));
-  ctx.parallel_for(s.batch * s.kv_heads, [&](int64_t slot, int worker) {
-    const int64_t b = slot / s.kv_heads, hk = slot % s.kv_heads;
-    const float* omega = f.omega ? f.omega + hk * f.features * dk : nullptr;
-    const Slot st{s.c_slot(slot), s.z_slot(slot), s.m_slot(slot)};
-    float* lf = ctx.scratch(worker);
-    float* vbuf = lf + s.features;
-    float* tmp = vbuf + s.dvp;
-    std::fill(vbuf, vbuf + s.dvp, 0.0f);
-    for (int64_t t = 0; t < T; ++t) {
-      ComputeLogFeatures(k.row<const float>(b, t, hk), dk, f, omega, s.features, true, lf);
-      std::copy_n(v.row<const float>(b, t, hk), s.dv, vbuf);
-      AddKey(st, lf, vbuf, s.features, s.dvp, tmp);
-    }
-  }, 4.0 * s.batch * s.kv_heads * T * s.features * (s.dvp + dk));
+  ctx.parallel_for(
+      s.batch * s.kv_heads,
+      [&](int64_t slot, int worker) {
+        const int64_t b = slot / s.kv_heads, hk = slot % s.kv_heads;
+        const float* omega = f.omega ? f.omega + hk * f.features * dk : nullptr;
+        const Slot st{s.c_slot(slot), s.z_slot(slot), s.m_slot(slot)};
+        float* lf = ctx.scratch(worker);
+        float* vbuf = lf + s.features;
+        float* tmp = vbuf + s.dvp;
+        std::fill(vbuf, vbuf + s.dvp, 0.0f);
+        for (int64_t t = 0; t < T; ++t) {
+          ComputeLogFeatures(k.row<const float>(b, t, hk), dk, f, omega, s.features, true, lf);
+          CopyPadded(v.row<const float>(b, t, hk), s.dv, vbuf, s.dvp);
+          AddKey(st, lf, vbuf, s.features, s.dvp, tmp);
+        }
+      },
+      4.0 * s.batch * s.kv_heads * T * s.features * (s.dvp + dk));
 }
 
 void LogLinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out,
                     const LogFeatures& f, Context& ctx) {
   const int64_t T = q.shape[1], hq = q.shape[2], dk = q.shape[3];
   ctx.reserve_scratch(static_cast<size_t>(ScratchFloats(s.features, s.dvp)));
-  ctx.parallel_for(s.batch * hq, [&](int64_t task, int worker) {
-    const int64_t b = task / hq, h = task % hq, hk = h / (hq / s.kv_heads),
-                  slot = b * s.kv_heads + hk;
-    const float* omega = f.omega ? f.omega + hk * f.features * dk : nullptr;
-    const Slot st{s.c_slot(slot), s.z_slot(slot), s.m_slot(slot)};
-    float* lf = ctx.scratch(worker);
-    float* tmp = lf + s.features;
-    for (int64_t t = 0; t < T; ++t) {
-      ComputeLogFeatures(q.row<const float>(b, t, h), dk, f, omega, s.features, false, lf);
-      QueryRow(st, lf, s.features, s.dv, s.dvp, tmp, out.row<float>(b, t, h));
-    }
-  }, 4.0 * s.batch * hq * T * s.features * (s.dvp + dk));
+  ctx.parallel_for(
+      s.batch * hq,
+      [&](int64_t task, int worker) {
+        const int64_t b = task / hq, h = task % hq, hk = h / (hq / s.kv_heads),
+                      slot = b * s.kv_heads + hk;
+        const float* omega = f.omega ? f.omega + hk * f.features * dk : nullptr;
+        const Slot st{s.c_slot(slot), s.z_slot(slot), s.m_slot(slot)};
+        float* lf = ctx.scratch(worker);
+        float* tmp = lf + s.features;
+        for (int64_t t = 0; t < T; ++t) {
+          ComputeLogFeatures(q.row<const float>(b, t, h), dk, f, omega, s.features, false, lf);
+          QueryRow(st, lf, s.features, s.dv, s.dvp, tmp, out.row<float>(b, t, h));
+        }
+      },
+      4.0 * s.batch * hq * T * s.features * (s.dvp + dk));
 }
 
 }  // namespace HWY_NAMESPACE

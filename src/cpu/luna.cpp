@@ -97,29 +97,35 @@ void LunaAppend(LinearState& st, const ConstTensorView& k, const ConstTensorView
   const int64_t T = k.shape[1], Hk = k.shape[2], dk = k.shape[3], Hq = st.kv_heads,
                 L = memory.shape[1];
   ctx.reserve_scratch(static_cast<size_t>(st.dvp));
-  ctx.parallel_for(st.batch * Hq, [&](int64_t slot, int worker) {
-    const int64_t b = slot / Hq, h = slot % Hq, hk = h / (Hq / Hk);
-    float* vb = ctx.scratch(worker);
-    std::fill(vb, vb + st.dvp, 0.0f);
-    auto mem = [&](int64_t l) { return memory.row<const float>(b, l, h); };
-    for (int64_t t = 0; t < T; ++t) {
-      std::copy_n(v.row<const float>(b, t, hk), st.dv, vb);
-      AddKey(st.c_slot(slot), k.row<const float>(b, t, hk), vb, L, dk, st.dvp, s, mem);
-    }
-  }, 4.0 * st.batch * Hq * T * L * (dk + st.dvp));
+  ctx.parallel_for(
+      st.batch * Hq,
+      [&](int64_t slot, int worker) {
+        const int64_t b = slot / Hq, h = slot % Hq, hk = h / (Hq / Hk);
+        float* vb = ctx.scratch(worker);
+        std::fill(vb, vb + st.dvp, 0.0f);
+        auto mem = [&](int64_t l) { return memory.row<const float>(b, l, h); };
+        for (int64_t t = 0; t < T; ++t) {
+          std::copy_n(v.row<const float>(b, t, hk), st.dv, vb);
+          AddKey(st.c_slot(slot), k.row<const float>(b, t, hk), vb, L, dk, st.dvp, s, mem);
+        }
+      },
+      4.0 * st.batch * Hq * T * L * (dk + st.dvp));
 }
 
 void LunaQuery(LinearState& st, const ConstTensorView& q, const TensorView& out,
                const ConstTensorView& memory, float s, Context& ctx) {
   const int64_t T = q.shape[1], Hq = q.shape[2], dk = q.shape[3], L = memory.shape[1];
   ctx.reserve_scratch(static_cast<size_t>(L + 16));
-  ctx.parallel_for(st.batch * Hq, [&](int64_t slot, int worker) {
-    const int64_t b = slot / Hq, h = slot % Hq;
-    for (int64_t t = 0; t < T; ++t) {
-      QueryRow(st.c_slot(slot), st.tokens, q.row<const float>(b, t, h), L, dk, st.dv, st.dvp, s,
-               ctx.scratch(worker), out.row<float>(b, t, h));
-    }
-  }, 4.0 * st.batch * Hq * T * L * (dk + st.dvp));
+  ctx.parallel_for(
+      st.batch * Hq,
+      [&](int64_t slot, int worker) {
+        const int64_t b = slot / Hq, h = slot % Hq;
+        for (int64_t t = 0; t < T; ++t) {
+          QueryRow(st.c_slot(slot), st.tokens, q.row<const float>(b, t, h), L, dk, st.dv, st.dvp, s,
+                   ctx.scratch(worker), out.row<float>(b, t, h));
+        }
+      },
+      4.0 * st.batch * Hq * T * L * (dk + st.dvp));
 }
 
 }  // namespace HWY_NAMESPACE

@@ -31,7 +31,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 
-constexpr int64_t kKeyBlock = 128;   // keys per block: a multiple of 2 vectors on every target
+constexpr int64_t kKeyBlock = 128;    // keys per block: a multiple of 2 vectors on every target
 constexpr int64_t kQueryBlock = 128;  // queries per task
 #if HWY_TARGET <= HWY_AVX3
 constexpr int kScoreRows = 8;  // 8 x 2 accumulators of 32 zmm registers
@@ -223,7 +223,6 @@ void SoftmaxForward(const AttentionArgs& a, float scale, bool causal, Context& c
   });
 }
 
-
 // Decode: few queries against a long KV cache. Memory-bound, so no packing: each task
 // streams one split of kDecodeSplit keys of one (batch, q head) straight from the cache,
 // keeping (max, sum, partial output); splits are merged in a fixed order afterwards, so
@@ -240,41 +239,46 @@ void SoftmaxDecode(const AttentionArgs& a, float scale, Context& ctx) {
   const int64_t part = Dvp + 2;  // partial output, max, sum
   float* partials = ctx.shared_scratch(static_cast<size_t>(B * Tq * Hq * splits * part));
   ctx.reserve_scratch(static_cast<size_t>(kDecodeBlock + Dvp + RoundUp(Dk, N) + 64));
-  ctx.parallel_for(B * Tq * Hq * splits, [&](int64_t task, int worker) {
-    const int64_t sp = task % splits, row = task / splits;
-    const int64_t h = row % Hq, t = (row / Hq) % Tq, b = row / (Hq * Tq), hk = h / (Hq / Hk);
-    const int64_t j0 = sp * kDecodeSplit, j1 = std::min(Sk, j0 + kDecodeSplit);
-    float* w = ctx.scratch(worker);
-    float* o = w + kDecodeBlock;
-    float* q = o + Dvp;
-    const float* qsrc = a.q.row<const float>(b, t, h);
-    for (int64_t x = 0; x < Dk; ++x) q[x] = qsrc[x] * scale;
-    std::fill(o, o + Dvp, 0.0f);
-    float m = -std::numeric_limits<float>::infinity(), l = 0.0f;
-    for (int64_t jb = j0; jb < j1; jb += kDecodeBlock) {
-      const int64_t n = std::min(kDecodeBlock, j1 - jb);
-      float bm = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < n; ++j) bm = std::max(bm, w[j] = Dot(q, a.k.row<const float>(b, jb + j, hk), Dk));
-      const float nm = std::max(m, bm);
-      const float alpha = std::exp(m - nm);
-      if (alpha != 1.0f) Scale(alpha, o, Dvp);
-      l *= alpha;
-      for (int64_t j = 0; j < n; ++j) {
-        const float p = std::exp(w[j] - nm);
-        l += p;
-        const float* v = a.v.row<const float>(b, jb + j, hk);
-        const auto vp = hn::Set(d, p);
-        int64_t x = 0;
-        for (; x + N <= Dv; x += N) hn::StoreU(hn::MulAdd(vp, hn::LoadU(d, v + x), hn::LoadU(d, o + x)), d, o + x);
-        for (; x < Dv; ++x) o[x] += p * v[x];
-      }
-      m = nm;
-    }
-    float* dst = partials + task * part;
-    std::copy_n(o, Dvp, dst);
-    dst[Dvp] = m;
-    dst[Dvp + 1] = l;
-  }, 4.0 * B * Tq * Hq * Sk * (Dk + Dv));
+  ctx.parallel_for(
+      B * Tq * Hq * splits,
+      [&](int64_t task, int worker) {
+        const int64_t sp = task % splits, row = task / splits;
+        const int64_t h = row % Hq, t = (row / Hq) % Tq, b = row / (Hq * Tq), hk = h / (Hq / Hk);
+        const int64_t j0 = sp * kDecodeSplit, j1 = std::min(Sk, j0 + kDecodeSplit);
+        float* w = ctx.scratch(worker);
+        float* o = w + kDecodeBlock;
+        float* q = o + Dvp;
+        const float* qsrc = a.q.row<const float>(b, t, h);
+        for (int64_t x = 0; x < Dk; ++x) q[x] = qsrc[x] * scale;
+        std::fill(o, o + Dvp, 0.0f);
+        float m = -std::numeric_limits<float>::infinity(), l = 0.0f;
+        for (int64_t jb = j0; jb < j1; jb += kDecodeBlock) {
+          const int64_t n = std::min(kDecodeBlock, j1 - jb);
+          float bm = -std::numeric_limits<float>::infinity();
+          for (int64_t j = 0; j < n; ++j)
+            bm = std::max(bm, w[j] = Dot(q, a.k.row<const float>(b, jb + j, hk), Dk));
+          const float nm = std::max(m, bm);
+          const float alpha = std::exp(m - nm);
+          if (alpha != 1.0f) Scale(alpha, o, Dvp);
+          l *= alpha;
+          for (int64_t j = 0; j < n; ++j) {
+            const float p = std::exp(w[j] - nm);
+            l += p;
+            const float* v = a.v.row<const float>(b, jb + j, hk);
+            const auto vp = hn::Set(d, p);
+            int64_t x = 0;
+            for (; x + N <= Dv; x += N)
+              hn::StoreU(hn::MulAdd(vp, hn::LoadU(d, v + x), hn::LoadU(d, o + x)), d, o + x);
+            for (; x < Dv; ++x) o[x] += p * v[x];
+          }
+          m = nm;
+        }
+        float* dst = partials + task * part;
+        std::copy_n(o, Dvp, dst);
+        dst[Dvp] = m;
+        dst[Dvp + 1] = l;
+      },
+      4.0 * B * Tq * Hq * Sk * (Dk + Dv));
   // Merge the splits of each row in order.
   for (int64_t row = 0; row < B * Tq * Hq; ++row) {
     const int64_t h = row % Hq, t = (row / Hq) % Tq, b = row / (Hq * Tq);
