@@ -9,6 +9,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <string>
 #include <type_traits>
@@ -23,6 +24,25 @@ constexpr const char* dtype_name(DType t) {
   return t == DType::kF64 ? "float64" : t == DType::kF32 ? "float32" : "bfloat16";
 }
 
+// bfloat16 storage: the upper 16 bits of a float32. Kernels widen it on load.
+struct bfloat16 {
+  uint16_t bits = 0;
+};
+inline float to_float(bfloat16 x) {
+  const uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+// Round to nearest even (NaN stays NaN).
+inline bfloat16 to_bfloat16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return {static_cast<uint16_t>((u >> 16) | 0x40)};
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return {static_cast<uint16_t>(u >> 16)};
+}
+
 template <typename T>
 constexpr DType dtype_of();
 template <>
@@ -32,6 +52,10 @@ constexpr DType dtype_of<float>() {
 template <>
 constexpr DType dtype_of<double>() {
   return DType::kF64;
+}
+template <>
+constexpr DType dtype_of<bfloat16>() {
+  return DType::kBF16;
 }
 
 inline constexpr int kMaxRank = 4;
@@ -72,6 +96,11 @@ struct BasicView {
   template <typename T>
   T& at(int64_t i0, int64_t i1 = 0, int64_t i2 = 0, int64_t i3 = 0) const {
     return ptr<T>()[offset(i0, i1, i2, i3)];
+  }
+  // Address of the row at [i0, i1, i2], for any dtype.
+  const void* row_address(int64_t i0, int64_t i1, int64_t i2) const {
+    return static_cast<const char*>(data) + (i0 * stride[0] + i1 * stride[1] + i2 * stride[2]) *
+                                                static_cast<int64_t>(dtype_size(dtype));
   }
   // Pointer to the contiguous last-dimension row at [i0, i1, i2].
   template <typename T>

@@ -82,7 +82,7 @@ struct Plan {
 };
 
 struct Scratch {
-  float *c, *z, *fq, *fkt, *vb, *s, *acc, *den, *w, *row;
+  float *c, *z, *fq, *fkt, *vb, *s, *acc, *den, *w, *row, *wide;
   Scratch(float* p, const Plan& n) {
     c = p;                    // [Dkp][Dvp]
     z = c + n.Dkp * n.Dvp;    // [Dkp]
@@ -94,10 +94,11 @@ struct Scratch {
     den = acc + n.T * n.Dvp;  // [T]
     w = den + n.Tp;           // [Tp]
     row = w + n.Tp;           // [Dkp]
+    wide = row + n.Dkp;       // [max(Dkp, Dvp)]: bfloat16 rows widened
   }
   static int64_t floats(const Plan& n) {
     return n.Dkp * n.Dvp + n.Dkp + n.T * n.Dkp + n.Dkp * n.Tp + n.Tp * n.Dvp + n.T * n.Tp +
-           n.T * n.Dvp + 2 * n.Tp + n.Dkp + 64;
+           n.T * n.Dvp + 2 * n.Tp + 2 * n.Dkp + n.Dvp + 64;
   }
 };
 
@@ -110,13 +111,13 @@ HWY_INLINE void LoadKeys(const AttentionArgs& a, const Plan& n, int64_t b, int64
     std::fill(sc.fkt + r * n.Tp + cnt, sc.fkt + r * n.Tp + cols, 0.0f);
   for (int64_t j = 0; j < cnt; ++j) {
     if (j0 + j + kPrefetchRows < a.k.shape[1]) {
-      PrefetchRow(a.k.row<const float>(b, j0 + j + kPrefetchRows, hk), n.Dk);
-      PrefetchRow(a.v.row<const float>(b, j0 + j + kPrefetchRows, hk), n.Dv);
+      PrefetchRow(a.k.row_address(b, j0 + j + kPrefetchRows, hk), n.Dk * dtype_size(a.k.dtype));
+      PrefetchRow(a.v.row_address(b, j0 + j + kPrefetchRows, hk), n.Dv * dtype_size(a.v.dtype));
     }
-    FeatureRow(a.k.row<const float>(b, j0 + j, hk), n.Dk, n.Dkp, n.cfg.feature_map, sc.row);
+    FeatureRow(RowF32(a.k, b, j0 + j, hk, sc.wide), n.Dk, n.Dkp, n.cfg.feature_map, sc.row);
     for (int64_t r = 0; r < n.Dk; ++r) sc.fkt[r * n.Tp + j] = sc.row[r];
     sc.w[j] = GateWeight(a, n.cfg.gated, b, j0 + j, hk);
-    CopyPadded(a.v.row<const float>(b, j0 + j, hk), n.Dv, sc.vb + j * n.Dvp, n.Dvp);
+    CopyPadded(RowF32(a.v, b, j0 + j, hk, sc.wide), n.Dv, sc.vb + j * n.Dvp, n.Dvp);
   }
 }
 
@@ -151,8 +152,8 @@ void AttendHead(const AttentionArgs& a, const Plan& n, int64_t b, int64_t h, Scr
     // 2. The state's part: phi(Q) C and phi(Q) z.
     for (int64_t r = 0; r < rows; ++r) {
       if (i0 + r + kPrefetchRows < n.Sq)
-        PrefetchRow(a.q.row<const float>(b, i0 + r + kPrefetchRows, h), n.Dk);
-      FeatureRow(a.q.row<const float>(b, i0 + r, h), n.Dk, n.Dkp, n.cfg.feature_map,
+        PrefetchRow(a.q.row_address(b, i0 + r + kPrefetchRows, h), n.Dk * dtype_size(a.q.dtype));
+      FeatureRow(RowF32(a.q, b, i0 + r, h, sc.wide), n.Dk, n.Dkp, n.cfg.feature_map,
                  sc.fq + r * n.Dkp);
       sc.den[r] = Dot(sc.fq + r * n.Dkp, sc.z, n.Dkp);
     }

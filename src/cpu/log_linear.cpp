@@ -120,9 +120,10 @@ struct Dims {
         Fp(pad_to_state(f.omega ? f.features : Dk)) {}
 };
 
-// Scratch: slot (fp * dvp + 2 fp) + lk/lq (fp) + padded v (dvp) + tmp (2 fp + dvp).
+// Scratch: slot (fp * dvp + 2 fp) + lk/lq (fp) + padded v (dvp) + tmp (2 fp + dvp) + a
+// widened bfloat16 row (head dims <= 1024).
 int64_t ScratchFloats(int64_t fp, int64_t dvp) {
-  return fp * dvp + 2 * fp + fp + dvp + 2 * fp + dvp + 64;
+  return fp * dvp + 2 * fp + fp + dvp + 2 * fp + dvp + 1024 + 64;
 }
 
 void LogLinearForward(const AttentionArgs& a, const LogFeatures& f, bool causal, Context& ctx) {
@@ -137,6 +138,7 @@ void LogLinearForward(const AttentionArgs& a, const LogFeatures& f, bool causal,
     float* lf = st.m + n.Fp;
     float* vbuf = lf + n.Fp;
     float* tmp = vbuf + n.Dvp;
+    float* wide = tmp + 2 * n.Fp + n.Dvp;
     std::fill(st.c, st.c + n.Fp * n.Dvp + n.Fp, 0.0f);
     std::fill(st.m, st.m + n.Fp, kNegInf);
     std::fill(vbuf, vbuf + n.Dvp, 0.0f);
@@ -144,16 +146,16 @@ void LogLinearForward(const AttentionArgs& a, const LogFeatures& f, bool causal,
     for (int64_t i = 0; i < n.Sq; ++i) {
       for (const int64_t upto = visible_keys(causal, n.Sq, n.Sk, len, i); added < upto; ++added) {
         if (added + kPrefetchRows < n.Sk) {
-          PrefetchRow(a.k.row<const float>(b, added + kPrefetchRows, hk), n.Dk);
-          PrefetchRow(a.v.row<const float>(b, added + kPrefetchRows, hk), n.Dv);
+          PrefetchRow(a.k.row_address(b, added + kPrefetchRows, hk), n.Dk * dtype_size(a.k.dtype));
+          PrefetchRow(a.v.row_address(b, added + kPrefetchRows, hk), n.Dv * dtype_size(a.v.dtype));
         }
-        ComputeLogFeatures(a.k.row<const float>(b, added, hk), n.Dk, f, omega, n.Fp, true, lf);
-        CopyPadded(a.v.row<const float>(b, added, hk), n.Dv, vbuf, n.Dvp);
+        ComputeLogFeatures(RowF32(a.k, b, added, hk, wide), n.Dk, f, omega, n.Fp, true, lf);
+        CopyPadded(RowF32(a.v, b, added, hk, wide), n.Dv, vbuf, n.Dvp);
         AddKey(st, lf, vbuf, n.Fp, n.Dvp, tmp);
       }
       if (i + kPrefetchRows < n.Sq)
-        PrefetchRow(a.q.row<const float>(b, i + kPrefetchRows, h), n.Dk);
-      ComputeLogFeatures(a.q.row<const float>(b, i, h), n.Dk, f, omega, n.Fp, false, lf);
+        PrefetchRow(a.q.row_address(b, i + kPrefetchRows, h), n.Dk * dtype_size(a.q.dtype));
+      ComputeLogFeatures(RowF32(a.q, b, i, h, wide), n.Dk, f, omega, n.Fp, false, lf);
       QueryRow(st, lf, n.Fp, n.Dv, n.Dvp, tmp, a.out.row<float>(b, i, h));
     }
   });

@@ -133,13 +133,14 @@ void PackKv(const AttentionArgs& a, const Plan& p, Context& ctx) {
     const int64_t b = bh / p.Hk, hk = bh % p.Hk;
     float* kt = p.kt_head(b, hk) + kb * kKeyBlock * p.Dk;
     float* vp = p.vp_head(b, hk) + kb * kKeyBlock * p.Dvp;
+    float wide[1024];  // a bfloat16 row widened (head dims are validated <= 1024)
     for (int64_t j = 0; j < kKeyBlock; ++j) {
       const int64_t key = kb * kKeyBlock + j;
       float* vrow = vp + j * p.Dvp;
       if (key < p.Sk) {
-        const float* k = a.k.row<const float>(b, key, hk);
+        const float* k = RowF32(a.k, b, key, hk, wide);
         for (int64_t c = 0; c < p.Dk; ++c) kt[c * kKeyBlock + j] = k[c];
-        const float* v = a.v.row<const float>(b, key, hk);
+        const float* v = RowF32(a.v, b, key, hk, wide);
         std::copy_n(v, p.Dv, vrow);
         std::fill(vrow + p.Dv, vrow + p.Dvp, 0.0f);
       } else {
@@ -170,7 +171,7 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
   float* l = m + kQueryBlock;
   int64_t visible[kQueryBlock];
   for (int64_t r = 0; r < rows; ++r) {
-    const float* src = a.q.row<const float>(b, i0 + r, h);
+    const float* src = RowF32(a.q, b, i0 + r, h, q + r * ldq);  // widened in place if bf16
     for (int64_t c = 0; c < p.Dk; ++c) q[r * ldq + c] = src[c] * p.scale;
     visible[r] = visible_keys(p.causal, p.Sq, p.Sk, len, i0 + r);
     m[r] = -std::numeric_limits<float>::infinity();

@@ -42,16 +42,18 @@ class Linear final : public Mechanism {
 
  protected:
   void validate(const AttentionArgs& a) const override {
-    const Shape sh = check_qkv(a, input_dtype(a));
+    const DType in = input_dtype_bf16(a);
+    const DType out = in == DType::kBF16 ? DType::kF32 : in;  // bfloat16 in, float32 out
+    const Shape sh = check_qkv(a, in, out);
     check_unused(a, name(), false, /*gate=*/c_.gated, false, false);
     if (c_.gated) {
-      check_tensor(a.gate, "gate", 3, input_dtype(a));
+      check_tensor(a.gate, "gate", 3, out);
       if (a.gate.shape[0] != sh.B || a.gate.shape[1] != sh.Sk || a.gate.shape[2] != sh.Hk) {
         throw Error("gate", "shape " + shape_string(a.gate) + " must be [B, Sk, Hk]");
       }
       check_finite(a.gate, "gate");
     }
-    if (c_.feature_map == FeatureMap::kExp && !log_space() && input_dtype(a) == DType::kF32) {
+    if (c_.feature_map == FeatureMap::kExp && !log_space() && in != DType::kF64) {
       // exp(q).exp(k) summed over keys must stay inside float32.
       for (auto [t, name] : {std::pair{a.q, "q"}, {a.k, "k"}}) {
         if (max_entry(t) > 30.0f) {
@@ -82,8 +84,10 @@ class Linear final : public Mechanism {
     for (int64_t b = 0; b < t.shape[0]; ++b)
       for (int64_t i = 0; i < t.shape[1]; ++i)
         for (int64_t h = 0; h < t.shape[2]; ++h) {
-          const float* r = t.row<const float>(b, i, h);
-          for (int64_t d = 0; d < t.shape[3]; ++d) m = std::max(m, r[d]);
+          for (int64_t d = 0; d < t.shape[3]; ++d) {
+            m = std::max(m, t.dtype == DType::kBF16 ? to_float(t.at<const bfloat16>(b, i, h, d))
+                                                    : t.at<const float>(b, i, h, d));
+          }
         }
     return m;
   }

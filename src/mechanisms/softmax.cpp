@@ -108,11 +108,8 @@ class Softmax final : public Mechanism {
 
  protected:
   void validate(const AttentionArgs& a) const override {
-    if (a.q.present() && a.q.dtype == DType::kF64) {
-      check_qkv(a, DType::kF64);
-    } else {
-      check_qkv(a, DType::kF32);
-    }
+    const DType in = input_dtype_bf16(a);
+    check_qkv(a, in, in == DType::kBF16 ? DType::kF32 : in);  // bfloat16 in, float32 out
     check_unused(a, name(), false, false, false, /*lse=*/true);
   }
   void run(const AttentionArgs& a, Context& ctx) const override {

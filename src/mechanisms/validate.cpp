@@ -9,6 +9,10 @@ namespace {
 std::string s(int64_t x) { return std::to_string(x); }
 const char* kDimNames[] = {"batch", "seq", "heads", "head_dim"};
 
+inline double as_float(double x) { return x; }
+inline float as_float(float x) { return x; }
+inline float as_float(bfloat16 x) { return to_float(x); }
+
 template <typename T>
 bool all_finite(const ConstTensorView& t) {
   const T* base = t.ptr<const T>();
@@ -23,7 +27,7 @@ bool all_finite(const ConstTensorView& t) {
       for (int64_t c = 0; c < outer[2]; ++c) {
         const T* p = base + a * st[0] + b * st[1] + c * st[2];
         bool ok = true;
-        for (int64_t i = 0; i < n3; ++i) ok &= std::isfinite(p[i]);
+        for (int64_t i = 0; i < n3; ++i) ok &= std::isfinite(as_float(p[i]));
         if (!ok) return false;
       }
   return true;
@@ -68,7 +72,9 @@ void check_tensor(const ConstTensorView& t, std::string_view name, int rank, DTy
 }
 
 void check_finite(const ConstTensorView& t, std::string_view name) {
-  const bool ok = t.dtype == DType::kF64 ? all_finite<double>(t) : all_finite<float>(t);
+  const bool ok = t.dtype == DType::kF64    ? all_finite<double>(t)
+                  : t.dtype == DType::kBF16 ? all_finite<bfloat16>(t)
+                                            : all_finite<float>(t);
   if (!ok) throw Error(std::string(name), "must be finite (found NaN or Inf)");
 }
 
@@ -81,11 +87,11 @@ void check_no_overlap(const ConstTensorView& out, std::string_view out_name,
   }
 }
 
-Shape check_qkv(const AttentionArgs& a, DType dtype) {
+Shape check_qkv(const AttentionArgs& a, DType dtype, DType out_dtype) {
   check_tensor(a.q, "q", 4, dtype);
   check_tensor(a.k, "k", 4, dtype);
   check_tensor(a.v, "v", 4, dtype);
-  check_tensor(as_const(a.out), "out", 4, dtype);
+  check_tensor(as_const(a.out), "out", 4, out_dtype);
   Shape sh{a.q.shape[0], a.q.shape[1], a.k.shape[1], a.q.shape[2],
            a.k.shape[2], a.q.shape[3], a.v.shape[3]};
   if (sh.B < 1) throw Error("q", "batch must be >= 1");

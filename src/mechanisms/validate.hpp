@@ -21,6 +21,11 @@ inline constexpr int64_t kMaxHeadDim = 1024;
 inline DType input_dtype(const AttentionArgs& a) {
   return a.q.present() && a.q.dtype == DType::kF64 ? DType::kF64 : DType::kF32;
 }
+// As input_dtype, plus bfloat16 inputs (with float32 outputs) for the mechanisms that
+// take them (softmax, linear).
+inline DType input_dtype_bf16(const AttentionArgs& a) {
+  return a.q.present() && a.q.dtype == DType::kBF16 ? DType::kBF16 : input_dtype(a);
+}
 
 // The logit scale: options.scale, or 1/sqrt(head_dim) when it is 0.
 inline float logit_scale(const AttentionOptions& o, int64_t head_dim) {
@@ -32,8 +37,10 @@ inline float logit_scale(const AttentionOptions& o, int64_t head_dim) {
 void check_tensor(const ConstTensorView& t, std::string_view name, int rank, DType dtype);
 // No NaN or Inf anywhere in t.
 void check_finite(const ConstTensorView& t, std::string_view name);
-// q, k, v, out (+ lse, key_lengths) of an attention call; returns the sizes.
-Shape check_qkv(const AttentionArgs& a, DType dtype);
+// q, k, v, out (+ lse, key_lengths) of an attention call; returns the sizes. out has
+// out_dtype (bfloat16 inputs write float32 outputs).
+Shape check_qkv(const AttentionArgs& a, DType dtype, DType out_dtype);
+inline Shape check_qkv(const AttentionArgs& a, DType dtype) { return check_qkv(a, dtype, dtype); }
 // Throws when an optional argument the mechanism does not use was given.
 void check_unused(const AttentionArgs& a, std::string_view mechanism, bool memory, bool gate,
                   bool filter, bool lse);

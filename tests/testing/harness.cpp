@@ -54,6 +54,23 @@ ConstTensorView Operand::view64() const {
 TensorView Operand::mut32() { return view_of(f32.data(), shape, stride, DType::kF32); }
 TensorView Operand::mut64() { return view_of(f64.data(), shape, stride, DType::kF64); }
 
+std::vector<bfloat16> round_to_bf16(Operand& o) {
+  std::vector<bfloat16> out(o.f32.size());
+  for (size_t i = 0; i < out.size(); ++i) {
+    out[i] = to_bfloat16(o.f32[i]);
+    o.f32[i] = to_float(out[i]);
+    o.f64[i] = o.f32[i];
+  }
+  return out;
+}
+
+ConstTensorView bf16_view(const std::vector<bfloat16>& data, const Operand& like) {
+  ConstTensorView v = like.view32();
+  v.data = data.data();
+  v.dtype = DType::kBF16;
+  return v;
+}
+
 Operand make_zero_operand(std::array<int64_t, 4> shape, Layout layout) {
   Operand o;
   o.shape = shape;

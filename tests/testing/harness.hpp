@@ -31,6 +31,11 @@ struct Operand {
 
 enum class Layout { kContiguous, kHeadMajorPadded };
 
+// Rounds o's values to bfloat16 (in its float32 and float64 copies too) and returns the
+// bfloat16 storage, laid out like o; view it with bf16_view.
+std::vector<bfloat16> round_to_bf16(Operand& o);
+ConstTensorView bf16_view(const std::vector<bfloat16>& data, const Operand& like);
+
 Operand make_operand(std::array<int64_t, 4> shape, Layout layout, std::mt19937& rng,
                      double stddev = 1.0);
 Operand make_zero_operand(std::array<int64_t, 4> shape, Layout layout);

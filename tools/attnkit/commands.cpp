@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <iostream>
+#include <tuple>
 
 #include "src/io/npy.hpp"
 
@@ -172,8 +173,13 @@ int bench_decode(const Common& c, const BenchArgs& args, const std::vector<int64
   s.seq = 4096;
   s.kv_seq = 0;
   const Workload w(s, 1);  // appended in blocks of up to 4096 tokens
-  const StreamSpec spec{.batch = s.batch, .heads = s.heads, .kv_heads = s.hk(), .head_dim = s.dim,
-                        .value_dim = s.dim, .memory = m->capabilities().needs_memory ? w.memory.cview() : ConstTensorView{}};
+  const StreamSpec spec{
+      .batch = s.batch,
+      .heads = s.heads,
+      .kv_heads = s.hk(),
+      .head_dim = s.dim,
+      .value_dim = s.dim,
+      .memory = m->capabilities().needs_memory ? w.memory.cview() : ConstTensorView{}};
   Tensor<float> out({s.batch, 1, s.heads, s.dim});
   auto rows = [](const Tensor<float>& t, int64_t from, int64_t count) {
     ConstTensorView v = t.cview();
@@ -196,15 +202,17 @@ int bench_decode(const Common& c, const BenchArgs& args, const std::vector<int64
       stream->query(rows(w.q, i, 1), out.view(), ctx);
     });
     // Bytes a step reads: the whole fixed-size state, or for a KV cache its filled part.
-    const double bytes = args.mechanism == "softmax"
-                             ? static_cast<double>(stream->length()) * s.batch * s.hk() * 2 * s.dim * sizeof(float)
-                             : static_cast<double>(stream->state_bytes());
+    const double bytes =
+        args.mechanism == "softmax"
+            ? static_cast<double>(stream->length()) * s.batch * s.hk() * 2 * s.dim * sizeof(float)
+            : static_cast<double>(stream->state_bytes());
     table.rows.push_back({m->describe(), std::to_string(n), fmt(t.median_s * 1e6, 4),
                           std::to_string(stream->state_bytes()), fmt(bytes / t.median_s / 1e9, 3)});
   }
   std::cout << table.render(c.format);
   if (c.format == "table") {
-    std::cout << "\nB=" << s.batch << " H=" << s.heads << " D=" << s.dim << " threads=" << ctx.num_threads()
+    std::cout << "\nB=" << s.batch << " H=" << s.heads << " D=" << s.dim
+              << " threads=" << ctx.num_threads()
               << "; step = append 1 token + query 1 token, median of " << args.reps
               << "; GB/s = bytes read per step (state, or filled KV cache) / step time\n";
   }
@@ -225,13 +233,23 @@ int cmd_bench(const Common& c, const BenchArgs& args) {
     s.kv_seq = 0;
     const Workload w(s, 1);
     Tensor<float> out, mem_out;
-    const AttentionArgs a = w.args(*m, out, mem_out);
+    AttentionArgs a = w.args(*m, out, mem_out);
+    // --bf16: the same inputs stored as bfloat16 (softmax and linear widen them on load).
+    std::vector<bfloat16> q16, k16, v16;
+    if (args.bf16) {
+      for (auto [src, dst, view] :
+           {std::tuple{&w.q, &q16, &a.q}, {&w.k, &k16, &a.k}, {&w.v, &v16, &a.v}}) {
+        for (float x : src->vec()) dst->push_back(to_bfloat16(x));
+        view->data = dst->data();
+        view->dtype = DType::kBF16;
+      }
+    }
     const Timing t = time_runs(args.warmup, args.reps, [&] { m->forward(a, ctx); });
     // GFLOP/s is defined for exact softmax only (other mechanisms do other work).
     const std::string gflops =
         args.mechanism == "softmax" ? fmt(softmax_flops(s, c.causal) / t.median_s / 1e9, 4) : "-";
-    table.rows.push_back({m->describe(), std::to_string(n), fmt(t.median_s * 1e3, 4),
-                          fmt(t.min_s * 1e3, 4), gflops,
+    table.rows.push_back({m->describe() + (args.bf16 ? " bf16" : ""), std::to_string(n),
+                          fmt(t.median_s * 1e3, 4), fmt(t.min_s * 1e3, 4), gflops,
                           fmt(static_cast<double>(s.batch * n) / t.median_s / 1e6, 4)});
   }
   std::cout << table.render(c.format);

@@ -73,8 +73,10 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--reps", bench.reps, "timed runs (median reported)")
       ->check(CLI::Range(1, 10000));
   bench_cmd->add_option("--warmup", bench.warmup, "untimed runs first")->check(CLI::Range(0, 1000));
-  bench_cmd->add_flag("--decode", bench.decode,
-                      "time one streaming step (append + query one token) after --seq context tokens");
+  bench_cmd->add_flag("--bf16", bench.bf16, "bfloat16 q, k, v (softmax, linear; widened on load)");
+  bench_cmd->add_flag(
+      "--decode", bench.decode,
+      "time one streaming step (append + query one token) after --seq context tokens");
 
   CLI::App* list_cmd = app.add_subcommand("list", "registered mechanisms and what each supports");
   add_common(list_cmd);

@@ -14,6 +14,10 @@
 #include <hwy/cache_control.h>
 #include <hwy/highway.h>
 
+#include <cstring>
+
+#include "attnkit/tensor.hpp"
+
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
 namespace HWY_NAMESPACE {
@@ -108,8 +112,21 @@ HWY_INLINE void CopyPadded(const float* HWY_RESTRICT src, int64_t n, float* HWY_
 // apart in [B, S, H, D] layouts, a stride the hardware prefetchers do not follow well.
 // How far ahead (rows) row-streaming kernels prefetch; 24 measured best for linear at 16k.
 constexpr int64_t kPrefetchRows = 24;
-HWY_INLINE void PrefetchRow(const float* row, int64_t n) {
-  for (int64_t i = 0; i < n; i += 16) hwy::Prefetch(row + i);
+HWY_INLINE void PrefetchRow(const void* row, int64_t bytes) {
+  for (int64_t i = 0; i < bytes; i += 64) hwy::Prefetch(static_cast<const char*>(row) + i);
+}
+
+// Row [i0, i1, i2] of a float32 or bfloat16 view as float32: the view's own memory, or
+// widened into tmp (at least shape[3] floats).
+HWY_INLINE const float* RowF32(const ConstTensorView& t, int64_t i0, int64_t i1, int64_t i2,
+                               float* HWY_RESTRICT tmp) {
+  if (t.dtype == DType::kF32) return t.row<const float>(i0, i1, i2);
+  const uint16_t* src = static_cast<const uint16_t*>(t.row_address(i0, i1, i2));
+  for (int64_t i = 0; i < t.shape[3]; ++i) {
+    const uint32_t u = static_cast<uint32_t>(src[i]) << 16;
+    std::memcpy(tmp + i, &u, sizeof(float));
+  }
+  return tmp;
 }
 
 // y[0:n) += a * x[0:n); n a multiple of Lanes.
