@@ -89,6 +89,12 @@ TEST_F(Cli, CompareAndBenchFormats) {
   r = cli("bench -m softmax -n 64,128 --heads 2 -d 16 --reps 2 -f json");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("\"seq\": 128"), std::string::npos) << r.output;
+  r = cli("bench -m linear -n 64 --heads 2 -d 16 --reps 1 --bf16 -f csv");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find(" bf16,64,"), std::string::npos) << r.output;
+  r = cli("bench -m heinsen --decode -n 100 --heads 2 -d 16 --reps 2 -f csv");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find(",100,"), std::string::npos) << r.output;
   r = cli("list");
   EXPECT_NE(r.output.find("heinsen"), std::string::npos);
 }
