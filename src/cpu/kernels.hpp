@@ -13,6 +13,16 @@ namespace attnkit::cpu {
 // Tiled online-softmax ("flash") attention, float32. q/k/v/out as in AttentionArgs;
 // lse optional float32 [B, Hq, Sq]. O(B Hk Sk (Dk + Dv)) extra memory for packed K/V.
 void softmax_forward(const AttentionArgs& a, float scale, bool causal, Context& ctx);
+// AVX512-BF16 score tiles (src/cpu/softmax_bf16.cpp), used by softmax_forward for
+// bfloat16 inputs when the CPU has the extension.
+namespace bf16 {
+bool dot_supported();
+// s[r][0:keys) = sum_p dot(q2[r][p], kt2[p][j]) over pairs of bfloat16 packed in uint32.
+// q2: [rows][ldq], kt2: [pairs][ldk], s: [rows][lds]; keys a multiple of 32.
+void scores(const uint32_t* q2, int64_t ldq, int64_t rows, const uint32_t* kt2, int64_t pairs,
+            int64_t ldk, int64_t keys, float* s, int64_t lds);
+}  // namespace bf16
+
 // Non-causal attention of a few queries over a long KV cache, streamed without packing
 // (split over keys, merged by log-sum-exp in a fixed order). No padding.
 void softmax_decode(const AttentionArgs& a, float scale, Context& ctx);

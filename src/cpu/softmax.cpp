@@ -117,8 +117,10 @@ struct Plan {
   int64_t B, Sq, Sk, Hq, Hk, Dk, Dv, Dvp, key_blocks, query_blocks;
   float scale;
   bool causal;
-  float* kt;  // [B][Hk][key_blocks][Dk][kKeyBlock]
-  float* vp;  // [B][Hk][key_blocks * kKeyBlock][Dvp]
+  bool bf16_dot;  // bfloat16 inputs on an AVX512-BF16 CPU: kt holds uint32 pairs
+  int64_t pairs;  // (Dk + 1) / 2
+  float* kt;      // [B][Hk][key_blocks][Dk][kKeyBlock] (bf16_dot: [..][pairs][kKeyBlock] uint32)
+  float* vp;      // [B][Hk][key_blocks * kKeyBlock][Dvp]
   float* kt_head(int64_t b, int64_t hk) const {
     return kt + (b * Hk + hk) * key_blocks * kKeyBlock * Dk;
   }
@@ -126,6 +128,15 @@ struct Plan {
     return vp + (b * Hk + hk) * key_blocks * kKeyBlock * Dvp;
   }
 };
+
+// Pairs of bfloat16 (x[2i] low, x[2i+1] high) of a row of n into dst[i * stride], the
+// operand layout of VDPBF16PS; an odd n is padded with zero.
+inline void PackPairs(const uint16_t* x, int64_t n, uint32_t* dst, int64_t stride) {
+  for (int64_t i = 0; 2 * i < n; ++i) {
+    const uint32_t hi = 2 * i + 1 < n ? x[2 * i + 1] : 0;
+    dst[i * stride] = static_cast<uint32_t>(x[2 * i]) | (hi << 16);
+  }
+}
 
 void PackKv(const AttentionArgs& a, const Plan& p, Context& ctx) {
   ctx.parallel_for(p.B * p.Hk * p.key_blocks, [&](int64_t task, int) {
@@ -137,9 +148,14 @@ void PackKv(const AttentionArgs& a, const Plan& p, Context& ctx) {
     for (int64_t j = 0; j < kKeyBlock; ++j) {
       const int64_t key = kb * kKeyBlock + j;
       float* vrow = vp + j * p.Dvp;
-      if (key < p.Sk) {
+      if (key < p.Sk && p.bf16_dot) {
+        PackPairs(static_cast<const uint16_t*>(a.k.row_address(b, key, hk)), p.Dk,
+                  reinterpret_cast<uint32_t*>(kt) + j, kKeyBlock);
+      } else if (key < p.Sk) {
         const float* k = RowF32(a.k, b, key, hk, wide);
         for (int64_t c = 0; c < p.Dk; ++c) kt[c * kKeyBlock + j] = k[c];
+      }
+      if (key < p.Sk) {
         const float* v = RowF32(a.v, b, key, hk, wide);
         std::copy_n(v, p.Dv, vrow);
         std::fill(vrow + p.Dv, vrow + p.Dvp, 0.0f);
@@ -171,8 +187,13 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
   float* l = m + kQueryBlock;
   int64_t visible[kQueryBlock];
   for (int64_t r = 0; r < rows; ++r) {
-    const float* src = RowF32(a.q, b, i0 + r, h, q + r * ldq);  // widened in place if bf16
-    for (int64_t c = 0; c < p.Dk; ++c) q[r * ldq + c] = src[c] * p.scale;
+    if (p.bf16_dot) {  // unscaled pairs; the scale is applied to the scores
+      PackPairs(static_cast<const uint16_t*>(a.q.row_address(b, i0 + r, h)), p.Dk,
+                reinterpret_cast<uint32_t*>(q) + r * ldq, 1);
+    } else {
+      const float* src = RowF32(a.q, b, i0 + r, h, q + r * ldq);  // widened in place if bf16
+      for (int64_t c = 0; c < p.Dk; ++c) q[r * ldq + c] = src[c] * p.scale;
+    }
     visible[r] = visible_keys(p.causal, p.Sq, p.Sk, len, i0 + r);
     m[r] = -std::numeric_limits<float>::infinity();
     l[r] = 0.0f;
@@ -183,7 +204,14 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
   const float* vp = p.vp_head(b, hk);
   for (int64_t j0 = 0; j0 < max_visible; j0 += kKeyBlock) {
     const int64_t keys = std::min(kKeyBlock, RoundUp(max_visible - j0, 2 * N));
-    Scores(q, ldq, rows, kt + (j0 / kKeyBlock) * kKeyBlock * p.Dk, p.Dk, keys, s);
+    if (p.bf16_dot) {
+      bf16::scores(reinterpret_cast<const uint32_t*>(q), ldq, rows,
+                   reinterpret_cast<const uint32_t*>(kt + (j0 / kKeyBlock) * kKeyBlock * p.Dk),
+                   p.pairs, kKeyBlock, keys, s, kKeyBlock);
+      for (int64_t r = 0; r < rows; ++r) Scale(p.scale, s + r * kKeyBlock, keys);
+    } else {
+      Scores(q, ldq, rows, kt + (j0 / kKeyBlock) * kKeyBlock * p.Dk, p.Dk, keys, s);
+    }
     for (int64_t r = 0; r < rows; ++r) {
       OnlineSoftmaxRow(s + r * kKeyBlock, keys, visible[r] - j0, m[r], l[r], o + r * p.Dvp, p.Dvp);
     }
@@ -213,6 +241,9 @@ void SoftmaxForward(const AttentionArgs& a, float scale, bool causal, Context& c
   p.query_blocks = (p.Sq + kQueryBlock - 1) / kQueryBlock;
   p.scale = scale;
   p.causal = causal;
+  // The bf16 tiles cover 32 keys: only with 16-lane vectors (AVX-512), as kKeyBlock assumes.
+  p.bf16_dot = a.q.dtype == DType::kBF16 && N == 16 && bf16::dot_supported();
+  p.pairs = (p.Dk + 1) / 2;
   const int64_t head_keys = p.key_blocks * kKeyBlock;
   float* packed = ctx.shared_scratch(static_cast<size_t>(p.B * p.Hk * head_keys * (p.Dk + p.Dvp)));
   p.kt = packed;

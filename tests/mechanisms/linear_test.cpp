@@ -73,10 +73,12 @@ TEST(Linear, Bf16InputsWidenToTheFloat32Result) {
   // bfloat16 q, k, v (float32 out) give exactly the float32 kernel's output on the same,
   // bf16-rounded values, for every map of this mechanism's kernels.
   Context ctx(2);
-  for (const std::string& cfg : std::vector<std::string>{"map=elu1,norm=kernel", "map=identity,norm=length,chunk=16", "map=exp,norm=kernel"}) {
+  for (const std::string& cfg : std::vector<std::string>{
+           "map=elu1,norm=kernel", "map=identity,norm=length,chunk=16", "map=exp,norm=kernel"}) {
     for (bool causal : {false, true}) {
       Problem p({2, 70, 90, 4, 2, 48, 40}, 31, Layout::kHeadMajorPadded);
-      const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k), v = round_to_bf16(p.v);
+      const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k),
+                                  v = round_to_bf16(p.v);
       Problem r = p;
       const auto m = make_mechanism("linear", {.causal = causal}, cfg);
       m->forward(r.args32(), ctx);
@@ -90,7 +92,8 @@ TEST(Linear, Bf16InputsWidenToTheFloat32Result) {
   }
   // bfloat16 outputs are not produced.
   Problem p({1, 4, 4, 1, 1, 8, 8}, 1);
-  const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k), v = round_to_bf16(p.v);
+  const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k),
+                              v = round_to_bf16(p.v);
   AttentionArgs a = p.args32();
   a.q = bf16_view(q, p.q);
   a.k = bf16_view(k, p.k);

@@ -85,14 +85,16 @@ TEST(Registry, ExtremeHeadDimsAndSingleTokens) {
   // with its reference.
   Context ctx(2);
   for (const auto& [name, c] : cases()) {
-    for (Dims d : {Dims{1, 1, 1, 2, 1, 1, 1}, Dims{1, 3, 3, 1, 1, 1024, 1024}, Dims{2, 1, 5, 2, 2, 7, 7}}) {
+    for (Dims d :
+         {Dims{1, 1, 1, 2, 1, 1, 1}, Dims{1, 3, 3, 1, 1, 1024, 1024}, Dims{2, 1, 5, 2, 2, 7, 7}}) {
       const auto m = make_mechanism(name, {}, c.first);
       if (name == "memory") d.Sk = d.Sq;  // chunks cut queries and keys alike
       Problem p(d, 5, Layout::kContiguous, m->capabilities().needs_memory ? 2 : 0), r = p;
       m->forward(p.args32(), ctx);
       c.second(r.args64(), {});
       const Report rep = compare(p.out, true, r.out);
-      EXPECT_LE(rep.max_abs, 1e-4 * std::max(rep.ref_max, 1.0)) << name << " " << to_string(d) << " " << rep.str();
+      EXPECT_LE(rep.max_abs, 1e-4 * std::max(rep.ref_max, 1.0))
+          << name << " " << to_string(d) << " " << rep.str();
     }
   }
 }

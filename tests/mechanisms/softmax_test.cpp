@@ -156,7 +156,8 @@ TEST(Softmax, KvCacheDecodeAcrossSplitsMatchesPrefill) {
       for (int64_t i = 0; i < tq; ++i)
         for (int64_t h = 0; h < d.Hq; ++h)
           for (int64_t x = 0; x < d.Dv; ++x) {
-            const double want = r.out.f64[b * r.out.stride[0] + i * r.out.stride[1] + h * r.out.stride[2] + x];
+            const double want =
+                r.out.f64[b * r.out.stride[0] + i * r.out.stride[1] + h * r.out.stride[2] + x];
             ASSERT_NEAR(out[((b * tq + i) * d.Hq + h) * d.Dv + x], want, 2e-6) << "tq=" << tq;
           }
   }
@@ -171,14 +172,17 @@ TEST(Softmax, Float64RunsTheReference) {
   EXPECT_EQ(compare(p.out, false, r.out).max_abs, 0.0);
 }
 
-TEST(Softmax, Bf16InputsWidenToTheFloat32Result) {
-  // bfloat16 q, k, v (float32 out) give exactly the float32 kernel's output on the same,
-  // bf16-rounded values, for every map of this mechanism's kernels.
+TEST(Softmax, Bf16InputsMatchTheFloat32Result) {
+  // bfloat16 q, k, v (float32 out) against the float32 kernel on the same, bf16-rounded
+  // values. With AVX512-BF16 the scores come from VDPBF16PS: exact products, summed in
+  // pairs, so the results agree to float32 rounding rather than bit for bit.
   Context ctx(2);
   for (const std::string& cfg : std::vector<std::string>{""}) {
     for (bool causal : {false, true}) {
-      Problem p({2, 70, 90, 4, 2, 48, 40}, 31, Layout::kHeadMajorPadded);
-      const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k), v = round_to_bf16(p.v);
+      // An odd head dim pads the last bfloat16 pair with zero.
+      Problem p({2, 70, 90, 4, 2, causal ? 37 : 48, 40}, 31, Layout::kHeadMajorPadded);
+      const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k),
+                                  v = round_to_bf16(p.v);
       Problem r = p;
       const auto m = make_mechanism("softmax", {.causal = causal}, cfg);
       m->forward(r.args32(), ctx);
@@ -187,12 +191,16 @@ TEST(Softmax, Bf16InputsWidenToTheFloat32Result) {
       a.k = bf16_view(k, p.k);
       a.v = bf16_view(v, p.v);
       m->forward(a, ctx);
-      EXPECT_EQ(p.out.f32, r.out.f32) << cfg << (causal ? " causal" : "");
+      float worst = 0;
+      for (size_t i = 0; i < p.out.f32.size(); ++i)
+        worst = std::max(worst, std::abs(p.out.f32[i] - r.out.f32[i]));
+      EXPECT_LE(worst, 2e-6f) << cfg << (causal ? " causal" : "");
     }
   }
   // bfloat16 outputs are not produced.
   Problem p({1, 4, 4, 1, 1, 8, 8}, 1);
-  const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k), v = round_to_bf16(p.v);
+  const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k),
+                              v = round_to_bf16(p.v);
   AttentionArgs a = p.args32();
   a.q = bf16_view(q, p.q);
   a.k = bf16_view(k, p.k);
