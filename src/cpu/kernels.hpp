@@ -27,9 +27,6 @@ void scores(const uint32_t* q2, int64_t ldq, int64_t rows, const uint32_t* kt2, 
 // (split over keys, merged by log-sum-exp in a fixed order). No padding.
 void softmax_decode(const AttentionArgs& a, float scale, Context& ctx);
 
-}  // namespace attnkit::cpu
-
-namespace attnkit::cpu {
 
 // Head-dim padding of every fixed-size state: a multiple of every target's lane count.
 inline constexpr int64_t kStatePad = 16;
@@ -76,9 +73,6 @@ void linear_append(LinearState& s, const ConstTensorView& k, const ConstTensorVi
 void linear_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
                   const LinearConfig& c, Context& ctx);
 
-}  // namespace attnkit::cpu
-
-namespace attnkit::cpu {
 
 // Causal Luna (running-average form): per (batch, q head) the state acc = sum_j a_j v_j^T
 // ([L][dvp]) with a_j[l] = softplus_ln2(s k_j . p_l); out_t = softmax_l(s q_t . acc_l / t)
@@ -89,9 +83,6 @@ void luna_append(LinearState& s, const ConstTensorView& k, const ConstTensorView
 void luna_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
                 const ConstTensorView& memory, float scale, Context& ctx);
 
-}  // namespace attnkit::cpu
-
-namespace attnkit::cpu {
 
 // Top-k attention: per query, softmax over its k largest visible logits (ties to the
 // lower key index). Scores are computed for tasks of at most min(query_chunk, 32) rows,
@@ -103,9 +94,6 @@ void topk_forward(const AttentionArgs& a, int k, int query_chunk, float scale, b
 void topk_ff_forward(const ConstTensorView& x, const ConstTensorView& keys,
                      const ConstTensorView& values, const TensorView& out, int k, Context& ctx);
 
-}  // namespace attnkit::cpu
-
-namespace attnkit::cpu {
 
 // Chunk-wise memory-augmented attention (RMT recurrence + filtered memory write):
 // per (batch, q head) sequentially over chunks; every read and write is a small softmax
