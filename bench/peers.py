@@ -58,6 +58,31 @@ def torch_times(torch, seqs, causal, reps, heads=8, dim=64):
     return out
 
 
+def attnkit_linear_ms(binary, seqs, threads, reps):
+    cmd = [binary, "bench", "-m", "linear", "-c", "linear:map=elu1,norm=kernel", "--causal",
+           "-n", ",".join(map(str, seqs)), "-f", "json", "--threads", str(threads), "--reps", str(reps)]
+    rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return {int(r["seq"]): float(r["median_ms"]) for r in rows}
+
+
+def fast_transformers_linear_ms(torch, seqs, reps, heads=8, dim=64):
+    """fast-transformers' causal linear attention (elu+1 features, its CPU causal_product)."""
+    from fast_transformers.causal_product import causal_dot_product
+    out = {}
+    for n in seqs:
+        q, k, v = (torch.randn(1, heads, n, dim) for _ in range(3))
+
+        def run():
+            fq = torch.nn.functional.elu(q) + 1
+            fk = torch.nn.functional.elu(k) + 1
+            z = 1 / (torch.einsum("nhli,nhli->nhl", fq, fk.cumsum(2)) + 1e-6)
+            return causal_dot_product(fq, fk, v) * z[..., None]
+
+        with torch.no_grad():
+            out[n] = median_ms(run, reps)
+    return out
+
+
 def flops(n, causal, heads=8, dim=64):
     pairs = n * (n + 1) / 2 if causal else n * n
     return 4.0 * dim * pairs * heads
@@ -69,6 +94,8 @@ def main():
     ap.add_argument("--seq", default="1024,2048,4096")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--linear-seq", default="4096,16384",
+                    help="causal linear attention lengths against fast-transformers (if importable)")
     args = ap.parse_args()
     seqs = [int(x) for x in args.seq.split(",")]
     try:
@@ -88,6 +115,25 @@ def main():
             print(f"| {n} | {'yes' if causal else 'no'} | {t:.2f} | {flops(n, causal) / t / 1e6:.0f} | "
                   f"{p['naive']:.2f} | {p['naive'] / t:.1f}x | "
                   f"{f'{sdpa:.2f}' if sdpa else '-'} | {f'{sdpa / t:.1f}x' if sdpa else '-'} |")
+    linear_table(torch, args)
+
+
+def linear_table(torch, args):
+    try:
+        import fast_transformers  # noqa: F401
+    except ImportError:
+        print("\n# fast-transformers is not importable: causal linear attention peer skipped")
+        return
+    seqs = [int(x) for x in args.linear_seq.split(",")]
+    ours = attnkit_linear_ms(args.attnkit, seqs, args.threads, args.reps)
+    theirs = fast_transformers_linear_ms(torch, seqs, args.reps)
+    print("\n# causal linear attention (elu+1, normalised), B=1 H=8 D=64; GFLOP/s counts 4 N D^2 per head")
+    print("| N | attnkit ms | GFLOP/s | fast-transformers ms | GFLOP/s | speed-up |")
+    print("|---|---|---|---|---|---|")
+    for n in seqs:
+        f = 4.0 * n * 64 * 64 * 8
+        print(f"| {n} | {ours[n]:.2f} | {f / ours[n] / 1e6:.0f} | {theirs[n]:.2f} | {f / theirs[n] / 1e6:.0f} | "
+              f"{theirs[n] / ours[n]:.1f}x |")
 
 
 if __name__ == "__main__":
