@@ -20,10 +20,14 @@ namespace hn = hwy::HWY_NAMESPACE;
 float FmaLoop(int64_t iters) {
   const hn::ScalableTag<float> d;
   // Distinct starting values, or the compiler merges identical chains into one.
-  auto a0 = hn::Set(d, 1.00f), a1 = hn::Set(d, 1.01f), a2 = hn::Set(d, 1.02f), a3 = hn::Set(d, 1.03f);
-  auto a4 = hn::Set(d, 1.04f), a5 = hn::Set(d, 1.05f), a6 = hn::Set(d, 1.06f), a7 = hn::Set(d, 1.07f);
-  auto a8 = hn::Set(d, 1.08f), a9 = hn::Set(d, 1.09f), a10 = hn::Set(d, 1.10f), a11 = hn::Set(d, 1.11f);
-  auto a12 = hn::Set(d, 1.12f), a13 = hn::Set(d, 1.13f), a14 = hn::Set(d, 1.14f), a15 = hn::Set(d, 1.15f);
+  auto a0 = hn::Set(d, 1.00f), a1 = hn::Set(d, 1.01f), a2 = hn::Set(d, 1.02f),
+       a3 = hn::Set(d, 1.03f);
+  auto a4 = hn::Set(d, 1.04f), a5 = hn::Set(d, 1.05f), a6 = hn::Set(d, 1.06f),
+       a7 = hn::Set(d, 1.07f);
+  auto a8 = hn::Set(d, 1.08f), a9 = hn::Set(d, 1.09f), a10 = hn::Set(d, 1.10f),
+       a11 = hn::Set(d, 1.11f);
+  auto a12 = hn::Set(d, 1.12f), a13 = hn::Set(d, 1.13f), a14 = hn::Set(d, 1.14f),
+       a15 = hn::Set(d, 1.15f);
   const auto m = hn::Set(d, 0.999999f), c = hn::Set(d, 1e-7f);
   for (int64_t i = 0; i < iters; ++i) {
     a0 = hn::MulAdd(a0, m, c), a1 = hn::MulAdd(a1, m, c), a2 = hn::MulAdd(a2, m, c);
@@ -33,8 +37,10 @@ float FmaLoop(int64_t iters) {
     a12 = hn::MulAdd(a12, m, c), a13 = hn::MulAdd(a13, m, c), a14 = hn::MulAdd(a14, m, c);
     a15 = hn::MulAdd(a15, m, c);
   }
-  auto s = hn::Add(hn::Add(hn::Add(a0, a1), hn::Add(a2, a3)), hn::Add(hn::Add(a4, a5), hn::Add(a6, a7)));
-  s = hn::Add(s, hn::Add(hn::Add(hn::Add(a8, a9), hn::Add(a10, a11)), hn::Add(hn::Add(a12, a13), hn::Add(a14, a15))));
+  auto s =
+      hn::Add(hn::Add(hn::Add(a0, a1), hn::Add(a2, a3)), hn::Add(hn::Add(a4, a5), hn::Add(a6, a7)));
+  s = hn::Add(s, hn::Add(hn::Add(hn::Add(a8, a9), hn::Add(a10, a11)),
+                         hn::Add(hn::Add(a12, a13), hn::Add(a14, a15))));
   return hn::GetLane(s);
 }
 size_t Lanes() { return hn::Lanes(hn::ScalableTag<float>()); }
@@ -55,11 +61,14 @@ void BM_FmaPeak(benchmark::State& state) {
   const int64_t iters = 1 << 22;
   float sink = 0;
   for (auto _ : state) {
-    ctx.parallel_for(ctx.num_threads(), [&](int64_t, int) { sink += HWY_DYNAMIC_DISPATCH(FmaLoop)(iters); });
+    ctx.parallel_for(ctx.num_threads(),
+                     [&](int64_t, int) { sink += HWY_DYNAMIC_DISPATCH(FmaLoop)(iters); });
   }
   benchmark::DoNotOptimize(sink);
-  const double flops = 2.0 * 16 * static_cast<double>(HWY_DYNAMIC_DISPATCH(Lanes)()) * iters * ctx.num_threads();
-  state.counters["GFLOP"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  const double flops =
+      2.0 * 16 * static_cast<double>(HWY_DYNAMIC_DISPATCH(Lanes)()) * iters * ctx.num_threads();
+  state.counters["GFLOP"] =
+      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["threads"] = ctx.num_threads();
 }
 BENCHMARK(BM_FmaPeak)->Unit(benchmark::kMillisecond)->UseRealTime();
