@@ -3,7 +3,7 @@
 #include <limits>
 
 #include "src/reference/reference.hpp"
-#include "tests/testing/harness.hpp"
+#include "tests/testing/sweep.hpp"
 
 namespace attnkit::testing {
 namespace {
@@ -173,40 +173,9 @@ TEST(Softmax, Float64RunsTheReference) {
 }
 
 TEST(Softmax, Bf16InputsMatchTheFloat32Result) {
-  // bfloat16 q, k, v (float32 out) against the float32 kernel on the same, bf16-rounded
-  // values. With AVX512-BF16 the scores come from VDPBF16PS: exact products, summed in
-  // pairs, so the results agree to float32 rounding rather than bit for bit.
-  Context ctx(2);
-  for (const std::string& cfg : std::vector<std::string>{""}) {
-    for (bool causal : {false, true}) {
-      // An odd head dim pads the last bfloat16 pair with zero.
-      Problem p({2, 70, 90, 4, 2, causal ? 37 : 48, 40}, 31, Layout::kHeadMajorPadded);
-      const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k),
-                                  v = round_to_bf16(p.v);
-      Problem r = p;
-      const auto m = make_mechanism("softmax", {.causal = causal}, cfg);
-      m->forward(r.args32(), ctx);
-      AttentionArgs a = p.args32();
-      a.q = bf16_view(q, p.q);
-      a.k = bf16_view(k, p.k);
-      a.v = bf16_view(v, p.v);
-      m->forward(a, ctx);
-      float worst = 0;
-      for (size_t i = 0; i < p.out.f32.size(); ++i)
-        worst = std::max(worst, std::abs(p.out.f32[i] - r.out.f32[i]));
-      EXPECT_LE(worst, 2e-6f) << cfg << (causal ? " causal" : "");
-    }
-  }
-  // bfloat16 outputs are not produced.
-  Problem p({1, 4, 4, 1, 1, 8, 8}, 1);
-  const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k),
-                              v = round_to_bf16(p.v);
-  AttentionArgs a = p.args32();
-  a.q = bf16_view(q, p.q);
-  a.k = bf16_view(k, p.k);
-  a.v = bf16_view(v, p.v);
-  a.out.dtype = DType::kBF16;
-  EXPECT_EQ(make_mechanism("softmax")->check(a), "out: must be float32, got bfloat16");
+  // With AVX512-BF16 the scores come from VDPBF16PS: exact products summed in pairs, so the
+  // results agree to float32 rounding rather than bit for bit.
+  check_bf16_matches_float32("softmax", {""}, 2e-6f);
 }
 
 }  // namespace

@@ -107,4 +107,38 @@ void check_streaming_matches_causal(const std::string& name, const std::string& 
   }
 }
 
+void check_bf16_matches_float32(const std::string& name, const std::vector<std::string>& configs,
+                                float tol) {
+  Context ctx(2);
+  for (const std::string& cfg : configs) {
+    for (bool causal : {false, true}) {
+      // An odd head dim (causal case) exercises padding of bfloat16 pairs.
+      Problem p({2, 70, 90, 4, 2, causal ? 37 : 48, 40}, 31, Layout::kHeadMajorPadded);
+      const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k),
+                                  v = round_to_bf16(p.v);
+      Problem r = p;
+      const auto m = make_mechanism(name, {.causal = causal}, cfg);
+      m->forward(r.args32(), ctx);
+      AttentionArgs a = p.args32();
+      a.q = bf16_view(q, p.q);
+      a.k = bf16_view(k, p.k);
+      a.v = bf16_view(v, p.v);
+      m->forward(a, ctx);
+      float worst = 0;
+      for (size_t i = 0; i < p.out.f32.size(); ++i)
+        worst = std::max(worst, std::abs(p.out.f32[i] - r.out.f32[i]));
+      EXPECT_LE(worst, tol) << name << " " << cfg << (causal ? " causal" : "");
+    }
+  }
+  Problem p({1, 4, 4, 1, 1, 8, 8}, 1);
+  const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k),
+                              v = round_to_bf16(p.v);
+  AttentionArgs a = p.args32();
+  a.q = bf16_view(q, p.q);
+  a.k = bf16_view(k, p.k);
+  a.v = bf16_view(v, p.v);
+  a.out.dtype = DType::kBF16;
+  EXPECT_EQ(make_mechanism(name)->check(a), "out: must be float32, got bfloat16");
+}
+
 }  // namespace attnkit::testing

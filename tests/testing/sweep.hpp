@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "tests/testing/harness.hpp"
 
@@ -26,5 +27,11 @@ void sweep_against_reference(const std::string& name, const std::string& config,
 // Streaming == last row of the causal forward, token by token (mechanisms with streams).
 void check_streaming_matches_causal(const std::string& name, const std::string& config, double tol,
                                     int64_t memory_len = 0);
+
+// bfloat16 q, k, v (float32 out) against the float32 kernel on the same bf16-rounded
+// values, causal and not, for each config: max |difference| <= tol (0: bit for bit). Also
+// checks that a bfloat16 out is rejected.
+void check_bf16_matches_float32(const std::string& name, const std::vector<std::string>& configs,
+                                float tol);
 
 }  // namespace attnkit::testing
