@@ -84,6 +84,28 @@ void BM_SoftmaxUnfusedBlas(benchmark::State& state) {
   state.counters["workspace_MiB"] = static_cast<double>(s.size() * sizeof(float)) / (1 << 20);
 }
 
+// Backward (dq, dk, dv) after a forward; FLOPs counted as 2.5x the forward's (FlashAttention's
+// convention: the backward does 5 matmul-sized products against the forward's 2).
+void BM_SoftmaxBackward(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const bool causal = state.range(1) != 0;
+  Inputs in(n);
+  Tensor<float> dout({1, n, kHeads, kDim}), dq({1, n, kHeads, kDim}), dk({1, n, kHeads, kDim}),
+      dv({1, n, kHeads, kDim});
+  for (size_t i = 0; i < dout.size(); ++i) dout[i] = 0.01f * static_cast<float>(i % 97);
+  Context ctx(0);
+  const auto m = make_mechanism("softmax", {.causal = causal});
+  m->forward(in.args(), ctx);
+  const BackwardArgs g{.forward = in.args(),
+                       .dout = dout.cview(),
+                       .dq = dq.view(),
+                       .dk = dk.view(),
+                       .dv = dv.view()};
+  for (auto _ : state) m->backward(g, ctx);
+  state.counters["GFLOP"] = benchmark::Counter(2.5 * flops(n, causal) * 1e-9,
+                                               benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void Shapes(benchmark::internal::Benchmark* b) {
   for (int64_t causal : {0, 1})
     for (int64_t n : {1024, 2048, 4096}) b->Args({n, causal});
@@ -92,6 +114,7 @@ void Shapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_SoftmaxFused)->Apply(Shapes);
 BENCHMARK(BM_SoftmaxUnfusedBlas)->Apply(Shapes);
+BENCHMARK(BM_SoftmaxBackward)->Apply(Shapes);
 
 }  // namespace
 }  // namespace attnkit

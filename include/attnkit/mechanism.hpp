@@ -39,6 +39,16 @@ inline int64_t visible_keys(bool causal, int64_t sq, int64_t sk, int64_t length,
   return n < 0 ? 0 : n;
 }
 
+// Gradients of one attention call: the forward arguments, the upstream gradient dout, and
+// the gradients to write. Shapes as in AttentionArgs.
+struct BackwardArgs {
+  AttentionArgs forward;  // q, k, v, out (the forward output), key_lengths
+  ConstTensorView dout;   // [B, Sq, Hq, Dv]
+  TensorView dq;          // [B, Sq, Hq, Dk]
+  TensorView dk;          // [B, Sk, Hk, Dk]
+  TensorView dv;          // [B, Sk, Hk, Dv]
+};
+
 struct Capabilities {
   bool noncausal = true;
   bool causal = false;
@@ -89,6 +99,9 @@ class Mechanism {
   void forward(const AttentionArgs& args, Context& ctx) const;
   // A streaming state; throws Error when the mechanism has no streaming form.
   virtual std::unique_ptr<StreamingState> new_stream(const StreamSpec& spec) const;
+  // Validates, then writes dq, dk, dv (overwritten, not accumulated); throws Error when
+  // the mechanism has no backward pass yet.
+  virtual void backward(const BackwardArgs& args, Context& ctx) const;
 
  protected:
   virtual void validate(const AttentionArgs& args) const = 0;  // throws Error

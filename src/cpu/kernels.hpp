@@ -13,6 +13,10 @@ namespace attnkit::cpu {
 // Tiled online-softmax ("flash") attention, float32. q/k/v/out as in AttentionArgs;
 // lse optional float32 [B, Hq, Sq]. O(B Hk Sk (Dk + Dv)) extra memory for packed K/V.
 void softmax_forward(const AttentionArgs& a, float scale, bool causal, Context& ctx);
+// Gradients of exact softmax attention (dq, dk, dv overwritten), float32; two
+// deterministic passes (query rows, then key rows) recomputing the probabilities.
+void softmax_backward(const BackwardArgs& g, float scale, bool causal, Context& ctx);
+
 // AVX512-BF16 score tiles (src/cpu/softmax_bf16.cpp), used by softmax_forward for
 // bfloat16 inputs when the CPU has the extension.
 namespace bf16 {

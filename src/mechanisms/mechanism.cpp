@@ -29,4 +29,8 @@ std::unique_ptr<StreamingState> Mechanism::new_stream(const StreamSpec&) const {
   throw Error("stream", std::string(name()) + " has no streaming form");
 }
 
+void Mechanism::backward(const BackwardArgs&, Context&) const {
+  throw Error("backward", std::string(name()) + " has no backward pass yet");
+}
+
 }  // namespace attnkit

@@ -97,13 +97,26 @@ class Softmax final : public Mechanism {
     return {.noncausal = true,
             .causal = true,
             .streaming = true,
-            .backward = false,
+            .backward = true,
             .fast_kernel = true};
   }
 
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
     check_stream_spec(s);
     return std::make_unique<KvCache>(s, logit_scale(options(), s.head_dim));
+  }
+
+  void backward(const BackwardArgs& g, Context& ctx) const override {
+    const DType in = input_dtype(g.forward);  // float32 or float64 (no bfloat16 gradients)
+    const Shape sh = check_qkv(g.forward, in);
+    check_unused(g.forward, name(), false, false, false, false);
+    check_backward(g, sh, in);
+    if (sh.Sq == 0 && sh.Sk == 0) return;
+    if (in == DType::kF64) {
+      ref::softmax_backward_ref(g, options());
+    } else {
+      cpu::softmax_backward(g, logit_scale(options(), sh.Dk), options().causal, ctx);
+    }
   }
 
  protected:

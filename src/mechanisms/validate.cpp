@@ -223,4 +223,27 @@ void check_stream_query(const StreamSpec& s, const ConstTensorView& q, const Ten
   check_no_overlap(as_const(out), "out", q, "q");
 }
 
+void check_backward(const BackwardArgs& g, const Shape& sh, DType dtype) {
+  const AttentionArgs& a = g.forward;
+  const std::pair<ConstTensorView, ConstTensorView> pairs[] = {
+      {g.dout, as_const(a.out)}, {as_const(g.dq), a.q}, {as_const(g.dk), a.k}, {as_const(g.dv), a.v}};
+  const char* names[] = {"dout", "dq", "dk", "dv"};
+  const char* like[] = {"out", "q", "k", "v"};
+  for (int t = 0; t < 4; ++t) {
+    check_tensor(pairs[t].first, names[t], 4, dtype);
+    if (pairs[t].first.shape != pairs[t].second.shape) {
+      throw Error(names[t], "shape " + shape_string(pairs[t].first) + " must equal " + like[t] + " shape " +
+                                shape_string(pairs[t].second));
+    }
+  }
+  check_finite(g.dout, "dout");
+  for (int t = 1; t < 4; ++t) {
+    for (int u = 0; u < 4; ++u) {
+      if (u != t) check_no_overlap(pairs[t].first, names[t], pairs[u].first, names[u]);
+      check_no_overlap(pairs[t].first, names[t], pairs[u].second, like[u]);
+    }
+  }
+  (void)sh;
+}
+
 }  // namespace attnkit::detail

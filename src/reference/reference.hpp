@@ -13,6 +13,11 @@ namespace attnkit::ref {
 // log sum_j exp(s q.k_j); fully masked rows give out = 0, lse = -inf.
 void softmax_ref(const AttentionArgs& a, const AttentionOptions& o);
 
+// Gradients of softmax_ref: with P = softmax(s q k^T + mask), O = P v:
+// dv = P^T dout, dP = dout v^T, D_i = dout_i . O_i, dS = P (dP - D), dq = s dS k,
+// dk = s dS^T q (kv-head gradients summed over their query heads). float64 views.
+void softmax_backward_ref(const BackwardArgs& g, const AttentionOptions& o);
+
 // de Brebisson & Vincent: r = sum_t w_t (phi(k_t).phi(q)) v_t, normalised per c.norm.
 void linear_ref(const AttentionArgs& a, const AttentionOptions& o, const LinearConfig& c);
 

@@ -1,6 +1,7 @@
 // softmax: the fast float32 kernel against the float64 reference over swept shapes.
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "src/reference/reference.hpp"
 #include "tests/testing/sweep.hpp"
@@ -176,6 +177,85 @@ TEST(Softmax, Bf16InputsMatchTheFloat32Result) {
   // With AVX512-BF16 the scores come from VDPBF16PS: exact products summed in pairs, so the
   // results agree to float32 rounding rather than bit for bit.
   check_bf16_matches_float32("softmax", {""}, 2e-6f);
+}
+
+}  // namespace
+}  // namespace attnkit::testing
+
+namespace attnkit::testing {
+namespace {
+
+struct Grads {
+  Operand dq, dk, dv, dout;
+  explicit Grads(const Problem& p, uint32_t seed)
+      : dq(make_zero_operand(p.q.shape, Layout::kContiguous)),
+        dk(make_zero_operand(p.k.shape, Layout::kContiguous)),
+        dv(make_zero_operand(p.v.shape, Layout::kContiguous)) {
+    std::mt19937 rng(seed);
+    dout = make_operand(p.out.shape, Layout::kContiguous, rng);
+  }
+  BackwardArgs args32(Problem& p) {
+    return {.forward = p.args32(), .dout = dout.view32(), .dq = dq.mut32(), .dk = dk.mut32(), .dv = dv.mut32()};
+  }
+  BackwardArgs args64(Problem& p) {
+    return {.forward = p.args64(), .dout = dout.view64(), .dq = dq.mut64(), .dk = dk.mut64(), .dv = dv.mut64()};
+  }
+};
+
+TEST(Softmax, BackwardMatchesReference) {
+  Context ctx(2);
+  uint32_t seed = 300;
+  for (bool causal : {false, true}) {
+    for (const Dims& d : {Dims{1, 70, 70, 2, 2, 32, 32}, Dims{2, 33, 90, 4, 2, 16, 24}, Dims{1, 90, 40, 3, 1, 20, 8}}) {
+      SCOPED_TRACE(to_string(d) + (causal ? " causal" : ""));
+      Problem p(d, seed++, Layout::kHeadMajorPadded), r = p;
+      p.key_lengths = r.key_lengths = std::vector<int32_t>(d.B, static_cast<int32_t>(d.Sk - 3));
+      const auto m = make_mechanism("softmax", {.causal = causal});
+      m->forward(p.args32(), ctx);
+      ref::softmax_ref(r.args64(), {.causal = causal});
+      Grads g(p, seed++), gr = g;
+      m->backward(g.args32(p), ctx);
+      ref::softmax_backward_ref(gr.args64(r), {.causal = causal});
+      for (auto [got, want, name] : {std::tuple{&g.dq, &gr.dq, "dq"}, {&g.dk, &gr.dk, "dk"}, {&g.dv, &gr.dv, "dv"}}) {
+        const Report rep = compare(*got, true, *want);
+        EXPECT_LE(rep.max_abs, 64 * 1.2e-7 * std::max(rep.ref_max, 1.0)) << name << " " << rep.str();
+      }
+    }
+  }
+}
+
+TEST(Softmax, BackwardBitwiseAcrossThreadsAndValidated) {
+  Problem base({2, 100, 120, 4, 2, 32, 32}, 9);
+  std::vector<float> first;
+  for (int threads : {1, 2, 7}) {
+    Context ctx(threads);
+    Problem p = base;
+    Grads g(p, 10);
+    make_mechanism("softmax", {.causal = true})->forward(p.args32(), ctx);
+    make_mechanism("softmax", {.causal = true})->backward(g.args32(p), ctx);
+    std::vector<float> all = g.dq.f32;
+    all.insert(all.end(), g.dk.f32.begin(), g.dk.f32.end());
+    all.insert(all.end(), g.dv.f32.begin(), g.dv.f32.end());
+    if (first.empty()) first = all;
+    EXPECT_EQ(all, first) << threads << " threads";
+  }
+  Context ctx(1);
+  Problem p = base;
+  Grads g(p, 11);
+  BackwardArgs a = g.args32(p);
+  a.dk.shape[1] = 7;
+  try {
+    make_mechanism("softmax")->backward(a, ctx);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "dk: shape [2, 7, 2, 32] must equal k shape [2, 120, 2, 32]");
+  }
+  try {
+    make_mechanism("topk")->backward(g.args32(p), ctx);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "backward: topk has no backward pass yet");
+  }
 }
 
 }  // namespace

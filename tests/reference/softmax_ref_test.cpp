@@ -75,3 +75,48 @@ TEST(SoftmaxRef, GqaSharesKvHeads) {
 
 }  // namespace
 }  // namespace attnkit::testing
+
+namespace attnkit::testing {
+namespace {
+
+// L = sum(dout * softmax_ref(q, k, v)); its gradient is what softmax_backward_ref returns.
+double loss(Problem& p, const std::vector<double>& dout, const AttentionOptions& o) {
+  ref::softmax_ref(p.args64(), o);
+  double l = 0;
+  for (size_t i = 0; i < dout.size(); ++i) l += dout[i] * p.out.f64[i];
+  return l;
+}
+
+TEST(SoftmaxRef, BackwardEqualsCentralFiniteDifferences) {
+  for (bool causal : {false, true}) {
+    const Dims d{2, 3, 5, 2, 1, 3, 4};
+    Problem p(d, 71);
+    p.key_lengths = {5, 3};
+    std::mt19937 rng(72);
+    std::normal_distribution<double> n;
+    std::vector<double> dout(p.out.f64.size());
+    for (double& x : dout) x = n(rng);
+    const AttentionOptions o{.causal = causal};
+    Operand dq = make_zero_operand(p.q.shape, Layout::kContiguous);
+    Operand dk = make_zero_operand(p.k.shape, Layout::kContiguous);
+    Operand dv = make_zero_operand(p.v.shape, Layout::kContiguous);
+    Operand dO = make_zero_operand(p.out.shape, Layout::kContiguous);
+    dO.f64 = dout;
+    BackwardArgs g{.forward = p.args64(), .dout = dO.view64(), .dq = dq.mut64(), .dk = dk.mut64(), .dv = dv.mut64()};
+    ref::softmax_backward_ref(g, o);
+    for (auto [x, grad] : {std::pair{&p.q, &dq}, {&p.k, &dk}, {&p.v, &dv}}) {
+      for (size_t i = 0; i < x->f64.size(); ++i) {
+        const double keep = x->f64[i], h = 1e-6;
+        x->f64[i] = keep + h;
+        const double up = loss(p, dout, o);
+        x->f64[i] = keep - h;
+        const double down = loss(p, dout, o);
+        x->f64[i] = keep;
+        EXPECT_NEAR(grad->f64[i], (up - down) / (2 * h), 1e-7) << "element " << i << (causal ? " causal" : "");
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace attnkit::testing
