@@ -1,17 +1,21 @@
-// Exact softmax attention backward, float32, deterministic:
-//   pass 1, one task per (batch, q head, 32 query rows): recompute the row's probabilities
-//     P_j, dP_j = dout . v_j, D = sum_j P_j dP_j, and dq = s sum_j P_j (dP_j - D) k_j;
-//     keep lse and D per row;
-//   pass 2, one task per (batch, kv head, 32 keys): for every query row of the group's heads
-//     that sees the key, p = exp(s q.k - lse), dv += p dout, dk += s p (dout.v - D) q.
-// Every gradient row is owned by one task, so the result does not depend on the thread
-// count. This first version works row by row on dot products (no tiles yet).
+// Exact softmax attention backward, float32, tiled (FlashAttention-2 style), deterministic.
+//   0. A forward pass gives lse per row; D_i = dout_i . out_i.
+//   1. Q-, K-, V- and dout-side operands are packed once per head, row-major and
+//      transposed, head dims padded to kStatePad, so every product is a register-tiled matmul.
+//   2. dq: a task per (batch, q head, 64 rows) walks key blocks of 128:
+//      S = Q K^T, P = exp(s S - lse), dP = dout V^T, dS = s P (dP - D), dq += dS K.
+//   3. dk, dv: a task per (batch, kv head, 64 keys) walks the group's query blocks of 128:
+//      P^T = exp(s K Q^T - lse), dv += P^T dout, dP^T = V dout^T, dS^T = s P^T (dP^T - D),
+//      dk += dS^T Q.
+// Every gradient row is owned by one task, so results do not depend on the thread count.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/cpu/softmax_backward.cpp"
 // clang-format off
 #include <hwy/foreach_target.h>  // IWYU pragma: keep (re-includes this file per target)
 #include <hwy/highway.h>
 // clang-format on
+#include <hwy/aligned_allocator.h>
+#include <hwy/contrib/math/math-inl.h>
 
 #include <algorithm>
 #include <cmath>
@@ -23,85 +27,175 @@
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
 namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
 
-constexpr int64_t kRows = 32;
+constexpr int64_t kRowBlock = 64;   // rows a task owns
+constexpr int64_t kColBlock = 128;  // the other side's block
+
+// Row-major [n][ldr] and transposed [dim][ldt] copies of rows 0..n of (b, ., h).
+void PackBoth(const ConstTensorView& t, int64_t b, int64_t h, int64_t n, int64_t dim, float* rows,
+              int64_t ldr, float* cols, int64_t ldt) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float* x = t.row<const float>(b, i, h);
+    CopyPadded(x, dim, rows + i * ldr, ldr);
+    for (int64_t c = 0; c < dim; ++c) cols[c * ldt + i] = x[c];
+  }
+}
+
+// x[r][0:cols) = P or masked 0: exp(s * x - lse_r) for c < visible(r).
+template <typename Visible>
+void Probabilities(float* x, int64_t ld, int64_t rows, int64_t cols, float s, const float* lse,
+                   const Visible& visible) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = x + r * ld;
+    const int64_t vis = std::clamp<int64_t>(visible(r), 0, cols);
+    const auto vs = hn::Set(d, s), vl = hn::Set(d, lse[r]);
+    int64_t c = 0;
+    for (; c + N <= vis; c += N)
+      hn::StoreU(hn::Exp(d, hn::MulSub(vs, hn::LoadU(d, row + c), vl)), d, row + c);
+    for (; c < vis; ++c) row[c] = std::exp(s * row[c] - lse[r]);
+    std::fill(row + vis, row + cols, 0.0f);
+  }
+}
 
 void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& ctx) {
   const AttentionArgs& a = g.forward;
   const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
   const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
   const int64_t Dkp = pad_to_state(Dk), Dvp = pad_to_state(Dv);
-  // Per row: lse and D (pass 1 -> pass 2).
-  float* stats = ctx.shared_scratch(static_cast<size_t>(2 * B * Hq * Sq));
-  auto lse = [&](int64_t b, int64_t h, int64_t i) -> float& {
-    return stats[((b * Hq + h) * Sq + i) * 2];
-  };
-  auto dsum = [&](int64_t b, int64_t h, int64_t i) -> float& {
-    return stats[((b * Hq + h) * Sq + i) * 2 + 1];
-  };
+  const int64_t Sqp = pad_to_state(std::max<int64_t>(Sq, 1)),
+                Skp = pad_to_state(std::max<int64_t>(Sk, 1));
   auto length = [&](int64_t b) { return a.key_lengths.empty() ? Sk : a.key_lengths[b]; };
-  ctx.reserve_scratch(static_cast<size_t>(2 * Sk + Dkp + Dvp + 64));
-  const int64_t qblocks = (Sq + kRows - 1) / kRows;
+
+  // 0. lse and D from a forward pass.
+  auto out = hwy::AllocateAligned<float>(static_cast<size_t>(B * Sq * Hq * Dv));
+  auto lse = hwy::AllocateAligned<float>(static_cast<size_t>(B * Hq * Sqp));
+  auto dsum = hwy::AllocateAligned<float>(static_cast<size_t>(B * Hq * Sqp));
+  {
+    AttentionArgs f = a;
+    f.out = make_view(out.get(), {B, Sq, Hq, Dv});
+    f.lse = make_view(lse.get(), {B, Hq, Sq});
+    f.lse.stride = {Hq * Sqp, Sqp, 1, 0};
+    softmax_forward(f, scale, causal, ctx);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < Hq; ++h)
+        for (int64_t i = 0; i < Sq; ++i) {
+          dsum[(b * Hq + h) * Sqp + i] =
+              Dot(g.dout.row<const float>(b, i, h), out.get() + ((b * Sq + i) * Hq + h) * Dv, Dv);
+        }
+  }
+  // 1. Packed operands.
+  const int64_t kside = Skp * Dkp + Dk * Skp + Skp * Dvp + Dv * Skp;  // Kr, Kt, Vr, Vt
+  const int64_t qside = Sqp * Dkp + Dk * Sqp + Sqp * Dvp + Dv * Sqp;  // Qr, Qt, dOr, dOt
+  auto kpack = hwy::AllocateAligned<float>(static_cast<size_t>(B * Hk * kside));
+  auto qpack = hwy::AllocateAligned<float>(static_cast<size_t>(B * Hq * qside));
+  std::fill(kpack.get(), kpack.get() + B * Hk * kside, 0.0f);
+  std::fill(qpack.get(), qpack.get() + B * Hq * qside, 0.0f);
+  ctx.parallel_for(B * (Hk + Hq), [&](int64_t task, int) {
+    const int64_t b = task / (Hk + Hq), h = task % (Hk + Hq);
+    if (h < Hk) {
+      float* p = kpack.get() + (b * Hk + h) * kside;
+      PackBoth(a.k, b, h, Sk, Dk, p, Dkp, p + Skp * Dkp, Skp);
+      p += Skp * Dkp + Dk * Skp;
+      PackBoth(a.v, b, h, Sk, Dv, p, Dvp, p + Skp * Dvp, Skp);
+    } else {
+      float* p = qpack.get() + (b * Hq + h - Hk) * qside;
+      PackBoth(a.q, b, h - Hk, Sq, Dk, p, Dkp, p + Sqp * Dkp, Sqp);
+      p += Sqp * Dkp + Dk * Sqp;
+      PackBoth(g.dout, b, h - Hk, Sq, Dv, p, Dvp, p + Sqp * Dvp, Sqp);
+    }
+  });
+  struct Side {
+    const float *r, *t, *vr, *vt;  // K: Kr, Kt, Vr, Vt; Q: Qr, Qt, dOr, dOt
+  };
+  auto kside_of = [&](int64_t b, int64_t hk) {
+    const float* p = kpack.get() + (b * Hk + hk) * kside;
+    return Side{p, p + Skp * Dkp, p + Skp * Dkp + Dk * Skp, p + Skp * Dkp + Dk * Skp + Skp * Dvp};
+  };
+  auto qside_of = [&](int64_t b, int64_t h) {
+    const float* p = qpack.get() + (b * Hq + h) * qside;
+    return Side{p, p + Sqp * Dkp, p + Sqp * Dkp + Dk * Sqp, p + Sqp * Dkp + Dk * Sqp + Sqp * Dvp};
+  };
+  // Scratch per worker: two [kRowBlock][kColBlock] blocks and two [kRowBlock][max(Dkp, Dvp)]
+  // accumulators.
+  ctx.reserve_scratch(static_cast<size_t>(kRowBlock * (2 * kColBlock + Dkp + Dvp) + 64));
+
+  // 2. dq.
+  const int64_t qblocks = (Sq + kRowBlock - 1) / kRowBlock;
   ctx.parallel_for(B * Hq * qblocks, [&](int64_t task, int worker) {
     const int64_t blk = task % qblocks, bh = task / qblocks, b = bh / Hq, h = bh % Hq;
     const int64_t hk = h / (Hq / Hk), len = length(b);
+    const int64_t i0 = blk * kRowBlock, rows = std::min(kRowBlock, Sq - i0);
+    const Side K = kside_of(b, hk), Q = qside_of(b, h);
     float* p = ctx.scratch(worker);
-    float* dp = p + Sk;
-    float* dq = dp + Sk;
-    for (int64_t i = blk * kRows; i < std::min(Sq, (blk + 1) * kRows); ++i) {
-      const int64_t nk = visible_keys(causal, Sq, Sk, len, i);
-      const float* q = a.q.row<const float>(b, i, h);
-      const float* dout = g.dout.row<const float>(b, i, h);
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < nk; ++j) {
-        m = std::max(m, p[j] = scale * Dot(q, a.k.row<const float>(b, j, hk), Dk));
-        dp[j] = Dot(dout, a.v.row<const float>(b, j, hk), Dv);
-      }
-      float sum = 0;
-      for (int64_t j = 0; j < nk; ++j) sum += (p[j] = std::exp(p[j] - m));
-      float d = 0;
-      for (int64_t j = 0; j < nk; ++j) d += (p[j] /= sum) * dp[j];
-      std::fill(dq, dq + Dkp, 0.0f);
-      for (int64_t j = 0; j < nk; ++j) {
-        const float* k = a.k.row<const float>(b, j, hk);
-        const float ds = scale * p[j] * (dp[j] - d);
-        for (int64_t x = 0; x < Dk; ++x) dq[x] += ds * k[x];
-      }
-      std::copy_n(dq, Dk, g.dq.row<float>(b, i, h));
-      lse(b, h, i) = nk > 0 ? m + std::log(sum) : std::numeric_limits<float>::infinity();
-      dsum(b, h, i) = d;
+    float* dp = p + kRowBlock * kColBlock;
+    float* dq = dp + kRowBlock * kColBlock;
+    const float* l = lse.get() + (b * Hq + h) * Sqp + i0;
+    const float* dd = dsum.get() + (b * Hq + h) * Sqp + i0;
+    std::fill(dq, dq + rows * Dkp, 0.0f);
+    const int64_t last = visible_keys(causal, Sq, Sk, len, i0 + rows - 1);
+    for (int64_t j0 = 0; j0 < last; j0 += kColBlock) {
+      const int64_t cols = std::min(kColBlock, pad_to_state(last - j0));
+      MatMul(Q.r + i0 * Dkp, Dkp, K.t + j0, Skp, p, kColBlock, rows, cols, Dk, false);
+      Probabilities(p, kColBlock, rows, cols, scale, l,
+                    [&](int64_t r) { return visible_keys(causal, Sq, Sk, len, i0 + r) - j0; });
+      MatMul(Q.vr + i0 * Dvp, Dvp, K.vt + j0, Skp, dp, kColBlock, rows, cols, Dv, false);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c)
+          dp[r * kColBlock + c] = scale * p[r * kColBlock + c] * (dp[r * kColBlock + c] - dd[r]);
+      MatMul(dp, kColBlock, K.r + j0 * Dkp, Dkp, dq, Dkp, rows, Dkp, std::min(cols, Sk - j0), true);
     }
+    for (int64_t r = 0; r < rows; ++r) std::copy_n(dq + r * Dkp, Dk, g.dq.row<float>(b, i0 + r, h));
   });
-  const int64_t kblocks = (Sk + kRows - 1) / kRows;
-  ctx.reserve_scratch(static_cast<size_t>(kRows * (Dkp + Dvp) + 64));
+
+  // 3. dk, dv.
+  const int64_t kblocks = (Sk + kRowBlock - 1) / kRowBlock;
   ctx.parallel_for(B * Hk * kblocks, [&](int64_t task, int worker) {
     const int64_t blk = task % kblocks, bh = task / kblocks, b = bh / Hk, hk = bh % Hk;
     const int64_t group = Hq / Hk, len = length(b);
-    const int64_t j0 = blk * kRows, j1 = std::min(Sk, j0 + kRows);
-    // dk, dv of the block's keys; every query row is read once per block.
-    float* dk = ctx.scratch(worker);
-    float* dv = dk + kRows * Dkp;
-    std::fill(dk, dk + kRows * (Dkp + Dvp), 0.0f);
+    const int64_t j0 = blk * kRowBlock, keys = std::min(kRowBlock, Sk - j0);
+    const Side K = kside_of(b, hk);
+    float* pt = ctx.scratch(worker);
+    float* dpt = pt + kRowBlock * kColBlock;
+    float* dk = dpt + kRowBlock * kColBlock;
+    float* dv = dk + kRowBlock * Dkp;
+    std::fill(dk, dk + kRowBlock * (Dkp + Dvp), 0.0f);
+    // The first query row that sees key j0 (visibility is monotone in the row).
+    int64_t first = 0;
+    while (first < Sq && visible_keys(causal, Sq, Sk, len, first) <= j0) ++first;
     for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-      for (int64_t i = 0; i < Sq; ++i) {
-        const int64_t nk = std::min(j1, visible_keys(causal, Sq, Sk, len, i));
-        if (nk <= j0) continue;
-        const float* q = a.q.row<const float>(b, i, h);
-        const float* dout = g.dout.row<const float>(b, i, h);
-        const float l = lse(b, h, i), d = dsum(b, h, i);
-        for (int64_t j = j0; j < nk; ++j) {
-          const float pj = std::exp(scale * Dot(q, a.k.row<const float>(b, j, hk), Dk) - l);
-          const float ds = scale * pj * (Dot(dout, a.v.row<const float>(b, j, hk), Dv) - d);
-          float* dvj = dv + (j - j0) * Dvp;
-          float* dkj = dk + (j - j0) * Dkp;
-          for (int64_t x = 0; x < Dv; ++x) dvj[x] += pj * dout[x];
-          for (int64_t x = 0; x < Dk; ++x) dkj[x] += ds * q[x];
+      const Side Q = qside_of(b, h);
+      const float* l = lse.get() + (b * Hq + h) * Sqp;
+      const float* dd = dsum.get() + (b * Hq + h) * Sqp;
+      for (int64_t i0 = first - first % kColBlock; i0 < Sq; i0 += kColBlock) {
+        const int64_t cols = std::min(kColBlock, pad_to_state(Sq - i0)),
+                      qrows = std::min(kColBlock, Sq - i0);
+        // P^T[j][i] for keys j of the block, queries i of this query block.
+        MatMul(K.r + j0 * Dkp, Dkp, Q.t + i0, Sqp, pt, kColBlock, keys, cols, Dk, false);
+        for (int64_t j = 0; j < keys; ++j) {
+          float* row = pt + j * kColBlock;
+          for (int64_t c = 0; c < cols; ++c) {
+            const int64_t i = i0 + c;
+            row[c] = (c < qrows && j0 + j < visible_keys(causal, Sq, Sk, len, i))
+                         ? std::exp(scale * row[c] - l[i])
+                         : 0.0f;
+          }
         }
+        MatMul(pt, kColBlock, Q.vr + i0 * Dvp, Dvp, dv, Dvp, keys, Dvp, qrows, true);
+        MatMul(K.vr + j0 * Dvp, Dvp, Q.vt + i0, Sqp, dpt, kColBlock, keys, cols, Dv, false);
+        for (int64_t j = 0; j < keys; ++j)
+          for (int64_t c = 0; c < qrows; ++c) {
+            dpt[j * kColBlock + c] =
+                scale * pt[j * kColBlock + c] * (dpt[j * kColBlock + c] - dd[i0 + c]);
+          }
+        MatMul(dpt, kColBlock, Q.r + i0 * Dkp, Dkp, dk, Dkp, keys, Dkp, qrows, true);
       }
     }
-    for (int64_t j = j0; j < j1; ++j) {
-      std::copy_n(dk + (j - j0) * Dkp, Dk, g.dk.row<float>(b, j, hk));
-      std::copy_n(dv + (j - j0) * Dvp, Dv, g.dv.row<float>(b, j, hk));
+    for (int64_t j = 0; j < keys; ++j) {
+      std::copy_n(dk + j * Dkp, Dk, g.dk.row<float>(b, j0 + j, hk));
+      std::copy_n(dv + j * Dvp, Dv, g.dv.row<float>(b, j0 + j, hk));
     }
   });
 }
