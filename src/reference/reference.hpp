@@ -21,6 +21,12 @@ void softmax_backward_ref(const BackwardArgs& g, const AttentionOptions& o);
 // de Brebisson & Vincent: r = sum_t w_t (phi(k_t).phi(q)) v_t, normalised per c.norm.
 void linear_ref(const AttentionArgs& a, const AttentionOptions& o, const LinearConfig& c);
 
+// Gradients of linear_ref (dq, dk, dv overwritten; with c.gated also dgate [B, Sk, Hk]).
+// Per query: a_ij = w_j phi(q_i).phi(k_j), out_i = f_i sum_j a_ij v_j, f_i the normaliser
+// (kernel: 1 / sum_j a_ij); the chain runs through f_i, w_j = sigmoid(g_j)^2 and phi'.
+void linear_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const LinearConfig& c,
+                         const TensorView& dgate);
+
 // Performer/RFA with positive random features drawn by random_features(c.seed, Hk, ...).
 void rfa_ref(const AttentionArgs& a, const AttentionOptions& o, const RfaConfig& c);
 

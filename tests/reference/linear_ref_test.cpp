@@ -67,3 +67,70 @@ TEST(LinearRef, CausalRowsArePrefixesAndPaddingIsIgnored) {
 
 }  // namespace
 }  // namespace attnkit::testing
+
+namespace attnkit::testing {
+namespace {
+
+TEST(LinearRef, BackwardEqualsCentralFiniteDifferences) {
+  for (int map = 0; map < 4; ++map)
+    for (int norm = 0; norm < 4; ++norm)
+      for (bool gated : {false, true})
+        for (bool causal : {false, true}) {
+          if (map == 0 && norm == 3) continue;  // identity + kernel is rejected
+          const LinearConfig c{.feature_map = static_cast<FeatureMap>(map),
+                               .norm = static_cast<LinearNorm>(norm),
+                               .gated = gated};
+          const AttentionOptions o{.causal = causal};
+          const Dims d{1, 3, 4, 2, 1, 3, 2};
+          Problem p(d, static_cast<uint32_t>(80 + map * 16 + norm * 4 + gated * 2 + causal));
+          p.key_lengths = {3};
+          Tensor<double> gate({1, 4, 1}), dgate({1, 4, 1});
+          std::mt19937 rng(81);
+          std::normal_distribution<double> nd;
+          for (double& x : gate.vec()) x = nd(rng);
+          std::vector<double> dout(p.out.f64.size());
+          for (double& x : dout) x = nd(rng);
+          auto loss = [&] {
+            AttentionArgs a = p.args64();
+            if (gated) a.gate = gate.cview();
+            ref::linear_ref(a, o, c);
+            double l = 0;
+            for (size_t i = 0; i < dout.size(); ++i) l += dout[i] * p.out.f64[i];
+            return l;
+          };
+          Operand dq = make_zero_operand(p.q.shape, Layout::kContiguous);
+          Operand dk = make_zero_operand(p.k.shape, Layout::kContiguous);
+          Operand dv = make_zero_operand(p.v.shape, Layout::kContiguous);
+          Operand dO = make_zero_operand(p.out.shape, Layout::kContiguous);
+          dO.f64 = dout;
+          BackwardArgs g{.forward = p.args64(),
+                         .dout = dO.view64(),
+                         .dq = dq.mut64(),
+                         .dk = dk.mut64(),
+                         .dv = dv.mut64()};
+          if (gated) g.forward.gate = gate.cview();
+          ref::linear_backward_ref(g, o, c, dgate.view());
+          auto check = [&](std::vector<double>& x, const std::vector<double>& grad,
+                           const char* what) {
+            for (size_t i = 0; i < x.size(); ++i) {
+              const double keep = x[i], h = 1e-6;
+              x[i] = keep + h;
+              const double up = loss();
+              x[i] = keep - h;
+              const double down = loss();
+              x[i] = keep;
+              const double fd = (up - down) / (2 * h);
+              EXPECT_NEAR(grad[i], fd, 1e-6 * std::max(1.0, std::abs(fd)))
+                  << what << "[" << i << "] map=" << map << " norm=" << norm << " gated=" << gated
+                  << " causal=" << causal;
+            }
+          };
+          check(p.q.f64, dq.f64, "dq");
+          check(p.k.f64, dk.f64, "dk");
+          check(p.v.f64, dv.f64, "dv");
+          if (gated) check(gate.vec(), dgate.vec(), "dgate");
+        }
+}
+
+}  // namespace
+}  // namespace attnkit::testing
