@@ -32,6 +32,38 @@ void BM_Mechanism(benchmark::State& state, const std::string& name, bool causal)
       benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Backward of the mechanisms that have one (dq, dk, dv).
+void BM_Backward(benchmark::State& state, const std::string& name, const std::string& config,
+                 bool causal) {
+  const int64_t n = state.range(0);
+  Tensor<float> q({1, n, kHeads, kDim}), k({1, n, kHeads, kDim}), v({1, n, kHeads, kDim});
+  Tensor<float> out({1, n, kHeads, kDim}), dout({1, n, kHeads, kDim});
+  Tensor<float> dq({1, n, kHeads, kDim}), dk({1, n, kHeads, kDim}), dv({1, n, kHeads, kDim});
+  std::mt19937 rng(2);
+  std::normal_distribution<float> d;
+  for (auto* t : {&q, &k, &v, &dout})
+    for (float& x : t->vec()) x = 0.5f * d(rng);
+  const auto m = make_mechanism(name, {.causal = causal}, config);
+  Context ctx(0);
+  const BackwardArgs g{
+      .forward = {.q = q.cview(), .k = k.cview(), .v = v.cview(), .out = out.view()},
+      .dout = dout.cview(),
+      .dq = dq.view(),
+      .dk = dk.view(),
+      .dv = dv.view()};
+  m->forward(g.forward, ctx);
+  for (auto _ : state) m->backward(g, ctx);
+  state.counters["tokens"] =
+      benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK_CAPTURE(BM_Backward, linear_elu1_kernel_causal, "linear", "map=elu1,norm=kernel", true)
+    ->Arg(1024)
+    ->Arg(4096)
+    ->Arg(16384)
+    ->ArgName("N")
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
 // Registered at start-up from the registry, so a new mechanism is benchmarked too.
 const bool kRegistered = [] {
   for (const std::string& name : mechanism_names()) {

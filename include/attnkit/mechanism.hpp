@@ -47,6 +47,7 @@ struct BackwardArgs {
   TensorView dq;          // [B, Sq, Hq, Dk]
   TensorView dk;          // [B, Sk, Hk, Dk]
   TensorView dv;          // [B, Sk, Hk, Dv]
+  TensorView dgate;       // [B, Sk, Hk]: gradient of AttentionArgs::gate (linear, gated=true)
 };
 
 struct Capabilities {

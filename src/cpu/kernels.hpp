@@ -68,6 +68,12 @@ void log_linear_append(LinearState& s, const ConstTensorView& k, const ConstTens
 void log_linear_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
                       const LogFeatures& f, Context& ctx);
 
+// Gradients of linear_forward (dq, dk, dv and, when gated, dgate overwritten), float32, in
+// O(N D^2): a forward sweep over query rows (dq from the running state) and a reverse sweep
+// over keys (dk, dv, dgate from the running sum of phi(q) dnum^T). One task per
+// (batch, kv head) owns its key rows and its query heads' rows.
+void linear_backward(const BackwardArgs& g, const LinearConfig& c, bool causal, Context& ctx);
+
 // de Brebisson & Vincent linear attention with feature maps, gate and normalisers.
 // Causal prefill is chunked (intra-chunk matmul + carried state).
 void linear_forward(const AttentionArgs& a, const LinearConfig& c, bool causal, Context& ctx);

@@ -21,13 +21,36 @@ class Linear final : public Mechanism {
   Linear(const AttentionOptions& o, const LinearConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "linear"; }
   Capabilities capabilities() const override {
-    return {.causal = true, .streaming = !c_.gated, .fast_kernel = true};
+    return {.causal = true, .streaming = !c_.gated, .backward = true, .fast_kernel = true};
   }
   std::string describe() const override {
     return "linear(map=" + kMaps[static_cast<int>(c_.feature_map)] +
            ",norm=" + kNorms[static_cast<int>(c_.norm)] + ",gated=" + (c_.gated ? "1" : "0") +
            ",chunk=" + std::to_string(c_.chunk) + ") " + to_string(options());
   }
+  void backward(const BackwardArgs& g, Context& ctx) const override {
+    validate(g.forward);
+    const DType in = input_dtype_bf16(g.forward);
+    if (in == DType::kBF16) throw Error("q", "bfloat16 inputs have no backward pass; use float32");
+    const Shape sh = check_qkv(g.forward, in);
+    check_backward(g, sh, in);
+    if (c_.gated) {
+      check_tensor(as_const(g.dgate), "dgate", 3, in);
+      if (g.dgate.shape != g.forward.gate.shape) {
+        throw Error("dgate", "shape " + shape_string(g.dgate) + " must equal gate shape " +
+                                 shape_string(g.forward.gate));
+      }
+      check_no_overlap(as_const(g.dgate), "dgate", g.forward.gate, "gate");
+    } else if (g.dgate.present()) {
+      throw Error("dgate", "is only for gated=1");
+    }
+    if (in == DType::kF64) {
+      ref::linear_backward_ref(g, options(), c_, g.dgate);
+    } else {
+      cpu::linear_backward(g, c_, options().causal, ctx);
+    }
+  }
+
   // State per kv head: C (Dk x Dv) and z (Dk) float32, plus the token count.
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
     if (c_.gated)

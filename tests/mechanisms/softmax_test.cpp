@@ -185,31 +185,6 @@ TEST(Softmax, Bf16InputsMatchTheFloat32Result) {
 namespace attnkit::testing {
 namespace {
 
-struct Grads {
-  Operand dq, dk, dv, dout;
-  explicit Grads(const Problem& p, uint32_t seed)
-      : dq(make_zero_operand(p.q.shape, Layout::kContiguous)),
-        dk(make_zero_operand(p.k.shape, Layout::kContiguous)),
-        dv(make_zero_operand(p.v.shape, Layout::kContiguous)) {
-    std::mt19937 rng(seed);
-    dout = make_operand(p.out.shape, Layout::kContiguous, rng);
-  }
-  BackwardArgs args32(Problem& p) {
-    return {.forward = p.args32(),
-            .dout = dout.view32(),
-            .dq = dq.mut32(),
-            .dk = dk.mut32(),
-            .dv = dv.mut32()};
-  }
-  BackwardArgs args64(Problem& p) {
-    return {.forward = p.args64(),
-            .dout = dout.view64(),
-            .dq = dq.mut64(),
-            .dk = dk.mut64(),
-            .dv = dv.mut64()};
-  }
-};
-
 TEST(Softmax, BackwardMatchesReference) {
   Context ctx(2);
   uint32_t seed = 300;

@@ -133,6 +133,30 @@ AttentionArgs Problem::args32() {
   return a;
 }
 
+Grads::Grads(const Problem& p, uint32_t seed)
+    : dq(make_zero_operand(p.q.shape, Layout::kContiguous)),
+      dk(make_zero_operand(p.k.shape, Layout::kContiguous)),
+      dv(make_zero_operand(p.v.shape, Layout::kContiguous)) {
+  std::mt19937 rng(seed);
+  dout = make_operand(p.out.shape, Layout::kContiguous, rng);
+}
+
+BackwardArgs Grads::args32(Problem& p) {
+  return {.forward = p.args32(),
+          .dout = dout.view32(),
+          .dq = dq.mut32(),
+          .dk = dk.mut32(),
+          .dv = dv.mut32()};
+}
+
+BackwardArgs Grads::args64(Problem& p) {
+  return {.forward = p.args64(),
+          .dout = dout.view64(),
+          .dq = dq.mut64(),
+          .dk = dk.mut64(),
+          .dv = dv.mut64()};
+}
+
 std::string Report::str() const {
   std::ostringstream s;
   s << "max_abs=" << max_abs << " max_rel=" << max_rel << " nmse=" << nmse

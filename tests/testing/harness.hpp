@@ -51,6 +51,14 @@ struct Problem {
   AttentionArgs args32();  // out -> out.f32
 };
 
+// Gradient buffers for one Problem (contiguous) and a random upstream gradient dout.
+struct Grads {
+  Operand dq, dk, dv, dout;
+  Grads(const Problem& p, uint32_t seed);
+  BackwardArgs args32(Problem& p);
+  BackwardArgs args64(Problem& p);
+};
+
 struct Report {
   double max_abs = 0, max_rel = 0, nmse = 0, ref_max = 0;
   int64_t worst = -1;
