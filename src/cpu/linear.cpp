@@ -21,6 +21,7 @@
 #include <cmath>
 
 #include "src/cpu/kernels.hpp"
+#include "src/cpu/ops/features-inl.h"
 #include "src/cpu/ops/matmul-inl.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -28,32 +29,6 @@ namespace attnkit::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
-
-// out[0:dkp) = phi(x[0:dk)), zero beyond dk (so padded lanes add nothing to dots).
-HWY_INLINE void FeatureRow(const float* HWY_RESTRICT x, int64_t dk, int64_t dkp, FeatureMap map,
-                           float* HWY_RESTRICT out) {
-  const DF d;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  CopyPadded(x, dk, out, dkp);
-  const auto zero = hn::Zero(d), one = hn::Set(d, 1.0f);
-  for (int64_t i = 0; i < dkp; i += N) {
-    const auto v = hn::LoadU(d, out + i);
-    switch (map) {
-      case FeatureMap::kIdentity:
-        break;
-      case FeatureMap::kRelu:
-        hn::StoreU(hn::Max(v, zero), d, out + i);
-        break;
-      case FeatureMap::kEluPlusOne:
-        hn::StoreU(hn::IfThenElse(hn::Gt(v, zero), hn::Add(v, one), hn::Exp(d, v)), d, out + i);
-        break;
-      case FeatureMap::kExp:
-        hn::StoreU(hn::Exp(d, v), d, out + i);
-        break;
-    }
-  }
-  std::fill(out + dk, out + dkp, 0.0f);
-}
 
 HWY_INLINE float Normalise(LinearNorm norm, int64_t visible, float den) {
   switch (norm) {

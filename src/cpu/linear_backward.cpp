@@ -17,30 +17,13 @@
 #include <cmath>
 
 #include "src/cpu/kernels.hpp"
+#include "src/cpu/ops/features-inl.h"
 #include "src/cpu/ops/matmul-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
 namespace HWY_NAMESPACE {
 
-inline float Phi(FeatureMap m, float x) {
-  switch (m) {
-    case FeatureMap::kIdentity: return x;
-    case FeatureMap::kEluPlusOne: return x > 0 ? x + 1.0f : std::exp(x);
-    case FeatureMap::kRelu: return x > 0 ? x : 0.0f;
-    case FeatureMap::kExp: return std::exp(x);
-  }
-  return x;
-}
-inline float PhiGrad(FeatureMap m, float x) {
-  switch (m) {
-    case FeatureMap::kIdentity: return 1.0f;
-    case FeatureMap::kEluPlusOne: return x > 0 ? 1.0f : std::exp(x);
-    case FeatureMap::kRelu: return x > 0 ? 1.0f : 0.0f;
-    case FeatureMap::kExp: return std::exp(x);
-  }
-  return 1.0f;
-}
 inline float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 void LinearBackward(const BackwardArgs& g, const LinearConfig& cfg, bool causal, Context& ctx) {
@@ -49,9 +32,10 @@ void LinearBackward(const BackwardArgs& g, const LinearConfig& cfg, bool causal,
   const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
   const int64_t Dkp = pad_to_state(Dk), Dvp = pad_to_state(Dv), group = Hq / Hk;
   const FeatureMap map = cfg.feature_map;
-  // Scratch: C, dC [Dkp][Dvp]; z, dz, phi row [Dkp]; v and t rows [Dvp]; per query row
-  // phi(q) [Sq][Dkp], dnum [Sq][Dvp], dden [Sq].
-  ctx.reserve_scratch(static_cast<size_t>(2 * Dkp * Dvp + 3 * Dkp + 2 * Dvp + Sq * (Dkp + Dvp + 1) + 64));
+  // Scratch: C, dC [Dkp][Dvp]; z, dz, phi row [Dkp]; v row [Dvp]; t [max(Dkp, Dvp)]; grad
+  // [Dkp]; per query row phi(q) [Sq][Dkp], dnum [Sq][Dvp], dden [Sq].
+  ctx.reserve_scratch(static_cast<size_t>(2 * Dkp * Dvp + 4 * Dkp + Dvp + std::max(Dkp, Dvp) +
+                                          Sq * (Dkp + Dvp + 1) + 64));
   ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
     const int64_t b = task / Hk, hk = task % Hk;
     const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
@@ -61,17 +45,17 @@ void LinearBackward(const BackwardArgs& g, const LinearConfig& cfg, bool causal,
     float* dz = z + Dkp;
     float* fk = dz + Dkp;
     float* vb = fk + Dkp;
-    float* t = vb + Dvp;
-    float* fq = t + Dvp;
+    float* t = vb + Dvp;  // [max(Dkp, Dvp)], zero padded
+    float* grad = t + std::max(Dkp, Dvp);
+    float* fq = grad + Dkp;
     float* dnum = fq + Sq * Dkp;
     float* dden = dnum + Sq * Dvp;
+    std::fill(t, t + std::max(Dkp, Dvp), 0.0f);
     auto weight = [&](int64_t j) {
       return cfg.gated ? std::pow(Sigmoid(a.gate.at<const float>(b, j, hk)), 2.0f) : 1.0f;
     };
     auto load_key = [&](int64_t j) {
-      const float* k = a.k.row<const float>(b, j, hk);
-      for (int64_t x = 0; x < Dk; ++x) fk[x] = Phi(map, k[x]);
-      std::fill(fk + Dk, fk + Dkp, 0.0f);
+      FeatureRow(a.k.row<const float>(b, j, hk), Dk, Dkp, map, fk);
       CopyPadded(a.v.row<const float>(b, j, hk), Dv, vb, Dvp);
     };
     for (int64_t j = 0; j < Sk; ++j) {
@@ -97,8 +81,7 @@ void LinearBackward(const BackwardArgs& g, const LinearConfig& cfg, bool causal,
         const float* q = a.q.row<const float>(b, i, h);
         const float* dout = g.dout.row<const float>(b, i, h);
         float* fqi = fq + i * Dkp;
-        for (int64_t x = 0; x < Dk; ++x) fqi[x] = Phi(map, q[x]);
-        std::fill(fqi + Dk, fqi + Dkp, 0.0f);
+        FeatureRow(q, Dk, Dkp, map, fqi);
         float* dn = dnum + i * Dvp;
         float* dq = g.dq.row<float>(b, i, h);
         if (vis == 0) {
@@ -111,9 +94,14 @@ void LinearBackward(const BackwardArgs& g, const LinearConfig& cfg, bool causal,
         const float den = Dot(fqi, z, Dkp);
         float f = 1.0f, dd = 0.0f;
         switch (cfg.norm) {
-          case LinearNorm::kNone: break;
-          case LinearNorm::kLength: f = 1.0f / static_cast<float>(vis); break;
-          case LinearNorm::kFixed1000: f = 1000.0f / static_cast<float>(vis); break;
+          case LinearNorm::kNone:
+            break;
+          case LinearNorm::kLength:
+            f = 1.0f / static_cast<float>(vis);
+            break;
+          case LinearNorm::kFixed1000:
+            f = 1000.0f / static_cast<float>(vis);
+            break;
           case LinearNorm::kKernel:
             f = den > 0.0f ? 1.0f / den : 0.0f;
             dd = den > 0.0f ? -Dot(dout, t, Dv) / (den * den) : 0.0f;
@@ -122,7 +110,9 @@ void LinearBackward(const BackwardArgs& g, const LinearConfig& cfg, bool causal,
         for (int64_t x = 0; x < Dv; ++x) dn[x] = f * dout[x];
         std::fill(dn + Dv, dn + Dvp, 0.0f);
         dden[i] = dd;
-        for (int64_t r = 0; r < Dk; ++r) dq[r] = (Dot(c + r * Dvp, dn, Dvp) + z[r] * dd) * PhiGrad(map, q[r]);
+        for (int64_t r = 0; r < Dk; ++r) t[r] = Dot(c + r * Dvp, dn, Dvp) + z[r] * dd;  // dphi(q)
+        FeatureGradRow(q, t, Dk, Dkp, map, grad);
+        std::copy_n(grad, Dk, dq);
       }
       // Reverse sweep over the valid keys; rows are added while they see the key.
       std::fill(dc, dc + Dkp * Dvp, 0.0f);
@@ -143,9 +133,11 @@ void LinearBackward(const BackwardArgs& g, const LinearConfig& cfg, bool causal,
         float dw = 0.0f;
         for (int64_t r = 0; r < Dk; ++r) {
           const float u = Dot(dc + r * Dvp, vb, Dvp) + dz[r];  // (dC v_j + dz)_r
-          dk[r] += w * u * PhiGrad(map, k[r]);
           dw += fk[r] * u;
+          t[r] = w * u;  // dphi(k_j)
         }
+        FeatureGradRow(k, t, Dk, Dkp, map, grad);
+        for (int64_t r = 0; r < Dk; ++r) dk[r] += grad[r];
         MatMulRows<1>(fk, Dkp, dc, Dvp, Dk, Dvp, t, Dvp, /*accumulate=*/false);  // dC^T phi(k_j)
         float* dv = g.dv.row<float>(b, j, hk);
         for (int64_t x = 0; x < Dv; ++x) dv[x] += w * t[x];
