@@ -32,8 +32,8 @@ class Linear final : public Mechanism {
     validate(g.forward);
     const DType in = input_dtype_bf16(g.forward);
     if (in == DType::kBF16) throw Error("q", "bfloat16 inputs have no backward pass; use float32");
-    const Shape sh = check_qkv(g.forward, in);
-    check_backward(g, sh, in);
+    check_qkv(g.forward, in);
+    check_backward(g, in);
     if (c_.gated) {
       check_tensor(as_const(g.dgate), "dgate", 3, in);
       if (g.dgate.shape != g.forward.gate.shape) {

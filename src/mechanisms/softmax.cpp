@@ -110,7 +110,7 @@ class Softmax final : public Mechanism {
     const DType in = input_dtype(g.forward);  // float32 or float64 (no bfloat16 gradients)
     const Shape sh = check_qkv(g.forward, in);
     check_unused(g.forward, name(), false, false, false, false);
-    check_backward(g, sh, in);
+    check_backward(g, in);
     if (sh.Sq == 0 && sh.Sk == 0) return;
     if (in == DType::kF64) {
       ref::softmax_backward_ref(g, options());

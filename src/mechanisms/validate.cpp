@@ -223,17 +223,19 @@ void check_stream_query(const StreamSpec& s, const ConstTensorView& q, const Ten
   check_no_overlap(as_const(out), "out", q, "q");
 }
 
-void check_backward(const BackwardArgs& g, const Shape& sh, DType dtype) {
+void check_backward(const BackwardArgs& g, DType dtype) {
   const AttentionArgs& a = g.forward;
-  const std::pair<ConstTensorView, ConstTensorView> pairs[] = {
-      {g.dout, as_const(a.out)}, {as_const(g.dq), a.q}, {as_const(g.dk), a.k}, {as_const(g.dv), a.v}};
+  const std::pair<ConstTensorView, ConstTensorView> pairs[] = {{g.dout, as_const(a.out)},
+                                                               {as_const(g.dq), a.q},
+                                                               {as_const(g.dk), a.k},
+                                                               {as_const(g.dv), a.v}};
   const char* names[] = {"dout", "dq", "dk", "dv"};
   const char* like[] = {"out", "q", "k", "v"};
   for (int t = 0; t < 4; ++t) {
     check_tensor(pairs[t].first, names[t], 4, dtype);
     if (pairs[t].first.shape != pairs[t].second.shape) {
-      throw Error(names[t], "shape " + shape_string(pairs[t].first) + " must equal " + like[t] + " shape " +
-                                shape_string(pairs[t].second));
+      throw Error(names[t], "shape " + shape_string(pairs[t].first) + " must equal " + like[t] +
+                                " shape " + shape_string(pairs[t].second));
     }
   }
   check_finite(g.dout, "dout");
@@ -243,7 +245,6 @@ void check_backward(const BackwardArgs& g, const Shape& sh, DType dtype) {
       check_no_overlap(pairs[t].first, names[t], pairs[u].second, like[u]);
     }
   }
-  (void)sh;
 }
 
 }  // namespace attnkit::detail

@@ -49,7 +49,7 @@ void check_unused(const AttentionArgs& a, std::string_view mechanism, bool memor
 void check_memory_args(const AttentionArgs& a, const Shape& sh, DType dtype);
 // dout like out, dq like q, dk like k, dv like v (same dtype); gradients must not overlap
 // the inputs or each other.
-void check_backward(const BackwardArgs& g, const Shape& sh, DType dtype);
+void check_backward(const BackwardArgs& g, DType dtype);
 // Streaming: the spec, appended k [B, T, Hk, Dk] / v [B, T, Hk, Dv], and queries
 // q [B, Tq, Hq, Dk] with out [B, Tq, Hq, Dv] (float32, finite).
 void check_stream_spec(const StreamSpec& s);

@@ -88,12 +88,7 @@ void linear_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const
                          const TensorView& dgate) {
   const AttentionArgs& a = g.forward;
   const Dims n(a);
-  auto zero = [](const TensorView& t) {
-    for (int64_t b = 0; b < t.shape[0]; ++b)
-      for (int64_t i = 0; i < t.shape[1]; ++i)
-        for (int64_t h = 0; h < t.shape[2]; ++h) std::fill_n(row(t, b, i, h), t.shape[3], 0.0);
-  };
-  zero(g.dq), zero(g.dk), zero(g.dv);
+  zero_rows(g.dq), zero_rows(g.dk), zero_rows(g.dv);
   if (c.gated) {
     for (int64_t b = 0; b < n.B; ++b)
       for (int64_t j = 0; j < n.Sk; ++j)

@@ -41,6 +41,13 @@ inline double* row(const TensorView& t, int64_t b, int64_t n, int64_t h) {
   return t.row<double>(b, n, h);
 }
 
+// Sets every [B, S, H, D] row of t to zero.
+inline void zero_rows(const TensorView& t) {
+  for (int64_t b = 0; b < t.shape[0]; ++b)
+    for (int64_t i = 0; i < t.shape[1]; ++i)
+      for (int64_t h = 0; h < t.shape[2]; ++h) std::fill_n(row(t, b, i, h), t.shape[3], 0.0);
+}
+
 inline double dot(const double* x, const double* y, int64_t n) {
   double s = 0;
   for (int64_t i = 0; i < n; ++i) s += x[i] * y[i];

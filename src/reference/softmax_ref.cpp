@@ -33,12 +33,7 @@ void softmax_backward_ref(const BackwardArgs& g, const AttentionOptions& o) {
   const AttentionArgs& a = g.forward;
   const Dims n(a);
   const double s = logit_scale(o, n.Dk);
-  auto zero = [](const TensorView& t) {
-    for (int64_t b = 0; b < t.shape[0]; ++b)
-      for (int64_t i = 0; i < t.shape[1]; ++i)
-        for (int64_t h = 0; h < t.shape[2]; ++h) std::fill_n(row(t, b, i, h), t.shape[3], 0.0);
-  };
-  zero(g.dq), zero(g.dk), zero(g.dv);
+  zero_rows(g.dq), zero_rows(g.dk), zero_rows(g.dv);
   std::vector<double> p, dp;
   for (int64_t b = 0; b < n.B; ++b) {
     const int64_t len = key_length(a, b);

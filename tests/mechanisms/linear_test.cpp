@@ -142,9 +142,7 @@ TEST(Linear, BackwardBitwiseAcrossThreads) {
     Problem p = base;
     Grads g(p, 78);
     make_mechanism("linear", {.causal = true}, "map=elu1,norm=kernel")->backward(g.args32(p), ctx);
-    std::vector<float> all = g.dq.f32;
-    all.insert(all.end(), g.dk.f32.begin(), g.dk.f32.end());
-    all.insert(all.end(), g.dv.f32.begin(), g.dv.f32.end());
+    const std::vector<float> all = g.all32();
     if (first.empty()) first = all;
     EXPECT_EQ(all, first) << threads << " threads";
   }

@@ -221,9 +221,7 @@ TEST(Softmax, BackwardBitwiseAcrossThreadsAndValidated) {
     Grads g(p, 10);
     make_mechanism("softmax", {.causal = true})->forward(p.args32(), ctx);
     make_mechanism("softmax", {.causal = true})->backward(g.args32(p), ctx);
-    std::vector<float> all = g.dq.f32;
-    all.insert(all.end(), g.dk.f32.begin(), g.dk.f32.end());
-    all.insert(all.end(), g.dv.f32.begin(), g.dv.f32.end());
+    const std::vector<float> all = g.all32();
     if (first.empty()) first = all;
     EXPECT_EQ(all, first) << threads << " threads";
   }

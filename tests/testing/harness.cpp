@@ -157,6 +157,13 @@ BackwardArgs Grads::args64(Problem& p) {
           .dv = dv.mut64()};
 }
 
+std::vector<float> Grads::all32() const {
+  std::vector<float> all = dq.f32;
+  all.insert(all.end(), dk.f32.begin(), dk.f32.end());
+  all.insert(all.end(), dv.f32.begin(), dv.f32.end());
+  return all;
+}
+
 std::string Report::str() const {
   std::ostringstream s;
   s << "max_abs=" << max_abs << " max_rel=" << max_rel << " nmse=" << nmse

@@ -57,6 +57,7 @@ struct Grads {
   Grads(const Problem& p, uint32_t seed);
   BackwardArgs args32(Problem& p);
   BackwardArgs args64(Problem& p);
+  std::vector<float> all32() const;  // dq, dk, dv (float32) end to end, for bitwise checks
 };
 
 struct Report {
