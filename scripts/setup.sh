@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Installs the build and test dependencies from Debian 12's packages (idempotent).
+# Installs the build and test dependencies (idempotent): Debian 12 packages for the C++
+# library and for Python (numpy, PyTorch 1.13 and matplotlib from Debian), then a virtual
+# environment .venv on Debian's python3 that sees those packages and adds the pinned
+# PyPI build tools (nanobind, scikit-build-core) and pytest.
 set -euo pipefail
-PKGS=(g++ cmake make libhwy-dev libgtest-dev libbenchmark-dev libcli11-dev libopenblas-dev)
+cd "$(dirname "$0")/.."
+PKGS=(g++ cmake make ninja-build libhwy-dev libgtest-dev libbenchmark-dev libcli11-dev
+      libopenblas-dev python3-dev python3-venv python3-numpy python3-torch python3-matplotlib)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -13,3 +18,8 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check \
+  nanobind==3.1.0 scikit-build-core==1.1.2 pytest==9.2.0

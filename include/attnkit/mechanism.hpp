@@ -48,6 +48,7 @@ struct BackwardArgs {
   TensorView dk;          // [B, Sk, Hk, Dk]
   TensorView dv;          // [B, Sk, Hk, Dv]
   TensorView dgate;       // [B, Sk, Hk]: gradient of AttentionArgs::gate (linear, gated=true)
+  TensorView dmemory;     // [B, L, Hq, Dk]: gradient of AttentionArgs::memory (luna)
 };
 
 struct Capabilities {

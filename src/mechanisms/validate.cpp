@@ -239,6 +239,12 @@ void check_backward(const BackwardArgs& g, DType dtype) {
     }
   }
   check_finite(g.dout, "dout");
+  if (g.dgate.present() && !a.gate.present()) {
+    throw Error("dgate", "is the gradient of gate, which was not given");
+  }
+  if (g.dmemory.present() && !a.memory.present()) {
+    throw Error("dmemory", "is the gradient of memory, which was not given");
+  }
   for (int t = 1; t < 4; ++t) {
     for (int u = 0; u < 4; ++u) {
       if (u != t) check_no_overlap(pairs[t].first, names[t], pairs[u].first, names[u]);

@@ -1,0 +1,204 @@
+"""attnkit: efficient attention mechanisms with fast CPU kernels.
+
+Arrays are [B, S, H, D] (batch, sequence, heads, head dim) with the last dimension contiguous
+and any other strides; numpy arrays and DLPack tensors (PyTorch included) are read in place,
+never copied. float32 runs the SIMD kernels, float64 the double-precision references,
+bfloat16 (PyTorch) the bfloat16 kernels where a mechanism has one. Every rule the C++ library
+checks raises ``attnkit.Error`` (a ``ValueError``) with the library's message.
+
+    import numpy as np, attnkit
+    q = k = v = np.random.randn(1, 1024, 8, 64).astype(np.float32)
+    out = attnkit.attention(q, k, v, "linear", causal=True, map="elu1")
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+
+from ._core import Error, cpu_report, num_threads, set_num_threads
+from ._core import Mechanism as _CoreMechanism
+from ._core import mechanism_names as _mechanism_names
+from ._core import topk_feed_forward as _topk_feed_forward
+
+__all__ = ["Error", "Gradients", "Mechanism", "attention", "cpu_report", "mechanisms",
+           "num_threads", "set_num_threads", "topk_feed_forward"]
+__version__ = "0.1.0"
+
+
+def mechanisms() -> list[str]:
+    """Names of every registered mechanism."""
+    return list(_mechanism_names())
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def _array(x: Any, name: str) -> Any:
+    """x as something the extension reads in place: numpy arrays and DLPack tensors pass as
+    they are; lists and scalars become numpy arrays (a copy, as numpy makes one)."""
+    if x is None or isinstance(x, np.ndarray) or hasattr(x, "__dlpack__"):
+        if _is_torch(x) and x.requires_grad:
+            raise Error(f"{name}: requires grad; use attnkit.torch for autograd, "
+                        f"or pass {name}.detach()")
+        return x
+    return np.asarray(x)
+
+
+def _out_dtype(q: Any) -> Any:
+    """The output dtype rule of the library: float64 in, float64 out; else float32."""
+    if _is_torch(q):
+        import torch
+        return torch.float64 if q.dtype == torch.float64 else torch.float32
+    return np.float64 if getattr(q, "dtype", None) == np.float64 else np.float32
+
+
+def _float32(like: Any) -> Any:
+    if _is_torch(like):
+        import torch
+        return torch.float32
+    return np.float32
+
+
+def _empty(like: Any, shape: tuple, dtype: Any) -> Any:
+    if _is_torch(like):
+        import torch
+        return torch.empty(shape, dtype=dtype, device=like.device)
+    return np.empty(shape, dtype=dtype)
+
+
+def _shape(x: Any) -> tuple:
+    return tuple(int(s) for s in x.shape)
+
+
+def _result_shape(q: Any, v: Any) -> tuple:
+    """[B, Sq, Hq, Dv]; a placeholder when ranks are wrong, so that the library reports the
+    rank rule for q, k or v (it checks those before out)."""
+    qs, vs = _shape(q), _shape(v)
+    return qs[:3] + vs[3:] if len(qs) == 4 and len(vs) == 4 else (1, 1, 1, 1)
+
+
+def _key_lengths(lengths: Any) -> Optional[np.ndarray]:
+    if lengths is None:
+        return None
+    if _is_torch(lengths):
+        lengths = lengths.detach().cpu().numpy()
+    a = np.asarray(lengths)
+    if a.dtype.kind not in "iu":
+        raise Error(f"key_lengths: must be integers (got {a.dtype})")
+    if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
+        raise Error("key_lengths: values must fit in int32")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def _config_string(config: dict) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "1" if v else "0"
+        return str(v)
+    return ",".join(f"{k}={fmt(v)}" for k, v in config.items())
+
+
+class Gradients(NamedTuple):
+    dq: Any
+    dk: Any
+    dv: Any
+    dgate: Any = None    # linear gated=1
+    dmemory: Any = None  # luna
+
+
+class Mechanism:
+    """One attention mechanism with its options and config.
+
+    ``Mechanism("topk", causal=True, k=32)``; config keys are those of ``attnkit list`` and
+    docs/MECHANISMS.md (unknown keys are errors). ``scale=None`` is 1/sqrt(head dim).
+    """
+
+    def __init__(self, name: str, *, causal: bool = False, scale: Optional[float] = None,
+                 **config: Any) -> None:
+        if scale is not None and not scale > 0:
+            raise Error(f"scale: must be > 0 (got {scale})")
+        self._m = _CoreMechanism(name, 0.0 if scale is None else float(scale), bool(causal),
+                                 _config_string(config))
+
+    name = property(lambda self: self._m.name)
+    causal = property(lambda self: self._m.causal)
+
+    @property
+    def capabilities(self) -> dict:
+        """noncausal, causal, streaming, backward, fast_kernel, needs_memory."""
+        return self._m.capabilities()
+
+    def describe(self) -> str:
+        return self._m.describe()
+
+    def __repr__(self) -> str:
+        return f"attnkit.Mechanism({self.describe()!r})"
+
+    def forward(self, q: Any, k: Any, v: Any, *, key_lengths: Any = None, memory: Any = None,
+                gate: Any = None, filter: Any = None, out: Any = None, return_lse: bool = False,
+                return_memory: bool = False) -> Any:
+        """out [B, Sq, Hq, Dv] for q [B, Sq, Hq, Dk], k [B, Sk, Hk, Dk], v [B, Sk, Hk, Dv].
+
+        key_lengths: B ints (keys at or past a length are padding); memory [B, L, Hq, Dk]
+        (luna, memory); gate [B, Sk, Hk] (linear gated=1); filter [Hk, kappa] (memory).
+        out: written in place when given. return_lse adds lse [B, Hq, Sq] (softmax);
+        return_memory adds the packed / final memory [B, L, Hq, Dv] (luna, memory).
+        """
+        q, k, v = _array(q, "q"), _array(k, "k"), _array(v, "v")
+        memory, gate, filter = _array(memory, "memory"), _array(gate, "gate"), _array(
+            filter, "filter")
+        if out is None:
+            out = _empty(q, _result_shape(q, v), _out_dtype(q))
+        lse = mem_out = None
+        if return_lse:
+            qs = _shape(q)
+            lse = _empty(q, (qs[0], qs[2], qs[1]) if len(qs) == 4 else (1, 1, 1),
+                         _float32(q))
+        if return_memory:
+            if memory is None:
+                raise Error("memory: return_memory needs memory [B, L, Hq, Dk]")
+            ms, vs = _shape(memory), _shape(v)
+            mem_shape = ms[:3] + vs[3:] if len(ms) == 4 and len(vs) == 4 else (1, 1, 1, 1)
+            mem_out = _empty(q, mem_shape, _out_dtype(q))
+        self._m.forward(q, k, v, out, lse=lse, key_lengths=_key_lengths(key_lengths),
+                        memory=memory, memory_out=mem_out, gate=gate, filter=filter)
+        if not (return_lse or return_memory):
+            return out
+        return (out,) + ((lse,) if return_lse else ()) + ((mem_out,) if return_memory else ())
+
+    __call__ = forward
+
+    def backward(self, q: Any, k: Any, v: Any, out: Any, dout: Any, *, key_lengths: Any = None,
+                 memory: Any = None, gate: Any = None, filter: Any = None) -> Gradients:
+        """Gradients of sum(out * dout) with respect to q, k, v (and gate, memory when given);
+        out is this mechanism's forward output for the same inputs."""
+        args = [_array(t, n) for t, n in ((q, "q"), (k, "k"), (v, "v"), (out, "out"),
+                                          (dout, "dout"))]
+        memory, gate, filter = _array(memory, "memory"), _array(gate, "gate"), _array(
+            filter, "filter")
+        dq, dk, dv = (_empty(t, _shape(t), t.dtype) for t in args[:3])
+        dgate = None if gate is None else _empty(gate, _shape(gate), gate.dtype)
+        dmemory = None if memory is None else _empty(memory, _shape(memory), memory.dtype)
+        self._m.backward(*args, dq, dk, dv, key_lengths=_key_lengths(key_lengths),
+                         memory=memory, gate=gate, filter=filter, dgate=dgate, dmemory=dmemory)
+        return Gradients(dq, dk, dv, dgate, dmemory)
+
+
+def attention(q: Any, k: Any, v: Any, /, mechanism: str = "softmax", *, causal: bool = False,
+              scale: Optional[float] = None, key_lengths: Any = None, memory: Any = None,
+              gate: Any = None, filter: Any = None, **config: Any) -> Any:
+    """One call: ``Mechanism(mechanism, causal=..., scale=..., **config).forward(...)``."""
+    m = Mechanism(mechanism, causal=causal, scale=scale, **config)
+    return m.forward(q, k, v, key_lengths=key_lengths, memory=memory, gate=gate, filter=filter)
+
+
+def topk_feed_forward(x: Any, keys: Any, values: Any, k: int) -> Any:
+    """Top-k feed-forward: x [T, Dm], keys [F, Dm] (rows of W_in), values [F, Dout] -> [T, Dout].
+    k >= F is the dense ReLU feed-forward relu(x keys^T) values."""
+    x, keys, values = _array(x, "x"), _array(keys, "keys"), _array(values, "values")
+    vs = _shape(values)
+    out = _empty(x, (_shape(x)[0], vs[1] if len(vs) == 2 else 1), _out_dtype(x))
+    _topk_feed_forward(x, keys, values, out, int(k))
+    return out

@@ -1,0 +1,152 @@
+"""attnkit.torch: attnkit mechanisms as PyTorch autograd Functions and nn.Module layers.
+
+Tensors go to the C++ kernels through DLPack without copies (a tensor whose last dimension is
+not contiguous is made contiguous first, since the kernels read rows). Gradients come from
+each mechanism's backward pass: float32 runs the kernels, float64 the double-precision
+references, so ``torch.autograd.gradcheck`` checks them against finite differences.
+
+    import torch, attnkit.torch as ak
+    q, k, v = (torch.randn(2, 8, 512, 64, requires_grad=True) for _ in range(3))  # [B, H, S, D]
+    out = ak.attention(q, k, v, "linear", causal=True, layout="bhsd", map="elu1")
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+import attnkit as _ak
+
+__all__ = ["Attention", "AttentionFunction", "MultiheadAttention", "attention"]
+
+_LAYOUTS = ("bshd", "bhsd")
+
+
+def _rows(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """t detached (DLPack exports no autograd state) with a contiguous last dimension."""
+    if t is None:
+        return None
+    t = t.detach()
+    return t if t.dim() == 0 or t.stride(-1) == 1 or t.size(-1) <= 1 else t.contiguous()
+
+
+class AttentionFunction(torch.autograd.Function):
+    """out = mechanism(q, k, v; gate, memory) with attnkit's backward pass.
+
+    q [B, Sq, Hq, Dk], k [B, Sk, Hk, Dk], v [B, Sk, Hk, Dv], gate [B, Sk, Hk] or None,
+    memory [B, L, Hq, Dk] or None -> out [B, Sq, Hq, Dv]. Gradients flow to q, k, v, gate and
+    memory; key_lengths and filter are constants.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, mechanism: _ak.Mechanism, key_lengths: Any, filter: Any,
+                q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: Optional[torch.Tensor],
+                memory: Optional[torch.Tensor]) -> torch.Tensor:
+        q, k, v, gate, memory, filter = (_rows(t) for t in (q, k, v, gate, memory, filter))
+        out = mechanism.forward(q, k, v, key_lengths=key_lengths, memory=memory, gate=gate,
+                                filter=filter)
+        ctx.mechanism, ctx.key_lengths, ctx.filter = mechanism, key_lengths, filter
+        ctx.save_for_backward(q, k, v, out, gate, memory)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, dout: torch.Tensor) -> tuple:
+        # The saved output is the Function's own output, which now carries autograd state.
+        q, k, v, out, gate, memory = (_rows(t) for t in ctx.saved_tensors)
+        g = ctx.mechanism.backward(q, k, v, out, _rows(dout), key_lengths=ctx.key_lengths,
+                                   memory=memory, gate=gate, filter=ctx.filter)
+        return None, None, None, g.dq, g.dk, g.dv, g.dgate, g.dmemory
+
+
+def _apply(mechanism: _ak.Mechanism, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+           layout: str, key_lengths: Any, gate: Optional[torch.Tensor],
+           memory: Optional[torch.Tensor], filter: Any) -> torch.Tensor:
+    if layout not in _LAYOUTS:
+        raise _ak.Error(f"layout: must be one of {_LAYOUTS} (got {layout!r})")
+    if layout == "bhsd":  # views, not copies: the kernels take any batch/sequence/head strides
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    tracked = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, gate, memory))
+    if tracked and not mechanism.capabilities["backward"]:
+        raise _ak.Error(f"backward: {mechanism.name} has no backward pass; call it under "
+                        "torch.no_grad() or detach its inputs")
+    out = AttentionFunction.apply(mechanism, key_lengths, filter, q, k, v, gate, memory)
+    return out.transpose(1, 2) if layout == "bhsd" else out
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, /,
+              mechanism: str = "softmax", *, causal: bool = False,
+              scale: Optional[float] = None, layout: str = "bshd",
+              key_lengths: Any = None, gate: Optional[torch.Tensor] = None,
+              memory: Optional[torch.Tensor] = None, filter: Any = None,
+              **config: Any) -> torch.Tensor:
+    """Differentiable attention. layout "bshd": [B, S, H, D]; "bhsd": [B, H, S, D], the layout
+    of torch.nn.functional.scaled_dot_product_attention, which
+    ``attention(q, k, v, "softmax", causal=c, layout="bhsd")`` replaces."""
+    m = _ak.Mechanism(mechanism, causal=causal, scale=scale, **config)
+    return _apply(m, q, k, v, layout, key_lengths, gate, memory, filter)
+
+
+class Attention(nn.Module):
+    """The inner product of multi-head attention, (q, k, v) -> out, by an attnkit mechanism.
+
+    For mechanisms that read a memory (luna, memory) the module owns it as a parameter
+    [memory_slots, heads, head_dim], shared over the batch. For linear gated=1 pass the gate
+    logits [B, Sk, Hk] to forward.
+    """
+
+    def __init__(self, mechanism: str = "softmax", *, causal: bool = False,
+                 scale: Optional[float] = None, layout: str = "bshd",
+                 memory_slots: int = 0, heads: int = 0, head_dim: int = 0,
+                 **config: Any) -> None:
+        super().__init__()
+        self.mechanism = _ak.Mechanism(mechanism, causal=causal, scale=scale, **config)
+        if layout not in _LAYOUTS:
+            raise _ak.Error(f"layout: must be one of {_LAYOUTS} (got {layout!r})")
+        self.layout = layout
+        self.memory = None
+        if self.mechanism.capabilities["needs_memory"]:
+            if memory_slots <= 0 or heads <= 0 or head_dim <= 0:
+                raise _ak.Error(f"memory_slots: {mechanism} needs memory_slots, heads and "
+                                "head_dim > 0 for its learnable memory")
+            # N(0, 1) as the tiny paper's code initialises memory.
+            self.memory = nn.Parameter(torch.randn(memory_slots, heads, head_dim))
+
+    def extra_repr(self) -> str:
+        return f"{self.mechanism.describe()}, layout={self.layout}"
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                key_lengths: Any = None, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
+        memory = None
+        if self.memory is not None:  # [L, H, D] -> [B, L, H, D], a stride-0 view
+            memory = self.memory.unsqueeze(0).expand(q.shape[0], -1, -1, -1).to(q.dtype)
+        return _apply(self.mechanism, q, k, v, self.layout, key_lengths, gate, memory, None)
+
+
+class MultiheadAttention(nn.Module):
+    """Self-attention layer: x [B, S, E] -> [B, S, E] with q/k/v/out projections around an
+    attnkit inner product (num_heads heads of E / num_heads). For linear gated=1 a gate
+    projection [E -> num_heads] supplies the gate logits."""
+
+    def __init__(self, embed_dim: int, num_heads: int, mechanism: str = "softmax", *,
+                 causal: bool = False, bias: bool = True, memory_slots: int = 16,
+                 **config: Any) -> None:
+        super().__init__()
+        if num_heads <= 0 or embed_dim % num_heads:
+            raise _ak.Error(f"num_heads: must divide embed_dim ({embed_dim}), got {num_heads}")
+        self.num_heads, self.head_dim = num_heads, embed_dim // num_heads
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
+        self.out = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.inner = Attention(mechanism, causal=causal, memory_slots=memory_slots,
+                               heads=num_heads, head_dim=self.head_dim, **config)
+        gated = str(config.get("gated", "0")).lower() in ("1", "true", "on")
+        self.gate = nn.Linear(embed_dim, num_heads, bias=True) if gated else None
+
+    def forward(self, x: torch.Tensor, *, key_lengths: Any = None) -> torch.Tensor:
+        b, s, e = x.shape
+        q, k, v = self.qkv(x).view(b, s, 3, self.num_heads, self.head_dim).unbind(2)
+        gate = None if self.gate is None else self.gate(x)
+        y = self.inner(q, k, v, key_lengths=key_lengths, gate=gate)
+        return self.out(y.reshape(b, s, e))

@@ -1,0 +1,232 @@
+// attnkit._core: the nanobind bindings. Thin on purpose: arrays become strided views without
+// copies, every rule is checked by the C++ library (attnkit::Error -> attnkit.Error, a
+// ValueError), and the GIL is released while kernels run. Output allocation, keyword
+// handling and framework dispatch (numpy / torch) live in python/attnkit/__init__.py.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "attnkit/attnkit.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+using attnkit::ConstTensorView;
+using attnkit::DType;
+using attnkit::Error;
+using attnkit::TensorView;
+
+// Any CPU array, any dtype, any strides: the library checks dtype and stride rules itself so
+// its messages are the same from C++, the CLI and Python.
+using InArray = nb::ndarray<nb::ro, nb::device::cpu>;
+using OutArray = nb::ndarray<nb::device::cpu>;
+
+DType to_dtype(const nb::dlpack::dtype& t, const char* name) {
+  const auto code = static_cast<nb::dlpack::dtype_code>(t.code);
+  if (t.lanes == 1 && code == nb::dlpack::dtype_code::Float && t.bits == 32) return DType::kF32;
+  if (t.lanes == 1 && code == nb::dlpack::dtype_code::Float && t.bits == 64) return DType::kF64;
+  if (t.lanes == 1 && code == nb::dlpack::dtype_code::Bfloat && t.bits == 16) return DType::kBF16;
+  static constexpr const char* kKinds[] = {"int", "uint", "float", "opaque", "bfloat", "complex",
+                                           "bool"};
+  const std::string kind = t.code < 7 ? kKinds[t.code] : "code " + std::to_string(t.code);
+  throw Error(name, "dtype must be float32, float64 or bfloat16 (got " + kind +
+                        std::to_string(t.bits) +
+                        (t.lanes == 1 ? "" : " x" + std::to_string(t.lanes)) + ")");
+}
+
+template <typename View, typename Array>
+View to_view(const Array& a, const char* name) {
+  View v;
+  if (a.ndim() > static_cast<size_t>(attnkit::kMaxRank)) {
+    throw Error(name, "rank must be at most " + std::to_string(attnkit::kMaxRank) + " (got " +
+                          std::to_string(a.ndim()) + ")");
+  }
+  v.dtype = to_dtype(a.dtype(), name);
+  v.rank = static_cast<int>(a.ndim());
+  for (int i = 0; i < v.rank; ++i) {
+    v.shape[i] = static_cast<int64_t>(a.shape(i));
+    v.stride[i] = a.stride(i);  // elements, as in TensorView
+  }
+  v.data = const_cast<void*>(static_cast<const void*>(a.data()));
+  return v;
+}
+
+ConstTensorView in_view(const std::optional<InArray>& a, const char* name) {
+  return a ? to_view<ConstTensorView>(*a, name) : ConstTensorView{};
+}
+TensorView out_view(const std::optional<OutArray>& a, const char* name) {
+  if (a && a->ndim() > 0 && a->data() == nullptr && a->size() > 0) throw Error(name, "is null");
+  return a ? to_view<TensorView>(*a, name) : TensorView{};
+}
+
+// One process-wide Context (thread pool + scratch). Context::parallel_for is not reentrant,
+// so calls from several Python threads take turns on it.
+struct Runtime {
+  std::mutex mu;
+  std::unique_ptr<attnkit::Context> ctx;
+  int threads = 0;
+  attnkit::Context& get() {
+    if (!ctx) ctx = std::make_unique<attnkit::Context>(threads);
+    return *ctx;
+  }
+};
+Runtime& runtime() {
+  static Runtime* r = [] {
+    auto* rt = new Runtime;  // never destroyed: worker threads must not outlive the interpreter's
+    if (const char* env = std::getenv("ATTNKIT_NUM_THREADS")) rt->threads = std::atoi(env);
+    return rt;
+  }();
+  return *r;
+}
+
+class PyMechanism {
+ public:
+  PyMechanism(const std::string& name, double scale, bool causal, const std::string& config)
+      : m_(attnkit::make_mechanism(name, attnkit::AttentionOptions{scale, causal}, config)) {}
+
+  std::string name() const { return std::string(m_->name()); }
+  std::string describe() const { return m_->describe(); }
+  bool causal() const { return m_->options().causal; }
+  double scale() const { return m_->options().scale; }
+  nb::dict capabilities() const {
+    const attnkit::Capabilities c = m_->capabilities();
+    nb::dict d;
+    d["noncausal"] = c.noncausal;
+    d["causal"] = c.causal;
+    d["streaming"] = c.streaming;
+    d["backward"] = c.backward;
+    d["fast_kernel"] = c.fast_kernel;
+    d["needs_memory"] = c.needs_memory;
+    return d;
+  }
+
+  void forward(const InArray& q, const InArray& k, const InArray& v, const OutArray& out,
+               const std::optional<OutArray>& lse, const std::optional<InArray>& key_lengths,
+               const std::optional<InArray>& memory, const std::optional<OutArray>& memory_out,
+               const std::optional<InArray>& gate, const std::optional<InArray>& filter) const {
+    attnkit::AttentionArgs a = args(q, k, v, out, key_lengths, memory, gate, filter);
+    a.lse = out_view(lse, "lse");
+    a.memory_out = out_view(memory_out, "memory_out");
+    nb::gil_scoped_release release;
+    Runtime& rt = runtime();
+    std::lock_guard<std::mutex> lock(rt.mu);
+    m_->forward(a, rt.get());
+  }
+
+  void backward(const InArray& q, const InArray& k, const InArray& v, const InArray& out,
+                const InArray& dout, const OutArray& dq, const OutArray& dk, const OutArray& dv,
+                const std::optional<InArray>& key_lengths, const std::optional<InArray>& memory,
+                const std::optional<InArray>& gate, const std::optional<InArray>& filter,
+                const std::optional<OutArray>& dgate, const std::optional<OutArray>& dmemory) const {
+    attnkit::BackwardArgs g;
+    g.forward = args(q, k, v, OutArray(), key_lengths, memory, gate, filter);
+    g.forward.out = to_view<TensorView>(out, "out");  // read only: the forward's output
+    g.dout = to_view<ConstTensorView>(dout, "dout");
+    g.dq = to_view<TensorView>(dq, "dq");
+    g.dk = to_view<TensorView>(dk, "dk");
+    g.dv = to_view<TensorView>(dv, "dv");
+    g.dgate = out_view(dgate, "dgate");
+    g.dmemory = out_view(dmemory, "dmemory");
+    nb::gil_scoped_release release;
+    Runtime& rt = runtime();
+    std::lock_guard<std::mutex> lock(rt.mu);
+    m_->backward(g, rt.get());
+  }
+
+ private:
+  attnkit::AttentionArgs args(const InArray& q, const InArray& k, const InArray& v,
+                              const OutArray& out, const std::optional<InArray>& key_lengths,
+                              const std::optional<InArray>& memory,
+                              const std::optional<InArray>& gate,
+                              const std::optional<InArray>& filter) const {
+    attnkit::AttentionArgs a;
+    a.q = to_view<ConstTensorView>(q, "q");
+    a.k = to_view<ConstTensorView>(k, "k");
+    a.v = to_view<ConstTensorView>(v, "v");
+    if (out.is_valid()) a.out = to_view<TensorView>(out, "out");
+    a.memory = in_view(memory, "memory");
+    a.gate = in_view(gate, "gate");
+    a.filter = in_view(filter, "filter");
+    if (key_lengths) {
+      const InArray& l = *key_lengths;
+      const auto t = l.dtype();
+      if (l.ndim() != 1 || t.code != static_cast<uint8_t>(nb::dlpack::dtype_code::Int) ||
+          t.bits != 32 || (l.shape(0) > 1 && l.stride(0) != 1)) {
+        throw Error("key_lengths", "must be a contiguous 1-D int32 array");
+      }
+      a.key_lengths = {static_cast<const int32_t*>(l.data()), l.shape(0)};
+    }
+    return a;
+  }
+
+  std::unique_ptr<attnkit::Mechanism> m_;
+};
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "attnkit C++ kernels (use the attnkit package, not this module)";
+  nb::exception<Error>(m, "Error", PyExc_ValueError);
+
+  m.def("mechanism_names", &attnkit::mechanism_names);
+  m.def("cpu_report", &attnkit::Context::cpu_report);
+  m.def(
+      "set_num_threads",
+      [](int threads) {
+        Runtime& rt = runtime();
+        std::lock_guard<std::mutex> lock(rt.mu);
+        rt.threads = threads;
+        rt.ctx.reset();
+      },
+      "threads"_a, "Threads for every later call; <= 0: one per hardware thread.");
+  m.def("num_threads", [] {
+    Runtime& rt = runtime();
+    std::lock_guard<std::mutex> lock(rt.mu);
+    return rt.get().num_threads();
+  });
+  m.def(
+      "topk_feed_forward",
+      [](const InArray& x, const InArray& keys, const InArray& values, const OutArray& out,
+         int k) {
+        const auto xv = to_view<ConstTensorView>(x, "x");
+        const auto kv = to_view<ConstTensorView>(keys, "keys");
+        const auto vv = to_view<ConstTensorView>(values, "values");
+        const auto ov = to_view<TensorView>(out, "out");
+        nb::gil_scoped_release release;
+        Runtime& rt = runtime();
+        std::lock_guard<std::mutex> lock(rt.mu);
+        attnkit::topk_feed_forward(xv, kv, vv, ov, k, rt.get());
+      },
+      "x"_a.noconvert(), "keys"_a.noconvert(), "values"_a.noconvert(), "out"_a.noconvert(),
+      "k"_a);
+
+  nb::class_<PyMechanism>(m, "Mechanism")
+      .def(nb::init<const std::string&, double, bool, const std::string&>(), "name"_a,
+           "scale"_a = 0.0, "causal"_a = false, "config"_a = "")
+      .def_prop_ro("name", &PyMechanism::name)
+      .def_prop_ro("causal", &PyMechanism::causal)
+      .def_prop_ro("scale", &PyMechanism::scale)
+      .def("describe", &PyMechanism::describe)
+      .def("capabilities", &PyMechanism::capabilities)
+      .def("forward", &PyMechanism::forward, "q"_a.noconvert(), "k"_a.noconvert(),
+           "v"_a.noconvert(), "out"_a.noconvert(), "lse"_a.noconvert() = nb::none(),
+           "key_lengths"_a.noconvert() = nb::none(), "memory"_a.noconvert() = nb::none(),
+           "memory_out"_a.noconvert() = nb::none(), "gate"_a.noconvert() = nb::none(),
+           "filter"_a.noconvert() = nb::none())
+      .def("backward", &PyMechanism::backward, "q"_a.noconvert(), "k"_a.noconvert(),
+           "v"_a.noconvert(), "out"_a.noconvert(), "dout"_a.noconvert(), "dq"_a.noconvert(),
+           "dk"_a.noconvert(), "dv"_a.noconvert(), "key_lengths"_a.noconvert() = nb::none(),
+           "memory"_a.noconvert() = nb::none(), "gate"_a.noconvert() = nb::none(),
+           "filter"_a.noconvert() = nb::none(), "dgate"_a.noconvert() = nb::none(),
+           "dmemory"_a.noconvert() = nb::none());
+}

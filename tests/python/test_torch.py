@@ -1,0 +1,135 @@
+"""attnkit.torch: autograd against finite differences (gradcheck, float64 references) and
+against PyTorch's own attention, modules, layouts and DLPack zero-copy."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import attnkit  # noqa: E402
+import attnkit.torch as ak  # noqa: E402
+
+TRAINABLE = [n for n in attnkit.mechanisms() if attnkit.Mechanism(n).capabilities["backward"]]
+# Small configs so gradcheck's finite differences stay cheap and away from kinks.
+CONFIGS = {"linear": {"map": "elu1", "norm": "kernel"}, "topk": {"k": 3}, "rfa": {"features": 8},
+           "performer": {"features": 8}}
+
+
+def torch_softmax_attention(q, k, v, causal):
+    """[B, S, H, D] softmax attention in plain PyTorch ops (autograd is PyTorch's)."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    s = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if causal:
+        sq, sk = s.shape[-2:]
+        mask = torch.ones(sq, sk, dtype=torch.bool).tril(sk - sq)
+        s = s.masked_fill(~mask, float("-inf"))
+    return (s.softmax(-1) @ v).transpose(1, 2)
+
+
+def inputs(b=1, s=6, h=2, d=4, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, s, h, d, generator=g, dtype=dtype, requires_grad=True)
+            for _ in range(3)]
+
+
+def memory_for(name, q, seed=1):
+    if not attnkit.Mechanism(name).capabilities["needs_memory"]:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(q.shape[0], 3, q.shape[2], q.shape[3], generator=g, dtype=q.dtype,
+                       requires_grad=True)
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+@pytest.mark.parametrize("causal", [False, True])
+def test_gradcheck_float64(name, causal):
+    if causal and not attnkit.Mechanism(name).capabilities["causal"]:
+        pytest.skip("non-causal only")
+    q, k, v = inputs()
+    memory = memory_for(name, q)
+    cfg = CONFIGS.get(name, {})
+    if memory is None:
+        f = lambda q, k, v: ak.attention(q, k, v, name, causal=causal, **cfg)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (q, k, v), eps=1e-6, atol=1e-6)
+    else:
+        f = lambda q, k, v, m: ak.attention(q, k, v, name, causal=causal, memory=m, **cfg)  # noqa
+        assert torch.autograd.gradcheck(f, (q, k, v, memory), eps=1e-6, atol=1e-6)
+
+
+def test_gated_linear_gradcheck_includes_the_gate():
+    q, k, v = inputs()
+    gate = torch.randn(1, 6, 2, dtype=torch.float64, requires_grad=True)
+    f = lambda q, k, v, g: ak.attention(q, k, v, "linear", causal=True, gated=1, gate=g)  # noqa
+    assert torch.autograd.gradcheck(f, (q, k, v, gate), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_float32_softmax_matches_pytorch_autograd(causal):
+    q, k, v = inputs(b=2, s=50, h=3, d=16, dtype=torch.float32)
+    dout = torch.randn(2, 50, 3, 16)
+    out = ak.attention(q, k, v, causal=causal)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    ref = torch_softmax_attention(q, k, v, causal)
+    want = torch.autograd.grad(ref, (q, k, v), dout)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w, atol=5e-5, rtol=1e-4)
+
+
+def test_bhsd_layout_replaces_scaled_dot_product_attention():
+    q, k, v = (torch.randn(2, 4, 33, 16, requires_grad=True) for _ in range(3))  # [B, H, S, D]
+    out = ak.attention(q, k, v, "softmax", causal=True, layout="bhsd")
+    assert out.shape == (2, 4, 33, 16)
+    ref = torch_softmax_attention(*(t.transpose(1, 2) for t in (q, k, v)), True).transpose(1, 2)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    out.sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_dlpack_zero_copy_and_torch_outputs():
+    x = torch.randn(1, 16, 2, 8)
+    out = attnkit.attention(x, x, x, "linear", causal=True)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    # Strided torch view: same numbers as a contiguous copy.
+    base = torch.randn(1, 2, 16, 8)
+    view = base.transpose(1, 2)
+    torch.testing.assert_close(attnkit.attention(view, view, view),
+                               attnkit.attention(*(view.contiguous(),) * 3), rtol=0, atol=0)
+    # bfloat16 tensors run the bfloat16 softmax kernel, float32 out.
+    assert attnkit.attention(x.bfloat16(), x.bfloat16(), x.bfloat16()).dtype == torch.float32
+
+
+def test_requires_grad_outside_autograd_glue_is_a_clear_error():
+    q, k, v = inputs(dtype=torch.float32)
+    with pytest.raises(ValueError, match="q: requires grad"):
+        attnkit.attention(q, k, v)
+
+
+def test_mechanism_without_backward_is_refused_before_running():
+    without = [n for n in attnkit.mechanisms() if n not in TRAINABLE]
+    if not without:
+        pytest.skip("every mechanism has a backward pass")
+    q, k, v = inputs(dtype=torch.float32)
+    memory = memory_for(without[0], q)
+    with pytest.raises(ValueError, match="backward"):
+        ak.attention(q, k, v, without[0], memory=memory)
+    with torch.no_grad():
+        assert torch.isfinite(ak.attention(q, k, v, without[0], memory=memory)).all()
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_multihead_layer_trains_one_step(name):
+    torch.manual_seed(0)
+    layer = ak.MultiheadAttention(32, 4, name, causal=attnkit.Mechanism(name).capabilities[
+        "causal"], memory_slots=4, **CONFIGS.get(name, {}))
+    x = torch.randn(2, 24, 32)
+    y = layer(x)
+    assert y.shape == x.shape
+    y.square().mean().backward()
+    for p in layer.parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+
+
+def test_bad_module_arguments():
+    with pytest.raises(ValueError, match="num_heads"):
+        ak.MultiheadAttention(30, 4)
+    with pytest.raises(ValueError, match="layout"):
+        ak.Attention("softmax", layout="sbhd")
