@@ -67,6 +67,10 @@ void log_linear_append(LinearState& s, const ConstTensorView& k, const ConstTens
                        const LogFeatures& f, Context& ctx);
 void log_linear_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
                       const LogFeatures& f, Context& ctx);
+// Gradients of log_linear_forward (dq, dk, dv overwritten), O(N F Dv): a forward sweep over
+// query rows and a reverse sweep over keys, both against running per-feature maxima (no exp
+// argument above 0). One task per (batch, kv head).
+void log_linear_backward(const BackwardArgs& g, const LogFeatures& f, bool causal, Context& ctx);
 
 // Gradients of linear_forward (dq, dk, dv and, when gated, dgate overwritten), float32, in
 // O(N D^2): a forward sweep over query rows (dq from the running state) and a reverse sweep

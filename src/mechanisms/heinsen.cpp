@@ -15,7 +15,16 @@ class Heinsen final : public Mechanism {
   using Mechanism::Mechanism;
   std::string_view name() const override { return "heinsen"; }
   Capabilities capabilities() const override {
-    return {.causal = true, .streaming = true, .fast_kernel = true};
+    return {.causal = true, .streaming = true, .backward = true, .fast_kernel = true};
+  }
+  void backward(const BackwardArgs& g, Context& ctx) const override {
+    validate(g.forward);
+    check_backward(g, g.forward.q.dtype);
+    if (g.forward.q.dtype == DType::kF64) {
+      ref::heinsen_backward_ref(g, options());
+    } else {
+      cpu::log_linear_backward(g, cpu::LogFeatures{}, options().causal, ctx);
+    }
   }
   // State per kv head: dK x dV sums, dK normaliser and dK running maxima (float32).
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {

@@ -20,7 +20,17 @@ class Rfa final : public Mechanism {
       : Mechanism(o), c_(c), name_(name) {}
   std::string_view name() const override { return name_; }
   Capabilities capabilities() const override {
-    return {.causal = true, .streaming = true, .fast_kernel = true};
+    return {.causal = true, .streaming = true, .backward = true, .fast_kernel = true};
+  }
+  void backward(const BackwardArgs& g, Context& ctx) const override {
+    validate(g.forward);
+    check_backward(g, g.forward.q.dtype);
+    if (g.forward.q.dtype == DType::kF64) {
+      ref::rfa_backward_ref(g, options(), c_);
+      return;
+    }
+    const std::vector<float> omega = projections(g.forward.k.shape[2], g.forward.q.shape[3]);
+    cpu::log_linear_backward(g, features(omega, g.forward.q.shape[3]), options().causal, ctx);
   }
   std::string describe() const override {
     return name_ + "(features=" + std::to_string(c_.features) +

@@ -33,3 +33,69 @@ void heinsen_ref(const AttentionArgs& a, const AttentionOptions& o) {
 }
 
 }  // namespace attnkit::ref
+
+namespace attnkit::ref {
+
+void lse_logits_backward_ref(const BackwardArgs& g, const AttentionOptions& o, int64_t features,
+                             const LogFeatureFn& log_features, const LogFeatureGradFn& chain) {
+  const AttentionArgs& a = g.forward;
+  const Dims n(a);
+  zero_rows(g.dq), zero_rows(g.dk), zero_rows(g.dv);
+  const int64_t F = features;
+  std::vector<double> lq(F), lk, logits, sum(F), dlq(F), dlk(F);
+  for (int64_t b = 0; b < n.B; ++b) {
+    const int64_t len = key_length(a, b);
+    for (int64_t h = 0; h < n.Hq; ++h) {
+      const int64_t hk = n.kv_head(h);
+      for (int64_t i = 0; i < n.Sq; ++i) {
+        const int64_t nk = visible_keys(o.causal, n.Sq, n.Sk, len, i);
+        if (nk == 0) continue;
+        log_features(b, i, h, /*key=*/false, lq.data());
+        lk.resize(nk * F);
+        logits.resize(nk);
+        for (int64_t j = 0; j < nk; ++j) {
+          log_features(b, j, hk, /*key=*/true, &lk[j * F]);
+          for (int64_t r = 0; r < F; ++r) sum[r] = lq[r] + lk[j * F + r];
+          logits[j] = log_sum_exp(sum);
+        }
+        softmax_inplace(logits);  // P_ij
+        const double* dout = row(g.dout, b, i, h);
+        double dout_o = 0;  // dout_i . out_i
+        for (int64_t j = 0; j < nk; ++j) dout_o += logits[j] * dot(dout, row(a.v, b, j, hk), n.Dv);
+        std::fill(dlq.begin(), dlq.end(), 0.0);
+        for (int64_t j = 0; j < nk; ++j) {
+          const double* v = row(a.v, b, j, hk);
+          double* dv = row(g.dv, b, j, hk);
+          for (int64_t d = 0; d < n.Dv; ++d) dv[d] += logits[j] * dout[d];
+          // dL/dl_ij = P_ij (dout_i . v_j - dout_i . out_i); dl_ij/dlq_ir = softmax_r(lq + lk_j).
+          const double dl = logits[j] * (dot(dout, v, n.Dv) - dout_o);
+          for (int64_t r = 0; r < F; ++r) sum[r] = lq[r] + lk[j * F + r];
+          softmax_inplace(sum);
+          for (int64_t r = 0; r < F; ++r) {
+            dlq[r] += dl * sum[r];
+            dlk[r] = dl * sum[r];
+          }
+          chain(b, j, hk, /*key=*/true, dlk.data());
+        }
+        chain(b, i, h, /*key=*/false, dlq.data());
+      }
+    }
+  }
+}
+
+void heinsen_backward_ref(const BackwardArgs& g, const AttentionOptions& o) {
+  const AttentionArgs& a = g.forward;
+  const int64_t dk = a.q.shape[3];
+  lse_logits_backward_ref(
+      g, o, dk,
+      [&](int64_t b, int64_t n, int64_t h, bool key, double* lf) {
+        const double* x = row(key ? a.k : a.q, b, n, h);
+        std::copy(x, x + dk, lf);
+      },
+      [&](int64_t b, int64_t n, int64_t h, bool key, const double* dlf) {
+        double* dx = row(key ? g.dk : g.dq, b, n, h);
+        for (int64_t d = 0; d < dk; ++d) dx[d] += dlf[d];
+      });
+}
+
+}  // namespace attnkit::ref

@@ -4,6 +4,8 @@
 // (shapes as in AttentionArgs); they depend only on the public types.
 #pragma once
 
+#include <functional>
+
 #include "attnkit/mechanism.hpp"
 #include "attnkit/options.hpp"
 
@@ -52,5 +54,21 @@ void memory_ref(const AttentionArgs& a, const AttentionOptions& o, const MemoryC
 
 // Heinsen: softmax over logits LSE_i(q_i + k_i), evaluated quadratically.
 void heinsen_ref(const AttentionArgs& a, const AttentionOptions& o);
+
+// Log-features of row n of head h of q (key = false) or k (key = true): lf[0:F).
+using LogFeatureFn = std::function<void(int64_t b, int64_t n, int64_t h, bool key, double* lf)>;
+// Receives dL/dlf for that row, to chain through the feature map (accumulate into dq / dk).
+using LogFeatureGradFn =
+    std::function<void(int64_t b, int64_t n, int64_t h, bool key, const double* dlf)>;
+// Gradients of out_i = sum_j softmax_j(l_ij) v_j with l_ij = LSE_r(lq_ir + lk_jr) over the
+// visible keys: Heinsen's logits, and RFA's in log-feature space. Quadratic and direct:
+// dl_ij = P_ij (dout_i.v_j - dout_i.out_i), dl_ij/dlq_ir = dl_ij/dlk_jr = softmax_r(lq_i + lk_j).
+// Zeroes dq, dk, dv, writes dv, and hands dL/dlq, dL/dlk row by row to chain.
+void lse_logits_backward_ref(const BackwardArgs& g, const AttentionOptions& o, int64_t features,
+                             const LogFeatureFn& log_features, const LogFeatureGradFn& chain);
+// Gradients of heinsen_ref (lq = q, lk = k).
+void heinsen_backward_ref(const BackwardArgs& g, const AttentionOptions& o);
+// Gradients of rfa_ref: lq_r = s^(1/2) w_r.q - s |q|^2 / 2 (likewise k), chained to q, k.
+void rfa_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const RfaConfig& c);
 
 }  // namespace attnkit::ref

@@ -69,4 +69,34 @@ void rfa_ref(const AttentionArgs& a, const AttentionOptions& o, const RfaConfig&
   }
 }
 
+void rfa_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const RfaConfig& c) {
+  const AttentionArgs& a = g.forward;
+  const Dims n(a);
+  const double sqrt_s = std::sqrt(logit_scale(o, n.Dk));
+  const int64_t S = c.features;
+  const std::vector<double> omega = random_features(c.seed, static_cast<int>(n.Hk), c.features,
+                                                    static_cast<int>(n.Dk), c.orthogonal);
+  auto omega_of = [&](int64_t b, int64_t h, bool key) {
+    return omega.data() + (key ? h : n.kv_head(h)) * S * n.Dk;
+  };
+  lse_logits_backward_ref(
+      g, o, S,
+      [&](int64_t b, int64_t r, int64_t h, bool key, double* lf) {
+        log_features(omega_of(b, h, key), S, row(key ? a.k : a.q, b, r, h), n.Dk, sqrt_s, lf);
+      },
+      [&](int64_t b, int64_t r, int64_t h, bool key, const double* dlf) {
+        // lf_s = sqrt_s w_s.x - s |x|^2 / 2: dx = sqrt_s sum_s dlf_s w_s - s x sum_s dlf_s.
+        const double* om = omega_of(b, h, key);
+        const double* x = row(key ? a.k : a.q, b, r, h);
+        double* dx = row(key ? g.dk : g.dq, b, r, h);
+        double total = 0;
+        for (int64_t f = 0; f < S; ++f) total += dlf[f];
+        for (int64_t d = 0; d < n.Dk; ++d) {
+          double acc = 0;
+          for (int64_t f = 0; f < S; ++f) acc += dlf[f] * om[f * n.Dk + d];
+          dx[d] += sqrt_s * acc - sqrt_s * sqrt_s * x[d] * total;
+        }
+      });
+}
+
 }  // namespace attnkit::ref

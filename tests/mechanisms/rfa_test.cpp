@@ -1,5 +1,6 @@
 // rfa / performer: the log-feature kernel against the float64 reference (same projections).
 #include "src/reference/reference.hpp"
+#include "tests/testing/gradients.hpp"
 #include "tests/testing/sweep.hpp"
 
 namespace attnkit::testing {
@@ -20,6 +21,20 @@ TEST(Performer, MatchesReferenceOverTheSweep) {
 TEST(Rfa, StreamingMatchesCausal) {
   check_streaming_matches_causal("rfa", "features=32", 1e-6);
   check_streaming_matches_causal("performer", "features=64", 1e-6);
+}
+
+TEST(Rfa, BackwardKernelMatchesReference) {
+  uint32_t seed = 600;
+  for (const char* name : {"rfa", "performer"}) {
+    for (bool causal : {false, true}) {
+      for (const Dims& d : backward_dims()) {
+        Problem p(d, seed++, Layout::kHeadMajorPadded);
+        p.key_lengths = std::vector<int32_t>(d.B, static_cast<int32_t>(d.Sk - 3));
+        expect_kernel_gradients(*make_mechanism(name, {.causal = causal}, "features=24"), p,
+                                seed++);
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "src/reference/reference.hpp"
+#include "tests/testing/gradients.hpp"
 #include "tests/testing/harness.hpp"
 #include "tests/testing/small.hpp"
 
@@ -48,6 +49,17 @@ TEST(HeinsenRef, HugeMagnitudesStayFinite) {
   for (double& x : p.k.f64) x *= 1000.0;
   ref::heinsen_ref(p.args64(), {.causal = true});
   for (double x : p.out.f64) EXPECT_TRUE(std::isfinite(x));
+}
+
+TEST(HeinsenRef, BackwardEqualsCentralFiniteDifferences) {
+  uint32_t seed = 40;
+  for (bool causal : {false, true}) {
+    for (const Dims& d : {Dims{1, 4, 4, 2, 1, 3, 2}, Dims{2, 3, 5, 1, 1, 2, 3}}) {
+      Problem p(d, seed++);
+      p.key_lengths = std::vector<int32_t>(d.B, static_cast<int32_t>(d.Sk - 1));
+      expect_fd_gradients(*make_mechanism("heinsen", {.causal = causal}), p, seed++);
+    }
+  }
 }
 
 }  // namespace

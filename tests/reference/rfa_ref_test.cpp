@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "src/reference/reference.hpp"
+#include "tests/testing/gradients.hpp"
 #include "tests/testing/harness.hpp"
 #include "tests/testing/small.hpp"
 
@@ -54,6 +55,19 @@ TEST(RfaRef, ConvergesToSoftmaxAsFeaturesGrow) {
     const double coarse = mean_error(16, orth), fine = mean_error(4096, orth);
     EXPECT_LT(fine, 0.05) << "orthogonal=" << orth;
     EXPECT_LT(fine, coarse / 4) << "orthogonal=" << orth << " coarse=" << coarse;
+  }
+}
+
+TEST(RfaRef, BackwardEqualsCentralFiniteDifferences) {
+  uint32_t seed = 60;
+  for (const char* name : {"rfa", "performer"}) {
+    for (bool causal : {false, true}) {
+      for (const Dims& d : {Dims{1, 4, 4, 2, 1, 3, 2}, Dims{2, 3, 5, 1, 1, 2, 3}}) {
+        Problem p(d, seed++);
+        p.key_lengths = std::vector<int32_t>(d.B, static_cast<int32_t>(d.Sk - 1));
+        expect_fd_gradients(*make_mechanism(name, {.causal = causal}, "features=5"), p, seed++);
+      }
+    }
   }
 }
 

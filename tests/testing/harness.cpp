@@ -139,28 +139,34 @@ Grads::Grads(const Problem& p, uint32_t seed)
       dv(make_zero_operand(p.v.shape, Layout::kContiguous)) {
   std::mt19937 rng(seed);
   dout = make_operand(p.out.shape, Layout::kContiguous, rng);
+  if (!p.memory.f64.empty()) dmemory = make_zero_operand(p.memory.shape, Layout::kContiguous);
 }
 
 BackwardArgs Grads::args32(Problem& p) {
-  return {.forward = p.args32(),
-          .dout = dout.view32(),
-          .dq = dq.mut32(),
-          .dk = dk.mut32(),
-          .dv = dv.mut32()};
+  BackwardArgs g{.forward = p.args32(),
+                 .dout = dout.view32(),
+                 .dq = dq.mut32(),
+                 .dk = dk.mut32(),
+                 .dv = dv.mut32()};
+  if (!dmemory.f64.empty()) g.dmemory = dmemory.mut32();
+  return g;
 }
 
 BackwardArgs Grads::args64(Problem& p) {
-  return {.forward = p.args64(),
-          .dout = dout.view64(),
-          .dq = dq.mut64(),
-          .dk = dk.mut64(),
-          .dv = dv.mut64()};
+  BackwardArgs g{.forward = p.args64(),
+                 .dout = dout.view64(),
+                 .dq = dq.mut64(),
+                 .dk = dk.mut64(),
+                 .dv = dv.mut64()};
+  if (!dmemory.f64.empty()) g.dmemory = dmemory.mut64();
+  return g;
 }
 
 std::vector<float> Grads::all32() const {
   std::vector<float> all = dq.f32;
   all.insert(all.end(), dk.f32.begin(), dk.f32.end());
   all.insert(all.end(), dv.f32.begin(), dv.f32.end());
+  all.insert(all.end(), dmemory.f32.begin(), dmemory.f32.end());
   return all;
 }
 

@@ -52,12 +52,13 @@ struct Problem {
 };
 
 // Gradient buffers for one Problem (contiguous) and a random upstream gradient dout.
+// With a memory in the Problem, dmemory too (luna).
 struct Grads {
-  Operand dq, dk, dv, dout;
+  Operand dq, dk, dv, dout, dmemory;
   Grads(const Problem& p, uint32_t seed);
   BackwardArgs args32(Problem& p);
   BackwardArgs args64(Problem& p);
-  std::vector<float> all32() const;  // dq, dk, dv (float32) end to end, for bitwise checks
+  std::vector<float> all32() const;  // dq, dk, dv (, dmemory) float32 end to end, for bitwise checks
 };
 
 struct Report {

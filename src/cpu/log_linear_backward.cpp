@@ -1,0 +1,184 @@
+// Backward of the log-feature linear kernel (heinsen, rfa / performer); math in
+// ref::lse_logits_backward_ref. With e_ijr = exp(lq_ir + lk_jr), Z_i = sum_jr e_ijr and
+// delta_i = -dout_i . out_i:
+//   dlq_ir = sum_j e_ijr (dout_i . v_j + delta_i) / Z_i
+//   dlk_jr = sum_i e_ijr (dout_i . v_j + delta_i) / Z_i,   dv_j = sum_i sum_r e_ijr dout_i / Z_i.
+// Forward sweep over rows (the forward's slot with running per-feature maxima m): w_ir =
+// exp(lq_ir + m_r - c_i) / den_i gives dlq_ir = w_ir (c_r . dout_i + z_r delta_i). Reverse sweep
+// over keys: dc_r = sum_i w_ir exp(mu_r - m_ir) dout_i and dz_r likewise with delta_i over the
+// rows that see the key, mu_r = min of their maxima (rows join in falling order, so mu only
+// falls: a rescale of dc by exp(m_new - mu) <= 1); then dlk_jr = exp(lk_jr - mu_r)
+// (dc_r . v_j + dz_r) with lk_jr <= mu_r. Every exp argument is <= 0.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/cpu/log_linear_backward.cpp"
+// clang-format off
+#include <hwy/foreach_target.h>  // IWYU pragma: keep (re-includes this file per target)
+#include <hwy/highway.h>
+// clang-format on
+
+#include <algorithm>
+#include <cmath>
+
+#include "src/cpu/kernels.hpp"
+#include "src/cpu/ops/log_features-inl.h"
+#include "src/cpu/ops/matmul-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace attnkit::cpu {
+namespace HWY_NAMESPACE {
+
+// dx[0:dk) += d(log-features)/dx^T dlf: identity (heinsen), or for random features
+// lf_r = s w_r.x - s^2 |x|^2 / 2 (keys; queries drop the norm, whose gradient is zero there
+// since sum_r dlq_r = 0): dx = s sum_r dlf_r w_r - s^2 x sum_r dlf_r.
+HWY_INLINE void ChainLogFeatures(const float* x, const float* dlf, int64_t dk,
+                                 const LogFeatures& f, const float* omega, bool with_norm,
+                                 float* dx) {
+  if (omega == nullptr) {
+    for (int64_t d = 0; d < dk; ++d) dx[d] += dlf[d];
+    return;
+  }
+  // Scalar loops: omega rows and dx are dk long, not padded to whole vectors.
+  const float s = f.sqrt_scale;
+  float total = 0.0f;
+  for (int64_t r = 0; r < f.features; ++r) {
+    const float c = s * dlf[r];
+    const float* w = omega + r * dk;
+    if (c != 0.0f) {
+      for (int64_t d = 0; d < dk; ++d) dx[d] += c * w[d];
+    }
+    total += dlf[r];
+  }
+  if (with_norm) {
+    for (int64_t d = 0; d < dk; ++d) dx[d] -= s * s * total * x[d];
+  }
+}
+
+void LogLinearBackward(const BackwardArgs& g, const LogFeatures& f, bool causal, Context& ctx) {
+  const AttentionArgs& a = g.forward;
+  const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
+  const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
+  const int64_t F = f.omega ? f.features : Dk, Fp = pad_to_state(F), Dvp = pad_to_state(Dv);
+  const int64_t group = Hq / Hk;
+  // Scratch: slot c, z, m and dc, dz, mu ([Fp][Dvp] + 2 Fp each); lf, dlf, e [Fp]; v, dout
+  // rows [Dvp]; tmp (AddKey's 2 Fp, or a [Dvp] row); per row w [Sq][Fp], m [Sq][Fp], delta [Sq].
+  const int64_t tmp_floats = std::max(2 * Fp, Dvp);
+  ctx.reserve_scratch(static_cast<size_t>(2 * (Fp * Dvp + 2 * Fp) + 3 * Fp + 2 * Dvp + tmp_floats +
+                                          Sq * (2 * Fp + 1) + 64));
+  ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
+    const int64_t b = task / Hk, hk = task % Hk;
+    const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
+    const float* omega = f.omega ? f.omega + hk * f.features * Dk : nullptr;
+    float* s = ctx.scratch(worker);
+    const Slot st{s, s + Fp * Dvp, s + Fp * Dvp + Fp};
+    float* dc = st.m + Fp;
+    float* dz = dc + Fp * Dvp;
+    float* mu = dz + Fp;
+    float* lf = mu + Fp;
+    float* dlf = lf + Fp;
+    float* e = dlf + Fp;
+    float* vb = e + Fp;
+    float* db = vb + Dvp;
+    float* tmp = db + Dvp;
+    float* wrows = tmp + tmp_floats;
+    float* mrows = wrows + Sq * Fp;
+    float* delta = mrows + Sq * Fp;
+    std::fill(vb, vb + 2 * Dvp, 0.0f);
+    for (int64_t j = 0; j < Sk; ++j) {
+      std::fill_n(g.dk.row<float>(b, j, hk), Dk, 0.0f);
+      std::fill_n(g.dv.row<float>(b, j, hk), Dv, 0.0f);
+    }
+    for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+      // Forward sweep: dq, and w, m, delta per row for the reverse sweep.
+      std::fill(st.c, st.c + Fp * Dvp + Fp, 0.0f);
+      std::fill(st.m, st.m + Fp, kNegInf);
+      int64_t added = 0;
+      for (int64_t i = 0; i < Sq; ++i) {
+        const int64_t vis = visible_keys(causal, Sq, Sk, len, i);
+        for (; added < vis; ++added) {
+          ComputeLogFeatures(a.k.row<const float>(b, added, hk), Dk, f, omega, Fp, true, lf);
+          CopyPadded(a.v.row<const float>(b, added, hk), Dv, vb, Dvp);
+          AddKey(st, lf, vb, Fp, Dvp, tmp);
+        }
+        const float* q = a.q.row<const float>(b, i, h);
+        float* dq = g.dq.row<float>(b, i, h);
+        std::fill_n(dq, Dk, 0.0f);
+        float* w = wrows + i * Fp;
+        std::copy(st.m, st.m + Fp, mrows + i * Fp);
+        if (vis == 0) {
+          std::fill(w, w + Fp, 0.0f);
+          delta[i] = 0.0f;
+          continue;
+        }
+        ComputeLogFeatures(q, Dk, f, omega, Fp, false, lf);
+        float c = kNegInf;
+        for (int64_t r = 0; r < F; ++r) c = std::max(c, lf[r] + st.m[r]);
+        for (int64_t r = 0; r < Fp; ++r) w[r] = r < F ? std::exp(lf[r] + st.m[r] - c) : 0.0f;
+        MatMulRows<1>(w, Fp, st.c, Dvp, Fp, Dvp, tmp, Dvp, /*accumulate=*/false);  // num
+        const float den = Dot(w, st.z, Fp);
+        const float inv = den > 0.0f ? 1.0f / den : 0.0f;
+        CopyPadded(g.dout.row<const float>(b, i, h), Dv, db, Dvp);
+        delta[i] = -Dot(db, tmp, Dvp) * inv;  // -dout . out
+        for (int64_t r = 0; r < Fp; ++r) {
+          w[r] *= inv;
+          dlf[r] = w[r] == 0.0f ? 0.0f : w[r] * (Dot(st.c + r * Dvp, db, Dvp) + st.z[r] * delta[i]);
+        }
+        ChainLogFeatures(q, dlf, Dk, f, omega, false, dq);
+      }
+      // Reverse sweep over the valid keys; rows join while they see the key.
+      std::fill(dc, dc + Fp * Dvp + Fp, 0.0f);
+      std::fill(mu, mu + Fp, std::numeric_limits<float>::infinity());
+      int64_t row = Sq - 1;
+      for (int64_t j = len - 1; j >= 0; --j) {
+        for (; row >= 0 && visible_keys(causal, Sq, Sk, len, row) > j; --row) {
+          const float* w = wrows + row * Fp;
+          const float* m = mrows + row * Fp;
+          CopyPadded(g.dout.row<const float>(b, row, h), Dv, db, Dvp);
+          for (int64_t r = 0; r < F; ++r) {
+            if (m[r] < mu[r]) {
+              if (mu[r] != std::numeric_limits<float>::infinity()) {
+                const float sc = std::exp(m[r] - mu[r]);
+                Scale(sc, dc + r * Dvp, Dvp);
+                dz[r] *= sc;
+              }
+              mu[r] = m[r];
+            }
+            if (w[r] != 0.0f) {
+              Axpy(w[r], db, dc + r * Dvp, Dvp);
+              dz[r] += w[r] * delta[row];
+            }
+          }
+        }
+        const float* k = a.k.row<const float>(b, j, hk);
+        ComputeLogFeatures(k, Dk, f, omega, Fp, true, lf);
+        CopyPadded(a.v.row<const float>(b, j, hk), Dv, vb, Dvp);
+        for (int64_t r = 0; r < Fp; ++r) {
+          e[r] = r < F && mu[r] != std::numeric_limits<float>::infinity()
+                     ? std::exp(lf[r] - mu[r])
+                     : 0.0f;
+          dlf[r] = e[r] == 0.0f ? 0.0f : e[r] * (Dot(dc + r * Dvp, vb, Dvp) + dz[r]);
+        }
+        ChainLogFeatures(k, dlf, Dk, f, omega, true, g.dk.row<float>(b, j, hk));
+        MatMulRows<1>(e, Fp, dc, Dvp, Fp, Dvp, tmp, Dvp, /*accumulate=*/false);  // dc^T e
+        float* dv = g.dv.row<float>(b, j, hk);
+        for (int64_t x = 0; x < Dv; ++x) dv[x] += tmp[x];
+      }
+    }
+  });
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace attnkit::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace attnkit::cpu {
+
+HWY_EXPORT(LogLinearBackward);
+
+void log_linear_backward(const BackwardArgs& g, const LogFeatures& f, bool causal,
+                         Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LogLinearBackward)(g, f, causal, ctx);
+}
+
+}  // namespace attnkit::cpu
+#endif  // HWY_ONCE

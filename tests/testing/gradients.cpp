@@ -1,0 +1,78 @@
+#include "tests/testing/gradients.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <tuple>
+
+namespace attnkit::testing {
+
+std::vector<Dims> backward_dims() {
+  return {Dims{1, 70, 70, 2, 2, 32, 32}, Dims{2, 33, 90, 4, 2, 16, 24},
+          Dims{1, 90, 40, 3, 1, 20, 8}, Dims{1, 300, 200, 2, 1, 24, 16}};
+}
+
+void expect_fd_gradients(const Mechanism& m, const Problem& base, uint32_t seed, double tol) {
+  Context ctx(1);
+  Problem p = base;
+  Grads g(p, seed);
+  auto loss = [&] {
+    m.forward(p.args64(), ctx);
+    double l = 0;
+    for (size_t i = 0; i < g.dout.f64.size(); ++i) l += g.dout.f64[i] * p.out.f64[i];
+    return l;
+  };
+  m.forward(p.args64(), ctx);
+  m.backward(g.args64(p), ctx);
+  auto check = [&](std::vector<double>& x, const std::vector<double>& grad, const char* what) {
+    ASSERT_EQ(x.size(), grad.size()) << what;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double keep = x[i], h = 1e-6;
+      x[i] = keep + h;
+      const double up = loss();
+      x[i] = keep - h;
+      const double down = loss();
+      x[i] = keep;
+      const double fd = (up - down) / (2 * h);
+      EXPECT_NEAR(grad[i], fd, tol * std::max(1.0, std::abs(fd)))
+          << what << "[" << i << "] " << m.describe() << " " << to_string(p.d);
+    }
+  };
+  check(p.q.f64, g.dq.f64, "dq");
+  check(p.k.f64, g.dk.f64, "dk");
+  check(p.v.f64, g.dv.f64, "dv");
+  if (!p.memory.f64.empty()) check(p.memory.f64, g.dmemory.f64, "dmemory");
+}
+
+void expect_kernel_gradients(const Mechanism& m, const Problem& base, uint32_t seed,
+                             double ulps) {
+  Problem r = base;
+  Grads gr(r, seed);
+  {
+    Context ctx(1);
+    m.forward(r.args64(), ctx);
+    m.backward(gr.args64(r), ctx);
+  }
+  std::vector<float> first;
+  for (int threads : {1, 2, 7}) {
+    Context ctx(threads);
+    Problem p = base;
+    Grads g(p, seed);
+    m.forward(p.args32(), ctx);
+    m.backward(g.args32(p), ctx);
+    if (first.empty()) {
+      for (auto [got, want, name] : {std::tuple{&g.dq, &gr.dq, "dq"}, {&g.dk, &gr.dk, "dk"},
+                                     {&g.dv, &gr.dv, "dv"}, {&g.dmemory, &gr.dmemory, "dmemory"}}) {
+        if (want->f64.empty()) continue;
+        const Report rep = compare(*got, true, *want);
+        EXPECT_LE(rep.max_abs, ulps * 1.2e-7 * std::max(rep.ref_max, 1.0))
+            << name << " " << rep.str() << " " << m.describe() << " " << to_string(p.d);
+      }
+      first = g.all32();
+    } else {
+      EXPECT_EQ(g.all32(), first) << threads << " threads, " << m.describe();
+    }
+  }
+}
+
+}  // namespace attnkit::testing
