@@ -103,6 +103,10 @@ void luna_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
 // so extra memory is O(rows * Sk) per thread plus the packed keys: linear in N.
 void topk_forward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal,
                   Context& ctx);
+// Gradients of topk_forward (dq, dk, dv overwritten): the same scores and selection, then
+// softmax backward over the kept keys. One task per (batch, kv head).
+void topk_backward(const BackwardArgs& g, int k, int query_chunk, float scale, bool causal,
+                   Context& ctx);
 // Top-k feed-forward: out[t] = sum over the k largest x_t . keys_j of relu(x_t . keys_j) values_j.
 // x [T, Dm], keys [F, Dm], values [F, Dout], out [T, Dout], float32, rows contiguous.
 void topk_ff_forward(const ConstTensorView& x, const ConstTensorView& keys,

@@ -93,6 +93,21 @@ void PackTransposed(const Row& src, int64_t n, int64_t dim, int64_t ld, float* d
   }
 }
 
+// Scaled scores of query rows [i0, i0 + rows) of head h against one kv head's packed keys
+// kt [Dk][Skp]: s[r][0:Skp) = scale q_r . k_j, over the columns the block's last row sees.
+// Forward and backward share it, so both select the same keys. q: [rows][Dkp] scratch.
+HWY_INLINE void ScoreRows(const ConstTensorView& qv, int64_t b, int64_t h, int64_t i0,
+                          int64_t rows, float scale, const float* kt, int64_t Skp,
+                          int64_t visible_last, float* HWY_RESTRICT q, float* HWY_RESTRICT s) {
+  const int64_t Dk = qv.shape[3], Dkp = pad_to_state(Dk);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src = qv.row<const float>(b, i0 + r, h);
+    for (int64_t c = 0; c < Dk; ++c) q[r * Dkp + c] = src[c] * scale;
+  }
+  const int64_t cols = RoundUp(std::max<int64_t>(visible_last, 1), kStatePad);
+  MatMul(q, Dkp, kt, Skp, s, Skp, rows, std::min(cols, Skp), Dk, /*accumulate=*/false);
+}
+
 void TopkForward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal,
                  Context& ctx) {
   const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
@@ -119,14 +134,8 @@ void TopkForward(const AttentionArgs& a, int k, int query_chunk, float scale, bo
     float* heap = s + rows_per_task * Skp;
     int32_t* idx = reinterpret_cast<int32_t*>(heap + kk);
     float* acc = heap + 3 * kk;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* src = a.q.row<const float>(b, i0 + r, h);
-      for (int64_t c = 0; c < Dk; ++c) q[r * Dkp + c] = src[c] * scale;
-    }
-    const int64_t cols =
-        RoundUp(std::max<int64_t>(visible_keys(causal, Sq, Sk, len, i0 + rows - 1), 1), kStatePad);
-    MatMul(q, Dkp, kt + (b * Hk + hk) * Dk * Skp, Skp, s, Skp, rows, std::min(cols, Skp), Dk,
-           /*accumulate=*/false);
+    ScoreRows(a.q, b, h, i0, rows, scale, kt + (b * Hk + hk) * Dk * Skp, Skp,
+              visible_keys(causal, Sq, Sk, len, i0 + rows - 1), q, s);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t n = visible_keys(causal, Sq, Sk, len, i0 + r);
       float* dst = a.out.row<float>(b, i0 + r, h);
@@ -149,6 +158,80 @@ void TopkForward(const AttentionArgs& a, int k, int query_chunk, float scale, bo
       for (int64_t x = 0; x < Dv; ++x) dst[x] = acc[x] / sum;
     }
   });
+}
+
+// Gradients of TopkForward: per query, softmax backward over its kept keys (selected again
+// from the same scores). One task per (batch, kv head) owns that head's dk, dv rows and its
+// query heads' dq rows, and packs its keys into its own scratch.
+void TopkBackward(const BackwardArgs& g, int k, int query_chunk, float scale, bool causal,
+                  Context& ctx) {
+  const AttentionArgs& a = g.forward;
+  const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
+  const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
+  const int64_t Skp = RoundUp(std::max<int64_t>(Sk, 1), kStatePad), Dkp = pad_to_state(Dk);
+  const int64_t rows_per_task = std::min<int64_t>(query_chunk, kRowsPerTask);
+  const int64_t kk = std::min<int64_t>(k, Sk), group = Hq / Hk;
+  // Scratch: packed keys [Dk][Skp], q rows [rows][Dkp], scores [rows][Skp], heap [k],
+  // indices [2k], probabilities [k].
+  ctx.reserve_scratch(
+      static_cast<size_t>(Dk * Skp + rows_per_task * (Dkp + Skp) + 4 * kk + 64));
+  ctx.parallel_for(
+      B * Hk,
+      [&](int64_t task, int worker) {
+        const int64_t b = task / Hk, hk = task % Hk;
+        const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
+        float* kt = ctx.scratch(worker);
+        float* q = kt + Dk * Skp;
+        float* s = q + rows_per_task * Dkp;
+        float* heap = s + rows_per_task * Skp;
+        int32_t* idx = reinterpret_cast<int32_t*>(heap + kk);
+        float* p = heap + 3 * kk;
+        PackTransposed([&](int64_t r) { return a.k.row<const float>(b, r, hk); }, Sk, Dk, Skp,
+                       kt);
+        for (int64_t j = 0; j < Sk; ++j) {
+          std::fill_n(g.dk.row<float>(b, j, hk), Dk, 0.0f);
+          std::fill_n(g.dv.row<float>(b, j, hk), Dv, 0.0f);
+        }
+        for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+          for (int64_t i0 = 0; i0 < Sq; i0 += rows_per_task) {
+            const int64_t rows = std::min(rows_per_task, Sq - i0);
+            ScoreRows(a.q, b, h, i0, rows, scale, kt, Skp,
+                      visible_keys(causal, Sq, Sk, len, i0 + rows - 1), q, s);
+            for (int64_t r = 0; r < rows; ++r) {
+              const int64_t i = i0 + r;
+              float* dq = g.dq.row<float>(b, i, h);
+              std::fill_n(dq, Dk, 0.0f);
+              const float* sr = s + r * Skp;
+              const int64_t c = SelectTopK(sr, visible_keys(causal, Sq, Sk, len, i), k, heap, idx);
+              if (c == 0) continue;
+              float m = -std::numeric_limits<float>::infinity(), sum = 0.0f;
+              for (int64_t t = 0; t < c; ++t) m = std::max(m, sr[idx[t]]);
+              for (int64_t t = 0; t < c; ++t) sum += p[t] = std::exp(sr[idx[t]] - m);
+              const float* dout = g.dout.row<const float>(b, i, h);
+              const float* qi = a.q.row<const float>(b, i, h);
+              // dp_t = dout . v_t (kept in heap[], free after selection); D = sum_t p_t dp_t.
+              float dd = 0.0f;
+              for (int64_t t = 0; t < c; ++t) {
+                p[t] /= sum;
+                heap[t] = Dot(dout, a.v.row<const float>(b, idx[t], hk), Dv);
+                dd += p[t] * heap[t];
+              }
+              for (int64_t t = 0; t < c; ++t) {
+                const float ds = scale * p[t] * (heap[t] - dd);
+                const float* kj = a.k.row<const float>(b, idx[t], hk);
+                float* dk = g.dk.row<float>(b, idx[t], hk);
+                float* dv = g.dv.row<float>(b, idx[t], hk);
+                for (int64_t d = 0; d < Dk; ++d) {
+                  dq[d] += ds * kj[d];
+                  dk[d] += ds * qi[d];
+                }
+                for (int64_t d = 0; d < Dv; ++d) dv[d] += p[t] * dout[d];
+              }
+            }
+          }
+        }
+      },
+      2.0 * B * Hq * Sq * Sk * Dk);
 }
 
 void TopkFfForward(const ConstTensorView& x, const ConstTensorView& keys,
@@ -193,11 +276,16 @@ HWY_AFTER_NAMESPACE();
 namespace attnkit::cpu {
 
 HWY_EXPORT(TopkForward);
+HWY_EXPORT(TopkBackward);
 HWY_EXPORT(TopkFfForward);
 
 void topk_forward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal,
                   Context& ctx) {
   HWY_DYNAMIC_DISPATCH(TopkForward)(a, k, query_chunk, scale, causal, ctx);
+}
+void topk_backward(const BackwardArgs& g, int k, int query_chunk, float scale, bool causal,
+                   Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(TopkBackward)(g, k, query_chunk, scale, causal, ctx);
 }
 void topk_ff_forward(const ConstTensorView& x, const ConstTensorView& keys,
                      const ConstTensorView& values, const TensorView& out, int k, Context& ctx) {

@@ -15,10 +15,23 @@ class Topk final : public Mechanism {
  public:
   Topk(const AttentionOptions& o, const TopkConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "topk"; }
-  Capabilities capabilities() const override { return {.causal = true, .fast_kernel = true}; }
+  Capabilities capabilities() const override {
+    return {.causal = true, .backward = true, .fast_kernel = true};
+  }
   std::string describe() const override {
     return "topk(k=" + std::to_string(c_.k) + ",query_chunk=" + std::to_string(c_.query_chunk) +
            ") " + to_string(options());
+  }
+
+  void backward(const BackwardArgs& g, Context& ctx) const override {
+    validate(g.forward);
+    check_backward(g, g.forward.q.dtype);
+    if (g.forward.q.dtype == DType::kF64) {
+      ref::topk_backward_ref(g, options(), c_);
+      return;
+    }
+    const float s = logit_scale(options(), g.forward.q.shape[3]);
+    cpu::topk_backward(g, c_.k, c_.query_chunk, s, options().causal, ctx);
   }
 
  protected:

@@ -40,6 +40,9 @@ void lara_ref(const AttentionArgs& a, const AttentionOptions& o, const LaraConfi
 
 // Top-k attention: softmax over the k largest visible logits of each query.
 void topk_ref(const AttentionArgs& a, const AttentionOptions& o, const TopkConfig& c);
+// Gradients of topk_ref: softmax backward over each query's kept keys (the selection is
+// piecewise constant, so it carries no gradient).
+void topk_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const TopkConfig& c);
 
 // Top-k feed-forward: out[t] = sum_{j in topk_j(x_t . keys_j)} relu(x_t . keys_j) values_j.
 // x: [T, Dm], keys: [F, Dm], values: [F, Dout], out: [T, Dout] (rank 2, float64).

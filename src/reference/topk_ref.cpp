@@ -49,6 +49,46 @@ void topk_ref(const AttentionArgs& a, const AttentionOptions& o, const TopkConfi
   }
 }
 
+void topk_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const TopkConfig& c) {
+  const AttentionArgs& a = g.forward;
+  const Dims n(a);
+  const double s = logit_scale(o, n.Dk);
+  zero_rows(g.dq), zero_rows(g.dk), zero_rows(g.dv);
+  std::vector<double> logits, p;
+  for (int64_t b = 0; b < n.B; ++b) {
+    const int64_t len = key_length(a, b);
+    for (int64_t h = 0; h < n.Hq; ++h) {
+      const int64_t hk = n.kv_head(h);
+      for (int64_t i = 0; i < n.Sq; ++i) {
+        const int64_t nk = visible_keys(o.causal, n.Sq, n.Sk, len, i);
+        const double* q = row(a.q, b, i, h);
+        logits.resize(nk);
+        for (int64_t j = 0; j < nk; ++j) logits[j] = s * dot(q, row(a.k, b, j, hk), n.Dk);
+        const std::vector<int64_t> top = top_indices(logits, c.k);
+        p.resize(top.size());
+        for (size_t t = 0; t < top.size(); ++t) p[t] = logits[top[t]];
+        softmax_inplace(p);
+        // Softmax backward over the kept keys; the selection itself is piecewise constant.
+        const double* dout = row(g.dout, b, i, h);
+        double dout_o = 0;
+        for (size_t t = 0; t < top.size(); ++t) dout_o += p[t] * dot(dout, row(a.v, b, top[t], hk), n.Dv);
+        double* dq = row(g.dq, b, i, h);
+        for (size_t t = 0; t < top.size(); ++t) {
+          const double* k = row(a.k, b, top[t], hk);
+          const double ds = p[t] * (dot(dout, row(a.v, b, top[t], hk), n.Dv) - dout_o);
+          double* dk = row(g.dk, b, top[t], hk);
+          double* dv = row(g.dv, b, top[t], hk);
+          for (int64_t d = 0; d < n.Dk; ++d) {
+            dq[d] += s * ds * k[d];
+            dk[d] += s * ds * q[d];
+          }
+          for (int64_t d = 0; d < n.Dv; ++d) dv[d] += p[t] * dout[d];
+        }
+      }
+    }
+  }
+}
+
 void topk_ff_ref(const ConstTensorView& x, const ConstTensorView& keys,
                  const ConstTensorView& values, const TensorView& out, int k) {
   const int64_t T = x.shape[0], Dm = x.shape[1], F = keys.shape[0], Dout = values.shape[1];

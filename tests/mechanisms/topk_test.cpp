@@ -1,6 +1,7 @@
 // topk: the fast kernel against the float64 reference; top-k feed-forward.
 #include "src/reference/reference.hpp"
 #include "tests/testing/sweep.hpp"
+#include "tests/testing/gradients.hpp"
 
 namespace attnkit::testing {
 namespace {
@@ -46,6 +47,19 @@ TEST(TopkFeedForward, MatchesReferenceAndDenseReluAtFullK) {
     FAIL();
   } catch (const Error& e) {
     EXPECT_EQ(std::string(e.what()), "keys: dim 1 (20) must equal x dim 1 (24)");
+  }
+}
+
+TEST(Topk, BackwardKernelMatchesReference) {
+  uint32_t seed = 700;
+  for (bool causal : {false, true}) {
+    for (const char* config : {"k=5", "k=1,query_chunk=7", "k=64", "k=1000"}) {
+      for (const Dims& d : backward_dims()) {
+        Problem p(d, seed++, Layout::kHeadMajorPadded);
+        p.key_lengths = std::vector<int32_t>(d.B, static_cast<int32_t>(d.Sk - 3));
+        expect_kernel_gradients(*make_mechanism("topk", {.causal = causal}, config), p, seed++);
+      }
+    }
   }
 }
 

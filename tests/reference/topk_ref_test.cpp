@@ -4,6 +4,7 @@
 #include "src/reference/reference.hpp"
 #include "tests/testing/harness.hpp"
 #include "tests/testing/small.hpp"
+#include "tests/testing/gradients.hpp"
 
 namespace attnkit::testing {
 namespace {
@@ -56,6 +57,17 @@ TEST(TopkFfRef, FullKIsDenseReluFeedForward) {
   x1[0] = 2.0, k1[0] = 1.0, k1[1] = 3.0, k1[2] = -5.0, v1[0] = 1.0, v1[1] = 10.0, v1[2] = 100.0;
   ref::topk_ff_ref(x1.cview(), k1.cview(), v1.cview(), o1.view(), 1);
   EXPECT_DOUBLE_EQ(o1[0], 60.0);
+}
+
+TEST(TopkRef, BackwardEqualsCentralFiniteDifferences) {
+  uint32_t seed = 70;
+  for (bool causal : {false, true}) {
+    for (const char* config : {"k=2", "k=1", "k=9"}) {
+      Problem p({2, 4, 5, 2, 1, 3, 2}, seed++);
+      p.key_lengths = {5, 4};
+      expect_fd_gradients(*make_mechanism("topk", {.causal = causal}, config), p, seed++);
+    }
+  }
 }
 
 }  // namespace
