@@ -92,6 +92,8 @@ void linear_query(LinearState& s, const ConstTensorView& q, const TensorView& ou
 // ([L][dvp]) with a_j[l] = softplus_ln2(s k_j . p_l); out_t = softmax_l(s q_t . acc_l / t)
 // acc / t. memory: [B, L, Hq, Dk] float32. LinearState slots are (batch, q head) here.
 void luna_causal_forward(const AttentionArgs& a, float scale, Context& ctx);
+// Gradients of luna_causal_forward: dq, dk, dv and (when present) dmemory, O(N L D).
+void luna_causal_backward(const BackwardArgs& g, float scale, Context& ctx);
 void luna_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
                  const ConstTensorView& memory, float scale, Context& ctx);
 void luna_query(LinearState& s, const ConstTensorView& q, const TensorView& out,

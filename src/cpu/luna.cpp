@@ -92,6 +92,113 @@ void LunaCausalForward(const AttentionArgs& a, float s, Context& ctx) {
   });
 }
 
+// Gradients of LunaCausalForward (math in ref::luna_backward_ref). One task per (batch,
+// kv head) owns its keys' dk, dv and, per query head, dq and dmemory rows. Forward sweep
+// over rows (the running acc): dq, and per row the coefficients of
+// dY_il / t = (pi_l / t) dout_i + (s dz_l / t) q_i. Reverse sweep over keys: R_l = sum of
+// dY_il / t over the rows that see key j, then dv_j += a_jl R_l, da_jl = R_l . v_j, and the
+// softplus chain to dk_j and dp_l. dmemory may be absent (not written then).
+void LunaCausalBackward(const BackwardArgs& g, float s, Context& ctx) {
+  const AttentionArgs& a = g.forward;
+  const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], dk = a.q.shape[3];
+  const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], dv = a.v.shape[3], dvp = pad_to_state(dv);
+  const int64_t L = a.memory.shape[1], group = Hq / Hk;
+  const bool with_dmem = g.dmemory.present();
+  // Scratch: acc and R [L][dvp]; v, dout, q rows [dvp]; w [L]; per row coefficients [Sq][2L].
+  ctx.reserve_scratch(static_cast<size_t>(2 * L * dvp + 3 * dvp + L + 2 * Sq * L + 64));
+  ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
+    const int64_t b = task / Hk, hk = task % Hk;
+    const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
+    float* acc = ctx.scratch(worker);
+    float* r_sum = acc + L * dvp;
+    float* vb = r_sum + L * dvp;
+    float* db = vb + dvp;
+    float* qb = db + dvp;
+    float* w = qb + dvp;
+    float* coef = w + L;
+    std::fill(vb, vb + 3 * dvp, 0.0f);
+    for (int64_t j = 0; j < Sk; ++j) {
+      std::fill_n(g.dk.row<float>(b, j, hk), dk, 0.0f);
+      std::fill_n(g.dv.row<float>(b, j, hk), dv, 0.0f);
+    }
+    for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+      auto mem = [&](int64_t l) { return a.memory.row<const float>(b, l, h); };
+      if (with_dmem) {
+        for (int64_t l = 0; l < L; ++l) std::fill_n(g.dmemory.row<float>(b, l, h), dk, 0.0f);
+      }
+      // Forward sweep.
+      std::fill(acc, acc + L * dvp, 0.0f);
+      int64_t added = 0;
+      for (int64_t i = 0; i < Sq; ++i) {
+        const int64_t t = visible_keys(true, Sq, Sk, len, i);
+        for (; added < t; ++added) {
+          std::copy_n(a.v.row<const float>(b, added, hk), dv, vb);
+          AddKey(acc, a.k.row<const float>(b, added, hk), vb, L, dk, dvp, s, mem);
+        }
+        float* dq = g.dq.row<float>(b, i, h);
+        std::fill_n(dq, dk, 0.0f);
+        float* ci = coef + i * 2 * L;
+        if (t == 0) {
+          std::fill(ci, ci + 2 * L, 0.0f);
+          continue;
+        }
+        const float inv_t = 1.0f / static_cast<float>(t);
+        const float* q = a.q.row<const float>(b, i, h);
+        CopyPadded(g.dout.row<const float>(b, i, h), dv, db, dvp);
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t l = 0; l < L; ++l) m = std::max(m, w[l] = s * inv_t * Dot(q, acc + l * dvp, dk));
+        float sum = 0.0f;
+        for (int64_t l = 0; l < L; ++l) sum += (w[l] = std::exp(w[l] - m));
+        float dout_o = 0.0f;  // dout . out = sum_l pi_l dout . Y_l
+        for (int64_t l = 0; l < L; ++l) {
+          w[l] /= sum;
+          ci[l] = inv_t * Dot(db, acc + l * dvp, dvp);  // dout . Y_l, for now
+          dout_o += w[l] * ci[l];
+        }
+        for (int64_t l = 0; l < L; ++l) {
+          const float dz = w[l] * (ci[l] - dout_o);
+          const float* al = acc + l * dvp;
+          const float c = s * dz * inv_t;  // dq += s dz Y_l
+          for (int64_t x = 0; x < dk; ++x) dq[x] += c * al[x];
+          ci[l] = w[l] * inv_t;  // coefficient of dout_i in dY_il / t
+          ci[L + l] = s * dz * inv_t;  // coefficient of q_i
+        }
+      }
+      // Reverse sweep over the valid keys.
+      std::fill(r_sum, r_sum + L * dvp, 0.0f);
+      int64_t row = Sq - 1;
+      for (int64_t j = len - 1; j >= 0; --j) {
+        for (; row >= 0 && visible_keys(true, Sq, Sk, len, row) > j; --row) {
+          const float* ci = coef + row * 2 * L;
+          CopyPadded(g.dout.row<const float>(b, row, h), dv, db, dvp);
+          CopyPadded(a.q.row<const float>(b, row, h), dk, qb, dvp);
+          for (int64_t l = 0; l < L; ++l) {
+            Axpy(ci[l], db, r_sum + l * dvp, dvp);
+            Axpy(ci[L + l], qb, r_sum + l * dvp, dvp);
+          }
+        }
+        const float* k = a.k.row<const float>(b, j, hk);
+        CopyPadded(a.v.row<const float>(b, j, hk), dv, vb, dvp);
+        float* dkj = g.dk.row<float>(b, j, hk);
+        float* dvj = g.dv.row<float>(b, j, hk);
+        for (int64_t l = 0; l < L; ++l) {
+          const float* rl = r_sum + l * dvp;
+          const float u = s * Dot(k, mem(l), dk);
+          const float aj = SoftplusLn2(u);
+          for (int64_t x = 0; x < dv; ++x) dvj[x] += aj * rl[x];
+          const float gu = s * Dot(rl, vb, dvp) / (1.0f + std::exp2(-u));  // * sigmoid(u ln 2)
+          const float* p = mem(l);
+          for (int64_t x = 0; x < dk; ++x) dkj[x] += gu * p[x];
+          if (with_dmem) {
+            float* dp = g.dmemory.row<float>(b, l, h);
+            for (int64_t x = 0; x < dk; ++x) dp[x] += gu * k[x];
+          }
+        }
+      }
+    }
+  });
+}
+
 void LunaAppend(LinearState& st, const ConstTensorView& k, const ConstTensorView& v,
                 const ConstTensorView& memory, float s, Context& ctx) {
   const int64_t T = k.shape[1], Hk = k.shape[2], dk = k.shape[3], Hq = st.kv_heads,
@@ -136,11 +243,15 @@ HWY_AFTER_NAMESPACE();
 namespace attnkit::cpu {
 
 HWY_EXPORT(LunaCausalForward);
+HWY_EXPORT(LunaCausalBackward);
 HWY_EXPORT(LunaAppend);
 HWY_EXPORT(LunaQuery);
 
 void luna_causal_forward(const AttentionArgs& a, float scale, Context& ctx) {
   HWY_DYNAMIC_DISPATCH(LunaCausalForward)(a, scale, ctx);
+}
+void luna_causal_backward(const BackwardArgs& g, float scale, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LunaCausalBackward)(g, scale, ctx);
 }
 void luna_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
                  const ConstTensorView& memory, float scale, Context& ctx) {

@@ -19,7 +19,38 @@ class Luna final : public Mechanism {
   using Mechanism::Mechanism;
   std::string_view name() const override { return "luna"; }
   Capabilities capabilities() const override {
-    return {.causal = true, .streaming = true, .fast_kernel = true, .needs_memory = true};
+    return {.causal = true,
+            .streaming = true,
+            .backward = true,
+            .fast_kernel = true,
+            .needs_memory = true};
+  }
+
+  void backward(const BackwardArgs& g, Context& ctx) const override {
+    validate(g.forward);
+    const DType dt = g.forward.q.dtype;
+    check_backward(g, dt);
+    if (g.dmemory.present()) {
+      check_tensor(as_const(g.dmemory), "dmemory", 4, dt);
+      if (g.dmemory.shape != g.forward.memory.shape) {
+        throw Error("dmemory", "shape " + shape_string(g.dmemory) + " must equal memory shape " +
+                                   shape_string(g.forward.memory));
+      }
+      for (auto [t, n] : {std::pair{g.forward.memory, "memory"}, {g.forward.q, "q"},
+                          {g.forward.k, "k"}, {g.forward.v, "v"}, {g.dout, "dout"},
+                          {as_const(g.dq), "dq"}, {as_const(g.dk), "dk"}, {as_const(g.dv), "dv"}})
+        check_no_overlap(as_const(g.dmemory), "dmemory", t, n);
+    }
+    if (dt == DType::kF64) {
+      ref::luna_backward_ref(g, options());
+      return;
+    }
+    const float s = logit_scale(options(), g.forward.q.shape[3]);
+    if (options().causal) {
+      cpu::luna_causal_backward(g, s, ctx);
+    } else {
+      noncausal_backward(g, s, ctx);
+    }
   }
   // Causal running-average state per (batch, q head): L x Dv sums and the step count.
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
@@ -92,6 +123,40 @@ class Luna final : public Mechanism {
     unpack.v = pack.out;
     unpack.out = a.out;
     cpu::softmax_forward(unpack, s, /*causal=*/false, ctx);
+  }
+
+ private:
+  // The two softmax kernels' backwards in reverse order: unpack (keys = values = packed
+  // memory Yp, so dYp = dk + dv), then pack (queries = memory, so dq = dmemory).
+  static void noncausal_backward(const BackwardArgs& g, float s, Context& ctx) {
+    const AttentionArgs& a = g.forward;
+    const int64_t B = a.q.shape[0], L = a.memory.shape[1], Hq = a.q.shape[2];
+    const int64_t Dk = a.q.shape[3], Dv = a.v.shape[3];
+    Tensor<float> packed({B, L, Hq, Dv}), dk_u({B, L, Hq, Dv}), dv_u({B, L, Hq, Dv}), dmem;
+    AttentionArgs pack;
+    pack.q = a.memory;
+    pack.k = a.k;
+    pack.v = a.v;
+    pack.out = packed.view();
+    pack.key_lengths = a.key_lengths;
+    cpu::softmax_forward(pack, s, /*causal=*/false, ctx);
+    AttentionArgs unpack;
+    unpack.q = a.q;
+    unpack.k = packed.cview();
+    unpack.v = packed.cview();
+    unpack.out = a.out;
+    cpu::softmax_backward(
+        {.forward = unpack, .dout = g.dout, .dq = g.dq, .dk = dk_u.view(), .dv = dv_u.view()}, s,
+        /*causal=*/false, ctx);
+    for (size_t x = 0; x < dk_u.vec().size(); ++x) dk_u.vec()[x] += dv_u.vec()[x];
+    TensorView dmemory = g.dmemory;
+    if (!dmemory.present()) {
+      dmem = Tensor<float>({B, L, Hq, Dk});
+      dmemory = dmem.view();
+    }
+    cpu::softmax_backward(
+        {.forward = pack, .dout = dk_u.cview(), .dq = dmemory, .dk = g.dk, .dv = g.dv}, s,
+        /*causal=*/false, ctx);
   }
 };
 

@@ -51,6 +51,9 @@ void topk_ff_ref(const ConstTensorView& x, const ConstTensorView& keys,
 
 // Luna: non-causal pack/unpack through a.memory, or the causal running-average form.
 void luna_ref(const AttentionArgs& a, const AttentionOptions& o);
+// Gradients of luna_ref: dq, dk, dv and, when g.dmemory is present, the memory's gradient.
+// Non-causal composes softmax_backward_ref (unpack, then pack); causal is direct per row.
+void luna_backward_ref(const BackwardArgs& g, const AttentionOptions& o);
 
 // Chunk-wise memory-augmented attention (RMT recurrence + filtered memory write).
 void memory_ref(const AttentionArgs& a, const AttentionOptions& o, const MemoryConfig& c);

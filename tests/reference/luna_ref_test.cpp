@@ -4,6 +4,7 @@
 #include "src/reference/reference.hpp"
 #include "tests/testing/harness.hpp"
 #include "tests/testing/small.hpp"
+#include "tests/testing/gradients.hpp"
 
 namespace attnkit::testing {
 namespace {
@@ -61,6 +62,17 @@ TEST(LunaRef, PaddingHasNoEffectOnPackedMemory) {
     ref::luna_ref(p.args64(), {.causal = causal});
     ref::luna_ref(q.args64(), {.causal = causal});
     EXPECT_EQ(compare(p.memory_out, false, q.memory_out).max_abs, 0.0);
+  }
+}
+
+TEST(LunaRef, BackwardEqualsCentralFiniteDifferencesIncludingMemory) {
+  uint32_t seed = 90;
+  for (bool causal : {false, true}) {
+    for (const Dims& d : {Dims{1, 4, 4, 2, 1, 3, 3}, Dims{2, 3, 5, 1, 1, 2, 2}}) {
+      Problem p(d, seed++, Layout::kContiguous, /*memory_len=*/3);
+      p.key_lengths = std::vector<int32_t>(d.B, static_cast<int32_t>(d.Sk - 1));
+      expect_fd_gradients(*make_mechanism("luna", {.causal = causal}), p, seed++);
+    }
   }
 }
 
