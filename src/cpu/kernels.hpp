@@ -31,7 +31,6 @@ void scores(const uint32_t* q2, int64_t ldq, int64_t rows, const uint32_t* kt2, 
 // (split over keys, merged by log-sum-exp in a fixed order). No padding.
 void softmax_decode(const AttentionArgs& a, float scale, Context& ctx);
 
-
 // Head-dim padding of every fixed-size state: a multiple of every target's lane count.
 inline constexpr int64_t kStatePad = 16;
 inline int64_t pad_to_state(int64_t x) { return (x + kStatePad - 1) / kStatePad * kStatePad; }
@@ -87,7 +86,6 @@ void linear_append(LinearState& s, const ConstTensorView& k, const ConstTensorVi
 void linear_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
                   const LinearConfig& c, Context& ctx);
 
-
 // Causal Luna (running-average form): per (batch, q head) the state acc = sum_j a_j v_j^T
 // ([L][dvp]) with a_j[l] = softplus_ln2(s k_j . p_l); out_t = softmax_l(s q_t . acc_l / t)
 // acc / t. memory: [B, L, Hq, Dk] float32. LinearState slots are (batch, q head) here.
@@ -98,7 +96,6 @@ void luna_append(LinearState& s, const ConstTensorView& k, const ConstTensorView
                  const ConstTensorView& memory, float scale, Context& ctx);
 void luna_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
                 const ConstTensorView& memory, float scale, Context& ctx);
-
 
 // Top-k attention: per query, softmax over its k largest visible logits (ties to the
 // lower key index). Scores are computed for tasks of at most min(query_chunk, 32) rows,
@@ -114,12 +111,15 @@ void topk_backward(const BackwardArgs& g, int k, int query_chunk, float scale, b
 void topk_ff_forward(const ConstTensorView& x, const ConstTensorView& keys,
                      const ConstTensorView& values, const TensorView& out, int k, Context& ctx);
 
-
 // Chunk-wise memory-augmented attention (RMT recurrence + filtered memory write):
 // per (batch, q head) sequentially over chunks; every read and write is a small softmax
 // attention done with the register-tiled matmul. filter: optional [Hk, width] weights.
 void memory_forward(const AttentionArgs& a, const MemoryConfig& c, float scale, bool causal,
                     Context& ctx);
+// Gradients of memory_forward: dq, dk, dv and (when present) dmemory; the filter weights
+// are constants. One task per (batch, kv head); keeps the memory before every chunk.
+void memory_backward(const BackwardArgs& g, const MemoryConfig& c, float scale, bool causal,
+                     Context& ctx);
 
 // Randomized Attention (unbiased): the same draws as ref::ra_ref (CounterRng streams
 // (b, h, i); uniform counter t; normal counters 2^40 + t Dk + d).

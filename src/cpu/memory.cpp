@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "src/cpu/kernels.hpp"
 #include "src/cpu/ops/attend-inl.h"
@@ -130,6 +131,160 @@ void MemoryForward(const AttentionArgs& a, const MemoryConfig& c, float scale, b
   });
 }
 
+// Adjoint of FilterRows: adds grad [t1 - t0][dp] of the filtered rows to dt's rows at
+// (b, hk). Max-pool routes to the first maximum, the one the forward keeps.
+void FilterRowsBackward(const ConstTensorView& t, const TensorView& dt, int64_t b, int64_t hk,
+                        int64_t t0, int64_t t1, int64_t d, int64_t dp, const MemoryConfig& c,
+                        const ConstTensorView& weights, const float* grad) {
+  const int64_t width = c.filter_width, left = (width - 1) / 2;
+  const bool pool = c.filter == MemoryFilter::kMaxPool;
+  for (int64_t i = t0; i < t1; ++i) {
+    const float* gi = grad + (i - t0) * dp;
+    const int64_t lo = std::max(t0, i - left), hi = std::min(t1, i - left + width);
+    if (!pool) {
+      for (int64_t src = lo; src < hi; ++src) {
+        const float wt = weights.present() ? weights.at<const float>(hk, src - i + left)
+                                           : 1.0f / static_cast<float>(width);
+        float* o = dt.row<float>(b, src, hk);
+        for (int64_t x = 0; x < d; ++x) o[x] += wt * gi[x];
+      }
+      continue;
+    }
+    for (int64_t x = 0; x < d; ++x) {
+      int64_t arg = lo;
+      for (int64_t src = lo + 1; src < hi; ++src)
+        if (t.row<const float>(b, src, hk)[x] > t.row<const float>(b, arg, hk)[x]) arg = src;
+      if (lo < hi) dt.row<float>(b, arg, hk)[x] += gi[x];
+    }
+  }
+}
+
+// Gradients of MemoryForward (math in ref::memory_backward_ref). One task per (batch, kv
+// head): per query head, the memory before every chunk is recomputed and kept
+// ([chunks + 1][m][dp]), then chunks are differentiated last to first: the write (queries
+// M, keys [M ; F(K)], values [M ; F(V)]) and the reads (chunk queries over [M ; K], [M ; V]),
+// with dM carried backwards. Row-wise vector ops: the attentions are m + chunk wide.
+void MemoryBackward(const BackwardArgs& g, const MemoryConfig& c, float scale, bool causal,
+                    Context& ctx) {
+  const AttentionArgs& a = g.forward;
+  const int64_t B = a.q.shape[0], S = a.q.shape[1], Hq = a.q.shape[2], D = a.q.shape[3];
+  const int64_t Hk = a.k.shape[2], m = a.memory.shape[1], group = Hq / Hk;
+  const int64_t dp = pad_to_state(D), cs = std::min<int64_t>(c.chunk, std::max<int64_t>(S, 1));
+  const int64_t chunks = (S + cs - 1) / cs, nk_max = m + cs;
+  const float inv_temp =
+      1.0f / static_cast<float>(c.pack_temperature > 0 ? c.pack_temperature
+                                                       : std::sqrt(static_cast<double>(D)));
+  // Scratch: keys, vals, dkeys, dvals [nk_max][dp]; q, dout, dq, fk, fv [cs][dp]; mems
+  // [chunks + 1][m][dp]; dM, dprev [m][dp]; p [2 nk_max].
+  ctx.reserve_scratch(
+      static_cast<size_t>(4 * nk_max * dp + 5 * cs * dp + (chunks + 3) * m * dp + 2 * nk_max + 64));
+  ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
+    const int64_t b = task / Hk, hk = task % Hk;
+    const int64_t len = a.key_lengths.empty() ? S : a.key_lengths[b];
+    float* keys = ctx.scratch(worker);
+    float* vals = keys + nk_max * dp;
+    float* dkeys = vals + nk_max * dp;
+    float* dvals = dkeys + nk_max * dp;
+    float* qb = dvals + nk_max * dp;
+    float* db = qb + cs * dp;
+    float* dqb = db + cs * dp;
+    float* fk = dqb + cs * dp;
+    float* fv = fk + cs * dp;
+    float* mems = fv + cs * dp;
+    float* dmem = mems + (chunks + 1) * m * dp;
+    float* dprev = dmem + m * dp;
+    float* p = dprev + m * dp;
+    for (int64_t j = 0; j < S; ++j) {
+      std::fill_n(g.dk.row<float>(b, j, hk), D, 0.0f);
+      std::fill_n(g.dv.row<float>(b, j, hk), D, 0.0f);
+    }
+    auto span = [&](int64_t tau) {
+      const int64_t t0 = tau * cs, t1 = std::min(S, t0 + cs);
+      return std::tuple{t0, t1, std::clamp(len, t0, t1) - t0};
+    };
+    // [M ; F(K)] and [M ; F(V)] of chunk tau into keys, vals (the write's operands).
+    auto write_operands = [&](int64_t tau) {
+      const auto [t0, t1, nv] = span(tau);
+      FilterRows(a.k, b, hk, t0, t0 + nv, D, dp, c, a.filter, fk);
+      FilterRows(a.v, b, hk, t0, t0 + nv, D, dp, c, a.filter, fv);
+      std::copy_n(mems + tau * m * dp, m * dp, keys);
+      std::copy_n(mems + tau * m * dp, m * dp, vals);
+      std::copy_n(fk, nv * dp, keys + m * dp);
+      std::copy_n(fv, nv * dp, vals + m * dp);
+    };
+    for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+      for (int64_t r = 0; r < m; ++r)
+        CopyPadded(a.memory.row<const float>(b, r, h), D, mems + r * dp, dp);
+      for (int64_t tau = 0; tau < chunks; ++tau) {  // forward: the memory before each chunk
+        const int64_t nv = std::get<2>(span(tau));
+        float* next = mems + (tau + 1) * m * dp;
+        if (nv == 0) {
+          std::copy_n(mems + tau * m * dp, m * dp, next);
+          continue;
+        }
+        write_operands(tau);
+        std::fill(next, next + m * dp, 0.0f);
+        for (int64_t r = 0; r < m; ++r) {
+          SoftmaxRow(keys + r * dp, keys, m + nv, dp, inv_temp, p);
+          for (int64_t j = 0; j < m + nv; ++j) Axpy(p[j], vals + j * dp, next + r * dp, dp);
+        }
+      }
+      std::fill(dmem, dmem + m * dp, 0.0f);
+      for (int64_t tau = chunks - 1; tau >= 0; --tau) {
+        const auto [t0, t1, nv] = span(tau);
+        const float* mem = mems + tau * m * dp;
+        std::fill(dprev, dprev + m * dp, 0.0f);
+        if (nv > 0) {  // the write
+          write_operands(tau);
+          std::fill(dkeys, dkeys + 2 * nk_max * dp, 0.0f);  // dkeys and dvals
+          AttendBackwardRows(
+              mem, dmem, m, keys, vals, m + nv, dp, inv_temp, [&](int64_t) { return m + nv; }, p,
+              dprev, dkeys, dvals);
+          for (int64_t x = 0; x < m * dp; ++x) dprev[x] += dkeys[x] + dvals[x];
+          FilterRowsBackward(a.k, g.dk, b, hk, t0, t0 + nv, D, dp, c, a.filter, dkeys + m * dp);
+          FilterRowsBackward(a.v, g.dv, b, hk, t0, t0 + nv, D, dp, c, a.filter, dvals + m * dp);
+        } else {
+          std::copy_n(dmem, m * dp, dprev);
+        }
+        // The reads.
+        const int64_t rows = t1 - t0;
+        std::copy_n(mem, m * dp, keys);
+        std::copy_n(mem, m * dp, vals);
+        for (int64_t j = 0; j < nv; ++j) {
+          CopyPadded(a.k.row<const float>(b, t0 + j, hk), D, keys + (m + j) * dp, dp);
+          CopyPadded(a.v.row<const float>(b, t0 + j, hk), D, vals + (m + j) * dp, dp);
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          CopyPadded(a.q.row<const float>(b, t0 + r, h), D, qb + r * dp, dp);
+          CopyPadded(g.dout.row<const float>(b, t0 + r, h), D, db + r * dp, dp);
+        }
+        std::fill(dqb, dqb + rows * dp, 0.0f);
+        std::fill(dkeys, dkeys + 2 * nk_max * dp, 0.0f);
+        AttendBackwardRows(
+            qb, db, rows, keys, vals, m + nv, dp, scale,
+            [&](int64_t r) { return m + (causal ? std::min(nv, r + 1) : nv); }, p, dqb, dkeys,
+            dvals);
+        for (int64_t r = 0; r < rows; ++r)
+          std::copy_n(dqb + r * dp, D, g.dq.row<float>(b, t0 + r, h));
+        for (int64_t x = 0; x < m * dp; ++x) dprev[x] += dkeys[x] + dvals[x];
+        for (int64_t j = 0; j < nv; ++j) {
+          float* dk = g.dk.row<float>(b, t0 + j, hk);
+          float* dv = g.dv.row<float>(b, t0 + j, hk);
+          for (int64_t x = 0; x < D; ++x) {
+            dk[x] += dkeys[(m + j) * dp + x];
+            dv[x] += dvals[(m + j) * dp + x];
+          }
+        }
+        std::swap(dmem, dprev);
+      }
+      if (g.dmemory.present()) {
+        for (int64_t r = 0; r < m; ++r)
+          std::copy_n(dmem + r * dp, D, g.dmemory.row<float>(b, r, h));
+      }
+    }
+  });
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace attnkit::cpu
 HWY_AFTER_NAMESPACE();
@@ -138,10 +293,15 @@ HWY_AFTER_NAMESPACE();
 namespace attnkit::cpu {
 
 HWY_EXPORT(MemoryForward);
+HWY_EXPORT(MemoryBackward);
 
 void memory_forward(const AttentionArgs& a, const MemoryConfig& c, float scale, bool causal,
                     Context& ctx) {
   HWY_DYNAMIC_DISPATCH(MemoryForward)(a, c, scale, causal, ctx);
+}
+void memory_backward(const BackwardArgs& g, const MemoryConfig& c, float scale, bool causal,
+                     Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(MemoryBackward)(g, c, scale, causal, ctx);
 }
 
 }  // namespace attnkit::cpu

@@ -30,17 +30,7 @@ class Luna final : public Mechanism {
     validate(g.forward);
     const DType dt = g.forward.q.dtype;
     check_backward(g, dt);
-    if (g.dmemory.present()) {
-      check_tensor(as_const(g.dmemory), "dmemory", 4, dt);
-      if (g.dmemory.shape != g.forward.memory.shape) {
-        throw Error("dmemory", "shape " + shape_string(g.dmemory) + " must equal memory shape " +
-                                   shape_string(g.forward.memory));
-      }
-      for (auto [t, n] : {std::pair{g.forward.memory, "memory"}, {g.forward.q, "q"},
-                          {g.forward.k, "k"}, {g.forward.v, "v"}, {g.dout, "dout"},
-                          {as_const(g.dq), "dq"}, {as_const(g.dk), "dk"}, {as_const(g.dv), "dv"}})
-        check_no_overlap(as_const(g.dmemory), "dmemory", t, n);
-    }
+    check_dmemory(g, dt);
     if (dt == DType::kF64) {
       ref::luna_backward_ref(g, options());
       return;

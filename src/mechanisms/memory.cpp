@@ -19,7 +19,19 @@ class Memory final : public Mechanism {
   Memory(const AttentionOptions& o, const MemoryConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "memory"; }
   Capabilities capabilities() const override {
-    return {.causal = true, .fast_kernel = true, .needs_memory = true};
+    return {.causal = true, .backward = true, .fast_kernel = true, .needs_memory = true};
+  }
+  void backward(const BackwardArgs& g, Context& ctx) const override {
+    validate(g.forward);
+    const DType dt = g.forward.q.dtype;
+    check_backward(g, dt);
+    check_dmemory(g, dt);
+    if (dt == DType::kF64) {
+      ref::memory_backward_ref(g, options(), c_);
+      return;
+    }
+    cpu::memory_backward(g, c_, logit_scale(options(), g.forward.q.shape[3]), options().causal,
+                         ctx);
   }
   std::string describe() const override {
     return "memory(chunk=" + std::to_string(c_.chunk) +

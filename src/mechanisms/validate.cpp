@@ -253,4 +253,23 @@ void check_backward(const BackwardArgs& g, DType dtype) {
   }
 }
 
+void check_dmemory(const BackwardArgs& g, DType dtype) {
+  if (!g.dmemory.present()) return;
+  const DType dt = dtype;
+  check_tensor(as_const(g.dmemory), "dmemory", 4, dt);
+  if (g.dmemory.shape != g.forward.memory.shape) {
+    throw Error("dmemory", "shape " + shape_string(g.dmemory) + " must equal memory shape " +
+                               shape_string(g.forward.memory));
+  }
+  for (auto [t, n] : {std::pair{g.forward.memory, "memory"},
+                      {g.forward.q, "q"},
+                      {g.forward.k, "k"},
+                      {g.forward.v, "v"},
+                      {g.dout, "dout"},
+                      {as_const(g.dq), "dq"},
+                      {as_const(g.dk), "dk"},
+                      {as_const(g.dv), "dv"}})
+    check_no_overlap(as_const(g.dmemory), "dmemory", t, n);
+}
+
 }  // namespace attnkit::detail

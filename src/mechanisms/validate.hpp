@@ -55,6 +55,8 @@ void check_backward(const BackwardArgs& g, DType dtype);
 void check_stream_spec(const StreamSpec& s);
 void check_stream_append(const StreamSpec& s, const ConstTensorView& k, const ConstTensorView& v);
 void check_stream_query(const StreamSpec& s, const ConstTensorView& q, const TensorView& out);
+// dmemory (optional): dtype, the memory's shape, no overlap with any input or gradient.
+void check_dmemory(const BackwardArgs& g, DType dtype);
 // out must not share memory with an input.
 void check_no_overlap(const ConstTensorView& out, std::string_view out_name,
                       const ConstTensorView& in, std::string_view in_name);

@@ -101,4 +101,170 @@ void memory_ref(const AttentionArgs& a, const AttentionOptions& o, const MemoryC
   }
 }
 
+namespace {
+
+// Backward of one dense attention out_r = softmax_j(scale q_r . k_j, j < visible(r)) v_j:
+// adds to dq rows, dk rows, dv rows (row pointers, dim d).
+template <typename Visible>
+void attend_backward(const std::vector<const double*>& q, const std::vector<const double*>& k,
+                     const std::vector<const double*>& v, const Visible& visible, double scale,
+                     const std::vector<const double*>& dout, int64_t d,
+                     const std::vector<double*>& dq, const std::vector<double*>& dk,
+                     const std::vector<double*>& dv) {
+  std::vector<double> p;
+  for (size_t r = 0; r < q.size(); ++r) {
+    const int64_t n = visible(r);
+    p.resize(n);
+    for (int64_t j = 0; j < n; ++j) p[j] = scale * dot(q[r], k[j], d);
+    softmax_inplace(p);
+    double dout_o = 0;
+    for (int64_t j = 0; j < n; ++j) dout_o += p[j] * dot(dout[r], v[j], d);
+    for (int64_t j = 0; j < n; ++j) {
+      const double ds = scale * p[j] * (dot(dout[r], v[j], d) - dout_o);
+      for (int64_t x = 0; x < d; ++x) {
+        dq[r][x] += ds * k[j][x];
+        dk[j][x] += ds * q[r][x];
+        dv[j][x] += p[j] * dout[r][x];
+      }
+    }
+  }
+}
+
+// Adjoint of filter_rows: adds the gradient of filtered rows [t0, t1) (grad, rows of dim)
+// to the rows of dt at (b, hk). Max-pool routes to the first maximum, as the forward keeps it.
+void filter_rows_backward(const ConstTensorView& t, const TensorView& dt, int64_t b, int64_t hk,
+                          int64_t t0, int64_t t1, int64_t dim, const MemoryConfig& c,
+                          const ConstTensorView& weights, const std::vector<double>& grad) {
+  const int64_t kappa = c.filter_width, left = (kappa - 1) / 2;
+  for (int64_t i = t0; i < t1; ++i) {
+    const double* gi = &grad[(i - t0) * dim];
+    for (int64_t d = 0; d < dim; ++d) {
+      int64_t arg = -1;
+      for (int64_t w = 0; w < kappa; ++w) {
+        const int64_t src = i - left + w;
+        if (src < t0 || src >= t1) continue;
+        if (c.filter == MemoryFilter::kMaxPool) {
+          if (arg < 0 || row(t, b, src, hk)[d] > row(t, b, arg, hk)[d]) arg = src;
+        } else {
+          const double wt = weights.present() ? weights.at<const double>(hk, w) : 1.0 / kappa;
+          row(dt, b, src, hk)[d] += wt * gi[d];
+        }
+      }
+      if (arg >= 0) row(dt, b, arg, hk)[d] += gi[d];
+    }
+  }
+}
+
+}  // namespace
+
+void memory_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const MemoryConfig& c) {
+  const AttentionArgs& a = g.forward;
+  const Dims n(a);
+  const int64_t m = a.memory.shape[1], D = n.Dk;
+  const double s = logit_scale(o, D);
+  const double temp =
+      c.pack_temperature > 0 ? c.pack_temperature : std::sqrt(static_cast<double>(D));
+  zero_rows(g.dq), zero_rows(g.dk), zero_rows(g.dv);
+  const int64_t chunks = (n.Sq + c.chunk - 1) / c.chunk;
+  for (int64_t b = 0; b < n.B; ++b) {
+    const int64_t len = key_length(a, b);
+    for (int64_t h = 0; h < n.Hq; ++h) {
+      const int64_t hk = n.kv_head(h);
+      // Forward: the memory before each chunk, mems[tau] (m x D), by the writes of memory_ref.
+      std::vector<std::vector<double>> mems(chunks + 1, std::vector<double>(m * D));
+      for (int64_t r = 0; r < m; ++r) std::copy_n(row(a.memory, b, r, h), D, &mems[0][r * D]);
+      auto chunk_span = [&](int64_t tau) {
+        const int64_t t0 = tau * c.chunk, t1 = std::min(n.Sq, t0 + c.chunk);
+        return std::tuple{t0, t1, std::clamp(len, t0, t1)};
+      };
+      for (int64_t tau = 0; tau < chunks; ++tau) {
+        const auto [t0, t1, valid_end] = chunk_span(tau);
+        const std::vector<double>& mem = mems[tau];
+        std::vector<double>& next = mems[tau + 1];
+        if (valid_end == t0) {
+          next = mem;
+          continue;
+        }
+        const std::vector<double> fk = filter_rows(a.k, b, hk, t0, valid_end, D, c, a.filter);
+        const std::vector<double> fv = filter_rows(a.v, b, hk, t0, valid_end, D, c, a.filter);
+        std::vector<double> w(m + valid_end - t0);
+        for (int64_t r = 0; r < m; ++r) {
+          for (int64_t j = 0; j < static_cast<int64_t>(w.size()); ++j)
+            w[j] = dot(&mem[r * D], j < m ? &mem[j * D] : &fk[(j - m) * D], D) / temp;
+          softmax_inplace(w);
+          for (int64_t x = 0; x < D; ++x) {
+            double acc = 0;
+            for (int64_t j = 0; j < static_cast<int64_t>(w.size()); ++j)
+              acc += w[j] * (j < m ? mem[j * D + x] : fv[(j - m) * D + x]);
+            next[r * D + x] = acc;
+          }
+        }
+      }
+      // Backward through the chunks, last first; dmem is the gradient of the memory after
+      // the chunk (zero after the last: the loss reads out only).
+      std::vector<double> dmem(m * D, 0.0);
+      for (int64_t tau = chunks - 1; tau >= 0; --tau) {
+        const auto [t0, t1, valid_end] = chunk_span(tau);
+        const int64_t nv = valid_end - t0;
+        std::vector<double>& mem = mems[tau];
+        std::vector<const double*> mrows(m);
+        for (int64_t r = 0; r < m; ++r) mrows[r] = &mem[r * D];
+        std::vector<double> dprev(m * D, 0.0);
+        std::vector<double*> dprev_rows(m);
+        for (int64_t r = 0; r < m; ++r) dprev_rows[r] = &dprev[r * D];
+        if (nv > 0) {
+          // The write: queries M, keys [M ; F(K)], values [M ; F(V)], scale 1 / T.
+          const std::vector<double> fk = filter_rows(a.k, b, hk, t0, valid_end, D, c, a.filter);
+          const std::vector<double> fv = filter_rows(a.v, b, hk, t0, valid_end, D, c, a.filter);
+          std::vector<double> dfk(nv * D, 0.0), dfv(nv * D, 0.0), dk_m(m * D, 0.0),
+              dv_m(m * D, 0.0);
+          std::vector<const double*> keys = mrows, vals = mrows, dnext(m);
+          std::vector<double*> dkeys, dvals;
+          for (int64_t r = 0; r < m; ++r) {
+            dnext[r] = &dmem[r * D];
+            dkeys.push_back(&dk_m[r * D]);
+            dvals.push_back(&dv_m[r * D]);
+          }
+          for (int64_t j = 0; j < nv; ++j) {
+            keys.push_back(&fk[j * D]);
+            vals.push_back(&fv[j * D]);
+            dkeys.push_back(&dfk[j * D]);
+            dvals.push_back(&dfv[j * D]);
+          }
+          attend_backward(
+              mrows, keys, vals, [&](size_t) { return m + nv; }, 1.0 / temp, dnext, D, dprev_rows,
+              dkeys, dvals);
+          for (int64_t x = 0; x < m * D; ++x) dprev[x] += dk_m[x] + dv_m[x];
+          filter_rows_backward(a.k, g.dk, b, hk, t0, valid_end, D, c, a.filter, dfk);
+          filter_rows_backward(a.v, g.dv, b, hk, t0, valid_end, D, c, a.filter, dfv);
+        } else {
+          dprev = dmem;  // the memory passed through unchanged
+        }
+        // The reads: chunk queries over [M ; K_chunk] with values [M ; V_chunk].
+        std::vector<const double*> q, keys = mrows, vals = mrows, dout;
+        std::vector<double*> dq, dkeys = dprev_rows, dvals = dprev_rows;
+        for (int64_t i = t0; i < t1; ++i) {
+          q.push_back(row(a.q, b, i, h));
+          dout.push_back(row(g.dout, b, i, h));
+          dq.push_back(row(g.dq, b, i, h));
+        }
+        for (int64_t j = t0; j < valid_end; ++j) {
+          keys.push_back(row(a.k, b, j, hk));
+          vals.push_back(row(a.v, b, j, hk));
+          dkeys.push_back(row(g.dk, b, j, hk));
+          dvals.push_back(row(g.dv, b, j, hk));
+        }
+        attend_backward(
+            q, keys, vals,
+            [&](size_t r) { return m + (o.causal ? std::min<int64_t>(nv, r + 1) : nv); }, s, dout,
+            D, dq, dkeys, dvals);
+        dmem = dprev;
+      }
+      if (g.dmemory.present()) {
+        for (int64_t r = 0; r < m; ++r) std::copy_n(&dmem[r * D], D, row(g.dmemory, b, r, h));
+      }
+    }
+  }
+}
+
 }  // namespace attnkit::ref

@@ -1,5 +1,6 @@
 // memory: the chunked fast kernel against the float64 reference, with and without filters.
 #include "src/reference/reference.hpp"
+#include "tests/testing/gradients.hpp"
 #include "tests/testing/sweep.hpp"
 
 namespace attnkit::testing {
@@ -36,6 +37,29 @@ TEST(Memory, ExplicitConvWeights) {
   ref::memory_ref(a64, {.causal = true}, {.chunk = 8, .filter_width = 3});
   EXPECT_LE(compare(p.out, true, r.out).max_abs, 1e-5);
   EXPECT_LE(compare(p.memory_out, true, r.memory_out).max_abs, 1e-5);
+}
+
+TEST(Memory, BackwardKernelMatchesReference) {
+  std::vector<double> w64 = {0.5, -0.25, 0.75, 0.1, 0.2, 0.3};
+  std::vector<float> w32(w64.begin(), w64.end());
+  uint32_t seed = 900;
+  for (bool causal : {false, true}) {
+    for (const char* config :
+         {"chunk=16", "chunk=7,width=3", "chunk=32,width=4,filter=maxpool", "chunk=128"}) {
+      const bool weights = std::string(config) == "chunk=7,width=3";
+      for (const Dims& d : {Dims{1, 70, 70, 2, 2, 32, 32}, Dims{2, 45, 45, 4, 2, 16, 16}}) {
+        Problem p(d, seed++, Layout::kHeadMajorPadded, /*memory_len=*/5);
+        p.key_lengths = std::vector<int32_t>(d.B, static_cast<int32_t>(d.Sk - 3));
+        expect_kernel_gradients(*make_mechanism("memory", {.causal = causal}, config), p, seed++,
+                                64, [&](AttentionArgs& a) {
+                                  if (!weights) return;
+                                  a.filter = a.q.dtype == DType::kF64
+                                                 ? make_view(w64.data(), {d.Hk, 3})
+                                                 : make_view(w32.data(), {d.Hk, 3});
+                                });
+      }
+    }
+  }
 }
 
 }  // namespace

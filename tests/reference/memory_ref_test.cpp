@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "src/reference/reference.hpp"
+#include "tests/testing/gradients.hpp"
 #include "tests/testing/harness.hpp"
 #include "tests/testing/small.hpp"
 
@@ -88,6 +89,24 @@ TEST(MemoryRef, EmptyChunksLeaveMemoryUnchanged) {
   for (Operand* o : {&first.q, &first.k, &first.v, &first.out}) o->shape[1] = 4;
   ref::memory_ref(first.args64(), {}, {.chunk = 4});
   EXPECT_EQ(compare(p.memory_out, false, first.memory_out).max_abs, 0.0);
+}
+
+TEST(MemoryRef, BackwardEqualsCentralFiniteDifferencesIncludingMemory) {
+  // Conv filter weights [Hk, width] in both precisions (the hook adds the matching view).
+  std::vector<double> w64 = {0.5, -0.25, 0.75};
+  uint32_t seed = 95;
+  for (bool causal : {false, true}) {
+    for (const char* config :
+         {"chunk=2", "chunk=3,width=3", "chunk=4,width=2,filter=maxpool", "chunk=100"}) {
+      const bool weights = std::string(config) == "chunk=3,width=3";
+      Problem p({1, 7, 7, 2, 1, 3, 3}, seed++, Layout::kContiguous, /*memory_len=*/2);
+      p.key_lengths = {6};
+      expect_fd_gradients(*make_mechanism("memory", {.causal = causal}, config), p, seed++, 1e-6,
+                          [&](AttentionArgs& a) {
+                            if (weights) a.filter = make_view(w64.data(), {1, 3});
+                          });
+    }
+  }
 }
 
 }  // namespace

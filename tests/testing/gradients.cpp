@@ -12,18 +12,32 @@ std::vector<Dims> backward_dims() {
           Dims{1, 90, 40, 3, 1, 20, 8}, Dims{1, 300, 200, 2, 1, 24, 16}};
 }
 
-void expect_fd_gradients(const Mechanism& m, const Problem& base, uint32_t seed, double tol) {
+namespace {
+
+AttentionArgs hooked(AttentionArgs a, const ArgsHook& hook) {
+  if (hook) hook(a);
+  return a;
+}
+BackwardArgs hooked(BackwardArgs g, const ArgsHook& hook) {
+  if (hook) hook(g.forward);
+  return g;
+}
+
+}  // namespace
+
+void expect_fd_gradients(const Mechanism& m, const Problem& base, uint32_t seed, double tol,
+                         const ArgsHook& hook) {
   Context ctx(1);
   Problem p = base;
   Grads g(p, seed);
   auto loss = [&] {
-    m.forward(p.args64(), ctx);
+    m.forward(hooked(p.args64(), hook), ctx);
     double l = 0;
     for (size_t i = 0; i < g.dout.f64.size(); ++i) l += g.dout.f64[i] * p.out.f64[i];
     return l;
   };
-  m.forward(p.args64(), ctx);
-  m.backward(g.args64(p), ctx);
+  m.forward(hooked(p.args64(), hook), ctx);
+  m.backward(hooked(g.args64(p), hook), ctx);
   auto check = [&](std::vector<double>& x, const std::vector<double>& grad, const char* what) {
     ASSERT_EQ(x.size(), grad.size()) << what;
     for (size_t i = 0; i < x.size(); ++i) {
@@ -44,25 +58,27 @@ void expect_fd_gradients(const Mechanism& m, const Problem& base, uint32_t seed,
   if (!p.memory.f64.empty()) check(p.memory.f64, g.dmemory.f64, "dmemory");
 }
 
-void expect_kernel_gradients(const Mechanism& m, const Problem& base, uint32_t seed,
-                             double ulps) {
+void expect_kernel_gradients(const Mechanism& m, const Problem& base, uint32_t seed, double ulps,
+                             const ArgsHook& hook) {
   Problem r = base;
   Grads gr(r, seed);
   {
     Context ctx(1);
-    m.forward(r.args64(), ctx);
-    m.backward(gr.args64(r), ctx);
+    m.forward(hooked(r.args64(), hook), ctx);
+    m.backward(hooked(gr.args64(r), hook), ctx);
   }
   std::vector<float> first;
   for (int threads : {1, 2, 7}) {
     Context ctx(threads);
     Problem p = base;
     Grads g(p, seed);
-    m.forward(p.args32(), ctx);
-    m.backward(g.args32(p), ctx);
+    m.forward(hooked(p.args32(), hook), ctx);
+    m.backward(hooked(g.args32(p), hook), ctx);
     if (first.empty()) {
-      for (auto [got, want, name] : {std::tuple{&g.dq, &gr.dq, "dq"}, {&g.dk, &gr.dk, "dk"},
-                                     {&g.dv, &gr.dv, "dv"}, {&g.dmemory, &gr.dmemory, "dmemory"}}) {
+      for (auto [got, want, name] : {std::tuple{&g.dq, &gr.dq, "dq"},
+                                     {&g.dk, &gr.dk, "dk"},
+                                     {&g.dv, &gr.dv, "dv"},
+                                     {&g.dmemory, &gr.dmemory, "dmemory"}}) {
         if (want->f64.empty()) continue;
         const Report rep = compare(*got, true, *want);
         EXPECT_LE(rep.max_abs, ulps * 1.2e-7 * std::max(rep.ref_max, 1.0))

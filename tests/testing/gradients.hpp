@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "tests/testing/harness.hpp"
@@ -14,15 +15,19 @@ namespace attnkit::testing {
 // ways (with key padding added by the caller).
 std::vector<Dims> backward_dims();
 
+// Adds inputs a Problem does not carry (e.g. a filter) to forward arguments; it sees the
+// dtype in a.q.dtype.
+using ArgsHook = std::function<void(AttentionArgs& a)>;
+
 // For every element x of q, k, v (and memory when the Problem has one): the float64
 // gradient of L = sum(out * dout) written by m.backward equals (L(x + h) - L(x - h)) / 2h
 // within tol * max(1, |fd|). Keep problems tiny: two forwards per element.
-void expect_fd_gradients(const Mechanism& m, const Problem& base, uint32_t seed,
-                         double tol = 1e-6);
+void expect_fd_gradients(const Mechanism& m, const Problem& base, uint32_t seed, double tol = 1e-6,
+                         const ArgsHook& hook = {});
 
 // The float32 backward of m is within ulps * eps(float) * max(1, max|ref|) of the float64
 // backward per gradient, and bitwise the same for 1, 2 and 7 threads.
 void expect_kernel_gradients(const Mechanism& m, const Problem& base, uint32_t seed,
-                             double ulps = 64);
+                             double ulps = 64, const ArgsHook& hook = {});
 
 }  // namespace attnkit::testing

@@ -52,6 +52,43 @@ HWY_INLINE void Attend(const float* q, int64_t ldq, int64_t rows, int64_t depth,
   MatMul(s, ldk, v, ldv, out, ldo, rows, cols_v, nk, /*accumulate=*/false);
 }
 
+// Row-wise forms on row-major padded operands (keys, vals [nk][dp], dp a multiple of lanes),
+// for backward passes: p [nk] = softmax_j(scale q . k_j) over j < n.
+HWY_INLINE void SoftmaxRow(const float* q, const float* keys, int64_t n, int64_t dp, float scale,
+                           float* p) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, p[j] = scale * Dot(q, keys + j * dp, dp));
+  float sum = 0.0f;
+  for (int64_t j = 0; j < n; ++j) sum += (p[j] = std::exp(p[j] - m));
+  for (int64_t j = 0; j < n; ++j) p[j] /= sum;
+}
+
+// Adds the gradients of out_r = softmax_j(scale q_r . k_j, j < visible(r)) v_j for `rows`
+// rows: q, dout [rows][dp] -> dq [rows][dp]; keys, vals [nk][dp] -> dk, dv [nk][dp]
+// (dk may alias dv). p: 2 nk floats of scratch.
+template <typename Visible>
+HWY_INLINE void AttendBackwardRows(const float* q, const float* dout, int64_t rows,
+                                   const float* keys, const float* vals, int64_t nk, int64_t dp,
+                                   float scale, const Visible& visible, float* p, float* dq,
+                                   float* dk, float* dv) {
+  float* dprob = p + nk;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* qr = q + r * dp;
+    const float* dr = dout + r * dp;
+    const int64_t n = visible(r);
+    if (n == 0) continue;
+    SoftmaxRow(qr, keys, n, dp, scale, p);
+    float dd = 0.0f;  // dout_r . out_r
+    for (int64_t j = 0; j < n; ++j) dd += p[j] * (dprob[j] = Dot(dr, vals + j * dp, dp));
+    for (int64_t j = 0; j < n; ++j) {
+      const float ds = scale * p[j] * (dprob[j] - dd);
+      Axpy(ds, keys + j * dp, dq + r * dp, dp);
+      Axpy(ds, qr, dk + j * dp, dp);
+      Axpy(p[j], dr, dv + j * dp, dp);
+    }
+  }
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace attnkit::cpu
 HWY_AFTER_NAMESPACE();
