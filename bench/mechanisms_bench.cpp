@@ -1,5 +1,6 @@
-// Every registered mechanism's forward pass on the same shapes (B=1, H=8, D=64), causal
-// where it has a causal form, with exact softmax in the same run for ratios.
+// Every registered mechanism's forward pass, and backward pass where it has one, on the same
+// shapes (B=1, H=8, D=64), causal where it has a causal form, with exact softmax in the same
+// run for ratios.
 #include <benchmark/benchmark.h>
 
 #include <random>
@@ -32,25 +33,29 @@ void BM_Mechanism(benchmark::State& state, const std::string& name, bool causal)
       benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// Backward of the mechanisms that have one (dq, dk, dv).
+// Backward of the mechanisms that have one (dq, dk, dv, and dmemory with a memory).
 void BM_Backward(benchmark::State& state, const std::string& name, const std::string& config,
                  bool causal) {
   const int64_t n = state.range(0);
   Tensor<float> q({1, n, kHeads, kDim}), k({1, n, kHeads, kDim}), v({1, n, kHeads, kDim});
   Tensor<float> out({1, n, kHeads, kDim}), dout({1, n, kHeads, kDim});
   Tensor<float> dq({1, n, kHeads, kDim}), dk({1, n, kHeads, kDim}), dv({1, n, kHeads, kDim});
+  Tensor<float> mem({1, kMemory, kHeads, kDim}), dmem({1, kMemory, kHeads, kDim});
   std::mt19937 rng(2);
   std::normal_distribution<float> d;
-  for (auto* t : {&q, &k, &v, &dout})
+  for (auto* t : {&q, &k, &v, &dout, &mem})
     for (float& x : t->vec()) x = 0.5f * d(rng);
   const auto m = make_mechanism(name, {.causal = causal}, config);
   Context ctx(0);
-  const BackwardArgs g{
-      .forward = {.q = q.cview(), .k = k.cview(), .v = v.cview(), .out = out.view()},
-      .dout = dout.cview(),
-      .dq = dq.view(),
-      .dk = dk.view(),
-      .dv = dv.view()};
+  BackwardArgs g{.forward = {.q = q.cview(), .k = k.cview(), .v = v.cview(), .out = out.view()},
+                 .dout = dout.cview(),
+                 .dq = dq.view(),
+                 .dk = dk.view(),
+                 .dv = dv.view()};
+  if (m->capabilities().needs_memory) {
+    g.forward.memory = mem.cview();
+    g.dmemory = dmem.view();
+  }
   m->forward(g.forward, ctx);
   for (auto _ : state) m->backward(g, ctx);
   state.counters["tokens"] =
@@ -77,6 +82,11 @@ const bool kRegistered = [] {
         if (name == "ra" && n > 1024) continue;  // quadratic, ~2x softmax per sample
         b->Arg(n);
       }
+      if (!make_mechanism(name)->capabilities().backward) continue;
+      auto* bw = benchmark::RegisterBenchmark(
+          (name + (causal ? "/causal" : "/noncausal") + "/backward").c_str(),
+          [name, causal](benchmark::State& s) { BM_Backward(s, name, "", causal); });
+      bw->ArgName("N")->Unit(benchmark::kMillisecond)->UseRealTime()->Arg(1024)->Arg(4096);
     }
   }
   return true;

@@ -33,12 +33,20 @@ constexpr int64_t kRowBlock = 64;   // rows a task owns
 constexpr int64_t kColBlock = 128;  // the other side's block
 
 // Row-major [n][ldr] and transposed [dim][ldt] copies of rows 0..n of (b, ., h).
+// The transpose goes 16 rows at a time from the fresh row copies, so each store run is a
+// whole cache line instead of one float per column (a column stride of ldt floats touches
+// a new page per element at long sequences).
 void PackBoth(const ConstTensorView& t, int64_t b, int64_t h, int64_t n, int64_t dim, float* rows,
               int64_t ldr, float* cols, int64_t ldt) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float* x = t.row<const float>(b, i, h);
-    CopyPadded(x, dim, rows + i * ldr, ldr);
-    for (int64_t c = 0; c < dim; ++c) cols[c * ldt + i] = x[c];
+  constexpr int64_t kBlock = 16;
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i1 = std::min(n, i0 + kBlock);
+    for (int64_t i = i0; i < i1; ++i)
+      CopyPadded(t.row<const float>(b, i, h), dim, rows + i * ldr, ldr);
+    for (int64_t c = 0; c < dim; ++c) {
+      float* dst = cols + c * ldt;
+      for (int64_t i = i0; i < i1; ++i) dst[i] = rows[i * ldr + c];
+    }
   }
 }
 
