@@ -95,6 +95,12 @@ TEST_F(Cli, CompareAndBenchFormats) {
   r = cli("bench -m heinsen --decode -n 100 --heads 2 -d 16 --reps 2 -f csv");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find(",100,"), std::string::npos) << r.output;
+  r = cli("bench -m luna --backward --causal -n 64 --heads 2 -d 16 --reps 1 -f csv");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find(" backward,64,"), std::string::npos) << r.output;
+  r = cli("bench -m ra --backward -n 64 --heads 2 -d 16 --reps 1");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("backward: ra has no backward pass yet"), std::string::npos) << r.output;
   r = cli("list");
   EXPECT_NE(r.output.find("heinsen"), std::string::npos);
 }

@@ -222,6 +222,7 @@ int bench_decode(const Common& c, const BenchArgs& args, const std::vector<int64
 int cmd_bench(const Common& c, const BenchArgs& args) {
   const std::vector<int64_t> seqs = parse_int_list(args.seqs, "--seq");
   if (args.decode) return bench_decode(c, args, seqs);
+  if (args.backward && args.bf16) throw Error("--backward", "has no bfloat16 form; drop --bf16");
   const auto m = make_mechanism(args.mechanism, options_of(c), config_for(c, args.mechanism));
   Table table{{"mechanism", "seq", "median_ms", "min_ms", "GFLOP/s", "Mtokens/s"}, {}};
   Progress progress(static_cast<int>(seqs.size()));
@@ -244,13 +245,29 @@ int cmd_bench(const Common& c, const BenchArgs& args) {
         view->dtype = DType::kBF16;
       }
     }
-    const Timing t = time_runs(args.warmup, args.reps, [&] { m->forward(a, ctx); });
+    Timing t;
+    double flops = softmax_flops(s, c.causal);
+    if (args.backward) {
+      // Gradients of sum(out * dout) for a fixed dout (the workload's q, a unit-scale array).
+      m->forward(a, ctx);
+      Tensor<float> dq(w.q.shape()), dk(w.k.shape()), dv(w.v.shape()), dmem;
+      BackwardArgs g{
+          .forward = a, .dout = w.q.cview(), .dq = dq.view(), .dk = dk.view(), .dv = dv.view()};
+      if (a.memory.present()) {
+        dmem = Tensor<float>(w.memory.shape());
+        g.dmemory = dmem.view();
+      }
+      t = time_runs(args.warmup, args.reps, [&] { m->backward(g, ctx); });
+      flops *= 2.5;  // FlashAttention's convention: 5 matmul-sized products against 2
+    } else {
+      t = time_runs(args.warmup, args.reps, [&] { m->forward(a, ctx); });
+    }
     // GFLOP/s is defined for exact softmax only (other mechanisms do other work).
-    const std::string gflops =
-        args.mechanism == "softmax" ? fmt(softmax_flops(s, c.causal) / t.median_s / 1e9, 4) : "-";
-    table.rows.push_back({m->describe() + (args.bf16 ? " bf16" : ""), std::to_string(n),
-                          fmt(t.median_s * 1e3, 4), fmt(t.min_s * 1e3, 4), gflops,
-                          fmt(static_cast<double>(s.batch * n) / t.median_s / 1e6, 4)});
+    const std::string gflops = args.mechanism == "softmax" ? fmt(flops / t.median_s / 1e9, 4) : "-";
+    table.rows.push_back(
+        {m->describe() + (args.bf16 ? " bf16" : "") + (args.backward ? " backward" : ""),
+         std::to_string(n), fmt(t.median_s * 1e3, 4), fmt(t.min_s * 1e3, 4), gflops,
+         fmt(static_cast<double>(s.batch * n) / t.median_s / 1e6, 4)});
   }
   std::cout << table.render(c.format);
   if (c.format == "table") {

@@ -35,8 +35,9 @@ struct BenchArgs {
   Shape shape;
   std::string seqs = "1024,2048,4096";
   int warmup = 2, reps = 10;
-  bool decode = false;  // time one streaming step (append 1 + query 1) after seq tokens
-  bool bf16 = false;    // bfloat16 q, k, v (softmax, linear)
+  bool decode = false;    // time one streaming step (append 1 + query 1) after seq tokens
+  bool bf16 = false;      // bfloat16 q, k, v (softmax, linear)
+  bool backward = false;  // time the backward pass (dq, dk, dv, dmemory) after one forward
 };
 int cmd_bench(const Common& c, const BenchArgs& a);
 

@@ -74,6 +74,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 10000));
   bench_cmd->add_option("--warmup", bench.warmup, "untimed runs first")->check(CLI::Range(0, 1000));
   bench_cmd->add_flag("--bf16", bench.bf16, "bfloat16 q, k, v (softmax, linear; widened on load)");
+  bench_cmd->add_flag("--backward", bench.backward,
+                      "time the backward pass (dq, dk, dv; dmemory for luna/memory)");
   bench_cmd->add_flag(
       "--decode", bench.decode,
       "time one streaming step (append + query one token) after --seq context tokens");
