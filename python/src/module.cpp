@@ -177,6 +177,9 @@ class PyMechanism {
 NB_MODULE(_core, m) {
   m.doc() = "attnkit C++ kernels (use the attnkit package, not this module)";
   nb::exception<Error>(m, "Error", PyExc_ValueError);
+  // Mechanisms held by autograd graphs or module globals can outlive the module at
+  // interpreter exit; nanobind would report those as leaks, which they are not.
+  nb::set_leak_warnings(false);
 
   m.def("mechanism_names", &attnkit::mechanism_names);
   m.def("cpu_report", &attnkit::Context::cpu_report);
