@@ -171,9 +171,11 @@ class Mechanism:
     __call__ = forward
 
     def backward(self, q: Any, k: Any, v: Any, out: Any, dout: Any, *, key_lengths: Any = None,
-                 memory: Any = None, gate: Any = None, filter: Any = None) -> Gradients:
+                 memory: Any = None, gate: Any = None, filter: Any = None,
+                 lse: Any = None) -> Gradients:
         """Gradients of sum(out * dout) with respect to q, k, v (and gate, memory when given);
-        out is this mechanism's forward output for the same inputs."""
+        out is this mechanism's forward output for the same inputs. softmax: passing the
+        forward's lse (``forward(..., return_lse=True)``) saves the backward a forward pass."""
         args = [_array(t, n) for t, n in ((q, "q"), (k, "k"), (v, "v"), (out, "out"),
                                           (dout, "dout"))]
         memory, gate, filter = _array(memory, "memory"), _array(gate, "gate"), _array(
@@ -182,7 +184,8 @@ class Mechanism:
         dgate = None if gate is None else _empty(gate, _shape(gate), gate.dtype)
         dmemory = None if memory is None else _empty(memory, _shape(memory), memory.dtype)
         self._m.backward(*args, dq, dk, dv, key_lengths=_key_lengths(key_lengths),
-                         memory=memory, gate=gate, filter=filter, dgate=dgate, dmemory=dmemory)
+                         memory=memory, gate=gate, filter=filter, dgate=dgate, dmemory=dmemory,
+                         lse=_array(lse, "lse"))
         return Gradients(dq, dk, dv, dgate, dmemory)
 
 

@@ -44,19 +44,24 @@ class AttentionFunction(torch.autograd.Function):
                 q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: Optional[torch.Tensor],
                 memory: Optional[torch.Tensor]) -> torch.Tensor:
         q, k, v, gate, memory, filter = (_rows(t) for t in (q, k, v, gate, memory, filter))
-        out = mechanism.forward(q, k, v, key_lengths=key_lengths, memory=memory, gate=gate,
-                                filter=filter)
+        lse = None
+        if mechanism.name == "softmax" and q.dtype == torch.float32:
+            # The backward reuses the forward's log-sum-exp instead of a forward pass.
+            out, lse = mechanism.forward(q, k, v, key_lengths=key_lengths, return_lse=True)
+        else:
+            out = mechanism.forward(q, k, v, key_lengths=key_lengths, memory=memory, gate=gate,
+                                    filter=filter)
         ctx.mechanism, ctx.key_lengths, ctx.filter = mechanism, key_lengths, filter
-        ctx.save_for_backward(q, k, v, out, gate, memory)
+        ctx.save_for_backward(q, k, v, out, gate, memory, lse)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, dout: torch.Tensor) -> tuple:
         # The saved output is the Function's own output, which now carries autograd state.
-        q, k, v, out, gate, memory = (_rows(t) for t in ctx.saved_tensors)
+        q, k, v, out, gate, memory, lse = (_rows(t) for t in ctx.saved_tensors)
         g = ctx.mechanism.backward(q, k, v, out, _rows(dout), key_lengths=ctx.key_lengths,
-                                   memory=memory, gate=gate, filter=ctx.filter)
+                                   memory=memory, gate=gate, filter=ctx.filter, lse=lse)
         return None, None, None, g.dq, g.dk, g.dv, g.dgate, g.dmemory
 
 

@@ -36,8 +36,8 @@ DType to_dtype(const nb::dlpack::dtype& t, const char* name) {
   if (t.lanes == 1 && code == nb::dlpack::dtype_code::Float && t.bits == 32) return DType::kF32;
   if (t.lanes == 1 && code == nb::dlpack::dtype_code::Float && t.bits == 64) return DType::kF64;
   if (t.lanes == 1 && code == nb::dlpack::dtype_code::Bfloat && t.bits == 16) return DType::kBF16;
-  static constexpr const char* kKinds[] = {"int", "uint", "float", "opaque", "bfloat", "complex",
-                                           "bool"};
+  static constexpr const char* kKinds[] = {"int",    "uint",    "float", "opaque",
+                                           "bfloat", "complex", "bool"};
   const std::string kind = t.code < 7 ? kKinds[t.code] : "code " + std::to_string(t.code);
   throw Error(name, "dtype must be float32, float64 or bfloat16 (got " + kind +
                         std::to_string(t.bits) +
@@ -89,6 +89,18 @@ Runtime& runtime() {
   return *r;
 }
 
+// The backward reads the forward's lse through AttentionArgs::lse, a mutable view it never
+// writes.
+TensorView read_only(const ConstTensorView& c) {
+  TensorView v;
+  v.data = const_cast<void*>(c.data);
+  v.dtype = c.dtype;
+  v.rank = c.rank;
+  v.shape = c.shape;
+  v.stride = c.stride;
+  return v;
+}
+
 class PyMechanism {
  public:
   PyMechanism(const std::string& name, double scale, bool causal, const std::string& config)
@@ -127,10 +139,12 @@ class PyMechanism {
                 const InArray& dout, const OutArray& dq, const OutArray& dk, const OutArray& dv,
                 const std::optional<InArray>& key_lengths, const std::optional<InArray>& memory,
                 const std::optional<InArray>& gate, const std::optional<InArray>& filter,
-                const std::optional<OutArray>& dgate, const std::optional<OutArray>& dmemory) const {
+                const std::optional<OutArray>& dgate, const std::optional<OutArray>& dmemory,
+                const std::optional<InArray>& lse) const {
     attnkit::BackwardArgs g;
     g.forward = args(q, k, v, OutArray(), key_lengths, memory, gate, filter);
     g.forward.out = to_view<TensorView>(out, "out");  // read only: the forward's output
+    g.forward.lse = read_only(in_view(lse, "lse"));
     g.dout = to_view<ConstTensorView>(dout, "dout");
     g.dq = to_view<TensorView>(dq, "dq");
     g.dk = to_view<TensorView>(dk, "dk");
@@ -199,8 +213,7 @@ NB_MODULE(_core, m) {
   });
   m.def(
       "topk_feed_forward",
-      [](const InArray& x, const InArray& keys, const InArray& values, const OutArray& out,
-         int k) {
+      [](const InArray& x, const InArray& keys, const InArray& values, const OutArray& out, int k) {
         const auto xv = to_view<ConstTensorView>(x, "x");
         const auto kv = to_view<ConstTensorView>(keys, "keys");
         const auto vv = to_view<ConstTensorView>(values, "values");
@@ -210,8 +223,7 @@ NB_MODULE(_core, m) {
         std::lock_guard<std::mutex> lock(rt.mu);
         attnkit::topk_feed_forward(xv, kv, vv, ov, k, rt.get());
       },
-      "x"_a.noconvert(), "keys"_a.noconvert(), "values"_a.noconvert(), "out"_a.noconvert(),
-      "k"_a);
+      "x"_a.noconvert(), "keys"_a.noconvert(), "values"_a.noconvert(), "out"_a.noconvert(), "k"_a);
 
   nb::class_<PyMechanism>(m, "Mechanism")
       .def(nb::init<const std::string&, double, bool, const std::string&>(), "name"_a,
@@ -231,5 +243,5 @@ NB_MODULE(_core, m) {
            "dk"_a.noconvert(), "dv"_a.noconvert(), "key_lengths"_a.noconvert() = nb::none(),
            "memory"_a.noconvert() = nb::none(), "gate"_a.noconvert() = nb::none(),
            "filter"_a.noconvert() = nb::none(), "dgate"_a.noconvert() = nb::none(),
-           "dmemory"_a.noconvert() = nb::none());
+           "dmemory"_a.noconvert() = nb::none(), "lse"_a.noconvert() = nb::none());
 }

@@ -1,5 +1,5 @@
 // Exact softmax attention backward, float32, tiled (FlashAttention-2 style), deterministic.
-//   0. A forward pass gives lse per row; D_i = dout_i . out_i.
+//   0. lse per row (the forward's when given, else a forward pass); D_i = dout_i . out_i.
 //   1. Q-, K-, V- and dout-side operands are packed once per head, row-major and
 //      transposed, head dims padded to kStatePad, so every product is a register-tiled matmul.
 //   2. dq: a task per (batch, q head, 64 rows) walks key blocks of 128:
@@ -68,6 +68,33 @@ void Probabilities(float* x, int64_t ld, int64_t rows, int64_t cols, float s, co
   }
 }
 
+// dp[0:n) = scale * p * (dp - d), d from d_at(c) (a vector for columns [c, c + lanes));
+// n a multiple of the lanes.
+template <typename DAt>
+HWY_INLINE void ScaledDiffProduct(const float* HWY_RESTRICT p, float* HWY_RESTRICT dp, int64_t n,
+                                  float scale, const DAt& d_at) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const auto vs = hn::Set(d, scale);
+  for (int64_t c = 0; c < n; c += N) {
+    const auto x = hn::Sub(hn::LoadU(d, dp + c), d_at(c));
+    hn::StoreU(hn::Mul(hn::Mul(vs, hn::LoadU(d, p + c)), x), d, dp + c);
+  }
+}
+
+// One row of P^T: x[c] = exp(s * x[c] - lse[c]) for c in [from, to), zero elsewhere in
+// [0, cols) (cols a multiple of the lanes; lse readable up to cols).
+HWY_INLINE void ColumnProbabilities(float* HWY_RESTRICT x, int64_t cols, int64_t from, int64_t to,
+                                    float s, const float* HWY_RESTRICT lse) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const auto vs = hn::Set(d, s);
+  for (int64_t c = from - from % N; c < to; c += N)
+    hn::StoreU(hn::Exp(d, hn::MulSub(vs, hn::LoadU(d, x + c), hn::LoadU(d, lse + c))), d, x + c);
+  std::fill(x, x + std::min(from, cols), 0.0f);
+  if (to < cols) std::fill(x + to, x + cols, 0.0f);
+}
+
 void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& ctx) {
   const AttentionArgs& a = g.forward;
   const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
@@ -77,23 +104,33 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
                 Skp = pad_to_state(std::max<int64_t>(Sk, 1));
   auto length = [&](int64_t b) { return a.key_lengths.empty() ? Sk : a.key_lengths[b]; };
 
-  // 0. lse and D from a forward pass.
-  auto out = hwy::AllocateAligned<float>(static_cast<size_t>(B * Sq * Hq * Dv));
+  // 0. lse: the forward's when the caller kept it (AttentionArgs::lse), else from a forward
+  // pass; D = dout . out with the matching out.
   auto lse = hwy::AllocateAligned<float>(static_cast<size_t>(B * Hq * Sqp));
   auto dsum = hwy::AllocateAligned<float>(static_cast<size_t>(B * Hq * Sqp));
-  {
+  std::fill(lse.get(), lse.get() + B * Hq * Sqp, 0.0f);  // padding is read by whole vectors
+  std::fill(dsum.get(), dsum.get() + B * Hq * Sqp, 0.0f);
+  hwy::AlignedFreeUniquePtr<float[]> recomputed;
+  ConstTensorView out = a.out;
+  if (a.lse.present()) {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < Hq; ++h)
+        for (int64_t i = 0; i < Sq; ++i)
+          lse[(b * Hq + h) * Sqp + i] = a.lse.at<const float>(b, h, i);
+  } else {
+    recomputed = hwy::AllocateAligned<float>(static_cast<size_t>(B * Sq * Hq * Dv));
     AttentionArgs f = a;
-    f.out = make_view(out.get(), {B, Sq, Hq, Dv});
+    f.out = make_view(recomputed.get(), {B, Sq, Hq, Dv});
     f.lse = make_view(lse.get(), {B, Hq, Sq});
     f.lse.stride = {Hq * Sqp, Sqp, 1, 0};
     softmax_forward(f, scale, causal, ctx);
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t h = 0; h < Hq; ++h)
-        for (int64_t i = 0; i < Sq; ++i) {
-          dsum[(b * Hq + h) * Sqp + i] =
-              Dot(g.dout.row<const float>(b, i, h), out.get() + ((b * Sq + i) * Hq + h) * Dv, Dv);
-        }
+    out = f.out;
   }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hq; ++h)
+      for (int64_t i = 0; i < Sq; ++i)
+        dsum[(b * Hq + h) * Sqp + i] =
+            Dot(g.dout.row<const float>(b, i, h), out.row<const float>(b, i, h), Dv);
   // 1. Packed operands.
   const int64_t kside = Skp * Dkp + Dk * Skp + Skp * Dvp + Dv * Skp;  // Kr, Kt, Vr, Vt
   const int64_t qside = Sqp * Dkp + Dk * Sqp + Sqp * Dvp + Dv * Sqp;  // Qr, Qt, dOr, dOt
@@ -151,8 +188,8 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
                     [&](int64_t r) { return visible_keys(causal, Sq, Sk, len, i0 + r) - j0; });
       MatMul(Q.vr + i0 * Dvp, Dvp, K.vt + j0, Skp, dp, kColBlock, rows, cols, Dv, false);
       for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < cols; ++c)
-          dp[r * kColBlock + c] = scale * p[r * kColBlock + c] * (dp[r * kColBlock + c] - dd[r]);
+        ScaledDiffProduct(p + r * kColBlock, dp + r * kColBlock, cols, scale,
+                          [&](int64_t) { return hn::Set(hn::ScalableTag<float>(), dd[r]); });
       MatMul(dp, kColBlock, K.r + j0 * Dkp, Dkp, dq, Dkp, rows, Dkp, std::min(cols, Sk - j0), true);
     }
     for (int64_t r = 0; r < rows; ++r) std::copy_n(dq + r * Dkp, Dk, g.dq.row<float>(b, i0 + r, h));
@@ -183,21 +220,21 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
         // P^T[j][i] for keys j of the block, queries i of this query block.
         MatMul(K.r + j0 * Dkp, Dkp, Q.t + i0, Sqp, pt, kColBlock, keys, cols, Dk, false);
         for (int64_t j = 0; j < keys; ++j) {
-          float* row = pt + j * kColBlock;
-          for (int64_t c = 0; c < cols; ++c) {
-            const int64_t i = i0 + c;
-            row[c] = (c < qrows && j0 + j < visible_keys(causal, Sq, Sk, len, i))
-                         ? std::exp(scale * row[c] - l[i])
-                         : 0.0f;
+          // Queries that see key j0 + j: columns [from, qrows) (visibility is monotone).
+          int64_t from = 0;
+          if (j0 + j >= len) {
+            from = qrows;
+          } else {
+            while (from < qrows && visible_keys(causal, Sq, Sk, len, i0 + from) <= j0 + j) ++from;
           }
+          ColumnProbabilities(pt + j * kColBlock, cols, from, qrows, scale, l + i0);
         }
         MatMul(pt, kColBlock, Q.vr + i0 * Dvp, Dvp, dv, Dvp, keys, Dvp, qrows, true);
         MatMul(K.vr + j0 * Dvp, Dvp, Q.vt + i0, Sqp, dpt, kColBlock, keys, cols, Dv, false);
         for (int64_t j = 0; j < keys; ++j)
-          for (int64_t c = 0; c < qrows; ++c) {
-            dpt[j * kColBlock + c] =
-                scale * pt[j * kColBlock + c] * (dpt[j * kColBlock + c] - dd[i0 + c]);
-          }
+          ScaledDiffProduct(pt + j * kColBlock, dpt + j * kColBlock, cols, scale, [&](int64_t c) {
+            return hn::LoadU(hn::ScalableTag<float>(), dd + i0 + c);
+          });
         MatMul(dpt, kColBlock, Q.r + i0 * Dkp, Dkp, dk, Dkp, keys, Dkp, qrows, true);
       }
     }

@@ -2,6 +2,7 @@
 // (src/cpu/softmax.cpp); float64 runs the reference. Streaming keeps a KV cache.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "src/cpu/kernels.hpp"
 #include "src/mechanisms/registry.hpp"
@@ -109,8 +110,19 @@ class Softmax final : public Mechanism {
   void backward(const BackwardArgs& g, Context& ctx) const override {
     const DType in = input_dtype(g.forward);  // float32 or float64 (no bfloat16 gradients)
     const Shape sh = check_qkv(g.forward, in);
-    check_unused(g.forward, name(), false, false, false, false);
+    // lse, when given, is the forward's (it saves the backward a forward pass).
+    check_unused(g.forward, name(), false, false, false, /*lse=*/true);
     check_backward(g, in);
+    if (g.forward.lse.present()) {
+      const ConstTensorView l = as_const(g.forward.lse);
+      for (int64_t b = 0; b < sh.B; ++b)
+        for (int64_t h = 0; h < sh.Hq; ++h)
+          for (int64_t i = 0; i < sh.Sq; ++i) {
+            const float x = l.at<const float>(b, h, i);
+            if (std::isnan(x) || x == std::numeric_limits<float>::infinity())
+              throw Error("lse", "must be finite or -inf (a row with no visible key)");
+          }
+    }
     if (sh.Sq == 0 && sh.Sk == 0) return;
     if (in == DType::kF64) {
       ref::softmax_backward_ref(g, options());

@@ -212,6 +212,28 @@ TEST(Softmax, BackwardMatchesReference) {
   }
 }
 
+TEST(Softmax, BackwardWithTheForwardsLseSkipsTheRecompute) {
+  // Given the forward's lse (and its out), the backward equals the one that recomputes them.
+  Context ctx(2);
+  for (bool causal : {false, true}) {
+    Problem p({2, 100, 130, 4, 2, 32, 24}, 12);
+    p.key_lengths = {130, 0};  // a batch with no visible key: lse = -inf rows
+    Grads with(p, 13), without = with;
+    Tensor<float> lse({2, 4, 100});
+    const auto m = make_mechanism("softmax", {.causal = causal});
+    AttentionArgs f = p.args32();
+    f.lse = lse.view();
+    m->forward(f, ctx);
+    m->backward(without.args32(p), ctx);
+    BackwardArgs g = with.args32(p);
+    g.forward.lse = lse.view();
+    m->backward(g, ctx);
+    EXPECT_EQ(with.all32(), without.all32());
+    lse.vec()[5] = std::numeric_limits<float>::quiet_NaN();
+    EXPECT_THROW(m->backward(g, ctx), Error);
+  }
+}
+
 TEST(Softmax, BackwardBitwiseAcrossThreadsAndValidated) {
   Problem base({2, 100, 120, 4, 2, 32, 32}, 9);
   std::vector<float> first;

@@ -146,6 +146,10 @@ def test_softmax_backward_matches_numpy(rng, causal):
     g = m.backward(q, k, v, m(q, k, v), dout)
     for got, want in zip(g[:3], softmax_backward_np(q, k, v, dout, 0.25, causal)):
         close(got, want, 1e-4)
+    # With the forward's lse the backward skips its forward pass; same gradients.
+    out, lse = m.forward(q, k, v, return_lse=True)
+    for got, want in zip(m.backward(q, k, v, out, dout, lse=lse)[:3], g[:3]):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_topk_feed_forward_dense_is_relu_mlp(rng):

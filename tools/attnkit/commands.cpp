@@ -249,6 +249,12 @@ int cmd_bench(const Common& c, const BenchArgs& args) {
     double flops = softmax_flops(s, c.causal);
     if (args.backward) {
       // Gradients of sum(out * dout) for a fixed dout (the workload's q, a unit-scale array).
+      // softmax keeps the forward's lse, as a training step would.
+      Tensor<float> lse;
+      if (args.mechanism == "softmax") {
+        lse = Tensor<float>({s.batch, s.heads, n});
+        a.lse = lse.view();
+      }
       m->forward(a, ctx);
       Tensor<float> dq(w.q.shape()), dk(w.k.shape()), dv(w.v.shape()), dmem;
       BackwardArgs g{
