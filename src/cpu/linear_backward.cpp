@@ -1,11 +1,22 @@
-// Backward of de Brebisson & Vincent linear attention (see ref::linear_backward_ref for the
-// math). Per (batch, kv head), for each of its query heads:
-//   forward sweep over rows i: the state C = sum_j w_j phi(k_j) v_j^T, z = sum_j w_j phi(k_j)
-//     over the row's visible keys gives num, den, the normaliser f, dnum = f dout,
-//     dden = -(dout . num) / den^2 (kernel norm), dq = (C dnum + z dden) * phi'(q);
-//   reverse sweep over keys j: dC = sum_{rows seeing j} phi(q_i) dnum_i^T, dz likewise with
-//     dden; then dphi(k_j) = w_j (dC v_j + dz), dv_j += w_j dC^T phi(k_j),
-//     dw_j = phi(k_j) . (dC v_j + dz).
+// Backward of de Brebisson & Vincent linear attention (math in ref::linear_backward_ref),
+// chunked like the forward so every product is a register-tiled matmul. With key features
+// F_j = w_j phi(k_j) (w_j the gate weight), A_i = phi(q_i), a_ij = A_i . F_j:
+//   num_i = sum_{j < vis_i} a_ij v_j, den_i = sum_{j < vis_i} a_ij, out_i = f_i num_i;
+//   dnum_i = f_i dout_i, dden_i = -(dout_i . num_i) / den_i^2 (kernel norm, else 0);
+//   G_ij = dnum_i . v_j + dden_i over visible j;
+//   dA_i = sum_j G_ij F_j, dF_j = sum_i G_ij A_i, dv_j = sum_i a_ij dnum_i,
+//   then dq = phi'(q) dA, dk = w phi'(k) dF, dgate = 2 u^2 (1 - u) phi(k) . dF (u = sigmoid).
+// Query blocks of T rows (T = the config's chunk). Block b's rows all see the keys before
+// E_{b-1} (the previous block's last row's visible count; vis(0) for the first) through a
+// state, and the keys [E_{b-1}, E_b) through a masked T x T block:
+//   forward pass: C = sum F_j v_j^T, z = sum F_j over the earlier keys; per block num, den,
+//     dnum, dden, and dA = dnum C^T + dden z^T + (M * (dnum V^T + dden)) F_blk;
+//   reverse pass, blocks last to first, with dC = sum A_i dnum_i^T, dz = sum A_i dden_i
+//     over the later rows: dF_blk = V_blk dC^T + dz + (M * G)^T A_blk,
+//     dv_blk = F_blk dC + (M * A F^T)^T dnum; then the block's rows join dC, dz.
+//   Keys before vis(0) are seen by every row: they take the final dC, dz alone.
+// Non-causal is the degenerate case (every block's masked set is empty). One task per
+// (batch, kv head) owns its keys' gradients and its query heads' dq rows.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/cpu/linear_backward.cpp"
 // clang-format off
@@ -26,125 +37,212 @@ namespace HWY_NAMESPACE {
 
 inline float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
+// dst[c][r] = src[r][c] for r < rows, c < cols.
+inline void Transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
+                      int64_t ldd) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
+struct Buffers {
+  float *phik, *w, *fq, *dnum, *dden;              // per key / per query row of the head
+  float *c, *z, *ct, *dc, *dz;                     // states
+  float *fkb, *fkt, *vb, *vt, *fqt;                // one block's operands
+  float *s, *g, *st, *gt, *num, *dfq, *dfk, *dvb;  // one block's products
+  static int64_t floats(int64_t sq, int64_t sk, int64_t dkp, int64_t dvp, int64_t tp) {
+    return sk * (dkp + 1) + sq * (dkp + dvp + 1) + 3 * dkp * dvp + 2 * dkp +
+           tp * (dkp + dkp + dvp + dvp + dkp) + 4 * tp * tp + tp * (dvp + dkp + dkp + dvp) + 64;
+  }
+  Buffers(float* p, int64_t sq, int64_t sk, int64_t dkp, int64_t dvp, int64_t tp) {
+    float* x = p;
+    auto take = [&](int64_t n) {
+      float* r = x;
+      x += n;
+      return r;
+    };
+    phik = take(sk * dkp), w = take(sk), fq = take(sq * dkp), dnum = take(sq * dvp),
+    dden = take(sq);
+    c = take(dkp * dvp), z = take(dkp), ct = take(dvp * dkp), dc = take(dkp * dvp), dz = take(dkp);
+    fkb = take(tp * dkp), fkt = take(dkp * tp), vb = take(tp * dvp), vt = take(dvp * tp),
+    fqt = take(dkp * tp);
+    s = take(tp * tp), g = take(tp * tp), st = take(tp * tp), gt = take(tp * tp);
+    num = take(tp * dvp), dfq = take(tp * dkp), dfk = take(tp * dkp), dvb = take(tp * dvp);
+  }
+};
+
 void LinearBackward(const BackwardArgs& g, const LinearConfig& cfg, bool causal, Context& ctx) {
   const AttentionArgs& a = g.forward;
   const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
   const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
   const int64_t Dkp = pad_to_state(Dk), Dvp = pad_to_state(Dv), group = Hq / Hk;
+  const int64_t T = std::max(1, cfg.chunk), Tp = pad_to_state(T);
   const FeatureMap map = cfg.feature_map;
-  // Scratch: C, dC [Dkp][Dvp]; z, dz, phi row [Dkp]; v row [Dvp]; t [max(Dkp, Dvp)]; grad
-  // [Dkp]; per query row phi(q) [Sq][Dkp], dnum [Sq][Dvp], dden [Sq].
-  ctx.reserve_scratch(static_cast<size_t>(2 * Dkp * Dvp + 4 * Dkp + Dvp + std::max(Dkp, Dvp) +
-                                          Sq * (Dkp + Dvp + 1) + 64));
+  ctx.reserve_scratch(static_cast<size_t>(Buffers::floats(Sq, Sk, Dkp, Dvp, Tp)));
   ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
     const int64_t b = task / Hk, hk = task % Hk;
     const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
-    float* c = ctx.scratch(worker);
-    float* dc = c + Dkp * Dvp;
-    float* z = dc + Dkp * Dvp;
-    float* dz = z + Dkp;
-    float* fk = dz + Dkp;
-    float* vb = fk + Dkp;
-    float* t = vb + Dvp;  // [max(Dkp, Dvp)], zero padded
-    float* grad = t + std::max(Dkp, Dvp);
-    float* fq = grad + Dkp;
-    float* dnum = fq + Sq * Dkp;
-    float* dden = dnum + Sq * Dvp;
-    std::fill(t, t + std::max(Dkp, Dvp), 0.0f);
-    auto weight = [&](int64_t j) {
-      return cfg.gated ? std::pow(Sigmoid(a.gate.at<const float>(b, j, hk)), 2.0f) : 1.0f;
-    };
-    auto load_key = [&](int64_t j) {
-      FeatureRow(a.k.row<const float>(b, j, hk), Dk, Dkp, map, fk);
-      CopyPadded(a.v.row<const float>(b, j, hk), Dv, vb, Dvp);
-    };
+    auto vis = [&](int64_t i) { return visible_keys(causal, Sq, Sk, len, i); };
+    Buffers u(ctx.scratch(worker), Sq, Sk, Dkp, Dvp, Tp);
+    // Key features and gate weights, shared by the group's query heads.
     for (int64_t j = 0; j < Sk; ++j) {
       std::fill_n(g.dk.row<float>(b, j, hk), Dk, 0.0f);
       std::fill_n(g.dv.row<float>(b, j, hk), Dv, 0.0f);
       if (cfg.gated) g.dgate.at<float>(b, j, hk) = 0.0f;
+      if (j >= len) continue;
+      FeatureRow(a.k.row<const float>(b, j, hk), Dk, Dkp, map, u.phik + j * Dkp);
+      u.w[j] = cfg.gated ? std::pow(Sigmoid(a.gate.at<const float>(b, j, hk)), 2.0f) : 1.0f;
     }
-    for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-      // Forward sweep.
-      std::fill(c, c + Dkp * Dvp, 0.0f);
-      std::fill(z, z + Dkp, 0.0f);
-      int64_t added = 0;
-      for (int64_t i = 0; i < Sq; ++i) {
-        const int64_t vis = visible_keys(causal, Sq, Sk, len, i);
-        for (; added < vis; ++added) {
-          load_key(added);
-          const float w = weight(added);
-          for (int64_t r = 0; r < Dk; ++r) {
-            if (fk[r] != 0.0f) Axpy(w * fk[r], vb, c + r * Dvp, Dvp);
-            z[r] += w * fk[r];
-          }
-        }
-        const float* q = a.q.row<const float>(b, i, h);
-        const float* dout = g.dout.row<const float>(b, i, h);
-        float* fqi = fq + i * Dkp;
-        FeatureRow(q, Dk, Dkp, map, fqi);
-        float* dn = dnum + i * Dvp;
-        float* dq = g.dq.row<float>(b, i, h);
-        if (vis == 0) {
-          std::fill(dn, dn + Dvp, 0.0f);
-          dden[i] = 0.0f;
-          std::fill_n(dq, Dk, 0.0f);
-          continue;
-        }
-        MatMulRows<1>(fqi, Dkp, c, Dvp, Dk, Dvp, t, Dvp, /*accumulate=*/false);  // num
-        const float den = Dot(fqi, z, Dkp);
-        float f = 1.0f, dd = 0.0f;
-        switch (cfg.norm) {
-          case LinearNorm::kNone:
-            break;
-          case LinearNorm::kLength:
-            f = 1.0f / static_cast<float>(vis);
-            break;
-          case LinearNorm::kFixed1000:
-            f = 1000.0f / static_cast<float>(vis);
-            break;
-          case LinearNorm::kKernel:
-            f = den > 0.0f ? 1.0f / den : 0.0f;
-            dd = den > 0.0f ? -Dot(dout, t, Dv) / (den * den) : 0.0f;
-            break;
-        }
-        for (int64_t x = 0; x < Dv; ++x) dn[x] = f * dout[x];
-        std::fill(dn + Dv, dn + Dvp, 0.0f);
-        dden[i] = dd;
-        for (int64_t r = 0; r < Dk; ++r) t[r] = Dot(c + r * Dvp, dn, Dvp) + z[r] * dd;  // dphi(q)
-        FeatureGradRow(q, t, Dk, Dkp, map, grad);
-        std::copy_n(grad, Dk, dq);
+    // Keys [j0, j0 + n) into fkb (weighted features, rows), fkt (transposed), vb, vt.
+    auto load_keys = [&](int64_t j0, int64_t n) {
+      std::fill(u.fkt, u.fkt + Dkp * Tp, 0.0f);
+      std::fill(u.vt, u.vt + Dvp * Tp, 0.0f);
+      for (int64_t x = 0; x < n; ++x) {
+        const float* ph = u.phik + (j0 + x) * Dkp;
+        float* f = u.fkb + x * Dkp;
+        for (int64_t r = 0; r < Dkp; ++r) f[r] = u.w[j0 + x] * ph[r];
+        CopyPadded(a.v.row<const float>(b, j0 + x, hk), Dv, u.vb + x * Dvp, Dvp);
       }
-      // Reverse sweep over the valid keys; rows are added while they see the key.
-      std::fill(dc, dc + Dkp * Dvp, 0.0f);
-      std::fill(dz, dz + Dkp, 0.0f);
-      int64_t row = Sq - 1;
-      for (int64_t j = len - 1; j >= 0; --j) {
-        for (; row >= 0 && visible_keys(causal, Sq, Sk, len, row) > j; --row) {
-          const float* fqi = fq + row * Dkp;
-          for (int64_t r = 0; r < Dk; ++r) {
-            if (fqi[r] != 0.0f) Axpy(fqi[r], dnum + row * Dvp, dc + r * Dvp, Dvp);
-            dz[r] += fqi[r] * dden[row];
-          }
-        }
-        load_key(j);
-        const float w = weight(j);
-        const float* k = a.k.row<const float>(b, j, hk);
-        float* dk = g.dk.row<float>(b, j, hk);
-        float dw = 0.0f;
-        for (int64_t r = 0; r < Dk; ++r) {
-          const float u = Dot(dc + r * Dvp, vb, Dvp) + dz[r];  // (dC v_j + dz)_r
-          dw += fk[r] * u;
-          t[r] = w * u;  // dphi(k_j)
-        }
-        FeatureGradRow(k, t, Dk, Dkp, map, grad);
-        for (int64_t r = 0; r < Dk; ++r) dk[r] += grad[r];
-        MatMulRows<1>(fk, Dkp, dc, Dvp, Dk, Dvp, t, Dvp, /*accumulate=*/false);  // dC^T phi(k_j)
-        float* dv = g.dv.row<float>(b, j, hk);
-        for (int64_t x = 0; x < Dv; ++x) dv[x] += w * t[x];
+      Transpose(u.fkb, Dkp, n, Dk, u.fkt, Tp);
+      Transpose(u.vb, Dvp, n, Dv, u.vt, Tp);
+    };
+    // Masked block products for rows [i0, i0 + rows) against keys [j0, j0 + n):
+    // s = M * (A F^T), g = M * (dnum V^T + dden) (both [rows][Tp]).
+    auto block_products = [&](int64_t i0, int64_t rows, int64_t j0, int64_t n) {
+      MatMul(u.fq + i0 * Dkp, Dkp, u.fkt, Tp, u.s, Tp, rows, Tp, Dk, false);
+      MatMul(u.dnum + i0 * Dvp, Dvp, u.vt, Tp, u.g, Tp, rows, Tp, Dv, false);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t seen = std::clamp<int64_t>(vis(i0 + r) - j0, 0, n);
+        float* sr = u.s + r * Tp;
+        float* gr = u.g + r * Tp;
+        for (int64_t x = 0; x < seen; ++x) gr[x] += u.dden[i0 + r];
+        std::fill(sr + seen, sr + Tp, 0.0f);
+        std::fill(gr + seen, gr + Tp, 0.0f);
+      }
+    };
+    // dF, dv of keys [j0, j0 + n) loaded by load_keys: the later rows' part (dC, dz), plus
+    // the masked block of rows [i0, i0 + rows) (rows may be 0); then dk, dv, dgate.
+    auto key_grads = [&](int64_t j0, int64_t n, int64_t i0, int64_t rows) {
+      std::fill(u.ct, u.ct + Dvp * Dkp, 0.0f);
+      Transpose(u.dc, Dvp, Dk, Dvp, u.ct, Dkp);  // dC^T [Dvp][Dkp]
+      MatMul(u.vb, Dvp, u.ct, Dkp, u.dfk, Dkp, n, Dkp, Dv, false);
+      MatMul(u.fkb, Dkp, u.dc, Dvp, u.dvb, Dvp, n, Dvp, Dk, false);
+      if (rows > 0) {
+        block_products(i0, rows, j0, n);
+        Transpose(u.g, Tp, rows, n, u.gt, Tp);
+        Transpose(u.s, Tp, rows, n, u.st, Tp);
+        MatMul(u.gt, Tp, u.fq + i0 * Dkp, Dkp, u.dfk, Dkp, n, Dkp, rows, true);
+        MatMul(u.st, Tp, u.dnum + i0 * Dvp, Dvp, u.dvb, Dvp, n, Dvp, rows, true);
+      }
+      for (int64_t x = 0; x < n; ++x) {
+        const int64_t j = j0 + x;
+        float* dfk = u.dfk + x * Dkp;
+        for (int64_t r = 0; r < Dk; ++r) dfk[r] += u.dz[r];
+        std::fill(dfk + Dk, dfk + Dkp, 0.0f);
         if (cfg.gated) {
-          const float s = Sigmoid(a.gate.at<const float>(b, j, hk));
-          g.dgate.at<float>(b, j, hk) += dw * 2.0f * s * s * (1.0f - s);
+          const float sg = Sigmoid(a.gate.at<const float>(b, j, hk));
+          g.dgate.at<float>(b, j, hk) +=
+              Dot(u.phik + j * Dkp, dfk, Dkp) * 2.0f * sg * sg * (1.0f - sg);
         }
+        for (int64_t r = 0; r < Dk; ++r) dfk[r] *= u.w[j];
+        FeatureGradRow(a.k.row<const float>(b, j, hk), dfk, Dk, Dkp, map, u.num);
+        float* dk = g.dk.row<float>(b, j, hk);
+        float* dv = g.dv.row<float>(b, j, hk);
+        for (int64_t r = 0; r < Dk; ++r) dk[r] += u.num[r];
+        for (int64_t r = 0; r < Dv; ++r) dv[r] += u.dvb[x * Dvp + r];
+      }
+    };
+    const int64_t blocks = (Sq + T - 1) / T;
+    auto block_keys = [&](int64_t blk) {  // [E_{b-1}, E_b)
+      const int64_t i0 = blk * T, i1 = std::min(Sq, i0 + T);
+      const int64_t from = blk == 0 ? vis(0) : vis(i0 - 1);
+      return std::pair{from, std::max(from, vis(i1 - 1))};
+    };
+    for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+      // Forward pass: dq, and dnum, dden per row.
+      std::fill(u.c, u.c + Dkp * Dvp, 0.0f);
+      std::fill(u.z, u.z + Dkp, 0.0f);
+      int64_t in_state = 0;
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t i0 = blk * T, rows = std::min(T, Sq - i0);
+        const auto [j0, j1] = block_keys(blk);
+        while (in_state < j0) {  // C += F^T V, z += sum F over keys [in_state, j0)
+          const int64_t n = std::min(Tp, j0 - in_state);
+          load_keys(in_state, n);
+          MatMul(u.fkt, Tp, u.vb, Dvp, u.c, Dvp, Dk, Dvp, n, true);
+          for (int64_t x = 0; x < n; ++x) Axpy(1.0f, u.fkb + x * Dkp, u.z, Dkp);
+          in_state += n;
+        }
+        for (int64_t r = 0; r < rows; ++r)
+          FeatureRow(a.q.row<const float>(b, i0 + r, h), Dk, Dkp, map, u.fq + (i0 + r) * Dkp);
+        MatMul(u.fq + i0 * Dkp, Dkp, u.c, Dvp, u.num, Dvp, rows, Dvp, Dk, false);
+        load_keys(j0, j1 - j0);
+        MatMul(u.fq + i0 * Dkp, Dkp, u.fkt, Tp, u.s, Tp, rows, Tp, Dk, false);
+        for (int64_t r = 0; r < rows; ++r) {  // mask the block, then num, den, dnum, dden
+          const int64_t i = i0 + r, seen = std::clamp<int64_t>(vis(i) - j0, 0, j1 - j0);
+          float* sr = u.s + r * Tp;
+          std::fill(sr + seen, sr + Tp, 0.0f);
+          float den = Dot(u.fq + i * Dkp, u.z, Dkp);
+          for (int64_t x = 0; x < seen; ++x) den += sr[x];
+          MatMulRows<1>(sr, Tp, u.vb, Dvp, seen, Dvp, u.num + r * Dvp, Dvp, true);
+          const float* dout = g.dout.row<const float>(b, i, h);
+          float f = 0.0f, dd = 0.0f;
+          const int64_t n = vis(i);
+          switch (cfg.norm) {
+            case LinearNorm::kNone:
+              f = n > 0 ? 1.0f : 0.0f;
+              break;
+            case LinearNorm::kLength:
+              f = n > 0 ? 1.0f / static_cast<float>(n) : 0.0f;
+              break;
+            case LinearNorm::kFixed1000:
+              f = n > 0 ? 1000.0f / static_cast<float>(n) : 0.0f;
+              break;
+            case LinearNorm::kKernel:
+              f = den > 0.0f ? 1.0f / den : 0.0f;
+              dd = den > 0.0f ? -Dot(dout, u.num + r * Dvp, Dv) / (den * den) : 0.0f;
+              break;
+          }
+          float* dn = u.dnum + i * Dvp;
+          for (int64_t x = 0; x < Dv; ++x) dn[x] = f * dout[x];
+          std::fill(dn + Dv, dn + Dvp, 0.0f);
+          u.dden[i] = dd;
+        }
+        // dA = dnum C^T + dden z^T + (M * (dnum V^T + dden)) F_blk.
+        std::fill(u.ct, u.ct + Dvp * Dkp, 0.0f);
+        Transpose(u.c, Dvp, Dk, Dvp, u.ct, Dkp);
+        MatMul(u.dnum + i0 * Dvp, Dvp, u.ct, Dkp, u.dfq, Dkp, rows, Dkp, Dv, false);
+        block_products(i0, rows, j0, j1 - j0);
+        MatMul(u.g, Tp, u.fkb, Dkp, u.dfq, Dkp, rows, Dkp, j1 - j0, true);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* dfq = u.dfq + r * Dkp;
+          if (u.dden[i0 + r] != 0.0f) Axpy(u.dden[i0 + r], u.z, dfq, Dkp);
+          const int64_t i = i0 + r;
+          FeatureGradRow(a.q.row<const float>(b, i, h), dfq, Dk, Dkp, map, u.num);
+          std::copy_n(u.num, Dk, g.dq.row<float>(b, i, h));
+        }
+      }
+      // Reverse pass: dk, dv, dgate.
+      std::fill(u.dc, u.dc + Dkp * Dvp, 0.0f);
+      std::fill(u.dz, u.dz + Dkp, 0.0f);
+      for (int64_t blk = blocks - 1; blk >= 0; --blk) {
+        const int64_t i0 = blk * T, rows = std::min(T, Sq - i0);
+        const auto [j0, j1] = block_keys(blk);
+        if (j1 > j0) {
+          load_keys(j0, j1 - j0);
+          key_grads(j0, j1 - j0, i0, rows);
+        }
+        // The block's rows join dC += A^T dnum, dz += A^T dden.
+        std::fill(u.fqt, u.fqt + Dkp * Tp, 0.0f);
+        Transpose(u.fq + i0 * Dkp, Dkp, rows, Dk, u.fqt, Tp);
+        MatMul(u.fqt, Tp, u.dnum + i0 * Dvp, Dvp, u.dc, Dvp, Dk, Dvp, rows, true);
+        for (int64_t r = 0; r < rows; ++r)
+          if (u.dden[i0 + r] != 0.0f) Axpy(u.dden[i0 + r], u.fq + (i0 + r) * Dkp, u.dz, Dkp);
+      }
+      // Keys every row sees.
+      for (int64_t j0 = 0, end = std::min(vis(0), len); j0 < end; j0 += Tp) {
+        const int64_t n = std::min(Tp, end - j0);
+        load_keys(j0, n);
+        key_grads(j0, n, 0, 0);
       }
     }
   });

@@ -85,53 +85,57 @@ TEST(Linear, BackwardMatchesReference) {
   for (int mp = 0; mp < 4; ++mp)
     for (int nm = 0; nm < 4; ++nm)
       for (bool gated : {false, true})
-        for (bool causal : {false, true}) {
-          if (mp == 0 && nm == 3) continue;
-          const LinearConfig c{.feature_map = static_cast<FeatureMap>(mp),
-                               .norm = static_cast<LinearNorm>(nm),
-                               .gated = gated};
-          const std::string cfg =
-              std::string("map=") + maps[mp] + ",norm=" + norms[nm] + (gated ? ",gated=1" : "");
-          const Dims d{2, 37, causal ? 50 : 29, 4, 2, 12, 20};
-          SCOPED_TRACE(cfg + (causal ? " causal " : " ") + to_string(d));
-          Problem p(d, seed++, Layout::kHeadMajorPadded), r = p;
-          p.key_lengths =
-              r.key_lengths = {static_cast<int32_t>(d.Sk), static_cast<int32_t>(d.Sk - 5)};
-          for (Problem* x :
-               {&p, &r}) {  // keep exp features small: the float kernel is not log-space
-            for (float& e : x->q.f32) e *= 0.5f;
-            for (float& e : x->k.f32) e *= 0.5f;
-            for (size_t i = 0; i < x->q.f64.size(); ++i) x->q.f64[i] = x->q.f32[i];
-            for (size_t i = 0; i < x->k.f64.size(); ++i) x->k.f64[i] = x->k.f32[i];
-          }
-          Tensor<float> gate({d.B, d.Sk, d.Hk}), dgate({d.B, d.Sk, d.Hk});
-          Tensor<double> gate64({d.B, d.Sk, d.Hk}), dgate64({d.B, d.Sk, d.Hk});
-          for (size_t i = 0; i < gate.size(); ++i)
-            gate64[i] = gate[i] = static_cast<float>(std::cos(0.7 * i));
-          Grads g(p, seed++), gr = g;
-          BackwardArgs a = g.args32(p), a64 = gr.args64(r);
-          if (gated) {
-            a.forward.gate = gate.cview();
-            a.dgate = dgate.view();
-            a64.forward.gate = gate64.cview();
-          }
-          make_mechanism("linear", {.causal = causal}, cfg)->backward(a, ctx);
-          ref::linear_backward_ref(a64, {.causal = causal}, c, dgate64.view());
-          for (auto [got, want, name] :
-               {std::tuple{&g.dq, &gr.dq, "dq"}, {&g.dk, &gr.dk, "dk"}, {&g.dv, &gr.dv, "dv"}}) {
-            const Report rep = compare(*got, true, *want);
-            EXPECT_LE(rep.max_abs, 256 * 1.2e-7 * std::max(rep.ref_max, 1.0))
-                << name << " " << rep.str();
-          }
-          if (gated) {
-            double worst = 0, scale = 1;
-            for (size_t i = 0; i < dgate.size(); ++i) {
-              worst = std::max(worst, std::abs(dgate[i] - dgate64[i]));
-              scale = std::max(scale, std::abs(dgate64[i]));
+        for (bool causal : {false, true})
+          // One query block; several blocks of 7 rows with Sq < Sk and Sq > Sk (the chunked
+          // backward's masked blocks, state and always-visible keys).
+          for (auto [d, chunk] : {std::pair{Dims{2, 37, causal ? 50 : 29, 4, 2, 12, 20}, 64},
+                                  {Dims{1, 45, 60, 2, 1, 20, 24}, 7},
+                                  {Dims{1, 61, 40, 2, 2, 16, 8}, 7}}) {
+            if (mp == 0 && nm == 3) continue;
+            const LinearConfig c{.feature_map = static_cast<FeatureMap>(mp),
+                                 .norm = static_cast<LinearNorm>(nm),
+                                 .gated = gated};
+            const std::string cfg = std::string("map=") + maps[mp] + ",norm=" + norms[nm] +
+                                    (gated ? ",gated=1" : "") + ",chunk=" + std::to_string(chunk);
+            SCOPED_TRACE(cfg + (causal ? " causal " : " ") + to_string(d));
+            Problem p(d, seed++, Layout::kHeadMajorPadded), r = p;
+            p.key_lengths = r.key_lengths = std::vector<int32_t>(d.B, static_cast<int32_t>(d.Sk));
+            p.key_lengths.back() = r.key_lengths.back() = static_cast<int32_t>(d.Sk - 5);
+            for (Problem* x :
+                 {&p, &r}) {  // keep exp features small: the float kernel is not log-space
+              for (float& e : x->q.f32) e *= 0.5f;
+              for (float& e : x->k.f32) e *= 0.5f;
+              for (size_t i = 0; i < x->q.f64.size(); ++i) x->q.f64[i] = x->q.f32[i];
+              for (size_t i = 0; i < x->k.f64.size(); ++i) x->k.f64[i] = x->k.f32[i];
             }
-            EXPECT_LE(worst, 256 * 1.2e-7 * scale) << "dgate";
+            Tensor<float> gate({d.B, d.Sk, d.Hk}), dgate({d.B, d.Sk, d.Hk});
+            Tensor<double> gate64({d.B, d.Sk, d.Hk}), dgate64({d.B, d.Sk, d.Hk});
+            for (size_t i = 0; i < gate.size(); ++i)
+              gate64[i] = gate[i] = static_cast<float>(std::cos(0.7 * i));
+            Grads g(p, seed++), gr = g;
+            BackwardArgs a = g.args32(p), a64 = gr.args64(r);
+            if (gated) {
+              a.forward.gate = gate.cview();
+              a.dgate = dgate.view();
+              a64.forward.gate = gate64.cview();
+            }
+            make_mechanism("linear", {.causal = causal}, cfg)->backward(a, ctx);
+            ref::linear_backward_ref(a64, {.causal = causal}, c, dgate64.view());
+            for (auto [got, want, name] :
+                 {std::tuple{&g.dq, &gr.dq, "dq"}, {&g.dk, &gr.dk, "dk"}, {&g.dv, &gr.dv, "dv"}}) {
+              const Report rep = compare(*got, true, *want);
+              EXPECT_LE(rep.max_abs, 256 * 1.2e-7 * std::max(rep.ref_max, 1.0))
+                  << name << " " << rep.str();
+            }
+            if (gated) {
+              double worst = 0, scale = 1;
+              for (size_t i = 0; i < dgate.size(); ++i) {
+                worst = std::max(worst, std::abs(dgate[i] - dgate64[i]));
+                scale = std::max(scale, std::abs(dgate64[i]));
+              }
+              EXPECT_LE(worst, 256 * 1.2e-7 * scale) << "dgate";
+            }
           }
-        }
 }
 
 TEST(Linear, BackwardBitwiseAcrossThreads) {
