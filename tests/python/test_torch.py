@@ -10,7 +10,7 @@ import attnkit.torch as ak  # noqa: E402
 TRAINABLE = [n for n in attnkit.mechanisms() if attnkit.Mechanism(n).capabilities["backward"]]
 # Small configs so gradcheck's finite differences stay cheap and away from kinks.
 CONFIGS = {"linear": {"map": "elu1", "norm": "kernel"}, "topk": {"k": 3}, "rfa": {"features": 8},
-           "performer": {"features": 8}}
+           "performer": {"features": 8}, "memory": {"chunk": 2, "width": 2}}
 
 
 def torch_softmax_attention(q, k, v, causal):
