@@ -42,6 +42,10 @@ def _array(x: Any, name: str) -> Any:
         if _is_torch(x) and x.requires_grad:
             raise Error(f"{name}: requires grad; use attnkit.torch for autograd, "
                         f"or pass {name}.detach()")
+        if _is_torch(x) and x.device.type != "cpu":
+            raise Error(f"{name}: must be on the CPU (got {x.device})")
+        if isinstance(x, np.ndarray) and not x.dtype.isnative:
+            raise Error(f"{name}: byte order must be native (got {x.dtype.str})")
         return x
     return np.asarray(x)
 

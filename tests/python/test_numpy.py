@@ -107,6 +107,9 @@ def test_out_is_written_in_place(rng):
     (lambda q, k, v: (q, k, v[:, :5]), "v"),
     (lambda q, k, v: (q[..., ::2], k[..., ::2], v), "stride"),
     (lambda q, k, v: (np.where(q > 2, np.nan, q).astype(np.float32), k, v), "NaN"),
+    (lambda q, k, v: (q.astype(np.float16), k, v), "q: dtype must be float32"),
+    (lambda q, k, v: (q.astype(">f4"), k, v), "q: byte order must be native"),
+    (lambda q, k, v: (q, k, np.zeros((2, 37, 2, 0), np.float32)), "v"),
 ])
 def test_bad_input_raises_value_error_naming_the_argument(rng, mutate, message):
     q, k, v = qkv(rng)

@@ -25,8 +25,9 @@ using ArgsHook = std::function<void(AttentionArgs& a)>;
 void expect_fd_gradients(const Mechanism& m, const Problem& base, uint32_t seed, double tol = 1e-6,
                          const ArgsHook& hook = {});
 
-// The float32 backward of m is within ulps * eps(float) * max(1, max|ref|) of the float64
-// backward per gradient, and bitwise the same for 1, 2 and 7 threads.
+// The float32 backward of m is within allowed(Budget{.c = ulps}, 0, max|ref|) =
+// ulps * eps(float) * max(1, max|ref|) of the float64 backward per gradient, and bitwise the
+// same for 1, 2 and 7 threads.
 void expect_kernel_gradients(const Mechanism& m, const Problem& base, uint32_t seed,
                              double ulps = 64, const ArgsHook& hook = {});
 
