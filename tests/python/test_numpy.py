@@ -179,3 +179,21 @@ def test_kernels_release_the_gil(rng):
         ticks[0] += 1
     t.join()
     assert ticks[0] > 1000
+
+
+def test_concurrent_calls_from_python_threads_give_sequential_results(rng):
+    # Calls share one Context and take turns on it; each result is still its own.
+    inputs = [qkv(rng, sq=64, sk=64, hq=2, hk=2) for _ in range(6)]
+    want = [attnkit.attention(*t, "softmax", causal=True) for t in inputs]
+    got = [None] * len(inputs)
+
+    def work(i):
+        got[i] = attnkit.attention(*inputs[i], "softmax", causal=True)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)

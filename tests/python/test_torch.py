@@ -133,3 +133,12 @@ def test_bad_module_arguments():
         ak.MultiheadAttention(30, 4)
     with pytest.raises(ValueError, match="layout"):
         ak.Attention("softmax", layout="sbhd")
+
+
+def test_padding_keys_get_no_gradient_and_lengths_may_be_a_tensor():
+    q, k, v = inputs(b=2, s=8, dtype=torch.float32)
+    lengths = torch.tensor([8, 5], dtype=torch.int64)
+    out = ak.attention(q, k, v, "linear", key_lengths=lengths, map="elu1", norm="kernel")
+    out.sum().backward()
+    assert torch.count_nonzero(k.grad[1, 5:]) == 0 and torch.count_nonzero(v.grad[1, 5:]) == 0
+    assert torch.count_nonzero(v.grad[1, :5]) > 0
