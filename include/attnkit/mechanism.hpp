@@ -48,7 +48,8 @@ struct BackwardArgs {
   TensorView dk;          // [B, Sk, Hk, Dk]
   TensorView dv;          // [B, Sk, Hk, Dv]
   TensorView dgate;       // [B, Sk, Hk]: gradient of AttentionArgs::gate (linear, gated=true)
-  TensorView dmemory;     // [B, L, Hq, Dk]: gradient of AttentionArgs::memory (luna)
+  TensorView dmemory;     // [B, L, Hq, Dk]: gradient of AttentionArgs::memory (luna, memory)
+  TensorView dfilter;     // [Hk, kappa]: gradient of AttentionArgs::filter (memory, filter=conv)
 };
 
 struct Capabilities {

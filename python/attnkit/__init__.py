@@ -109,7 +109,8 @@ class Gradients(NamedTuple):
     dk: Any
     dv: Any
     dgate: Any = None    # linear gated=1
-    dmemory: Any = None  # luna
+    dmemory: Any = None  # luna, memory
+    dfilter: Any = None  # memory, filter=conv with weights
 
 
 class Mechanism:
@@ -177,7 +178,8 @@ class Mechanism:
     def backward(self, q: Any, k: Any, v: Any, out: Any, dout: Any, *, key_lengths: Any = None,
                  memory: Any = None, gate: Any = None, filter: Any = None,
                  lse: Any = None) -> Gradients:
-        """Gradients of sum(out * dout) with respect to q, k, v (and gate, memory when given);
+        """Gradients of sum(out * dout) with respect to q, k, v (and gate, memory, filter when
+        given);
         out is this mechanism's forward output for the same inputs. softmax: passing the
         forward's lse (``forward(..., return_lse=True)``) saves the backward a forward pass."""
         args = [_array(t, n) for t, n in ((q, "q"), (k, "k"), (v, "v"), (out, "out"),
@@ -187,10 +189,11 @@ class Mechanism:
         dq, dk, dv = (_empty(t, _shape(t), t.dtype) for t in args[:3])
         dgate = None if gate is None else _empty(gate, _shape(gate), gate.dtype)
         dmemory = None if memory is None else _empty(memory, _shape(memory), memory.dtype)
+        dfilter = None if filter is None else _empty(filter, _shape(filter), filter.dtype)
         self._m.backward(*args, dq, dk, dv, key_lengths=_key_lengths(key_lengths),
                          memory=memory, gate=gate, filter=filter, dgate=dgate, dmemory=dmemory,
-                         lse=_array(lse, "lse"))
-        return Gradients(dq, dk, dv, dgate, dmemory)
+                         dfilter=dfilter, lse=_array(lse, "lse"))
+        return Gradients(dq, dk, dv, dgate, dmemory, dfilter)
 
 
 def attention(q: Any, k: Any, v: Any, /, mechanism: str = "softmax", *, causal: bool = False,

@@ -32,17 +32,17 @@ def _rows(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 
 class AttentionFunction(torch.autograd.Function):
-    """out = mechanism(q, k, v; gate, memory) with attnkit's backward pass.
+    """out = mechanism(q, k, v; gate, memory, filter) with attnkit's backward pass.
 
     q [B, Sq, Hq, Dk], k [B, Sk, Hk, Dk], v [B, Sk, Hk, Dv], gate [B, Sk, Hk] or None,
-    memory [B, L, Hq, Dk] or None -> out [B, Sq, Hq, Dv]. Gradients flow to q, k, v, gate and
-    memory; key_lengths and filter are constants.
+    memory [B, L, Hq, Dk] or None, filter [Hk, width] or None -> out [B, Sq, Hq, Dv].
+    Gradients flow to q, k, v, gate, memory and filter; key_lengths are constants.
     """
 
     @staticmethod
-    def forward(ctx: Any, mechanism: _ak.Mechanism, key_lengths: Any, filter: Any,
-                q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: Optional[torch.Tensor],
-                memory: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(ctx: Any, mechanism: _ak.Mechanism, key_lengths: Any, q: torch.Tensor,
+                k: torch.Tensor, v: torch.Tensor, gate: Optional[torch.Tensor],
+                memory: Optional[torch.Tensor], filter: Optional[torch.Tensor]) -> torch.Tensor:
         q, k, v, gate, memory, filter = (_rows(t) for t in (q, k, v, gate, memory, filter))
         lse = None
         if mechanism.name == "softmax" and q.dtype == torch.float32:
@@ -51,33 +51,33 @@ class AttentionFunction(torch.autograd.Function):
         else:
             out = mechanism.forward(q, k, v, key_lengths=key_lengths, memory=memory, gate=gate,
                                     filter=filter)
-        ctx.mechanism, ctx.key_lengths, ctx.filter = mechanism, key_lengths, filter
-        ctx.save_for_backward(q, k, v, out, gate, memory, lse)
+        ctx.mechanism, ctx.key_lengths = mechanism, key_lengths
+        ctx.save_for_backward(q, k, v, out, gate, memory, filter, lse)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, dout: torch.Tensor) -> tuple:
         # The saved output is the Function's own output, which now carries autograd state.
-        q, k, v, out, gate, memory, lse = (_rows(t) for t in ctx.saved_tensors)
+        q, k, v, out, gate, memory, filter, lse = (_rows(t) for t in ctx.saved_tensors)
         g = ctx.mechanism.backward(q, k, v, out, _rows(dout), key_lengths=ctx.key_lengths,
-                                   memory=memory, gate=gate, filter=ctx.filter, lse=lse)
-        return None, None, None, g.dq, g.dk, g.dv, g.dgate, g.dmemory
+                                   memory=memory, gate=gate, filter=filter, lse=lse)
+        return None, None, g.dq, g.dk, g.dv, g.dgate, g.dmemory, g.dfilter
 
 
 def _apply(mechanism: _ak.Mechanism, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
            layout: str, key_lengths: Any, gate: Optional[torch.Tensor],
-           memory: Optional[torch.Tensor], filter: Any) -> torch.Tensor:
+           memory: Optional[torch.Tensor], filter: Optional[torch.Tensor]) -> torch.Tensor:
     if layout not in _LAYOUTS:
         raise _ak.Error(f"layout: must be one of {_LAYOUTS} (got {layout!r})")
     if layout == "bhsd":  # views, not copies: the kernels take any batch/sequence/head strides
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     tracked = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, gate, memory))
+        t is not None and t.requires_grad for t in (q, k, v, gate, memory, filter))
     if tracked and not mechanism.capabilities["backward"]:
         raise _ak.Error(f"backward: {mechanism.name} has no backward pass; call it under "
                         "torch.no_grad() or detach its inputs")
-    out = AttentionFunction.apply(mechanism, key_lengths, filter, q, k, v, gate, memory)
+    out = AttentionFunction.apply(mechanism, key_lengths, q, k, v, gate, memory, filter)
     return out.transpose(1, 2) if layout == "bhsd" else out
 
 
@@ -85,7 +85,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, /,
               mechanism: str = "softmax", *, causal: bool = False,
               scale: Optional[float] = None, layout: str = "bshd",
               key_lengths: Any = None, gate: Optional[torch.Tensor] = None,
-              memory: Optional[torch.Tensor] = None, filter: Any = None,
+              memory: Optional[torch.Tensor] = None, filter: Optional[torch.Tensor] = None,
               **config: Any) -> torch.Tensor:
     """Differentiable attention. layout "bshd": [B, S, H, D]; "bhsd": [B, H, S, D], the layout
     of torch.nn.functional.scaled_dot_product_attention, which
@@ -98,14 +98,16 @@ class Attention(nn.Module):
     """The inner product of multi-head attention, (q, k, v) -> out, by an attnkit mechanism.
 
     For mechanisms that read a memory (luna, memory) the module owns it as a parameter
-    [memory_slots, heads, head_dim], shared over the batch. For linear gated=1 pass the gate
-    logits [B, Sk, Hk] to forward.
+    [memory_slots, heads, head_dim], shared over the batch; for memory with filter=conv and
+    width > 1 also the filter weights [kv_heads, width] (the depthwise conv of arXiv
+    2404.00798, initialised to the box filter). For linear gated=1 pass the gate logits
+    [B, Sk, Hk] to forward.
     """
 
     def __init__(self, mechanism: str = "softmax", *, causal: bool = False,
                  scale: Optional[float] = None, layout: str = "bshd",
                  memory_slots: int = 0, heads: int = 0, head_dim: int = 0,
-                 **config: Any) -> None:
+                 kv_heads: int = 0, **config: Any) -> None:
         super().__init__()
         self.mechanism = _ak.Mechanism(mechanism, causal=causal, scale=scale, **config)
         if layout not in _LAYOUTS:
@@ -118,6 +120,10 @@ class Attention(nn.Module):
                                 "head_dim > 0 for its learnable memory")
             # N(0, 1) as the tiny paper's code initialises memory.
             self.memory = nn.Parameter(torch.randn(memory_slots, heads, head_dim))
+        self.filter = None
+        width = int(config.get("width", 1))
+        if mechanism == "memory" and config.get("filter", "conv") == "conv" and width > 1:
+            self.filter = nn.Parameter(torch.full((kv_heads or heads, width), 1.0 / width))
 
     def extra_repr(self) -> str:
         return f"{self.mechanism.describe()}, layout={self.layout}"
@@ -127,7 +133,8 @@ class Attention(nn.Module):
         memory = None
         if self.memory is not None:  # [L, H, D] -> [B, L, H, D], a stride-0 view
             memory = self.memory.unsqueeze(0).expand(q.shape[0], -1, -1, -1).to(q.dtype)
-        return _apply(self.mechanism, q, k, v, self.layout, key_lengths, gate, memory, None)
+        filter = None if self.filter is None else self.filter.to(q.dtype)
+        return _apply(self.mechanism, q, k, v, self.layout, key_lengths, gate, memory, filter)
 
 
 class MultiheadAttention(nn.Module):

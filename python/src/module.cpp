@@ -140,7 +140,7 @@ class PyMechanism {
                 const std::optional<InArray>& key_lengths, const std::optional<InArray>& memory,
                 const std::optional<InArray>& gate, const std::optional<InArray>& filter,
                 const std::optional<OutArray>& dgate, const std::optional<OutArray>& dmemory,
-                const std::optional<InArray>& lse) const {
+                const std::optional<OutArray>& dfilter, const std::optional<InArray>& lse) const {
     attnkit::BackwardArgs g;
     g.forward = args(q, k, v, OutArray(), key_lengths, memory, gate, filter);
     g.forward.out = to_view<TensorView>(out, "out");  // read only: the forward's output
@@ -151,6 +151,7 @@ class PyMechanism {
     g.dv = to_view<TensorView>(dv, "dv");
     g.dgate = out_view(dgate, "dgate");
     g.dmemory = out_view(dmemory, "dmemory");
+    g.dfilter = out_view(dfilter, "dfilter");
     nb::gil_scoped_release release;
     Runtime& rt = runtime();
     std::lock_guard<std::mutex> lock(rt.mu);
@@ -243,5 +244,6 @@ NB_MODULE(_core, m) {
            "dk"_a.noconvert(), "dv"_a.noconvert(), "key_lengths"_a.noconvert() = nb::none(),
            "memory"_a.noconvert() = nb::none(), "gate"_a.noconvert() = nb::none(),
            "filter"_a.noconvert() = nb::none(), "dgate"_a.noconvert() = nb::none(),
-           "dmemory"_a.noconvert() = nb::none(), "lse"_a.noconvert() = nb::none());
+           "dmemory"_a.noconvert() = nb::none(), "dfilter"_a.noconvert() = nb::none(),
+           "lse"_a.noconvert() = nb::none());
 }

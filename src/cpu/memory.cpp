@@ -16,6 +16,7 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <vector>
 
 #include "src/cpu/kernels.hpp"
 #include "src/cpu/ops/attend-inl.h"
@@ -132,10 +133,11 @@ void MemoryForward(const AttentionArgs& a, const MemoryConfig& c, float scale, b
 }
 
 // Adjoint of FilterRows: adds grad [t1 - t0][dp] of the filtered rows to dt's rows at
-// (b, hk). Max-pool routes to the first maximum, the one the forward keeps.
+// (b, hk), and (conv with weights) the weights' gradient to dweights [width] when given.
+// Max-pool routes to the first maximum, the one the forward keeps.
 void FilterRowsBackward(const ConstTensorView& t, const TensorView& dt, int64_t b, int64_t hk,
                         int64_t t0, int64_t t1, int64_t d, int64_t dp, const MemoryConfig& c,
-                        const ConstTensorView& weights, const float* grad) {
+                        const ConstTensorView& weights, const float* grad, float* dweights) {
   const int64_t width = c.filter_width, left = (width - 1) / 2;
   const bool pool = c.filter == MemoryFilter::kMaxPool;
   for (int64_t i = t0; i < t1; ++i) {
@@ -147,6 +149,8 @@ void FilterRowsBackward(const ConstTensorView& t, const TensorView& dt, int64_t 
                                            : 1.0f / static_cast<float>(width);
         float* o = dt.row<float>(b, src, hk);
         for (int64_t x = 0; x < d; ++x) o[x] += wt * gi[x];
+        if (dweights != nullptr)
+          dweights[src - i + left] += Dot(gi, t.row<const float>(b, src, hk), d);
       }
       continue;
     }
@@ -178,9 +182,13 @@ void MemoryBackward(const BackwardArgs& g, const MemoryConfig& c, float scale, b
   // [chunks + 1][m][dp]; dM, dprev [m][dp]; p [2 nk_max].
   ctx.reserve_scratch(
       static_cast<size_t>(4 * nk_max * dp + 5 * cs * dp + (chunks + 3) * m * dp + 2 * nk_max + 64));
+  // The filter's gradient per (batch, kv head) task, summed over batches in order after.
+  const bool with_dfilter = g.dfilter.present();
+  std::vector<float> dfilter_parts(with_dfilter ? B * Hk * c.filter_width : 0, 0.0f);
   ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
     const int64_t b = task / Hk, hk = task % Hk;
     const int64_t len = a.key_lengths.empty() ? S : a.key_lengths[b];
+    float* dw = with_dfilter ? dfilter_parts.data() + task * c.filter_width : nullptr;
     float* keys = ctx.scratch(worker);
     float* vals = keys + nk_max * dp;
     float* dkeys = vals + nk_max * dp;
@@ -241,8 +249,8 @@ void MemoryBackward(const BackwardArgs& g, const MemoryConfig& c, float scale, b
               mem, dmem, m, keys, vals, m + nv, dp, inv_temp, [&](int64_t) { return m + nv; }, p,
               dprev, dkeys, dvals);
           for (int64_t x = 0; x < m * dp; ++x) dprev[x] += dkeys[x] + dvals[x];
-          FilterRowsBackward(a.k, g.dk, b, hk, t0, t0 + nv, D, dp, c, a.filter, dkeys + m * dp);
-          FilterRowsBackward(a.v, g.dv, b, hk, t0, t0 + nv, D, dp, c, a.filter, dvals + m * dp);
+          FilterRowsBackward(a.k, g.dk, b, hk, t0, t0 + nv, D, dp, c, a.filter, dkeys + m * dp, dw);
+          FilterRowsBackward(a.v, g.dv, b, hk, t0, t0 + nv, D, dp, c, a.filter, dvals + m * dp, dw);
         } else {
           std::copy_n(dmem, m * dp, dprev);
         }
@@ -283,6 +291,14 @@ void MemoryBackward(const BackwardArgs& g, const MemoryConfig& c, float scale, b
       }
     }
   });
+  if (with_dfilter) {
+    for (int64_t hk = 0; hk < Hk; ++hk)
+      for (int64_t w = 0; w < c.filter_width; ++w) {
+        float sum = 0.0f;
+        for (int64_t b = 0; b < B; ++b) sum += dfilter_parts[(b * Hk + hk) * c.filter_width + w];
+        g.dfilter.at<float>(hk, w) = sum;
+      }
+  }
 }
 
 }  // namespace HWY_NAMESPACE

@@ -242,6 +242,9 @@ void check_backward(const BackwardArgs& g, DType dtype) {
   if (g.dgate.present() && !a.gate.present()) {
     throw Error("dgate", "is the gradient of gate, which was not given");
   }
+  if (g.dfilter.present() && !a.filter.present()) {
+    throw Error("dfilter", "is the gradient of filter, which was not given");
+  }
   if (g.dmemory.present() && !a.memory.present()) {
     throw Error("dmemory", "is the gradient of memory, which was not given");
   }

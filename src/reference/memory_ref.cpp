@@ -131,10 +131,12 @@ void attend_backward(const std::vector<const double*>& q, const std::vector<cons
 }
 
 // Adjoint of filter_rows: adds the gradient of filtered rows [t0, t1) (grad, rows of dim)
-// to the rows of dt at (b, hk). Max-pool routes to the first maximum, as the forward keeps it.
+// to the rows of dt at (b, hk), and (conv with weights, dweights present) to the weights'
+// gradient. Max-pool routes to the first maximum, as the forward keeps it.
 void filter_rows_backward(const ConstTensorView& t, const TensorView& dt, int64_t b, int64_t hk,
                           int64_t t0, int64_t t1, int64_t dim, const MemoryConfig& c,
-                          const ConstTensorView& weights, const std::vector<double>& grad) {
+                          const ConstTensorView& weights, const std::vector<double>& grad,
+                          const TensorView& dweights) {
   const int64_t kappa = c.filter_width, left = (kappa - 1) / 2;
   for (int64_t i = t0; i < t1; ++i) {
     const double* gi = &grad[(i - t0) * dim];
@@ -148,6 +150,7 @@ void filter_rows_backward(const ConstTensorView& t, const TensorView& dt, int64_
         } else {
           const double wt = weights.present() ? weights.at<const double>(hk, w) : 1.0 / kappa;
           row(dt, b, src, hk)[d] += wt * gi[d];
+          if (dweights.present()) dweights.at<double>(hk, w) += gi[d] * row(t, b, src, hk)[d];
         }
       }
       if (arg >= 0) row(dt, b, arg, hk)[d] += gi[d];
@@ -165,6 +168,10 @@ void memory_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const
   const double temp =
       c.pack_temperature > 0 ? c.pack_temperature : std::sqrt(static_cast<double>(D));
   zero_rows(g.dq), zero_rows(g.dk), zero_rows(g.dv);
+  if (g.dfilter.present()) {
+    for (int64_t h = 0; h < g.dfilter.shape[0]; ++h)
+      for (int64_t w = 0; w < g.dfilter.shape[1]; ++w) g.dfilter.at<double>(h, w) = 0.0;
+  }
   const int64_t chunks = (n.Sq + c.chunk - 1) / c.chunk;
   for (int64_t b = 0; b < n.B; ++b) {
     const int64_t len = key_length(a, b);
@@ -235,8 +242,8 @@ void memory_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const
               mrows, keys, vals, [&](size_t) { return m + nv; }, 1.0 / temp, dnext, D, dprev_rows,
               dkeys, dvals);
           for (int64_t x = 0; x < m * D; ++x) dprev[x] += dk_m[x] + dv_m[x];
-          filter_rows_backward(a.k, g.dk, b, hk, t0, valid_end, D, c, a.filter, dfk);
-          filter_rows_backward(a.v, g.dv, b, hk, t0, valid_end, D, c, a.filter, dfv);
+          filter_rows_backward(a.k, g.dk, b, hk, t0, valid_end, D, c, a.filter, dfk, g.dfilter);
+          filter_rows_backward(a.v, g.dv, b, hk, t0, valid_end, D, c, a.filter, dfv, g.dfilter);
         } else {
           dprev = dmem;  // the memory passed through unchanged
         }

@@ -57,9 +57,9 @@ void luna_backward_ref(const BackwardArgs& g, const AttentionOptions& o);
 
 // Chunk-wise memory-augmented attention (RMT recurrence + filtered memory write).
 void memory_ref(const AttentionArgs& a, const AttentionOptions& o, const MemoryConfig& c);
-// Gradients of memory_ref (dq, dk, dv, and dmemory when present): the memory before each
-// chunk is recomputed, then chunks are differentiated last to first (write, then reads),
-// through the filter's adjoint. The filter weights are constants (no gradient).
+// Gradients of memory_ref (dq, dk, dv, and dmemory, dfilter when present): the memory
+// before each chunk is recomputed, then chunks are differentiated last to first (write,
+// then reads), through the filter's adjoint.
 void memory_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const MemoryConfig& c);
 
 // Heinsen: softmax over logits LSE_i(q_i + k_i), evaluated quadratically.

@@ -62,5 +62,49 @@ TEST(Memory, BackwardKernelMatchesReference) {
   }
 }
 
+TEST(Memory, FilterGradientKernelMatchesReferenceAndThreads) {
+  std::vector<double> w64 = {0.5, -0.25, 0.75, 0.1, 0.2, 0.3};
+  std::vector<float> w32(w64.begin(), w64.end());
+  const Dims d{2, 45, 45, 4, 2, 16, 16};
+  Problem base(d, 950, Layout::kHeadMajorPadded, /*memory_len=*/5);
+  base.key_lengths = {45, 40};
+  const auto m = make_mechanism("memory", {.causal = true}, "chunk=7,width=3");
+  std::vector<double> dw64(6);
+  {
+    Context ctx(1);
+    Problem r = base;
+    Grads g(r, 951);
+    AttentionArgs a = r.args64();
+    a.filter = make_view(w64.data(), {2, 3});
+    m->forward(a, ctx);
+    BackwardArgs b = g.args64(r);
+    b.forward.filter = a.filter;
+    b.dfilter = make_view(dw64.data(), {2, 3});
+    m->backward(b, ctx);
+  }
+  std::vector<float> first;
+  for (int threads : {1, 2, 7}) {
+    Context ctx(threads);
+    Problem p = base;
+    Grads g(p, 951);
+    std::vector<float> dw(6);
+    AttentionArgs a = p.args32();
+    a.filter = make_view(w32.data(), {2, 3});
+    m->forward(a, ctx);
+    BackwardArgs b = g.args32(p);
+    b.forward.filter = a.filter;
+    b.dfilter = make_view(dw.data(), {2, 3});
+    m->backward(b, ctx);
+    double worst = 0, scale = 1;
+    for (size_t i = 0; i < dw.size(); ++i) {
+      worst = std::max(worst, std::abs(dw[i] - dw64[i]));
+      scale = std::max(scale, std::abs(dw64[i]));
+    }
+    EXPECT_LE(worst, allowed(Budget{.c = 256}, 0.0, scale)) << threads << " threads";
+    if (first.empty()) first = dw;
+    EXPECT_EQ(dw, first) << threads << " threads";
+  }
+}
+
 }  // namespace
 }  // namespace attnkit::testing

@@ -142,3 +142,17 @@ def test_padding_keys_get_no_gradient_and_lengths_may_be_a_tensor():
     out.sum().backward()
     assert torch.count_nonzero(k.grad[1, 5:]) == 0 and torch.count_nonzero(v.grad[1, 5:]) == 0
     assert torch.count_nonzero(v.grad[1, :5]) > 0
+
+
+def test_memory_filter_weights_are_learnable():
+    q, k, v = inputs(s=7)
+    memory = memory_for("memory", q)
+    weights = torch.tensor([[0.5, -0.25, 0.75], [0.1, 0.2, 0.3]], dtype=torch.float64,
+                           requires_grad=True)
+    f = lambda q, k, v, m, w: ak.attention(q, k, v, "memory", causal=True, memory=m, filter=w,  # noqa
+                                           chunk=3, width=3)
+    assert torch.autograd.gradcheck(f, (q, k, v, memory, weights), eps=1e-6, atol=1e-6)
+    layer = ak.MultiheadAttention(16, 2, "memory", causal=True, memory_slots=3, chunk=4, width=3)
+    assert layer.inner.filter is not None and layer.inner.filter.shape == (2, 3)
+    layer(torch.randn(1, 9, 16)).sum().backward()
+    assert torch.count_nonzero(layer.inner.filter.grad) > 0

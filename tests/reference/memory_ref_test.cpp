@@ -109,5 +109,41 @@ TEST(MemoryRef, BackwardEqualsCentralFiniteDifferencesIncludingMemory) {
   }
 }
 
+TEST(MemoryRef, FilterGradientEqualsCentralFiniteDifferences) {
+  for (bool causal : {false, true}) {
+    Problem p({2, 7, 7, 2, 2, 3, 3}, 97, Layout::kContiguous, /*memory_len=*/2);
+    p.key_lengths = {7, 5};
+    std::vector<double> w = {0.5, -0.25, 0.75, 0.1, 0.2, -0.3}, dw(6);
+    const auto m = make_mechanism("memory", {.causal = causal}, "chunk=3,width=3");
+    Context ctx(1);
+    Grads g(p, 98);
+    auto args = [&](AttentionArgs a) {
+      a.filter = make_view(w.data(), {2, 3});
+      return a;
+    };
+    auto loss = [&] {
+      m->forward(args(p.args64()), ctx);
+      double l = 0;
+      for (size_t i = 0; i < g.dout.f64.size(); ++i) l += g.dout.f64[i] * p.out.f64[i];
+      return l;
+    };
+    m->forward(args(p.args64()), ctx);
+    BackwardArgs b = g.args64(p);
+    b.forward = args(b.forward);
+    b.dfilter = make_view(dw.data(), {2, 3});
+    m->backward(b, ctx);
+    for (size_t i = 0; i < w.size(); ++i) {
+      const double keep = w[i], h = 1e-6;
+      w[i] = keep + h;
+      const double up = loss();
+      w[i] = keep - h;
+      const double down = loss();
+      w[i] = keep;
+      const double fd = (up - down) / (2 * h);
+      EXPECT_NEAR(dw[i], fd, 1e-6 * std::max(1.0, std::abs(fd))) << "dfilter[" << i << "]";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace attnkit::testing
