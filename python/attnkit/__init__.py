@@ -21,7 +21,7 @@ from ._core import Mechanism as _CoreMechanism
 from ._core import mechanism_names as _mechanism_names
 from ._core import topk_feed_forward as _topk_feed_forward
 
-__all__ = ["Error", "Gradients", "Mechanism", "attention", "cpu_report", "mechanisms",
+__all__ = ["Error", "Gradients", "Mechanism", "Stream", "attention", "cpu_report", "mechanisms",
            "num_threads", "set_num_threads", "topk_feed_forward"]
 __version__ = "0.1.0"
 
@@ -175,6 +175,17 @@ class Mechanism:
 
     __call__ = forward
 
+    def stream(self, batch: int, heads: int, head_dim: int, *, kv_heads: Optional[int] = None,
+               value_dim: Optional[int] = None, max_tokens: int = 0,
+               memory: Any = None) -> Stream:
+        """A streaming state for this mechanism (causal by nature: a query sees every token
+        appended before it). memory [B, L, Hq, Dk] float32 for luna (copied)."""
+        value_dim = head_dim if value_dim is None else value_dim
+        core = self._m.new_stream(int(batch), int(heads), int(kv_heads or heads), int(head_dim),
+                                  int(value_dim), int(max_tokens),
+                                  memory=_array(memory, "memory"))
+        return Stream(core, value_dim)
+
     def backward(self, q: Any, k: Any, v: Any, out: Any, dout: Any, *, key_lengths: Any = None,
                  memory: Any = None, gate: Any = None, filter: Any = None,
                  lse: Any = None) -> Gradients:
@@ -194,6 +205,31 @@ class Mechanism:
                          memory=memory, gate=gate, filter=filter, dgate=dgate, dmemory=dmemory,
                          dfilter=dfilter, lse=_array(lse, "lse"))
         return Gradients(dq, dk, dv, dgate, dmemory, dfilter)
+
+
+class Stream:
+    """Incremental attention (decoding): ``append`` keys/values [B, T, Hk, D] (float32),
+    ``query`` [B, Tq, Hq, Dk] against every appended token. Fixed-size states (linear,
+    heinsen, rfa, performer, luna) keep ``state_bytes`` constant; softmax keeps a KV cache.
+    Made by ``Mechanism.stream``."""
+
+    def __init__(self, core: Any, value_dim: int) -> None:
+        self._s, self._value_dim = core, value_dim
+
+    def append(self, k: Any, v: Any) -> None:
+        self._s.append(_array(k, "k"), _array(v, "v"))
+
+    def query(self, q: Any, out: Any = None) -> Any:
+        q = _array(q, "q")
+        if out is None:
+            qs = _shape(q)
+            out = _empty(q, qs[:3] + (self._value_dim,) if len(qs) == 4 else (1, 1, 1, 1),
+                         _float32(q))
+        self._s.query(q, out)
+        return out
+
+    state_bytes = property(lambda self: self._s.state_bytes)
+    length = property(lambda self: self._s.length)
 
 
 def attention(q: Any, k: Any, v: Any, /, mechanism: str = "softmax", *, causal: bool = False,

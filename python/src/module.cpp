@@ -101,6 +101,34 @@ TensorView read_only(const ConstTensorView& c) {
   return v;
 }
 
+// A streaming state (KV cache or fixed-size state): append keys/values, query against all
+// appended tokens. It owns copies of what it keeps (the memory for luna).
+class PyStream {
+ public:
+  explicit PyStream(std::unique_ptr<attnkit::StreamingState> s) : s_(std::move(s)) {}
+  void append(const InArray& k, const InArray& v) {
+    const auto kv = to_view<ConstTensorView>(k, "k");
+    const auto vv = to_view<ConstTensorView>(v, "v");
+    nb::gil_scoped_release release;
+    Runtime& rt = runtime();
+    std::lock_guard<std::mutex> lock(rt.mu);
+    s_->append(kv, vv, rt.get());
+  }
+  void query(const InArray& q, const OutArray& out) {
+    const auto qv = to_view<ConstTensorView>(q, "q");
+    const auto ov = to_view<TensorView>(out, "out");
+    nb::gil_scoped_release release;
+    Runtime& rt = runtime();
+    std::lock_guard<std::mutex> lock(rt.mu);
+    s_->query(qv, ov, rt.get());
+  }
+  size_t state_bytes() const { return s_->state_bytes(); }
+  int64_t length() const { return s_->length(); }
+
+ private:
+  std::unique_ptr<attnkit::StreamingState> s_;
+};
+
 class PyMechanism {
  public:
   PyMechanism(const std::string& name, double scale, bool causal, const std::string& config)
@@ -120,6 +148,19 @@ class PyMechanism {
     d["fast_kernel"] = c.fast_kernel;
     d["needs_memory"] = c.needs_memory;
     return d;
+  }
+
+  PyStream new_stream(int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                      int64_t value_dim, int64_t max_tokens,
+                      const std::optional<InArray>& memory) const {
+    attnkit::StreamSpec spec{.batch = batch,
+                             .heads = heads,
+                             .kv_heads = kv_heads,
+                             .head_dim = head_dim,
+                             .value_dim = value_dim,
+                             .max_tokens = max_tokens,
+                             .memory = in_view(memory, "memory")};
+    return PyStream(m_->new_stream(spec));
   }
 
   void forward(const InArray& q, const InArray& k, const InArray& v, const OutArray& out,
@@ -226,6 +267,12 @@ NB_MODULE(_core, m) {
       },
       "x"_a.noconvert(), "keys"_a.noconvert(), "values"_a.noconvert(), "out"_a.noconvert(), "k"_a);
 
+  nb::class_<PyStream>(m, "Stream")
+      .def("append", &PyStream::append, "k"_a.noconvert(), "v"_a.noconvert())
+      .def("query", &PyStream::query, "q"_a.noconvert(), "out"_a.noconvert())
+      .def_prop_ro("state_bytes", &PyStream::state_bytes)
+      .def_prop_ro("length", &PyStream::length);
+
   nb::class_<PyMechanism>(m, "Mechanism")
       .def(nb::init<const std::string&, double, bool, const std::string&>(), "name"_a,
            "scale"_a = 0.0, "causal"_a = false, "config"_a = "")
@@ -234,6 +281,8 @@ NB_MODULE(_core, m) {
       .def_prop_ro("scale", &PyMechanism::scale)
       .def("describe", &PyMechanism::describe)
       .def("capabilities", &PyMechanism::capabilities)
+      .def("new_stream", &PyMechanism::new_stream, "batch"_a, "heads"_a, "kv_heads"_a, "head_dim"_a,
+           "value_dim"_a, "max_tokens"_a, "memory"_a.noconvert() = nb::none())
       .def("forward", &PyMechanism::forward, "q"_a.noconvert(), "k"_a.noconvert(),
            "v"_a.noconvert(), "out"_a.noconvert(), "lse"_a.noconvert() = nb::none(),
            "key_lengths"_a.noconvert() = nb::none(), "memory"_a.noconvert() = nb::none(),

@@ -197,3 +197,28 @@ def test_concurrent_calls_from_python_threads_give_sequential_results(rng):
         t.join()
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("name", ["softmax", "linear", "heinsen", "performer", "luna"])
+def test_stream_matches_causal_forward(rng, name):
+    q, k, v = qkv(rng, b=1, sq=40, sk=40, hq=2, hk=2, dk=16, dv=16)
+    m = attnkit.Mechanism(name, causal=True)
+    memory = rng.standard_normal((1, 4, 2, 16)).astype(np.float32) if name == "luna" else None
+    want = m(q, k, v, memory=memory)
+    s = m.stream(1, 2, 16, memory=memory)
+    sizes = []
+    for t in range(40):
+        s.append(k[:, t:t + 1], v[:, t:t + 1])
+        close(s.query(q[:, t:t + 1])[:, 0], want[:, t].astype(np.float64), 1e-5)
+        sizes.append(s.state_bytes)
+    assert s.length == 40
+    if name != "softmax":
+        assert len(set(sizes)) == 1  # fixed-size state
+
+
+def test_stream_errors(rng):
+    with pytest.raises(ValueError, match="stream|streaming"):
+        attnkit.Mechanism("topk", causal=True).stream(1, 2, 16)
+    s = attnkit.Mechanism("linear", causal=True).stream(1, 2, 16)
+    with pytest.raises(ValueError, match="k"):
+        s.append(np.zeros((1, 3, 2, 8), np.float32), np.zeros((1, 3, 2, 16), np.float32))
