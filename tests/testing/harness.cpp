@@ -245,4 +245,56 @@ void naive_softmax32(const Problem& p, bool causal, double scale, Operand& out) 
   }
 }
 
+void naive_softmax_backward32(const Problem& p, bool causal, double scale, Grads& g) {
+  const Dims& d = p.d;
+  const float s = static_cast<float>(scale);
+  std::fill(g.dq.f32.begin(), g.dq.f32.end(), 0.0f);
+  std::fill(g.dk.f32.begin(), g.dk.f32.end(), 0.0f);
+  std::fill(g.dv.f32.begin(), g.dv.f32.end(), 0.0f);
+  auto at = [](const Operand& o, int64_t b, int64_t n, int64_t h) {
+    return b * o.stride[0] + n * o.stride[1] + h * o.stride[2];
+  };
+  std::vector<float> pr, dp;
+  for (int64_t b = 0; b < d.B; ++b) {
+    const int64_t len = p.key_lengths.empty() ? d.Sk : p.key_lengths[b];
+    for (int64_t h = 0; h < d.Hq; ++h) {
+      const int64_t hk = h / (d.Hq / d.Hk);
+      for (int64_t i = 0; i < d.Sq; ++i) {
+        const int64_t nk = visible_keys(causal, d.Sq, d.Sk, len, i);
+        if (nk == 0) continue;
+        const float* q = &p.q.f32[at(p.q, b, i, h)];
+        const float* dout = &g.dout.f32[at(g.dout, b, i, h)];
+        pr.assign(nk, 0.0f);
+        dp.assign(nk, 0.0f);
+        float m = -std::numeric_limits<float>::infinity(), sum = 0, dd = 0;
+        for (int64_t j = 0; j < nk; ++j) {
+          const float* k = &p.k.f32[at(p.k, b, j, hk)];
+          for (int64_t c = 0; c < d.Dk; ++c) pr[j] += q[c] * k[c];
+          pr[j] *= s;
+          m = std::max(m, pr[j]);
+        }
+        for (float& x : pr) sum += (x = std::exp(x - m));
+        for (int64_t j = 0; j < nk; ++j) {
+          pr[j] /= sum;
+          const float* v = &p.v.f32[at(p.v, b, j, hk)];
+          for (int64_t c = 0; c < d.Dv; ++c) dp[j] += dout[c] * v[c];
+          dd += pr[j] * dp[j];
+        }
+        float* dq = &g.dq.f32[at(g.dq, b, i, h)];
+        for (int64_t j = 0; j < nk; ++j) {
+          const float ds = s * pr[j] * (dp[j] - dd);
+          const float* k = &p.k.f32[at(p.k, b, j, hk)];
+          float* dk = &g.dk.f32[at(g.dk, b, j, hk)];
+          float* dv = &g.dv.f32[at(g.dv, b, j, hk)];
+          for (int64_t c = 0; c < d.Dk; ++c) {
+            dq[c] += ds * k[c];
+            dk[c] += ds * q[c];
+          }
+          for (int64_t c = 0; c < d.Dv; ++c) dv[c] += pr[j] * dout[c];
+        }
+      }
+    }
+  }
+}
+
 }  // namespace attnkit::testing

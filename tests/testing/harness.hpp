@@ -58,7 +58,8 @@ struct Grads {
   Grads(const Problem& p, uint32_t seed);
   BackwardArgs args32(Problem& p);
   BackwardArgs args64(Problem& p);
-  std::vector<float> all32() const;  // dq, dk, dv (, dmemory) float32 end to end, for bitwise checks
+  std::vector<float> all32()
+      const;  // dq, dk, dv (, dmemory) float32 end to end, for bitwise checks
 };
 
 struct Report {
@@ -78,5 +79,8 @@ double allowed(const Budget& b, double naive32_err, double ref_max);
 
 // Naive float32 softmax attention (no tiling, no online softmax): the yardstick for the budget.
 void naive_softmax32(const Problem& p, bool causal, double scale, Operand& out);
+// Naive float32 softmax backward (materialised P per row, llm.c style) into g's dq, dk, dv
+// (float32 copies), from g.dout: the yardstick for the backward budget.
+void naive_softmax_backward32(const Problem& p, bool causal, double scale, Grads& g);
 
 }  // namespace attnkit::testing
