@@ -2,12 +2,13 @@
 //   0. lse per row (the forward's when given, else a forward pass); D_i = dout_i . out_i.
 //   1. Q-, K-, V- and dout-side operands are packed once per head, row-major and
 //      transposed, head dims padded to kStatePad, so every product is a register-tiled matmul.
-//   2. dq: a task per (batch, q head, 64 rows) walks key blocks of 128:
-//      S = Q K^T, P = exp(s S - lse), dP = dout V^T, dS = s P (dP - D), dq += dS K.
-//   3. dk, dv: a task per (batch, kv head, 64 keys) walks the group's query blocks of 128:
-//      P^T = exp(s K Q^T - lse), dv += P^T dout, dP^T = V dout^T, dS^T = s P^T (dP^T - D),
-//      dk += dS^T Q.
-// Every gradient row is owned by one task, so results do not depend on the thread count.
+//   2. A task per (batch, kv head, key partition) walks its blocks of 64 keys and, per
+//      block, the group's query blocks of 128: P^T = exp(s K Q^T - lse), dv += P^T dout,
+//      dP^T = V dout^T, dS^T = s P^T (dP^T - D), dk += dS^T Q, dq^T += K^T dS^T: the five
+//      products of FlashAttention-2's backward, each once.
+//   3. dq sums the partitions' dq^T in a fixed order.
+// dk, dv rows are owned by one task; dq is split into a fixed number of partitions (not one
+// per thread), so results do not depend on the thread count.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/cpu/softmax_backward.cpp"
 // clang-format off
@@ -31,6 +32,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 constexpr int64_t kRowBlock = 64;   // rows a task owns
 constexpr int64_t kColBlock = 128;  // the other side's block
+constexpr int64_t kPartitions = 4;  // fixed key partitions, each with its own dq^T sums
 
 // Row-major [n][ldr] and transposed [dim][ldt] copies of rows 0..n of (b, ., h).
 // The transpose goes 16 rows at a time from the fresh row copies, so each store run is a
@@ -163,84 +165,83 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
     const float* p = qpack.get() + (b * Hq + h) * qside;
     return Side{p, p + Sqp * Dkp, p + Sqp * Dkp + Dk * Sqp, p + Sqp * Dkp + Dk * Sqp + Sqp * Dvp};
   };
-  // Scratch per worker: two [kRowBlock][kColBlock] blocks and two [kRowBlock][max(Dkp, Dvp)]
-  // accumulators.
+  // Scratch per worker: two [kRowBlock][kColBlock] blocks and the dk, dv accumulators.
   ctx.reserve_scratch(static_cast<size_t>(kRowBlock * (2 * kColBlock + Dkp + Dvp) + 64));
-
-  // 2. dq.
-  const int64_t qblocks = (Sq + kRowBlock - 1) / kRowBlock;
-  ctx.parallel_for(B * Hq * qblocks, [&](int64_t task, int worker) {
-    const int64_t blk = task % qblocks, bh = task / qblocks, b = bh / Hq, h = bh % Hq;
-    const int64_t hk = h / (Hq / Hk), len = length(b);
-    const int64_t i0 = blk * kRowBlock, rows = std::min(kRowBlock, Sq - i0);
-    const Side K = kside_of(b, hk), Q = qside_of(b, h);
-    float* p = ctx.scratch(worker);
-    float* dp = p + kRowBlock * kColBlock;
-    float* dq = dp + kRowBlock * kColBlock;
-    const float* l = lse.get() + (b * Hq + h) * Sqp + i0;
-    const float* dd = dsum.get() + (b * Hq + h) * Sqp + i0;
-    std::fill(dq, dq + rows * Dkp, 0.0f);
-    const int64_t last = visible_keys(causal, Sq, Sk, len, i0 + rows - 1);
-    for (int64_t j0 = 0; j0 < last; j0 += kColBlock) {
-      const int64_t cols = std::min(kColBlock, pad_to_state(last - j0));
-      MatMul(Q.r + i0 * Dkp, Dkp, K.t + j0, Skp, p, kColBlock, rows, cols, Dk, false);
-      Probabilities(p, kColBlock, rows, cols, scale, l,
-                    [&](int64_t r) { return visible_keys(causal, Sq, Sk, len, i0 + r) - j0; });
-      MatMul(Q.vr + i0 * Dvp, Dvp, K.vt + j0, Skp, dp, kColBlock, rows, cols, Dv, false);
-      for (int64_t r = 0; r < rows; ++r)
-        ScaledDiffProduct(p + r * kColBlock, dp + r * kColBlock, cols, scale,
-                          [&](int64_t) { return hn::Set(hn::ScalableTag<float>(), dd[r]); });
-      MatMul(dp, kColBlock, K.r + j0 * Dkp, Dkp, dq, Dkp, rows, Dkp, std::min(cols, Sk - j0), true);
-    }
-    for (int64_t r = 0; r < rows; ++r) std::copy_n(dq + r * Dkp, Dk, g.dq.row<float>(b, i0 + r, h));
-  });
-
-  // 3. dk, dv.
+  // dq^T partial sums [Dkp][Sqp] per (batch, q head, key partition): key block kb adds to
+  // partition kb % kPartitions, a fixed split, so the sums do not depend on the threads.
   const int64_t kblocks = (Sk + kRowBlock - 1) / kRowBlock;
-  ctx.parallel_for(B * Hk * kblocks, [&](int64_t task, int worker) {
-    const int64_t blk = task % kblocks, bh = task / kblocks, b = bh / Hk, hk = bh % Hk;
+  const int64_t parts = std::min<int64_t>(kPartitions, std::max<int64_t>(kblocks, 1));
+  auto dqt = hwy::AllocateAligned<float>(static_cast<size_t>(B * Hq * parts * Dkp * Sqp));
+  std::fill(dqt.get(), dqt.get() + B * Hq * parts * Dkp * Sqp, 0.0f);
+  auto dqt_of = [&](int64_t b, int64_t h, int64_t part) {
+    return dqt.get() + ((b * Hq + h) * parts + part) * Dkp * Sqp;
+  };
+
+  // 2. A task per (batch, kv head, key partition) walks its key blocks of 64 and, for each,
+  // the group's query blocks of 128: P^T, dv += P^T dout, dP^T, dS^T, dk += dS^T Q and
+  // dq^T += K^T dS^T.
+  ctx.parallel_for(B * Hk * parts, [&](int64_t task, int worker) {
+    const int64_t part = task % parts, bh = task / parts, b = bh / Hk, hk = bh % Hk;
     const int64_t group = Hq / Hk, len = length(b);
-    const int64_t j0 = blk * kRowBlock, keys = std::min(kRowBlock, Sk - j0);
     const Side K = kside_of(b, hk);
     float* pt = ctx.scratch(worker);
     float* dpt = pt + kRowBlock * kColBlock;
     float* dk = dpt + kRowBlock * kColBlock;
     float* dv = dk + kRowBlock * Dkp;
-    std::fill(dk, dk + kRowBlock * (Dkp + Dvp), 0.0f);
-    // The first query row that sees key j0 (visibility is monotone in the row).
-    int64_t first = 0;
-    while (first < Sq && visible_keys(causal, Sq, Sk, len, first) <= j0) ++first;
-    for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-      const Side Q = qside_of(b, h);
-      const float* l = lse.get() + (b * Hq + h) * Sqp;
-      const float* dd = dsum.get() + (b * Hq + h) * Sqp;
-      for (int64_t i0 = first - first % kColBlock; i0 < Sq; i0 += kColBlock) {
-        const int64_t cols = std::min(kColBlock, pad_to_state(Sq - i0)),
-                      qrows = std::min(kColBlock, Sq - i0);
-        // P^T[j][i] for keys j of the block, queries i of this query block.
-        MatMul(K.r + j0 * Dkp, Dkp, Q.t + i0, Sqp, pt, kColBlock, keys, cols, Dk, false);
-        for (int64_t j = 0; j < keys; ++j) {
-          // Queries that see key j0 + j: columns [from, qrows) (visibility is monotone).
-          int64_t from = 0;
-          if (j0 + j >= len) {
-            from = qrows;
-          } else {
-            while (from < qrows && visible_keys(causal, Sq, Sk, len, i0 + from) <= j0 + j) ++from;
+    for (int64_t kb = part; kb < kblocks; kb += parts) {
+      const int64_t j0 = kb * kRowBlock, keys = std::min(kRowBlock, Sk - j0);
+      std::fill(dk, dk + kRowBlock * (Dkp + Dvp), 0.0f);
+      // The first query row that sees key j0 (visibility is monotone in the row).
+      int64_t first = 0;
+      while (first < Sq && visible_keys(causal, Sq, Sk, len, first) <= j0) ++first;
+      for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+        const Side Q = qside_of(b, h);
+        const float* l = lse.get() + (b * Hq + h) * Sqp;
+        const float* dd = dsum.get() + (b * Hq + h) * Sqp;
+        float* dq_t = dqt_of(b, h, part);
+        for (int64_t i0 = first - first % kColBlock; i0 < Sq; i0 += kColBlock) {
+          const int64_t cols = std::min(kColBlock, pad_to_state(Sq - i0)),
+                        qrows = std::min(kColBlock, Sq - i0);
+          // P^T[j][i] for keys j of the block, queries i of this query block.
+          MatMul(K.r + j0 * Dkp, Dkp, Q.t + i0, Sqp, pt, kColBlock, keys, cols, Dk, false);
+          for (int64_t j = 0; j < keys; ++j) {
+            // Queries that see key j0 + j: columns [from, qrows) (visibility is monotone).
+            int64_t from = 0;
+            if (j0 + j >= len) {
+              from = qrows;
+            } else {
+              while (from < qrows && visible_keys(causal, Sq, Sk, len, i0 + from) <= j0 + j) ++from;
+            }
+            ColumnProbabilities(pt + j * kColBlock, cols, from, qrows, scale, l + i0);
           }
-          ColumnProbabilities(pt + j * kColBlock, cols, from, qrows, scale, l + i0);
+          MatMul(pt, kColBlock, Q.vr + i0 * Dvp, Dvp, dv, Dvp, keys, Dvp, qrows, true);
+          MatMul(K.vr + j0 * Dvp, Dvp, Q.vt + i0, Sqp, dpt, kColBlock, keys, cols, Dv, false);
+          for (int64_t j = 0; j < keys; ++j)
+            ScaledDiffProduct(pt + j * kColBlock, dpt + j * kColBlock, cols, scale, [&](int64_t c) {
+              return hn::LoadU(hn::ScalableTag<float>(), dd + i0 + c);
+            });
+          MatMul(dpt, kColBlock, Q.r + i0 * Dkp, Dkp, dk, Dkp, keys, Dkp, qrows, true);
+          // dq^T[:, i0:] += K_blk^T dS^T (rows beyond qrows of dS^T are zero: P^T is).
+          MatMul(K.t + j0, Skp, dpt, kColBlock, dq_t + i0, Sqp, Dk, cols, keys, true);
         }
-        MatMul(pt, kColBlock, Q.vr + i0 * Dvp, Dvp, dv, Dvp, keys, Dvp, qrows, true);
-        MatMul(K.vr + j0 * Dvp, Dvp, Q.vt + i0, Sqp, dpt, kColBlock, keys, cols, Dv, false);
-        for (int64_t j = 0; j < keys; ++j)
-          ScaledDiffProduct(pt + j * kColBlock, dpt + j * kColBlock, cols, scale, [&](int64_t c) {
-            return hn::LoadU(hn::ScalableTag<float>(), dd + i0 + c);
-          });
-        MatMul(dpt, kColBlock, Q.r + i0 * Dkp, Dkp, dk, Dkp, keys, Dkp, qrows, true);
+      }
+      for (int64_t j = 0; j < keys; ++j) {
+        std::copy_n(dk + j * Dkp, Dk, g.dk.row<float>(b, j0 + j, hk));
+        std::copy_n(dv + j * Dvp, Dv, g.dv.row<float>(b, j0 + j, hk));
       }
     }
-    for (int64_t j = 0; j < keys; ++j) {
-      std::copy_n(dk + j * Dkp, Dk, g.dk.row<float>(b, j0 + j, hk));
-      std::copy_n(dv + j * Dvp, Dv, g.dv.row<float>(b, j0 + j, hk));
+  });
+
+  // 3. dq = the partitions' dq^T summed in partition order, transposed.
+  ctx.parallel_for(B * Hq, [&](int64_t bh, int) {
+    const int64_t b = bh / Hq, h = bh % Hq;
+    for (int64_t i = 0; i < Sq; ++i) {
+      float* dq = g.dq.row<float>(b, i, h);
+      for (int64_t d = 0; d < Dk; ++d) {
+        float sum = 0.0f;
+        for (int64_t part = 0; part < parts; ++part) sum += dqt_of(b, h, part)[d * Sqp + i];
+        dq[d] = sum;
+      }
     }
   });
 }
