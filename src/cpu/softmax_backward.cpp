@@ -233,15 +233,20 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
   });
 
   // 3. dq = the partitions' dq^T summed in partition order, transposed.
-  ctx.parallel_for(B * Hq, [&](int64_t bh, int) {
+  // 16 rows at a time, so each partition is read in runs of 16 contiguous floats.
+  ctx.parallel_for(B * Hq, [&](int64_t bh, int worker) {
     const int64_t b = bh / Hq, h = bh % Hq;
-    for (int64_t i = 0; i < Sq; ++i) {
-      float* dq = g.dq.row<float>(b, i, h);
-      for (int64_t d = 0; d < Dk; ++d) {
-        float sum = 0.0f;
-        for (int64_t part = 0; part < parts; ++part) sum += dqt_of(b, h, part)[d * Sqp + i];
-        dq[d] = sum;
+    constexpr int64_t kRows = 16;
+    float* acc = ctx.scratch(worker);  // [kRows][Dk]
+    for (int64_t i0 = 0; i0 < Sq; i0 += kRows) {
+      const int64_t n = std::min(kRows, Sq - i0);
+      std::fill(acc, acc + kRows * Dk, 0.0f);
+      for (int64_t part = 0; part < parts; ++part) {
+        const float* src = dqt_of(b, h, part) + i0;
+        for (int64_t d = 0; d < Dk; ++d)
+          for (int64_t r = 0; r < n; ++r) acc[r * Dk + d] += src[d * Sqp + r];
       }
+      for (int64_t r = 0; r < n; ++r) std::copy_n(acc + r * Dk, Dk, g.dq.row<float>(b, i0 + r, h));
     }
   });
 }
