@@ -18,7 +18,8 @@ from torch import nn
 
 import attnkit as _ak
 
-__all__ = ["Attention", "AttentionFunction", "MultiheadAttention", "attention"]
+__all__ = ["Attention", "AttentionFunction", "MultiheadAttention", "attention",
+           "scaled_dot_product_attention"]
 
 _LAYOUTS = ("bshd", "bhsd")
 
@@ -92,6 +93,31 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, /,
     ``attention(q, k, v, "softmax", causal=c, layout="bhsd")`` replaces."""
     m = _ak.Mechanism(mechanism, causal=causal, scale=scale, **config)
     return _apply(m, q, k, v, layout, key_lengths, gate, memory, filter)
+
+
+def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                 attn_mask: Optional[torch.Tensor] = None,
+                                 dropout_p: float = 0.0, is_causal: bool = False,
+                                 scale: Optional[float] = None, enable_gqa: bool = False, *,
+                                 mechanism: str = "softmax", **config: Any) -> torch.Tensor:
+    """torch.nn.functional.scaled_dot_product_attention's signature ([..., H, L, E] with
+    one batch dimension: [B, H, L, E]) computed by an attnkit mechanism, with gradients.
+    Key/value heads may divide query heads (GQA) whatever enable_gqa says. Not supported,
+    with a clear error: attn_mask (use attention(..., key_lengths=...) for padding),
+    dropout_p > 0, and is_causal with L != S (PyTorch aligns that mask top-left; attnkit
+    aligns it bottom-right)."""
+    if attn_mask is not None:
+        raise _ak.Error("attn_mask: not supported; pass key_lengths to attnkit.torch.attention "
+                        "for padding masks")
+    if dropout_p != 0.0:
+        raise _ak.Error(f"dropout_p: must be 0 (got {dropout_p}); attnkit has no dropout")
+    if query.dim() != 4:
+        raise _ak.Error(f"query: must be [B, H, L, E] (got {query.dim()} dimensions)")
+    if is_causal and query.shape[-2] != key.shape[-2]:
+        raise _ak.Error("is_causal: needs L == S here (PyTorch aligns the causal mask top-left "
+                        "for L != S, attnkit bottom-right; use attnkit.torch.attention)")
+    return attention(query, key, value, mechanism, causal=is_causal, scale=scale, layout="bhsd",
+                     **config)
 
 
 class Attention(nn.Module):

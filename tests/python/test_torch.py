@@ -156,3 +156,25 @@ def test_memory_filter_weights_are_learnable():
     assert layer.inner.filter is not None and layer.inner.filter.shape == (2, 3)
     layer(torch.randn(1, 9, 16)).sum().backward()
     assert torch.count_nonzero(layer.inner.filter.grad) > 0
+
+
+def test_scaled_dot_product_attention_drop_in():
+    q, k, v = (torch.randn(2, 4, 33, 16, requires_grad=True) for _ in range(3))  # [B, H, L, E]
+    for causal in (False, True):
+        out = ak.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        ref = torch_softmax_attention(*(t.transpose(1, 2) for t in (q, k, v)), causal)
+        torch.testing.assert_close(out, ref.transpose(1, 2), atol=2e-5, rtol=1e-4)
+        sdpa = getattr(torch.nn.functional, "scaled_dot_product_attention", None)
+        if sdpa is not None:
+            torch.testing.assert_close(out, sdpa(q, k, v, is_causal=causal), atol=2e-5,
+                                       rtol=1e-4)
+    out = ak.scaled_dot_product_attention(q, k, v, is_causal=True, mechanism="linear",
+                                          map="elu1", norm="kernel")
+    out.sum().backward()
+    assert q.grad is not None
+    with pytest.raises(ValueError, match="attn_mask"):
+        ak.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(33, 33, dtype=torch.bool))
+    with pytest.raises(ValueError, match="dropout_p"):
+        ak.scaled_dot_product_attention(q, k, v, dropout_p=0.1)
+    with pytest.raises(ValueError, match="is_causal"):
+        ak.scaled_dot_product_attention(q, k[:, :, :20], v[:, :, :20], is_causal=True)
