@@ -66,7 +66,7 @@ def train(mechanism: str, config: dict, steps: int, seed: int = 0) -> list[float
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses
 
 
