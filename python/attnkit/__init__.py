@@ -35,9 +35,11 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
 
 
-def _array(x: Any, name: str) -> Any:
+def _array(x: Any, name: str, required: bool = False) -> Any:
     """x as something the extension reads in place: numpy arrays and DLPack tensors pass as
     they are; lists and scalars become numpy arrays (a copy, as numpy makes one)."""
+    if x is None and required:
+        raise Error(f"{name}: is required (got None)")
     if x is None or isinstance(x, np.ndarray) or hasattr(x, "__dlpack__"):
         if _is_torch(x) and x.requires_grad:
             raise Error(f"{name}: requires grad; use attnkit.torch for autograd, "
@@ -151,7 +153,7 @@ class Mechanism:
         out: written in place when given. return_lse adds lse [B, Hq, Sq] (softmax);
         return_memory adds the packed / final memory [B, L, Hq, Dv] (luna, memory).
         """
-        q, k, v = _array(q, "q"), _array(k, "k"), _array(v, "v")
+        q, k, v = (_array(t, n, required=True) for t, n in ((q, "q"), (k, "k"), (v, "v")))
         memory, gate, filter = _array(memory, "memory"), _array(gate, "gate"), _array(
             filter, "filter")
         if out is None:
@@ -193,8 +195,8 @@ class Mechanism:
         given);
         out is this mechanism's forward output for the same inputs. softmax: passing the
         forward's lse (``forward(..., return_lse=True)``) saves the backward a forward pass."""
-        args = [_array(t, n) for t, n in ((q, "q"), (k, "k"), (v, "v"), (out, "out"),
-                                          (dout, "dout"))]
+        args = [_array(t, n, required=True)
+                for t, n in ((q, "q"), (k, "k"), (v, "v"), (out, "out"), (dout, "dout"))]
         memory, gate, filter = _array(memory, "memory"), _array(gate, "gate"), _array(
             filter, "filter")
         dq, dk, dv = (_empty(t, _shape(t), t.dtype) for t in args[:3])
@@ -217,10 +219,10 @@ class Stream:
         self._s, self._value_dim = core, value_dim
 
     def append(self, k: Any, v: Any) -> None:
-        self._s.append(_array(k, "k"), _array(v, "v"))
+        self._s.append(_array(k, "k", required=True), _array(v, "v", required=True))
 
     def query(self, q: Any, out: Any = None) -> Any:
-        q = _array(q, "q")
+        q = _array(q, "q", required=True)
         if out is None:
             qs = _shape(q)
             out = _empty(q, qs[:3] + (self._value_dim,) if len(qs) == 4 else (1, 1, 1, 1),
@@ -243,7 +245,8 @@ def attention(q: Any, k: Any, v: Any, /, mechanism: str = "softmax", *, causal: 
 def topk_feed_forward(x: Any, keys: Any, values: Any, k: int) -> Any:
     """Top-k feed-forward: x [T, Dm], keys [F, Dm] (rows of W_in), values [F, Dout] -> [T, Dout].
     k >= F is the dense ReLU feed-forward relu(x keys^T) values."""
-    x, keys, values = _array(x, "x"), _array(keys, "keys"), _array(values, "values")
+    x, keys, values = (_array(t, n, required=True)
+                       for t, n in ((x, "x"), (keys, "keys"), (values, "values")))
     vs = _shape(values)
     out = _empty(x, (_shape(x)[0], vs[1] if len(vs) == 2 else 1), _out_dtype(x))
     _topk_feed_forward(x, keys, values, out, int(k))

@@ -131,6 +131,16 @@ def test_bad_options_raise_value_error(rng):
         attnkit.attention(q, k, v, key_lengths=[1.5, 2.0])
     with pytest.raises(attnkit.Error, match="memory"):
         attnkit.attention(q, k, v, "luna")
+    with pytest.raises(ValueError, match="q: is required"):
+        attnkit.attention(None, k, v)
+
+
+@pytest.mark.parametrize("name", attnkit.mechanisms())
+def test_empty_sequences_give_empty_outputs(name):
+    q = np.zeros((1, 0, 2, 16), np.float32)
+    memory = np.zeros((1, 2, 2, 16), np.float32)
+    needs = attnkit.Mechanism(name).capabilities["needs_memory"]
+    assert attnkit.attention(q, q, q, name, memory=memory if needs else None).shape == q.shape
 
 
 def test_read_only_output_is_refused(rng):
