@@ -78,6 +78,9 @@ def _apply(mechanism: _ak.Mechanism, q: torch.Tensor, k: torch.Tensor, v: torch.
     if tracked and not mechanism.capabilities["backward"]:
         raise _ak.Error(f"backward: {mechanism.name} has no backward pass; call it under "
                         "torch.no_grad() or detach its inputs")
+    if tracked and q.dtype == torch.bfloat16:
+        raise _ak.Error("q: bfloat16 inputs have no backward pass; use float32 (bfloat16 "
+                        "runs forward only, under torch.no_grad())")
     out = AttentionFunction.apply(mechanism, key_lengths, q, k, v, gate, memory, filter)
     return out.transpose(1, 2) if layout == "bhsd" else out
 

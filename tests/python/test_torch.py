@@ -178,3 +178,12 @@ def test_scaled_dot_product_attention_drop_in():
         ak.scaled_dot_product_attention(q, k, v, dropout_p=0.1)
     with pytest.raises(ValueError, match="is_causal"):
         ak.scaled_dot_product_attention(q, k[:, :, :20], v[:, :, :20], is_causal=True)
+
+
+def test_bfloat16_runs_forward_only():
+    q, k, v = (t.detach().bfloat16().requires_grad_() for t in inputs(dtype=torch.float32))
+    with pytest.raises(ValueError, match="bfloat16"):
+        ak.attention(q, k, v)
+    with torch.no_grad():
+        out = ak.attention(q, k, v)
+    assert out.dtype == torch.float32
