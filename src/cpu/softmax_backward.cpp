@@ -1,7 +1,7 @@
 // Exact softmax attention backward, float32, tiled (FlashAttention-2 style), deterministic.
 //   0. lse per row (the forward's when given, else a forward pass); D_i = dout_i . out_i.
-//   1. Q-, K-, V- and dout-side operands are packed once per head, row-major and
-//      transposed, head dims padded to kStatePad, so every product is a register-tiled matmul.
+//   1. Q, K and dout are packed once per head row-major and transposed, V row-major, head
+//      dims padded to kStatePad, so every product is a register-tiled matmul.
 //   2. A task per (batch, kv head, key partition) walks its blocks of 64 keys and, per
 //      block, the group's query blocks of 128: P^T = exp(s K Q^T - lse), dv += P^T dout,
 //      dP^T = V dout^T, dS^T = s P^T (dP^T - D), dk += dS^T Q, dq^T += K^T dS^T: the five
@@ -52,35 +52,15 @@ void PackBoth(const ConstTensorView& t, int64_t b, int64_t h, int64_t n, int64_t
   }
 }
 
-// x[r][0:cols) = P or masked 0: exp(s * x - lse_r) for c < visible(r).
-template <typename Visible>
-void Probabilities(float* x, int64_t ld, int64_t rows, int64_t cols, float s, const float* lse,
-                   const Visible& visible) {
-  const hn::ScalableTag<float> d;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = x + r * ld;
-    const int64_t vis = std::clamp<int64_t>(visible(r), 0, cols);
-    const auto vs = hn::Set(d, s), vl = hn::Set(d, lse[r]);
-    int64_t c = 0;
-    for (; c + N <= vis; c += N)
-      hn::StoreU(hn::Exp(d, hn::MulSub(vs, hn::LoadU(d, row + c), vl)), d, row + c);
-    for (; c < vis; ++c) row[c] = std::exp(s * row[c] - lse[r]);
-    std::fill(row + vis, row + cols, 0.0f);
-  }
-}
-
-// dp[0:n) = scale * p * (dp - d), d from d_at(c) (a vector for columns [c, c + lanes));
-// n a multiple of the lanes.
-template <typename DAt>
+// dp[0:n) = scale * p * (dp - d[0:n)); n a multiple of the lanes.
 HWY_INLINE void ScaledDiffProduct(const float* HWY_RESTRICT p, float* HWY_RESTRICT dp, int64_t n,
-                                  float scale, const DAt& d_at) {
-  const hn::ScalableTag<float> d;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  const auto vs = hn::Set(d, scale);
+                                  float scale, const float* HWY_RESTRICT d) {
+  const hn::ScalableTag<float> df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const auto vs = hn::Set(df, scale);
   for (int64_t c = 0; c < n; c += N) {
-    const auto x = hn::Sub(hn::LoadU(d, dp + c), d_at(c));
-    hn::StoreU(hn::Mul(hn::Mul(vs, hn::LoadU(d, p + c)), x), d, dp + c);
+    const auto x = hn::Sub(hn::LoadU(df, dp + c), hn::LoadU(df, d + c));
+    hn::StoreU(hn::Mul(hn::Mul(vs, hn::LoadU(df, p + c)), x), df, dp + c);
   }
 }
 
@@ -134,7 +114,7 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
         dsum[(b * Hq + h) * Sqp + i] =
             Dot(g.dout.row<const float>(b, i, h), out.row<const float>(b, i, h), Dv);
   // 1. Packed operands.
-  const int64_t kside = Skp * Dkp + Dk * Skp + Skp * Dvp + Dv * Skp;  // Kr, Kt, Vr, Vt
+  const int64_t kside = Skp * Dkp + Dk * Skp + Skp * Dvp;             // Kr, Kt, Vr
   const int64_t qside = Sqp * Dkp + Dk * Sqp + Sqp * Dvp + Dv * Sqp;  // Qr, Qt, dOr, dOt
   auto kpack = hwy::AllocateAligned<float>(static_cast<size_t>(B * Hk * kside));
   auto qpack = hwy::AllocateAligned<float>(static_cast<size_t>(B * Hq * qside));
@@ -146,7 +126,8 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
       float* p = kpack.get() + (b * Hk + h) * kside;
       PackBoth(a.k, b, h, Sk, Dk, p, Dkp, p + Skp * Dkp, Skp);
       p += Skp * Dkp + Dk * Skp;
-      PackBoth(a.v, b, h, Sk, Dv, p, Dvp, p + Skp * Dvp, Skp);
+      for (int64_t j = 0; j < Sk; ++j)
+        CopyPadded(a.v.row<const float>(b, j, h), Dv, p + j * Dvp, Dvp);
     } else {
       float* p = qpack.get() + (b * Hq + h - Hk) * qside;
       PackBoth(a.q, b, h - Hk, Sq, Dk, p, Dkp, p + Sqp * Dkp, Sqp);
@@ -155,11 +136,11 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
     }
   });
   struct Side {
-    const float *r, *t, *vr, *vt;  // K: Kr, Kt, Vr, Vt; Q: Qr, Qt, dOr, dOt
+    const float *r, *t, *vr, *vt;  // K: Kr, Kt, Vr (no V^T); Q: Qr, Qt, dOr, dOt
   };
   auto kside_of = [&](int64_t b, int64_t hk) {
     const float* p = kpack.get() + (b * Hk + hk) * kside;
-    return Side{p, p + Skp * Dkp, p + Skp * Dkp + Dk * Skp, p + Skp * Dkp + Dk * Skp + Skp * Dvp};
+    return Side{p, p + Skp * Dkp, p + Skp * Dkp + Dk * Skp, nullptr};
   };
   auto qside_of = [&](int64_t b, int64_t h) {
     const float* p = qpack.get() + (b * Hq + h) * qside;
@@ -217,9 +198,7 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
           MatMul(pt, kColBlock, Q.vr + i0 * Dvp, Dvp, dv, Dvp, keys, Dvp, qrows, true);
           MatMul(K.vr + j0 * Dvp, Dvp, Q.vt + i0, Sqp, dpt, kColBlock, keys, cols, Dv, false);
           for (int64_t j = 0; j < keys; ++j)
-            ScaledDiffProduct(pt + j * kColBlock, dpt + j * kColBlock, cols, scale, [&](int64_t c) {
-              return hn::LoadU(hn::ScalableTag<float>(), dd + i0 + c);
-            });
+            ScaledDiffProduct(pt + j * kColBlock, dpt + j * kColBlock, cols, scale, dd + i0);
           MatMul(dpt, kColBlock, Q.r + i0 * Dkp, Dkp, dk, Dkp, keys, Dkp, qrows, true);
           // dq^T[:, i0:] += K_blk^T dS^T (rows beyond qrows of dS^T are zero: P^T is).
           MatMul(K.t + j0, Skp, dpt, kColBlock, dq_t + i0, Sqp, Dk, cols, keys, true);
