@@ -103,24 +103,28 @@ TensorView read_only(const ConstTensorView& c) {
 
 // A streaming state (KV cache or fixed-size state): append keys/values, query against all
 // appended tokens. It owns copies of what it keeps (the memory for luna).
+// Runs fn(ctx) on the process-wide Context with the GIL released; callers build their views
+// before, while they hold the GIL.
+template <typename Fn>
+void run_released(Fn&& fn) {
+  nb::gil_scoped_release release;
+  Runtime& rt = runtime();
+  std::lock_guard<std::mutex> lock(rt.mu);
+  fn(rt.get());
+}
+
 class PyStream {
  public:
   explicit PyStream(std::unique_ptr<attnkit::StreamingState> s) : s_(std::move(s)) {}
   void append(const InArray& k, const InArray& v) {
     const auto kv = to_view<ConstTensorView>(k, "k");
     const auto vv = to_view<ConstTensorView>(v, "v");
-    nb::gil_scoped_release release;
-    Runtime& rt = runtime();
-    std::lock_guard<std::mutex> lock(rt.mu);
-    s_->append(kv, vv, rt.get());
+    run_released([&](attnkit::Context& ctx) { s_->append(kv, vv, ctx); });
   }
   void query(const InArray& q, const OutArray& out) {
     const auto qv = to_view<ConstTensorView>(q, "q");
     const auto ov = to_view<TensorView>(out, "out");
-    nb::gil_scoped_release release;
-    Runtime& rt = runtime();
-    std::lock_guard<std::mutex> lock(rt.mu);
-    s_->query(qv, ov, rt.get());
+    run_released([&](attnkit::Context& ctx) { s_->query(qv, ov, ctx); });
   }
   size_t state_bytes() const { return s_->state_bytes(); }
   int64_t length() const { return s_->length(); }
@@ -170,10 +174,7 @@ class PyMechanism {
     attnkit::AttentionArgs a = args(q, k, v, out, key_lengths, memory, gate, filter);
     a.lse = out_view(lse, "lse");
     a.memory_out = out_view(memory_out, "memory_out");
-    nb::gil_scoped_release release;
-    Runtime& rt = runtime();
-    std::lock_guard<std::mutex> lock(rt.mu);
-    m_->forward(a, rt.get());
+    run_released([&](attnkit::Context& ctx) { m_->forward(a, ctx); });
   }
 
   void backward(const InArray& q, const InArray& k, const InArray& v, const InArray& out,
@@ -193,10 +194,7 @@ class PyMechanism {
     g.dgate = out_view(dgate, "dgate");
     g.dmemory = out_view(dmemory, "dmemory");
     g.dfilter = out_view(dfilter, "dfilter");
-    nb::gil_scoped_release release;
-    Runtime& rt = runtime();
-    std::lock_guard<std::mutex> lock(rt.mu);
-    m_->backward(g, rt.get());
+    run_released([&](attnkit::Context& ctx) { m_->backward(g, ctx); });
   }
 
  private:
@@ -260,10 +258,8 @@ NB_MODULE(_core, m) {
         const auto kv = to_view<ConstTensorView>(keys, "keys");
         const auto vv = to_view<ConstTensorView>(values, "values");
         const auto ov = to_view<TensorView>(out, "out");
-        nb::gil_scoped_release release;
-        Runtime& rt = runtime();
-        std::lock_guard<std::mutex> lock(rt.mu);
-        attnkit::topk_feed_forward(xv, kv, vv, ov, k, rt.get());
+        run_released(
+            [&](attnkit::Context& ctx) { attnkit::topk_feed_forward(xv, kv, vv, ov, k, ctx); });
       },
       "x"_a.noconvert(), "keys"_a.noconvert(), "values"_a.noconvert(), "out"_a.noconvert(), "k"_a);
 
