@@ -35,12 +35,7 @@ class Linear final : public Mechanism {
     check_qkv(g.forward, in);
     check_backward(g, in);
     if (c_.gated) {
-      check_tensor(as_const(g.dgate), "dgate", 3, in);
-      if (g.dgate.shape != g.forward.gate.shape) {
-        throw Error("dgate", "shape " + shape_string(g.dgate) + " must equal gate shape " +
-                                 shape_string(g.forward.gate));
-      }
-      check_no_overlap(as_const(g.dgate), "dgate", g.forward.gate, "gate");
+      check_input_gradient(g, g.dgate, "dgate", g.forward.gate, "gate", in, /*required=*/true);
     } else if (g.dgate.present()) {
       throw Error("dgate", "is only for gated=1");
     }

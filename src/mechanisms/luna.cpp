@@ -30,7 +30,7 @@ class Luna final : public Mechanism {
     validate(g.forward);
     const DType dt = g.forward.q.dtype;
     check_backward(g, dt);
-    check_dmemory(g, dt);
+    check_input_gradient(g, g.dmemory, "dmemory", g.forward.memory, "memory", dt);
     if (dt == DType::kF64) {
       ref::luna_backward_ref(g, options());
       return;

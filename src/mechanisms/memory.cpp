@@ -25,20 +25,8 @@ class Memory final : public Mechanism {
     validate(g.forward);
     const DType dt = g.forward.q.dtype;
     check_backward(g, dt);
-    check_dmemory(g, dt);
-    if (g.dfilter.present()) {
-      check_tensor(as_const(g.dfilter), "dfilter", 2, dt);
-      if (g.dfilter.shape != g.forward.filter.shape) {
-        throw Error("dfilter", "shape " + shape_string(g.dfilter) + " must equal filter shape " +
-                                   shape_string(g.forward.filter));
-      }
-      for (auto [t, n] : {std::pair{g.forward.filter, "filter"},
-                          {g.forward.k, "k"},
-                          {g.forward.v, "v"},
-                          {as_const(g.dk), "dk"},
-                          {as_const(g.dv), "dv"}})
-        check_no_overlap(as_const(g.dfilter), "dfilter", t, n);
-    }
+    check_input_gradient(g, g.dmemory, "dmemory", g.forward.memory, "memory", dt);
+    check_input_gradient(g, g.dfilter, "dfilter", g.forward.filter, "filter", dt);
     if (dt == DType::kF64) {
       ref::memory_backward_ref(g, options(), c_);
       return;

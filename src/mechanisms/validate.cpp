@@ -256,23 +256,31 @@ void check_backward(const BackwardArgs& g, DType dtype) {
   }
 }
 
-void check_dmemory(const BackwardArgs& g, DType dtype) {
-  if (!g.dmemory.present()) return;
-  const DType dt = dtype;
-  check_tensor(as_const(g.dmemory), "dmemory", 4, dt);
-  if (g.dmemory.shape != g.forward.memory.shape) {
-    throw Error("dmemory", "shape " + shape_string(g.dmemory) + " must equal memory shape " +
-                               shape_string(g.forward.memory));
+void check_input_gradient(const BackwardArgs& g, const TensorView& grad, std::string_view name,
+                          const ConstTensorView& input, std::string_view input_name, DType dtype,
+                          bool required) {
+  if (!grad.present() && !required) return;
+  check_tensor(as_const(grad), name, input.rank, dtype);
+  if (grad.shape != input.shape) {
+    throw Error(std::string(name), "shape " + shape_string(grad) + " must equal " +
+                                       std::string(input_name) + " shape " + shape_string(input));
   }
-  for (auto [t, n] : {std::pair{g.forward.memory, "memory"},
-                      {g.forward.q, "q"},
-                      {g.forward.k, "k"},
-                      {g.forward.v, "v"},
+  const AttentionArgs& a = g.forward;
+  for (auto [t, n] : {std::pair{a.q, "q"},
+                      {a.k, "k"},
+                      {a.v, "v"},
+                      {a.memory, "memory"},
+                      {a.gate, "gate"},
+                      {a.filter, "filter"},
                       {g.dout, "dout"},
                       {as_const(g.dq), "dq"},
                       {as_const(g.dk), "dk"},
-                      {as_const(g.dv), "dv"}})
-    check_no_overlap(as_const(g.dmemory), "dmemory", t, n);
+                      {as_const(g.dv), "dv"},
+                      {as_const(g.dgate), "dgate"},
+                      {as_const(g.dmemory), "dmemory"},
+                      {as_const(g.dfilter), "dfilter"}}) {
+    if (t.present() && n != name) check_no_overlap(as_const(grad), name, t, n);
+  }
 }
 
 }  // namespace attnkit::detail

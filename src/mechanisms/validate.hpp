@@ -55,8 +55,12 @@ void check_backward(const BackwardArgs& g, DType dtype);
 void check_stream_spec(const StreamSpec& s);
 void check_stream_append(const StreamSpec& s, const ConstTensorView& k, const ConstTensorView& v);
 void check_stream_query(const StreamSpec& s, const ConstTensorView& q, const TensorView& out);
-// dmemory (optional): dtype, the memory's shape, no overlap with any input or gradient.
-void check_dmemory(const BackwardArgs& g, DType dtype);
+// The gradient of a learnable input (dgate of gate, dmemory of memory, dfilter of filter):
+// when present (or required), the input's rank and shape, dtype, and no memory shared with
+// any input or other gradient of g.
+void check_input_gradient(const BackwardArgs& g, const TensorView& grad, std::string_view name,
+                          const ConstTensorView& input, std::string_view input_name, DType dtype,
+                          bool required = false);
 // out must not share memory with an input.
 void check_no_overlap(const ConstTensorView& out, std::string_view out_name,
                       const ConstTensorView& in, std::string_view in_name);
