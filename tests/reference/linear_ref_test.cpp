@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "src/reference/reference.hpp"
+#include "tests/testing/gradients.hpp"
 #include "tests/testing/harness.hpp"
 #include "tests/testing/small.hpp"
 
@@ -110,20 +111,12 @@ TEST(LinearRef, BackwardEqualsCentralFiniteDifferences) {
                          .dv = dv.mut64()};
           if (gated) g.forward.gate = gate.cview();
           ref::linear_backward_ref(g, o, c, dgate.view());
+          const std::string where =
+              " map=" + std::to_string(map) + " norm=" + std::to_string(norm) +
+              " gated=" + std::to_string(gated) + " causal=" + std::to_string(causal);
           auto check = [&](std::vector<double>& x, const std::vector<double>& grad,
                            const char* what) {
-            for (size_t i = 0; i < x.size(); ++i) {
-              const double keep = x[i], h = 1e-6;
-              x[i] = keep + h;
-              const double up = loss();
-              x[i] = keep - h;
-              const double down = loss();
-              x[i] = keep;
-              const double fd = (up - down) / (2 * h);
-              EXPECT_NEAR(grad[i], fd, 1e-6 * std::max(1.0, std::abs(fd)))
-                  << what << "[" << i << "] map=" << map << " norm=" << norm << " gated=" << gated
-                  << " causal=" << causal;
-            }
+            expect_matches_fd(x, grad, loss, 1e-6, what + where);
           };
           check(p.q.f64, dq.f64, "dq");
           check(p.k.f64, dk.f64, "dk");

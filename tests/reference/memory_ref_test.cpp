@@ -132,16 +132,7 @@ TEST(MemoryRef, FilterGradientEqualsCentralFiniteDifferences) {
     b.forward = args(b.forward);
     b.dfilter = make_view(dw.data(), {2, 3});
     m->backward(b, ctx);
-    for (size_t i = 0; i < w.size(); ++i) {
-      const double keep = w[i], h = 1e-6;
-      w[i] = keep + h;
-      const double up = loss();
-      w[i] = keep - h;
-      const double down = loss();
-      w[i] = keep;
-      const double fd = (up - down) / (2 * h);
-      EXPECT_NEAR(dw[i], fd, 1e-6 * std::max(1.0, std::abs(fd))) << "dfilter[" << i << "]";
-    }
+    expect_matches_fd(w, dw, loss, 1e-6, "dfilter");
   }
 }
 

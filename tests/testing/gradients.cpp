@@ -25,6 +25,21 @@ BackwardArgs hooked(BackwardArgs g, const ArgsHook& hook) {
 
 }  // namespace
 
+void expect_matches_fd(std::vector<double>& x, const std::vector<double>& grad,
+                       const std::function<double()>& loss, double tol, const std::string& what) {
+  ASSERT_EQ(x.size(), grad.size()) << what;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double keep = x[i], h = 1e-6;
+    x[i] = keep + h;
+    const double up = loss();
+    x[i] = keep - h;
+    const double down = loss();
+    x[i] = keep;
+    const double fd = (up - down) / (2 * h);
+    EXPECT_NEAR(grad[i], fd, tol * std::max(1.0, std::abs(fd))) << what << " [" << i << "]";
+  }
+}
+
 void expect_fd_gradients(const Mechanism& m, const Problem& base, uint32_t seed, double tol,
                          const ArgsHook& hook) {
   Context ctx(1);
@@ -38,19 +53,9 @@ void expect_fd_gradients(const Mechanism& m, const Problem& base, uint32_t seed,
   };
   m.forward(hooked(p.args64(), hook), ctx);
   m.backward(hooked(g.args64(p), hook), ctx);
+  const std::string where = m.describe() + " " + to_string(p.d);
   auto check = [&](std::vector<double>& x, const std::vector<double>& grad, const char* what) {
-    ASSERT_EQ(x.size(), grad.size()) << what;
-    for (size_t i = 0; i < x.size(); ++i) {
-      const double keep = x[i], h = 1e-6;
-      x[i] = keep + h;
-      const double up = loss();
-      x[i] = keep - h;
-      const double down = loss();
-      x[i] = keep;
-      const double fd = (up - down) / (2 * h);
-      EXPECT_NEAR(grad[i], fd, tol * std::max(1.0, std::abs(fd)))
-          << what << "[" << i << "] " << m.describe() << " " << to_string(p.d);
-    }
+    expect_matches_fd(x, grad, loss, tol, what + (" " + where));
   };
   check(p.q.f64, g.dq.f64, "dq");
   check(p.k.f64, g.dk.f64, "dk");

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "tests/testing/harness.hpp"
@@ -18,6 +19,11 @@ std::vector<Dims> backward_dims();
 // Adds inputs a Problem does not carry (e.g. a filter) to forward arguments; it sees the
 // dtype in a.q.dtype.
 using ArgsHook = std::function<void(AttentionArgs& a)>;
+
+// For every element x[i]: grad[i] equals (loss() at x[i] + h - loss() at x[i] - h) / 2h,
+// h = 1e-6, within tol * max(1, |fd|). x is restored after each probe.
+void expect_matches_fd(std::vector<double>& x, const std::vector<double>& grad,
+                       const std::function<double()>& loss, double tol, const std::string& what);
 
 // For every element x of q, k, v (and memory when the Problem has one): the float64
 // gradient of L = sum(out * dout) written by m.backward equals (L(x + h) - L(x - h)) / 2h
