@@ -11,30 +11,18 @@ python3-torch (run with /usr/bin/python3) or a PyPI torch. Usage:
 import argparse
 import json
 import math
-import statistics
 import subprocess
 import sys
-import time
+
+from timing import median_ms
 
 
-def attnkit_times(binary, seqs, causal, threads, reps):
-    cmd = [binary, "bench", "-m", "softmax", "-n", ",".join(map(str, seqs)), "-f", "json",
+def attnkit_ms(binary, seqs, threads, reps, *options):
+    """Median ms per sequence length from `attnkit bench -f json` with extra options."""
+    cmd = [binary, "bench", *options, "-n", ",".join(map(str, seqs)), "-f", "json",
            "--threads", str(threads), "--reps", str(reps)]
-    if causal:
-        cmd.append("--causal")
     rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     return {int(r["seq"]): float(r["median_ms"]) for r in rows}
-
-
-def median_ms(fn, reps, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def torch_times(torch, seqs, causal, reps, heads=8, dim=64):
@@ -56,13 +44,6 @@ def torch_times(torch, seqs, causal, reps, heads=8, dim=64):
                 row["sdpa"] = median_ms(lambda: sdpa(q, k, v, is_causal=causal), reps)
         out[n] = row
     return out
-
-
-def attnkit_linear_ms(binary, seqs, threads, reps):
-    cmd = [binary, "bench", "-m", "linear", "-c", "linear:map=elu1,norm=kernel", "--causal",
-           "-n", ",".join(map(str, seqs)), "-f", "json", "--threads", str(threads), "--reps", str(reps)]
-    rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-    return {int(r["seq"]): float(r["median_ms"]) for r in rows}
 
 
 def fast_transformers_linear_ms(torch, seqs, reps, heads=8, dim=64):
@@ -107,7 +88,8 @@ def main():
     print("| N | causal | attnkit ms | GFLOP/s | torch naive ms | speed-up | torch sdpa ms | speed-up |")
     print("|---|---|---|---|---|---|---|---|")
     for causal in (False, True):
-        ours = attnkit_times(args.attnkit, seqs, causal, args.threads, args.reps)
+        ours = attnkit_ms(args.attnkit, seqs, args.threads, args.reps, "-m", "softmax",
+                          *(["--causal"] if causal else []))
         theirs = torch_times(torch, seqs, causal, args.reps)
         for n in seqs:
             t, p = ours[n], theirs[n]
@@ -125,7 +107,8 @@ def linear_table(torch, args):
         print("\n# fast-transformers is not importable: causal linear attention peer skipped")
         return
     seqs = [int(x) for x in args.linear_seq.split(",")]
-    ours = attnkit_linear_ms(args.attnkit, seqs, args.threads, args.reps)
+    ours = attnkit_ms(args.attnkit, seqs, args.threads, args.reps, "-m", "linear",
+                      "-c", "linear:map=elu1,norm=kernel", "--causal")
     theirs = fast_transformers_linear_ms(torch, seqs, args.reps)
     print("\n# causal linear attention (elu+1, normalised), B=1 H=8 D=64; GFLOP/s counts 4 N D^2 per head")
     print("| N | attnkit ms | GFLOP/s | fast-transformers ms | GFLOP/s | speed-up |")

@@ -10,24 +10,13 @@ glue (attnkit.torch.attention, layout="bhsd": strided views, no copies).
 """
 import argparse
 import math
-import statistics
-import time
 
 import torch
 
 import attnkit
 import attnkit.torch as ak
 
-
-def median_ms(fn, reps, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+from timing import median_ms
 
 
 def elu1(x):
