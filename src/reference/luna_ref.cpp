@@ -112,8 +112,7 @@ void luna_noncausal_backward_ref(const BackwardArgs& g, const AttentionOptions& 
   unpack.v = packed.cview();
   unpack.out = a.out;
   softmax_backward_ref(
-      {.forward = unpack, .dout = g.dout, .dq = g.dq, .dk = dk_u.view(), .dv = dv_u.view()},
-      plain);
+      {.forward = unpack, .dout = g.dout, .dq = g.dq, .dk = dk_u.view(), .dv = dv_u.view()}, plain);
   for (size_t x = 0; x < dk_u.vec().size(); ++x) dk_u.vec()[x] += dv_u.vec()[x];
   softmax_backward_ref(
       {.forward = pack, .dout = dk_u.cview(), .dq = dmemory, .dk = g.dk, .dv = g.dv}, plain);

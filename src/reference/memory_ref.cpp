@@ -111,22 +111,11 @@ void attend_backward(const std::vector<const double*>& q, const std::vector<cons
                      const std::vector<const double*>& dout, int64_t d,
                      const std::vector<double*>& dq, const std::vector<double*>& dk,
                      const std::vector<double*>& dv) {
-  std::vector<double> p;
   for (size_t r = 0; r < q.size(); ++r) {
-    const int64_t n = visible(r);
-    p.resize(n);
-    for (int64_t j = 0; j < n; ++j) p[j] = scale * dot(q[r], k[j], d);
-    softmax_inplace(p);
-    double dout_o = 0;
-    for (int64_t j = 0; j < n; ++j) dout_o += p[j] * dot(dout[r], v[j], d);
-    for (int64_t j = 0; j < n; ++j) {
-      const double ds = scale * p[j] * (dot(dout[r], v[j], d) - dout_o);
-      for (int64_t x = 0; x < d; ++x) {
-        dq[r][x] += ds * k[j][x];
-        dk[j][x] += ds * q[r][x];
-        dv[j][x] += p[j] * dout[r][x];
-      }
-    }
+    const size_t n = visible(r);
+    softmax_row_backward(q[r], dout[r], {k.begin(), k.begin() + n}, {v.begin(), v.begin() + n},
+                         scale, d, d, dq[r], {dk.begin(), dk.begin() + n},
+                         {dv.begin(), dv.begin() + n});
   }
 }
 

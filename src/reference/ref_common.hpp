@@ -78,4 +78,32 @@ inline void weighted_rows(std::span<const double> w, const std::vector<const dou
     for (int64_t d = 0; d < dv; ++d) out[d] += w[j] * rows[j][d];
 }
 
+// Gradients of one softmax-attention row, out = sum_j P_j v_j with P = softmax_j(scale q.k_j)
+// over the given keys: dP_j = dout.v_j, dS_j = P_j (dP_j - dout.out); adds scale dS_j k_j to
+// dq[0:dk), scale dS_j q to dkeys[j][0:dk) and P_j dout to dvals[j][0:dv). Rows are pointer
+// lists in the same order (dkeys may alias dvals).
+inline void softmax_row_backward(const double* q, const double* dout,
+                                 const std::vector<const double*>& keys,
+                                 const std::vector<const double*>& vals, double scale, int64_t dk,
+                                 int64_t dv, double* dq, const std::vector<double*>& dkeys,
+                                 const std::vector<double*>& dvals) {
+  const size_t n = keys.size();
+  std::vector<double> p(n), dp(n);
+  for (size_t j = 0; j < n; ++j) {
+    p[j] = scale * dot(q, keys[j], dk);
+    dp[j] = dot(dout, vals[j], dv);
+  }
+  softmax_inplace(p);
+  double d = 0;  // dout . out = sum_j P_j dP_j
+  for (size_t j = 0; j < n; ++j) d += p[j] * dp[j];
+  for (size_t j = 0; j < n; ++j) {
+    const double ds = scale * p[j] * (dp[j] - d);
+    for (int64_t x = 0; x < dk; ++x) {
+      dq[x] += ds * keys[j][x];
+      dkeys[j][x] += ds * q[x];
+    }
+    for (int64_t x = 0; x < dv; ++x) dvals[j][x] += p[j] * dout[x];
+  }
+}
+
 }  // namespace attnkit::ref

@@ -54,7 +54,9 @@ void topk_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const T
   const Dims n(a);
   const double s = logit_scale(o, n.Dk);
   zero_rows(g.dq), zero_rows(g.dk), zero_rows(g.dv);
-  std::vector<double> logits, p;
+  std::vector<double> logits;
+  std::vector<const double*> keys, vals;
+  std::vector<double*> dkeys, dvals;
   for (int64_t b = 0; b < n.B; ++b) {
     const int64_t len = key_length(a, b);
     for (int64_t h = 0; h < n.Hq; ++h) {
@@ -64,26 +66,16 @@ void topk_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const T
         const double* q = row(a.q, b, i, h);
         logits.resize(nk);
         for (int64_t j = 0; j < nk; ++j) logits[j] = s * dot(q, row(a.k, b, j, hk), n.Dk);
-        const std::vector<int64_t> top = top_indices(logits, c.k);
-        p.resize(top.size());
-        for (size_t t = 0; t < top.size(); ++t) p[t] = logits[top[t]];
-        softmax_inplace(p);
         // Softmax backward over the kept keys; the selection itself is piecewise constant.
-        const double* dout = row(g.dout, b, i, h);
-        double dout_o = 0;
-        for (size_t t = 0; t < top.size(); ++t) dout_o += p[t] * dot(dout, row(a.v, b, top[t], hk), n.Dv);
-        double* dq = row(g.dq, b, i, h);
-        for (size_t t = 0; t < top.size(); ++t) {
-          const double* k = row(a.k, b, top[t], hk);
-          const double ds = p[t] * (dot(dout, row(a.v, b, top[t], hk), n.Dv) - dout_o);
-          double* dk = row(g.dk, b, top[t], hk);
-          double* dv = row(g.dv, b, top[t], hk);
-          for (int64_t d = 0; d < n.Dk; ++d) {
-            dq[d] += s * ds * k[d];
-            dk[d] += s * ds * q[d];
-          }
-          for (int64_t d = 0; d < n.Dv; ++d) dv[d] += p[t] * dout[d];
+        keys.clear(), vals.clear(), dkeys.clear(), dvals.clear();
+        for (int64_t j : top_indices(logits, c.k)) {
+          keys.push_back(row(a.k, b, j, hk));
+          vals.push_back(row(a.v, b, j, hk));
+          dkeys.push_back(row(g.dk, b, j, hk));
+          dvals.push_back(row(g.dv, b, j, hk));
         }
+        softmax_row_backward(q, row(g.dout, b, i, h), keys, vals, s, n.Dk, n.Dv, row(g.dq, b, i, h),
+                             dkeys, dvals);
       }
     }
   }
