@@ -32,8 +32,7 @@ class Linear final : public Mechanism {
     validate(g.forward);
     const DType in = input_dtype_bf16(g.forward);
     if (in == DType::kBF16) throw Error("q", "bfloat16 inputs have no backward pass; use float32");
-    check_qkv(g.forward, in);
-    check_backward(g, in);
+    check_backward(g, in);  // validate() above checked q, k, v (one scan for NaN/Inf)
     if (c_.gated) {
       check_input_gradient(g, g.dgate, "dgate", g.forward.gate, "gate", in, /*required=*/true);
     } else if (g.dgate.present()) {
