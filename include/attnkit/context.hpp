@@ -12,7 +12,8 @@ namespace attnkit {
 
 class Context {
  public:
-  // threads <= 0: one per hardware thread.
+  // threads <= 0: default_threads(). More than max_threads() is an Error("threads"), and so
+  // is a worker thread the system refuses to start (no thread is left running then).
   explicit Context(int threads = 0);
   ~Context();
   Context(const Context&) = delete;
@@ -20,20 +21,38 @@ class Context {
 
   int num_threads() const;
 
+  // The CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota
+  // (cpu.max) when one is set. At least 1.
+  static int available_cpus();
+  // What threads <= 0 means: available_cpus().
+  static int default_threads();
+  // The largest thread count a Context accepts: max(4 x available_cpus(), 64). Above it a
+  // pool only costs memory and scheduling (100000 threads exhaust the process table).
+  static int max_threads();
+
   // Runs fn(task, worker) for task in [0, tasks); worker in [0, num_threads()).
   // Tasks are claimed dynamically; each task must own its outputs, so results do
-  // not depend on the thread count. Not reentrant.
-  // work: estimated flops of all tasks together; below ~1 MFLOP waking the pool costs more
-  // than it saves, so the caller's thread runs them all.
+  // not depend on the thread count. Not reentrant: one call at a time per Context.
+  // work: estimated flops of all tasks together; below min_parallel_work() waking the pool
+  // costs more than it saves, so the caller's thread runs them all.
+  // In a child process after fork() the pool's threads are gone; the first call there
+  // starts a new pool (the parent's is left untouched).
   void parallel_for(int64_t tasks, const std::function<void(int64_t task, int worker)>& fn,
                     double work = 1e12);
+  // Default ~1 MFLOP (a wake-up round trip is ~10 us). Tests set 0 so that every split of
+  // the work runs on several threads, however small the problem.
+  void set_min_parallel_work(double flops);
 
   // Per-worker scratch of at least `floats` floats, 64-byte aligned. Call
-  // reserve_scratch before parallel_for; scratch() never allocates.
+  // reserve_scratch before parallel_for; scratch() never allocates. Throws
+  // std::bad_alloc (what() names the size) when the memory cannot be had.
   void reserve_scratch(size_t floats_per_worker);
   float* scratch(int worker) const;
   // One shared buffer (e.g. packed keys), valid until the next call.
   float* shared_scratch(size_t floats);
+  // Frees the workspaces when they hold more than keep_bytes (a long-lived Context would
+  // otherwise keep the largest scratch any call needed).
+  void trim(size_t keep_bytes = 0);
 
   // Bytes held in workspaces (for memory reports).
   size_t workspace_bytes() const;

@@ -2,6 +2,7 @@
 // at the API boundary; kernels never throw and assume validated input.
 #pragma once
 
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -23,6 +24,17 @@ class Error : public std::runtime_error {
  private:
   std::string argument_;
   std::string rule_;
+};
+
+// Memory the library could not get (a workspace or a state for this shape). A std::bad_alloc,
+// so Python sees MemoryError, with a what() naming what was asked for and its size.
+class OutOfMemory : public std::bad_alloc {
+ public:
+  explicit OutOfMemory(std::string what) : what_(std::move(what)) {}
+  const char* what() const noexcept override { return what_.c_str(); }
+
+ private:
+  std::string what_;
 };
 
 }  // namespace attnkit

@@ -98,17 +98,21 @@ class Mechanism {
 
   // Empty when args are valid, else the reason ("k: heads (3) must divide q heads (8)").
   std::string check(const AttentionArgs& args) const;
-  // Validates (throws Error) then computes out (and lse / memory_out when asked).
+  // Validates (throws Error) then computes out (and lse / memory_out when asked). Finite
+  // inputs whose arithmetic overflows the dtype (a non-finite out) throw Error("out"), never
+  // return NaN or Inf.
   void forward(const AttentionArgs& args, Context& ctx) const;
   // A streaming state; throws Error when the mechanism has no streaming form.
   virtual std::unique_ptr<StreamingState> new_stream(const StreamSpec& spec) const;
   // Validates, then writes dq, dk, dv (overwritten, not accumulated); throws Error when
-  // the mechanism has no backward pass yet.
-  virtual void backward(const BackwardArgs& args, Context& ctx) const;
+  // the mechanism has no backward pass yet, or when a gradient overflows as forward's out.
+  void backward(const BackwardArgs& args, Context& ctx) const;
 
  protected:
   virtual void validate(const AttentionArgs& args) const = 0;  // throws Error
   virtual void run(const AttentionArgs& args, Context& ctx) const = 0;
+  // Validates and writes the gradients; the default says there is no backward pass.
+  virtual void run_backward(const BackwardArgs& args, Context& ctx) const;
 
  private:
   AttentionOptions options_;

@@ -173,8 +173,10 @@ void LinearForward(const AttentionArgs& a, const LinearConfig& cfg, bool causal,
   // A task takes a group of heads chunk by chunk, so it reads neighbouring stretches of
   // each [B, S, H, D] row instead of one head's slice of every row (a page per 2 rows at
   // H * D = 512 floats). Heads are computed independently: the grouping changes no bits.
-  const int64_t groups = std::min<int64_t>(n.Hq, ctx.num_threads());
-  const int64_t per_group = (n.Hq + groups - 1) / groups;
+  // per_group = ceil(Hq / threads) heads, and as many groups as that takes to cover Hq
+  // (not `threads` groups: 8 heads on 7 threads are 4 groups of 2, not 7 of 2).
+  const int64_t per_group = hwy::DivCeil(n.Hq, std::min<int64_t>(n.Hq, ctx.num_threads()));
+  const int64_t groups = hwy::DivCeil(n.Hq, per_group);
   const int64_t state = n.Dkp * n.Dvp + n.Dkp;
   ctx.reserve_scratch(static_cast<size_t>(Scratch::floats(n) + per_group * state));
   ctx.parallel_for(n.B * groups, [&](int64_t task, int worker) {

@@ -24,6 +24,7 @@
 
 #include "src/cpu/kernels.hpp"
 #include "src/cpu/ops/matmul-inl.h"
+#include "src/runtime/memory.hpp"
 
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
@@ -88,8 +89,8 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
 
   // 0. lse: the forward's when the caller kept it (AttentionArgs::lse), else from a forward
   // pass; D = dout . out with the matching out.
-  auto lse = hwy::AllocateAligned<float>(static_cast<size_t>(B * Hq * Sqp));
-  auto dsum = hwy::AllocateAligned<float>(static_cast<size_t>(B * Hq * Sqp));
+  auto lse = detail::allocate(static_cast<size_t>(B * Hq * Sqp), "softmax backward lse");
+  auto dsum = detail::allocate(static_cast<size_t>(B * Hq * Sqp), "softmax backward row sums");
   std::fill(lse.get(), lse.get() + B * Hq * Sqp, 0.0f);  // padding is read by whole vectors
   std::fill(dsum.get(), dsum.get() + B * Hq * Sqp, 0.0f);
   hwy::AlignedFreeUniquePtr<float[]> recomputed;
@@ -100,7 +101,7 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
         for (int64_t i = 0; i < Sq; ++i)
           lse[(b * Hq + h) * Sqp + i] = a.lse.at<const float>(b, h, i);
   } else {
-    recomputed = hwy::AllocateAligned<float>(static_cast<size_t>(B * Sq * Hq * Dv));
+    recomputed = detail::allocate(static_cast<size_t>(B * Sq * Hq * Dv), "softmax backward recomputed out");
     AttentionArgs f = a;
     f.out = make_view(recomputed.get(), {B, Sq, Hq, Dv});
     f.lse = make_view(lse.get(), {B, Hq, Sq});
@@ -116,8 +117,8 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
   // 1. Packed operands.
   const int64_t kside = Skp * Dkp + Dk * Skp + Skp * Dvp;             // Kr, Kt, Vr
   const int64_t qside = Sqp * Dkp + Dk * Sqp + Sqp * Dvp + Dv * Sqp;  // Qr, Qt, dOr, dOt
-  auto kpack = hwy::AllocateAligned<float>(static_cast<size_t>(B * Hk * kside));
-  auto qpack = hwy::AllocateAligned<float>(static_cast<size_t>(B * Hq * qside));
+  auto kpack = detail::allocate(static_cast<size_t>(B * Hk * kside), "softmax backward packed keys");
+  auto qpack = detail::allocate(static_cast<size_t>(B * Hq * qside), "softmax backward packed queries");
   std::fill(kpack.get(), kpack.get() + B * Hk * kside, 0.0f);
   std::fill(qpack.get(), qpack.get() + B * Hq * qside, 0.0f);
   ctx.parallel_for(B * (Hk + Hq), [&](int64_t task, int) {
@@ -152,7 +153,7 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
   // partition kb % kPartitions, a fixed split, so the sums do not depend on the threads.
   const int64_t kblocks = (Sk + kRowBlock - 1) / kRowBlock;
   const int64_t parts = std::min<int64_t>(kPartitions, std::max<int64_t>(kblocks, 1));
-  auto dqt = hwy::AllocateAligned<float>(static_cast<size_t>(B * Hq * parts * Dkp * Sqp));
+  auto dqt = detail::allocate(static_cast<size_t>(B * Hq * parts * Dkp * Sqp), "softmax backward dq partials");
   std::fill(dqt.get(), dqt.get() + B * Hq * parts * Dkp * Sqp, 0.0f);
   auto dqt_of = [&](int64_t b, int64_t h, int64_t part) {
     return dqt.get() + ((b * Hq + h) * parts + part) * Dkp * Sqp;

@@ -28,7 +28,7 @@ class Linear final : public Mechanism {
            ",norm=" + kNorms[static_cast<int>(c_.norm)] + ",gated=" + (c_.gated ? "1" : "0") +
            ",chunk=" + std::to_string(c_.chunk) + ") " + to_string(options());
   }
-  void backward(const BackwardArgs& g, Context& ctx) const override {
+  void run_backward(const BackwardArgs& g, Context& ctx) const override {
     validate(g.forward);
     const DType in = input_dtype_bf16(g.forward);
     if (in == DType::kBF16) throw Error("q", "bfloat16 inputs have no backward pass; use float32");
@@ -51,10 +51,12 @@ class Linear final : public Mechanism {
       throw Error("stream", "gated linear attention needs a gate per token; append(k, v) has none");
     check_stream_spec(s);
     const LinearConfig c = c_;
-    return std::make_unique<FixedStateStream>(
+    return make_state([&] {
+      return std::make_unique<FixedStateStream>(
         s, cpu::LinearState(s.batch, s.kv_heads, s.head_dim, s.value_dim, /*log_space=*/false),
         [c](auto& st, auto& k, auto& v, Context& ctx) { cpu::linear_append(st, k, v, c, ctx); },
         [c](auto& st, auto& q, auto& out, Context& ctx) { cpu::linear_query(st, q, out, c, ctx); });
+    });
   }
 
  protected:

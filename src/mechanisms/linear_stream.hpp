@@ -32,7 +32,9 @@ class FixedStateStream final : public StreamingState {
   }
   void query(const ConstTensorView& q, const TensorView& out, Context& ctx) override {
     check_stream_query(spec_, q, out);
-    if (q.shape[1] > 0) query_(state_, q, out, ctx);
+    if (q.shape[1] == 0) return;
+    query_(state_, q, out, ctx);
+    check_result(as_const(out), "out", AttentionArgs{.q = q});
   }
   size_t state_bytes() const override { return state_.bytes(); }
   int64_t length() const override { return state_.tokens; }

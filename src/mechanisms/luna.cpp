@@ -26,7 +26,7 @@ class Luna final : public Mechanism {
             .needs_memory = true};
   }
 
-  void backward(const BackwardArgs& g, Context& ctx) const override {
+  void run_backward(const BackwardArgs& g, Context& ctx) const override {
     validate(g.forward);
     const DType dt = g.forward.q.dtype;
     check_backward(g, dt);
@@ -63,7 +63,8 @@ class Luna final : public Mechanism {
                       mem->view().row<float>(b, l, h));
     const float sc = logit_scale(options(), s.head_dim);
     const ConstTensorView mv = mem->cview();
-    return std::make_unique<FixedStateStream>(
+    return make_state([&] {
+      return std::make_unique<FixedStateStream>(
         s, cpu::LinearState(s.batch, s.heads, s.memory.shape[1], s.value_dim, /*log_space=*/false),
         [mv, sc](auto& st, auto& k, auto& v, Context& ctx) {
           cpu::luna_append(st, k, v, mv, sc, ctx);
@@ -72,6 +73,7 @@ class Luna final : public Mechanism {
           cpu::luna_query(st, q, out, mv, sc, ctx);
         },
         mem);
+    });
   }
 
  protected:

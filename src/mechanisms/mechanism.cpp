@@ -2,6 +2,7 @@
 #include "attnkit/mechanism.hpp"
 
 #include "attnkit/error.hpp"
+#include "src/mechanisms/validate.hpp"
 
 namespace attnkit {
 
@@ -18,18 +19,29 @@ std::string Mechanism::check(const AttentionArgs& args) const {
 
 void Mechanism::forward(const AttentionArgs& args, Context& ctx) const {
   validate(args);
-  if (options_.causal && !capabilities().causal) {
-    throw Error("causal", std::string(name()) + " has no causal form");
-  }
   if (args.q.shape[1] == 0) return;  // no queries: nothing to compute
   run(args, ctx);
+  detail::check_result(as_const(args.out), "out", args);
+  if (args.memory_out.present()) detail::check_result(as_const(args.memory_out), "memory_out", args);
+}
+
+void Mechanism::backward(const BackwardArgs& g, Context& ctx) const {
+  run_backward(g, ctx);
+  for (auto [t, n] : {std::pair{g.dq, "dq"},
+                      {g.dk, "dk"},
+                      {g.dv, "dv"},
+                      {g.dgate, "dgate"},
+                      {g.dmemory, "dmemory"},
+                      {g.dfilter, "dfilter"}}) {
+    if (t.present()) detail::check_result(as_const(t), n, g.forward);
+  }
 }
 
 std::unique_ptr<StreamingState> Mechanism::new_stream(const StreamSpec&) const {
   throw Error("stream", std::string(name()) + " has no streaming form");
 }
 
-void Mechanism::backward(const BackwardArgs&, Context&) const {
+void Mechanism::run_backward(const BackwardArgs&, Context&) const {
   throw Error("backward", std::string(name()) + " has no backward pass yet");
 }
 

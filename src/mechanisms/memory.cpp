@@ -21,7 +21,7 @@ class Memory final : public Mechanism {
   Capabilities capabilities() const override {
     return {.causal = true, .backward = true, .fast_kernel = true, .needs_memory = true};
   }
-  void backward(const BackwardArgs& g, Context& ctx) const override {
+  void run_backward(const BackwardArgs& g, Context& ctx) const override {
     validate(g.forward);
     const DType dt = g.forward.q.dtype;
     check_backward(g, dt);

@@ -22,7 +22,7 @@ class Rfa final : public Mechanism {
   Capabilities capabilities() const override {
     return {.causal = true, .streaming = true, .backward = true, .fast_kernel = true};
   }
-  void backward(const BackwardArgs& g, Context& ctx) const override {
+  void run_backward(const BackwardArgs& g, Context& ctx) const override {
     validate(g.forward);
     check_backward(g, g.forward.q.dtype);
     if (g.forward.q.dtype == DType::kF64) {
@@ -42,13 +42,15 @@ class Rfa final : public Mechanism {
     check_stream_spec(s);
     auto omega = std::make_shared<std::vector<float>>(projections(s.kv_heads, s.head_dim));
     const cpu::LogFeatures f = features(*omega, s.head_dim);
-    return std::make_unique<FixedStateStream>(
+    return make_state([&] {
+      return std::make_unique<FixedStateStream>(
         s, cpu::LinearState(s.batch, s.kv_heads, c_.features, s.value_dim, /*log_space=*/true),
         [f](auto& st, auto& k, auto& v, Context& ctx) { cpu::log_linear_append(st, k, v, f, ctx); },
         [f](auto& st, auto& q, auto& out, Context& ctx) {
           cpu::log_linear_query(st, q, out, f, ctx);
         },
         omega);
+    });
   }
 
  protected:

@@ -24,7 +24,11 @@ class KvCache final : public StreamingState {
   void append(const ConstTensorView& k, const ConstTensorView& v, Context&) override {
     check_stream_append(spec_, k, v);
     const int64_t t = k.shape[1];
-    if (len_ + t > cap_) reserve(std::max(2 * cap_, len_ + t));
+    if (len_ + t >= kMaxDim) {
+      throw Error("k", "the KV cache would hold " + std::to_string(len_ + t) +
+                           " tokens; at most 2^31 - 1");
+    }
+    if (len_ + t > cap_) reserve(std::min(std::max(2 * cap_, len_ + t), kMaxDim - 1));
     for (int64_t b = 0; b < spec_.batch; ++b)
       for (int64_t h = 0; h < spec_.kv_heads; ++h)
         for (int64_t i = 0; i < t; ++i) {
@@ -48,6 +52,7 @@ class KvCache final : public StreamingState {
     } else {
       cpu::softmax_forward(a, scale_, /*causal=*/false, ctx);
     }
+    check_result(as_const(out), "out", a);
   }
 
   size_t state_bytes() const override { return (keys_.size() + values_.size()) * sizeof(float); }
@@ -70,9 +75,16 @@ class KvCache final : public StreamingState {
     v.stride = {spec_.kv_heads * cap_ * dim, dim, cap_ * dim, 1};
     return v;
   }
+  // Sizes fit in int64: check_stream_spec bounds batch x kv_heads x max_tokens x dims, and
+  // append bounds the length by 2^31.
   void reserve(int64_t cap) {
-    std::vector<float> k(spec_.batch * spec_.kv_heads * cap * spec_.head_dim);
-    std::vector<float> v(spec_.batch * spec_.kv_heads * cap * spec_.value_dim);
+    std::vector<float> k, v;
+    try {
+      k.resize(spec_.batch * spec_.kv_heads * cap * spec_.head_dim);
+      v.resize(spec_.batch * spec_.kv_heads * cap * spec_.value_dim);
+    } catch (const std::bad_alloc&) {
+      throw OutOfMemory("stream: cannot grow the KV cache to " + std::to_string(cap) + " tokens");
+    }
     for (int64_t bh = 0; bh < spec_.batch * spec_.kv_heads; ++bh) {
       std::copy_n(keys_.data() + bh * cap_ * spec_.head_dim, len_ * spec_.head_dim,
                   k.data() + bh * cap * spec_.head_dim);
@@ -104,10 +116,12 @@ class Softmax final : public Mechanism {
 
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
     check_stream_spec(s);
-    return std::make_unique<KvCache>(s, logit_scale(options(), s.head_dim));
+    return make_state([&] {
+      return std::make_unique<KvCache>(s, logit_scale(options(), s.head_dim));
+    });
   }
 
-  void backward(const BackwardArgs& g, Context& ctx) const override {
+  void run_backward(const BackwardArgs& g, Context& ctx) const override {
     const DType in = input_dtype(g.forward);  // float32 or float64 (no bfloat16 gradients)
     const Shape sh = check_qkv(g.forward, in);
     // lse, when given, is the forward's (it saves the backward a forward pass).

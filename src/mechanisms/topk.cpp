@@ -23,7 +23,7 @@ class Topk final : public Mechanism {
            ") " + to_string(options());
   }
 
-  void backward(const BackwardArgs& g, Context& ctx) const override {
+  void run_backward(const BackwardArgs& g, Context& ctx) const override {
     validate(g.forward);
     check_backward(g, g.forward.q.dtype);
     if (g.forward.q.dtype == DType::kF64) {
@@ -71,6 +71,7 @@ void topk_feed_forward(const ConstTensorView& x, const ConstTensorView& keys,
   check_tensor(keys, "keys", 2, dt);
   check_tensor(values, "values", 2, dt);
   check_tensor(as_const(out), "out", 2, dt);
+  detail::check_no_self_overlap(as_const(out), "out");
   if (k < 1) throw Error("k", "must be >= 1, got " + std::to_string(k));
   if (x.shape[1] < 1) throw Error("x", "dim 1 (model dim) must be >= 1");
   if (keys.shape[1] != x.shape[1]) {

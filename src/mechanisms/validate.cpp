@@ -1,7 +1,10 @@
 #include "src/mechanisms/validate.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <string>
+#include <vector>
 
 namespace attnkit::detail {
 namespace {
@@ -13,8 +16,10 @@ inline double as_float(double x) { return x; }
 inline float as_float(float x) { return x; }
 inline float as_float(bfloat16 x) { return to_float(x); }
 
-template <typename T>
-bool all_finite(const ConstTensorView& t) {
+// Calls fn(row pointer, row length) for every last-dimension row of t; stops when fn returns
+// false, and returns false then.
+template <typename T, typename Fn>
+bool for_each_row(const ConstTensorView& t, Fn&& fn) {
   const T* base = t.ptr<const T>();
   const int64_t n3 = t.rank >= 1 ? t.shape[t.rank - 1] : 1;
   int64_t outer[3] = {1, 1, 1}, st[3] = {0, 0, 0};
@@ -24,13 +29,41 @@ bool all_finite(const ConstTensorView& t) {
   }
   for (int64_t a = 0; a < outer[0]; ++a)
     for (int64_t b = 0; b < outer[1]; ++b)
-      for (int64_t c = 0; c < outer[2]; ++c) {
-        const T* p = base + a * st[0] + b * st[1] + c * st[2];
-        bool ok = true;
-        for (int64_t i = 0; i < n3; ++i) ok &= std::isfinite(as_float(p[i]));
-        if (!ok) return false;
-      }
+      for (int64_t c = 0; c < outer[2]; ++c)
+        if (!fn(base + a * st[0] + b * st[1] + c * st[2], n3)) return false;
   return true;
+}
+
+template <typename T>
+bool all_finite(const ConstTensorView& t) {
+  return for_each_row<T>(t, [](const T* p, int64_t n) {
+    bool ok = true;
+    for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(as_float(p[i]));
+    return ok;
+  });
+}
+
+template <typename T>
+double max_abs(const ConstTensorView& t) {
+  double m = 0;
+  for_each_row<T>(t, [&](const T* p, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) m = std::max(m, std::abs(static_cast<double>(as_float(p[i]))));
+    return true;
+  });
+  return m;
+}
+
+double max_abs_of(const ConstTensorView& t) {
+  if (!t.present() || t.data == nullptr) return 0;
+  return t.dtype == DType::kF64    ? max_abs<double>(t)
+         : t.dtype == DType::kBF16 ? max_abs<bfloat16>(t)
+                                   : max_abs<float>(t);
+}
+
+std::string sci(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.3g", x);
+  return buf;
 }
 
 // [lowest, highest] byte address touched by a view (empty views: lo > hi).
@@ -44,12 +77,95 @@ std::pair<uintptr_t, uintptr_t> byte_range(const ConstTensorView& t) {
   return {lo, hi + dtype_size(t.dtype) - 1};
 }
 
+// Exact overlap tests enumerate rows (the contiguous last dimension); past this many rows
+// they give up and answer "may overlap".
+constexpr int64_t kMaxExactRows = int64_t{1} << 22;
+
+int64_t num_rows(const ConstTensorView& t) {
+  int64_t n = 1;
+  for (int i = 0; i + 1 < t.rank; ++i) n *= t.shape[i];
+  return n;
+}
+
+// [start, end) byte intervals of t's rows, tagged with `tag`, appended to rows.
+struct Interval {
+  uintptr_t start, end;
+  int tag;
+};
+void append_rows(const ConstTensorView& t, int tag, std::vector<Interval>& rows) {
+  const size_t es = dtype_size(t.dtype);
+  const uintptr_t bytes = static_cast<uintptr_t>(t.rank ? t.shape[t.rank - 1] : 1) * es;
+  ConstTensorView in_bytes = t;  // the same rows, strides in bytes
+  for (int i = 0; i < t.rank; ++i) in_bytes.stride[i] = t.stride[i] * static_cast<int64_t>(es);
+  for_each_row<char>(in_bytes, [&](const char* p, int64_t) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    rows.push_back({a, a + bytes, tag});
+    return true;
+  });
+}
+
+// Whether two rows with different tags (or, with tags all equal, any two rows) intersect.
+bool intervals_intersect(std::vector<Interval>& rows, bool self) {
+  std::sort(rows.begin(), rows.end(),
+            [](const Interval& a, const Interval& b) { return a.start < b.start; });
+  // Sweep: the furthest end seen so far per tag.
+  uintptr_t end[2] = {0, 0};
+  bool seen[2] = {false, false};
+  for (const Interval& r : rows) {
+    if (r.start == r.end) continue;
+    const int other = self ? r.tag : 1 - r.tag;
+    if (seen[other] && end[other] > r.start) return true;
+    end[r.tag] = seen[r.tag] ? std::max(end[r.tag], r.end) : r.end;
+    seen[r.tag] = true;
+  }
+  return false;
+}
+
 }  // namespace
+
+bool views_overlap(const ConstTensorView& a, const ConstTensorView& b) {
+  const auto [a0, a1] = byte_range(a);
+  const auto [b0, b1] = byte_range(b);
+  if (!(a0 <= a1 && b0 <= b1 && a0 <= b1 && b0 <= a1)) return false;
+  if (num_rows(a) + num_rows(b) > kMaxExactRows) return true;
+  std::vector<Interval> rows;
+  rows.reserve(num_rows(a) + num_rows(b));
+  append_rows(a, 0, rows);
+  append_rows(b, 1, rows);
+  return intervals_intersect(rows, false);
+}
+
+bool view_overlaps_itself(const ConstTensorView& t) {
+  if (!t.present() || t.rank == 0) return false;
+  for (int i = 0; i < t.rank; ++i)
+    if (t.shape[i] == 0) return false;
+  // Sufficient rule first: dims sorted by stride, each stride past the extent of the smaller.
+  std::array<int, kMaxRank> order{};
+  int n = 0;
+  for (int i = 0; i < t.rank; ++i)
+    if (t.shape[i] > 1) order[n++] = i;
+  for (int i = 1; i < n; ++i)  // insertion sort by stride (at most kMaxRank dims)
+    for (int j = i; j > 0 && t.stride[order[j]] < t.stride[order[j - 1]]; --j)
+      std::swap(order[j], order[j - 1]);
+  int64_t extent = 1;
+  bool ok = true;
+  for (int i = 0; i < n && ok; ++i) {
+    ok = t.stride[order[i]] >= extent;
+    extent += (t.shape[order[i]] - 1) * t.stride[order[i]];
+  }
+  if (ok) return false;
+  const int64_t last = t.shape[t.rank - 1];
+  if (last > 1 && t.stride[t.rank - 1] != 1) return true;  // check_tensor reports this one
+  if (num_rows(t) > kMaxExactRows) return true;
+  std::vector<Interval> rows;
+  rows.reserve(num_rows(t));
+  append_rows(t, 0, rows);
+  return intervals_intersect(rows, true);
+}
 
 void check_tensor(const ConstTensorView& t, std::string_view name, int rank, DType dtype) {
   const std::string n(name);
   if (!t.present()) throw Error(n, "is required");
-  if (t.data == nullptr) throw Error(n, "data pointer is null");
   if (t.rank != rank) throw Error(n, "must have rank " + s(rank) + ", got " + s(t.rank));
   if (t.dtype != dtype) {
     throw Error(n, std::string("must be ") + dtype_name(dtype) + ", got " + dtype_name(t.dtype));
@@ -65,6 +181,12 @@ void check_tensor(const ConstTensorView& t, std::string_view name, int rank, DTy
     numel *= std::max<int64_t>(t.shape[i], 1);
     if (numel >= (int64_t{1} << 40)) throw Error(n, "must have fewer than 2^40 elements");
   }
+  // An empty view reads nothing: any pointer (numpy 2 gives empty arrays stride 0; an empty
+  // buffer may have none) and any strides do.
+  bool empty = false;
+  for (int i = 0; i < rank; ++i) empty |= t.shape[i] == 0;
+  if (empty) return;
+  if (t.data == nullptr) throw Error(n, "data pointer is null");
   if (t.stride[rank - 1] != 1 && t.shape[rank - 1] > 1) {
     throw Error(
         n, "last dimension must be contiguous (stride 1), got stride " + s(t.stride[rank - 1]));
@@ -78,11 +200,28 @@ void check_finite(const ConstTensorView& t, std::string_view name) {
   if (!ok) throw Error(std::string(name), "must be finite (found NaN or Inf)");
 }
 
+void check_result(const ConstTensorView& t, std::string_view name, const AttentionArgs& a) {
+  if (t.dtype != DType::kF32 && t.dtype != DType::kF64) return;
+  if (t.dtype == DType::kF64 ? all_finite<double>(t) : all_finite<float>(t)) return;
+  throw Error(std::string(name),
+              std::string(dtype_name(t.dtype)) +
+                  " arithmetic overflowed for these finite inputs (largest |q| " +
+                  sci(max_abs_of(a.q)) + ", |k| " + sci(max_abs_of(a.k)) + ", |v| " +
+                  sci(max_abs_of(a.v)) +
+                  "); scale the inputs or the logit scale down, or use float64");
+}
+
+void check_no_self_overlap(const ConstTensorView& t, std::string_view name) {
+  if (!view_overlaps_itself(t)) return;
+  std::string st;
+  for (int i = 0; i < t.rank; ++i) st += (i ? ", " : "") + s(t.stride[i]);
+  throw Error(std::string(name), "is written, so its elements must not overlap each other (shape " +
+                                     shape_string(t) + ", strides [" + st + "])");
+}
+
 void check_no_overlap(const ConstTensorView& out, std::string_view out_name,
                       const ConstTensorView& in, std::string_view in_name) {
-  const auto [a0, a1] = byte_range(out);
-  const auto [b0, b1] = byte_range(in);
-  if (a0 <= a1 && b0 <= b1 && a0 <= b1 && b0 <= a1) {
+  if (views_overlap(out, in)) {
     throw Error(std::string(out_name), "must not overlap " + std::string(in_name));
   }
 }
@@ -92,6 +231,7 @@ Shape check_qkv(const AttentionArgs& a, DType dtype, DType out_dtype) {
   check_tensor(a.k, "k", 4, dtype);
   check_tensor(a.v, "v", 4, dtype);
   check_tensor(as_const(a.out), "out", 4, out_dtype);
+  check_no_self_overlap(as_const(a.out), "out");
   Shape sh{a.q.shape[0], a.q.shape[1], a.k.shape[1], a.q.shape[2],
            a.k.shape[2], a.q.shape[3], a.v.shape[3]};
   if (sh.B < 1) throw Error("q", "batch must be >= 1");
@@ -125,6 +265,7 @@ Shape check_qkv(const AttentionArgs& a, DType dtype, DType out_dtype) {
   }
   if (a.lse.present()) {
     check_tensor(as_const(a.lse), "lse", 3, DType::kF32);
+    check_no_self_overlap(as_const(a.lse), "lse");
     if (dtype == DType::kF64) throw Error("lse", "is float32 and only for float32 inputs");
     if (a.lse.shape[0] != sh.B || a.lse.shape[1] != sh.Hq || a.lse.shape[2] != sh.Sq) {
       throw Error("lse", "shape must be [B, Hq, Sq] = [" + s(sh.B) + ", " + s(sh.Hq) + ", " +
@@ -176,6 +317,7 @@ void check_memory_args(const AttentionArgs& a, const Shape& sh, DType dtype) {
   check_finite(a.memory, "memory");
   if (a.memory_out.present()) {
     check_tensor(as_const(a.memory_out), "memory_out", 4, dtype);
+    check_no_self_overlap(as_const(a.memory_out), "memory_out");
     if (a.memory_out.shape != a.memory.shape) {
       throw Error("memory_out", "shape " + shape_string(a.memory_out) +
                                     " must equal memory shape " + shape_string(a.memory));
@@ -185,13 +327,32 @@ void check_memory_args(const AttentionArgs& a, const Shape& sh, DType dtype) {
   }
 }
 
-void check_stream_spec(const StreamSpec& s) {
-  if (s.batch < 1 || s.heads < 1 || s.kv_heads < 1 || s.head_dim < 1 || s.value_dim < 1) {
+void check_stream_spec(const StreamSpec& sp) {
+  if (sp.batch < 1 || sp.heads < 1 || sp.kv_heads < 1 || sp.head_dim < 1 || sp.value_dim < 1) {
     throw Error("stream", "batch, heads, kv_heads, head_dim and value_dim must be >= 1");
   }
-  if (s.heads % s.kv_heads != 0) throw Error("stream", "kv_heads must divide heads");
-  if (s.head_dim > kMaxHeadDim || s.value_dim > kMaxHeadDim) {
+  if (sp.batch >= kMaxDim || sp.heads >= kMaxDim) {
+    throw Error("stream", "batch and heads must be < 2^31");
+  }
+  if (sp.heads % sp.kv_heads != 0) throw Error("stream", "kv_heads must divide heads");
+  if (sp.head_dim > kMaxHeadDim || sp.value_dim > kMaxHeadDim) {
     throw Error("stream", "head dims must be <= " + std::to_string(kMaxHeadDim));
+  }
+  if (sp.max_tokens < 0 || sp.max_tokens >= kMaxDim) {
+    throw Error("max_tokens", "must be in [0, 2^31) (0: grow as needed), got " + s(sp.max_tokens));
+  }
+  // Doubles: the products below cannot overflow, and every state is within these bounds.
+  const double rows = static_cast<double>(sp.batch) * sp.heads;
+  if (rows * (sp.head_dim + 1) * (sp.value_dim + 1) >= kMaxStreamElements) {
+    throw Error("stream", "batch x heads x head_dim x value_dim (" + s(sp.batch) + " x " +
+                              s(sp.heads) + " x " + s(sp.head_dim) + " x " + s(sp.value_dim) +
+                              ") must be < 2^40 state elements");
+  }
+  if (static_cast<double>(sp.batch) * sp.kv_heads * sp.max_tokens * (sp.head_dim + sp.value_dim) >=
+      kMaxStreamElements) {
+    throw Error("max_tokens", "a KV cache of " + s(sp.max_tokens) + " tokens x batch " +
+                                  s(sp.batch) + " x kv_heads " + s(sp.kv_heads) +
+                                  " must be < 2^40 elements");
   }
 }
 
@@ -216,6 +377,7 @@ void check_stream_append(const StreamSpec& s, const ConstTensorView& k, const Co
 void check_stream_query(const StreamSpec& s, const ConstTensorView& q, const TensorView& out) {
   check_stream_tensor(q, "q", s, s.heads, s.head_dim);
   check_tensor(as_const(out), "out", 4, DType::kF32);
+  check_no_self_overlap(as_const(out), "out");
   if (out.shape[0] != q.shape[0] || out.shape[1] != q.shape[1] || out.shape[2] != s.heads ||
       out.shape[3] != s.value_dim) {
     throw Error("out", "shape " + shape_string(out) + " must be [B, Tq, Hq, Dv]");
@@ -233,6 +395,7 @@ void check_backward(const BackwardArgs& g, DType dtype) {
   const char* like[] = {"out", "q", "k", "v"};
   for (int t = 0; t < 4; ++t) {
     check_tensor(pairs[t].first, names[t], 4, dtype);
+    if (t > 0) check_no_self_overlap(pairs[t].first, names[t]);
     if (pairs[t].first.shape != pairs[t].second.shape) {
       throw Error(names[t], "shape " + shape_string(pairs[t].first) + " must equal " + like[t] +
                                 " shape " + shape_string(pairs[t].second));
@@ -261,6 +424,7 @@ void check_input_gradient(const BackwardArgs& g, const TensorView& grad, std::st
                           bool required) {
   if (!grad.present() && !required) return;
   check_tensor(as_const(grad), name, input.rank, dtype);
+  check_no_self_overlap(as_const(grad), name);
   if (grad.shape != input.shape) {
     throw Error(std::string(name), "shape " + shape_string(grad) + " must equal " +
                                        std::string(input_name) + " shape " + shape_string(input));

@@ -16,6 +16,7 @@ struct Shape {
 
 inline constexpr int64_t kMaxDim = int64_t{1} << 31;
 inline constexpr int64_t kMaxHeadDim = 1024;
+inline constexpr double kMaxStreamElements = 1099511627776.0;  // 2^40 floats in a stream state
 
 // Mechanisms take float32 (fast kernels) or float64 (references), following q.
 inline DType input_dtype(const AttentionArgs& a) {
@@ -53,6 +54,15 @@ void check_backward(const BackwardArgs& g, DType dtype);
 // Streaming: the spec, appended k [B, T, Hk, Dk] / v [B, T, Hk, Dv], and queries
 // q [B, Tq, Hq, Dk] with out [B, Tq, Hq, Dv] (float32, finite).
 void check_stream_spec(const StreamSpec& s);
+// Builds a stream's state; std::bad_alloc becomes OutOfMemory naming the stream.
+template <typename Make>
+auto make_state(Make&& make) {
+  try {
+    return make();
+  } catch (const std::bad_alloc&) {
+    throw OutOfMemory("stream: cannot allocate the state for this StreamSpec");
+  }
+}
 void check_stream_append(const StreamSpec& s, const ConstTensorView& k, const ConstTensorView& v);
 void check_stream_query(const StreamSpec& s, const ConstTensorView& q, const TensorView& out);
 // The gradient of a learnable input (dgate of gate, dmemory of memory, dfilter of filter):
@@ -61,6 +71,17 @@ void check_stream_query(const StreamSpec& s, const ConstTensorView& q, const Ten
 void check_input_gradient(const BackwardArgs& g, const TensorView& grad, std::string_view name,
                           const ConstTensorView& input, std::string_view input_name, DType dtype,
                           bool required = false);
+// A result (out, memory_out, a gradient) computed from finite inputs must be finite: a NaN
+// or Inf there means the dtype's arithmetic overflowed, and throws Error(name) with the
+// inputs' magnitudes instead of returning garbage.
+void check_result(const ConstTensorView& t, std::string_view name, const AttentionArgs& a);
+// Whether two views share a byte: exact (row intervals) up to 2^22 rows, so slots of one
+// fused buffer are disjoint; beyond that, bounding boxes decide.
+bool views_overlap(const ConstTensorView& a, const ConstTensorView& b);
+// Whether two elements of t share memory (a stride-0 or interleaved output).
+bool view_overlaps_itself(const ConstTensorView& t);
+// An output must not overlap itself: Error(name) otherwise.
+void check_no_self_overlap(const ConstTensorView& t, std::string_view name);
 // out must not share memory with an input.
 void check_no_overlap(const ConstTensorView& out, std::string_view out_name,
                       const ConstTensorView& in, std::string_view in_name);

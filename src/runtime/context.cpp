@@ -1,20 +1,42 @@
 // Context: a persistent thread pool (the caller is worker 0) and per-worker scratch.
 #include "attnkit/context.hpp"
 
-#include <hwy/aligned_allocator.h>
 #include <hwy/targets.h>
+#include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
+#include <fstream>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
-namespace attnkit {
+#include "attnkit/error.hpp"
+#include "src/runtime/memory.hpp"
 
-struct Context::Impl {
-  int threads = 1;
+namespace attnkit {
+namespace {
+
+// The cgroup v2 CPU quota (cpu.max "quota period"), rounded up; 0 when there is none.
+int cgroup_cpus() {
+  std::ifstream f("/sys/fs/cgroup/cpu.max");
+  std::string quota;
+  long long period = 0;
+  if (!(f >> quota >> period) || quota == "max" || period <= 0) return 0;
+  const long long q = std::atoll(quota.c_str());
+  return q > 0 ? static_cast<int>((q + period - 1) / period) : 0;
+}
+
+}  // namespace
+
+// The workers and what they synchronise on. A child process after fork() has none of the
+// threads and possibly a mutex locked by one of them, so it abandons the parent's Pool
+// (never touching it) and starts a fresh one.
+struct Pool {
   std::vector<std::thread> workers;
   std::mutex mu;
   std::condition_variable wake, done;
@@ -24,11 +46,6 @@ struct Context::Impl {
   const std::function<void(int64_t, int)>* fn = nullptr;
   int64_t tasks = 0;
   std::atomic<int64_t> next{0};
-
-  std::vector<hwy::AlignedFreeUniquePtr<float[]>> scratch;
-  size_t scratch_floats = 0;
-  hwy::AlignedFreeUniquePtr<float[]> shared;
-  size_t shared_floats = 0;
 
   void drain(int worker) {
     for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < tasks;) (*fn)(t, worker);
@@ -48,41 +65,110 @@ struct Context::Impl {
       if (--running == 0) done.notify_one();
     }
   }
+
+  void shutdown() {
+    {
+      std::lock_guard lock(mu);
+      stop = true;
+    }
+    wake.notify_all();
+    for (auto& t : workers) t.join();
+    workers.clear();
+  }
+
+  // Starts threads - 1 workers; on failure stops the ones started and throws.
+  void start(int threads) {
+    for (int w = 1; w < threads; ++w) {
+      try {
+        workers.emplace_back([this, w] { loop(w); });
+      } catch (const std::system_error& e) {
+        shutdown();
+        throw Error("threads", "could not start worker thread " + std::to_string(w) + " of " +
+                                   std::to_string(threads - 1) + " (" + e.what() +
+                                   "); ask for fewer threads");
+      }
+    }
+  }
 };
 
+struct Context::Impl {
+  int threads = 1;
+  pid_t pid = 0;  // the process that started `pool`
+  std::unique_ptr<Pool> pool;
+  double min_parallel_work = 1e6;
+
+  std::vector<hwy::AlignedFreeUniquePtr<float[]>> scratch;
+  size_t scratch_floats = 0;
+  hwy::AlignedFreeUniquePtr<float[]> shared;
+  size_t shared_floats = 0;
+
+  Pool& current_pool() {
+    if (pid != getpid()) {
+      // Forked: the parent's threads do not exist here and its mutex may be held. Leak the
+      // old pool (destroying joinable threads would terminate) and start a new one.
+      (void)pool.release();
+      pool = std::make_unique<Pool>();
+      pool->start(threads);
+      pid = getpid();
+    }
+    return *pool;
+  }
+};
+
+int Context::available_cpus() {
+  int n = 0;
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) n = CPU_COUNT(&set);
+  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
+  const int quota = cgroup_cpus();
+  if (quota > 0) n = std::min(n, quota);
+  return std::max(n, 1);
+}
+
+int Context::default_threads() { return available_cpus(); }
+
+int Context::max_threads() { return std::max(4 * available_cpus(), 64); }
+
 Context::Context(int threads) : impl_(std::make_unique<Impl>()) {
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads <= 0) threads = default_threads();
+  if (threads > max_threads()) {
+    throw Error("threads", "must be <= " + std::to_string(max_threads()) +
+                               " (max of 64 and 4x the " + std::to_string(available_cpus()) +
+                               " CPUs this process may use), got " + std::to_string(threads));
+  }
   impl_->threads = threads;
   impl_->scratch.resize(threads);
-  for (int w = 1; w < threads; ++w) impl_->workers.emplace_back([this, w] { impl_->loop(w); });
+  impl_->pool = std::make_unique<Pool>();
+  impl_->pool->start(threads);
+  impl_->pid = getpid();
 }
 
 Context::~Context() {
-  {
-    std::lock_guard lock(impl_->mu);
-    impl_->stop = true;
+  if (impl_->pid == getpid()) {
+    impl_->pool->shutdown();
+  } else {
+    (void)impl_->pool.release();  // a forked child: the threads are the parent's
   }
-  impl_->wake.notify_all();
-  for (auto& t : impl_->workers) t.join();
 }
 
 int Context::num_threads() const { return impl_->threads; }
 
+void Context::set_min_parallel_work(double flops) { impl_->min_parallel_work = flops; }
+
 void Context::parallel_for(int64_t tasks, const std::function<void(int64_t, int)>& fn,
                            double work) {
-  Impl& p = *impl_;
   if (tasks <= 0) return;
-  constexpr double kMinParallelWork = 1e6;  // flops; a wake-up round trip is ~10 us
-  if (p.threads == 1 || tasks == 1 || work < kMinParallelWork) {
+  if (impl_->threads == 1 || tasks == 1 || work < impl_->min_parallel_work) {
     for (int64_t t = 0; t < tasks; ++t) fn(t, 0);
     return;
   }
+  Pool& p = impl_->current_pool();
   {
     std::lock_guard lock(p.mu);
     p.fn = &fn;
     p.tasks = tasks;
     p.next.store(0, std::memory_order_relaxed);
-    p.running = p.threads - 1;
+    p.running = impl_->threads - 1;
     ++p.generation;
   }
   p.wake.notify_all();
@@ -95,7 +181,9 @@ void Context::parallel_for(int64_t tasks, const std::function<void(int64_t, int)
 void Context::reserve_scratch(size_t floats) {
   Impl& p = *impl_;
   if (floats <= p.scratch_floats) return;
-  for (auto& s : p.scratch) s = hwy::AllocateAligned<float>(floats);
+  p.scratch_floats = 0;
+  for (auto& s : p.scratch) s.reset();  // the old buffers go first: they may be large
+  for (auto& s : p.scratch) s = detail::allocate(floats, "workspace (per-thread scratch)");
   p.scratch_floats = floats;
 }
 
@@ -104,10 +192,21 @@ float* Context::scratch(int worker) const { return impl_->scratch[worker].get();
 float* Context::shared_scratch(size_t floats) {
   Impl& p = *impl_;
   if (floats > p.shared_floats) {
-    p.shared = hwy::AllocateAligned<float>(floats);
+    p.shared_floats = 0;
+    p.shared.reset();
+    p.shared = detail::allocate(floats, "workspace (shared scratch)");
     p.shared_floats = floats;
   }
   return p.shared.get();
+}
+
+void Context::trim(size_t keep_bytes) {
+  Impl& p = *impl_;
+  if (workspace_bytes() <= keep_bytes) return;
+  for (auto& s : p.scratch) s.reset();
+  p.scratch_floats = 0;
+  p.shared.reset();
+  p.shared_floats = 0;
 }
 
 size_t Context::workspace_bytes() const {
