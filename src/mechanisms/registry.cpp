@@ -34,6 +34,8 @@ std::unique_ptr<Mechanism> make_mechanism(std::string_view name, const Attention
   if (!std::isfinite(options.scale) || options.scale < 0) {
     throw Error("scale", "must be finite and >= 0 (0 means 1/sqrt(head_dim))");
   }
+  // Kernels compute in float32: a larger scale would become inf there.
+  if (options.scale > 3.4e38) throw Error("scale", "must be <= 3.4e38 (the float32 range)");
   for (const Entry& e : kRegistry) {
     if (name == e.name) {
       KeyValues kv = KeyValues::parse(config);

@@ -17,14 +17,16 @@ inline float as_float(float x) { return x; }
 inline float as_float(bfloat16 x) { return to_float(x); }
 
 // Calls fn(row pointer, row length) for every last-dimension row of t; stops when fn returns
-// false, and returns false then.
+// false, and returns false then. distinct: a stride-0 (broadcast) dimension repeats the same
+// rows, so it is visited once (a broadcast view of 2^30 rows is scanned in one step).
 template <typename T, typename Fn>
-bool for_each_row(const ConstTensorView& t, Fn&& fn) {
+bool for_each_row(const ConstTensorView& t, Fn&& fn, bool distinct = true) {
   const T* base = t.ptr<const T>();
   const int64_t n3 = t.rank >= 1 ? t.shape[t.rank - 1] : 1;
   int64_t outer[3] = {1, 1, 1}, st[3] = {0, 0, 0};
   for (int i = 0; i + 1 < t.rank; ++i) {
-    outer[3 - (t.rank - 1) + i] = t.shape[i];
+    const bool repeat = distinct && t.stride[i] == 0 && t.shape[i] > 0;
+    outer[3 - (t.rank - 1) + i] = repeat ? 1 : t.shape[i];
     st[3 - (t.rank - 1) + i] = t.stride[i];
   }
   for (int64_t a = 0; a < outer[0]; ++a)
@@ -81,9 +83,10 @@ std::pair<uintptr_t, uintptr_t> byte_range(const ConstTensorView& t) {
 // they give up and answer "may overlap".
 constexpr int64_t kMaxExactRows = int64_t{1} << 22;
 
-int64_t num_rows(const ConstTensorView& t) {
+// Rows for_each_row visits (distinct: broadcast dimensions once).
+int64_t num_rows(const ConstTensorView& t, bool distinct) {
   int64_t n = 1;
-  for (int i = 0; i + 1 < t.rank; ++i) n *= t.shape[i];
+  for (int i = 0; i + 1 < t.rank; ++i) n *= distinct && t.stride[i] == 0 ? 1 : t.shape[i];
   return n;
 }
 
@@ -92,16 +95,19 @@ struct Interval {
   uintptr_t start, end;
   int tag;
 };
-void append_rows(const ConstTensorView& t, int tag, std::vector<Interval>& rows) {
+void append_rows(const ConstTensorView& t, int tag, bool distinct, std::vector<Interval>& rows) {
   const size_t es = dtype_size(t.dtype);
   const uintptr_t bytes = static_cast<uintptr_t>(t.rank ? t.shape[t.rank - 1] : 1) * es;
   ConstTensorView in_bytes = t;  // the same rows, strides in bytes
   for (int i = 0; i < t.rank; ++i) in_bytes.stride[i] = t.stride[i] * static_cast<int64_t>(es);
-  for_each_row<char>(in_bytes, [&](const char* p, int64_t) {
-    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-    rows.push_back({a, a + bytes, tag});
-    return true;
-  });
+  for_each_row<char>(
+      in_bytes,
+      [&](const char* p, int64_t) {
+        const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+        rows.push_back({a, a + bytes, tag});
+        return true;
+      },
+      distinct);
 }
 
 // Whether two rows with different tags (or, with tags all equal, any two rows) intersect.
@@ -127,11 +133,12 @@ bool views_overlap(const ConstTensorView& a, const ConstTensorView& b) {
   const auto [a0, a1] = byte_range(a);
   const auto [b0, b1] = byte_range(b);
   if (!(a0 <= a1 && b0 <= b1 && a0 <= b1 && b0 <= a1)) return false;
-  if (num_rows(a) + num_rows(b) > kMaxExactRows) return true;
+  // Repeated (broadcast) rows of one view lie where its first copy does: visited once.
+  if (num_rows(a, true) + num_rows(b, true) > kMaxExactRows) return true;
   std::vector<Interval> rows;
-  rows.reserve(num_rows(a) + num_rows(b));
-  append_rows(a, 0, rows);
-  append_rows(b, 1, rows);
+  rows.reserve(num_rows(a, true) + num_rows(b, true));
+  append_rows(a, 0, true, rows);
+  append_rows(b, 1, true, rows);
   return intervals_intersect(rows, false);
 }
 
@@ -156,10 +163,10 @@ bool view_overlaps_itself(const ConstTensorView& t) {
   if (ok) return false;
   const int64_t last = t.shape[t.rank - 1];
   if (last > 1 && t.stride[t.rank - 1] != 1) return true;  // check_tensor reports this one
-  if (num_rows(t) > kMaxExactRows) return true;
+  if (num_rows(t, false) > kMaxExactRows) return true;
   std::vector<Interval> rows;
-  rows.reserve(num_rows(t));
-  append_rows(t, 0, rows);
+  rows.reserve(num_rows(t, false));
+  append_rows(t, 0, false, rows);
   return intervals_intersect(rows, true);
 }
 

@@ -50,16 +50,31 @@ void linear_ref(const AttentionArgs& a, const AttentionOptions& o, const LinearC
         for (int64_t d = 0; d < n.Dk; ++d) fq[d] = feature(c.feature_map, q[d]);
         double* out = row(a.out, b, i, h);
         std::fill(out, out + n.Dv, 0.0);
-        double z = 0;  // phi(q) . sum_t w_t phi(k_t)
+        // phi = exp: phi(q) . phi(k_j) = sum_d exp(q_d + k_jd), evaluated as
+        // exp(shift) sum_d exp(q_d + k_jd - shift) with shift the row's largest exponent, so
+        // nothing overflows; the kernel normaliser cancels exp(shift) exactly.
+        const bool exp_map = c.feature_map == FeatureMap::kExp;
+        double shift = -std::numeric_limits<double>::infinity();
+        for (int64_t j = 0; exp_map && j < nk; ++j) {
+          const double* k = row(a.k, b, j, hk);
+          for (int64_t d = 0; d < n.Dk; ++d) shift = std::max(shift, q[d] + k[d]);
+        }
+        double z = 0;  // phi(q) . sum_t w_t phi(k_t), times exp(-shift) for phi = exp
         for (int64_t j = 0; j < nk; ++j) {
           const double* k = row(a.k, b, j, hk);
-          for (int64_t d = 0; d < n.Dk; ++d) fk[d] = feature(c.feature_map, k[d]);
           double w = 1.0;
           if (c.gated) {
             const double u = 1.0 / (1.0 + std::exp(-a.gate.at<const double>(b, j, hk)));
             w = u * u;
           }
-          const double score = w * dot(fq.data(), fk.data(), n.Dk);
+          double score = 0;
+          if (exp_map) {
+            for (int64_t d = 0; d < n.Dk; ++d) score += std::exp(q[d] + k[d] - shift);
+            score *= w;
+          } else {
+            for (int64_t d = 0; d < n.Dk; ++d) fk[d] = feature(c.feature_map, k[d]);
+            score = w * dot(fq.data(), fk.data(), n.Dk);
+          }
           z += score;
           const double* v = row(a.v, b, j, hk);
           for (int64_t d = 0; d < n.Dv; ++d) out[d] += score * v[d];
@@ -78,6 +93,7 @@ void linear_ref(const AttentionArgs& a, const AttentionOptions& o, const LinearC
             norm = z > 0 ? 1.0 / z : 0.0;
             break;
         }
+        if (exp_map && c.norm != LinearNorm::kKernel && nk > 0) norm *= std::exp(shift);
         for (int64_t d = 0; d < n.Dv; ++d) out[d] *= norm;
       }
     }
