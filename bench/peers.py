@@ -21,7 +21,7 @@ def attnkit_ms(binary, seqs, threads, reps, *options):
     """Median ms per sequence length from `attnkit bench -f json` with extra options."""
     cmd = [binary, "bench", *options, "-n", ",".join(map(str, seqs)), "-f", "json",
            "--threads", str(threads), "--reps", str(reps)]
-    rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)["rows"]
     return {int(r["seq"]): float(r["median_ms"]) for r in rows}
 
 

@@ -7,3 +7,4 @@
 #include "attnkit/options.hpp"
 #include "attnkit/random.hpp"
 #include "attnkit/tensor.hpp"
+#include "attnkit/version.hpp"

@@ -98,6 +98,10 @@ class Mechanism {
 
   // Empty when args are valid, else the reason ("k: heads (3) must divide q heads (8)").
   std::string check(const AttentionArgs& args) const;
+  // As check, but args.out (and memory_out, lse) may be absent: validates the inputs before
+  // the caller allocates outputs sized from them (a 4 TiB out is never allocated for an
+  // input that breaks a rule).
+  std::string check_inputs(const AttentionArgs& args) const;
   // Validates (throws Error) then computes out (and lse / memory_out when asked). Finite
   // inputs whose arithmetic overflows the dtype (a non-finite out) throw Error("out"), never
   // return NaN or Inf.
@@ -128,6 +132,9 @@ void topk_feed_forward(const ConstTensorView& x, const ConstTensorView& keys,
 
 // Registry: the one place that lists every mechanism.
 std::vector<std::string> mechanism_names();
+// The config keys a mechanism's factory reads, with defaults, allowed values and meaning
+// (recorded by the parser itself, so this list cannot drift from what is accepted).
+std::vector<ConfigKey> config_keys(std::string_view name);
 // config: "key=value,..." parsed by the mechanism's factory; unknown keys are errors.
 std::unique_ptr<Mechanism> make_mechanism(std::string_view name,
                                           const AttentionOptions& options = {},

@@ -73,26 +73,40 @@ struct MemoryConfig {
 
 struct HeinsenConfig {};
 
+// One config key of a mechanism, as its factory reads it: the single source for parsing,
+// `attnkit list`, Python docstrings and docs.
+struct ConfigKey {
+  std::string key;
+  std::string type;           // "int", "float", "bool", "u64" or "choice"
+  std::string default_value;  // as it would be written in a config string
+  std::string allowed;        // "[1, 1024]", "identity|elu1|relu|exp", ...
+  std::string help;           // what it means
+};
+
 // "key=value,key=value" (commas or spaces). Each factory takes the keys it knows
-// and rejects the rest with an Error naming them.
+// and rejects the rest with an Error naming them. Every get_* also records the key (type,
+// default, allowed values, help) in keys(), so parsing "" lists a mechanism's config.
 class KeyValues {
  public:
   KeyValues() = default;
   static KeyValues parse(std::string_view text);
 
-  bool has(std::string_view key) const;
-  int get_int(std::string_view key, int def, int min, int max);
-  double get_double(std::string_view key, double def, double min, double max);
-  bool get_bool(std::string_view key, bool def);
-  uint64_t get_u64(std::string_view key, uint64_t def);
+  int get_int(std::string_view key, int def, int min, int max, std::string_view help);
+  double get_double(std::string_view key, double def, double min, double max,
+                    std::string_view help);
+  bool get_bool(std::string_view key, bool def, std::string_view help);
+  uint64_t get_u64(std::string_view key, uint64_t def, std::string_view help);
   // One of `choices`; returns its index.
-  int get_choice(std::string_view key, int def, const std::vector<std::string>& choices);
+  int get_choice(std::string_view key, int def, const std::vector<std::string>& choices,
+                 std::string_view help);
   // Throws Error("config", ...) naming any key not consumed by a get_*.
   void expect_consumed(std::string_view mechanism) const;
+  const std::vector<ConfigKey>& keys() const { return keys_; }
 
  private:
   std::map<std::string, std::string, std::less<>> kv_;
   std::vector<std::string> consumed_;
+  std::vector<ConfigKey> keys_;
   const std::string* take(std::string_view key);
 };
 

@@ -15,6 +15,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "attnkit/error.hpp"
+
 namespace attnkit {
 
 enum class DType : uint8_t { kF32, kF64, kBF16 };
@@ -134,9 +136,11 @@ inline std::array<int64_t, kMaxRank> contiguous_strides(std::initializer_list<in
   return s;
 }
 
+// A contiguous view of data; const data gives a ConstTensorView.
 template <typename T>
-TensorView make_view(T* data, std::initializer_list<int64_t> shape) {
-  TensorView v;
+std::conditional_t<std::is_const_v<T>, ConstTensorView, TensorView> make_view(
+    T* data, std::initializer_list<int64_t> shape) {
+  std::conditional_t<std::is_const_v<T>, ConstTensorView, TensorView> v;
   v.data = data;
   v.dtype = dtype_of<std::remove_const_t<T>>();
   v.rank = static_cast<int>(shape.size());
@@ -151,14 +155,17 @@ template <typename T>
 class Tensor {
  public:
   Tensor() = default;
-  explicit Tensor(std::initializer_list<int64_t> shape) : shape_(shape) {
-    int64_t n = 1;
-    for (int64_t s : shape) n *= s;
-    data_.assign(static_cast<size_t>(n), T{});
-  }
+  explicit Tensor(std::initializer_list<int64_t> shape) : Tensor(std::vector<int64_t>(shape)) {}
+  // Throws Error("tensor") for a negative size or 2^40 elements or more (checked before the
+  // product could overflow), and std::bad_alloc when the memory cannot be had.
   Tensor(const std::vector<int64_t>& shape) : shape_(shape) {  // NOLINT
+    constexpr int64_t kMax = int64_t{1} << 40;
     int64_t n = 1;
-    for (int64_t s : shape) n *= s;
+    for (int64_t s : shape) {
+      if (s < 0) throw Error("tensor", "sizes must be >= 0, got " + std::to_string(s));
+      if (s > 0 && n > (kMax - 1) / s) throw Error("tensor", "must have fewer than 2^40 elements");
+      n *= s;
+    }
     data_.assign(static_cast<size_t>(n), T{});
   }
   T* data() { return data_.data(); }

@@ -112,7 +112,7 @@ class Gradients(NamedTuple):
     dv: Any
     dgate: Any = None    # linear gated=1
     dmemory: Any = None  # luna, memory
-    dfilter: Any = None  # memory, filter=conv with weights
+    dfilter: Any = None  # memory, filter_type=conv with weights
 
 
 class Mechanism:

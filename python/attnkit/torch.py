@@ -127,7 +127,7 @@ class Attention(nn.Module):
     """The inner product of multi-head attention, (q, k, v) -> out, by an attnkit mechanism.
 
     For mechanisms that read a memory (luna, memory) the module owns it as a parameter
-    [memory_slots, heads, head_dim], shared over the batch; for memory with filter=conv and
+    [memory_slots, heads, head_dim], shared over the batch; for memory with filter_type=conv and
     width > 1 also the filter weights [kv_heads, width] (the depthwise conv of arXiv
     2404.00798, initialised to the box filter). For linear gated=1 pass the gate logits
     [B, Sk, Hk] to forward.
@@ -151,7 +151,7 @@ class Attention(nn.Module):
             self.memory = nn.Parameter(torch.randn(memory_slots, heads, head_dim))
         self.filter = None
         width = int(config.get("width", 1))
-        if mechanism == "memory" and config.get("filter", "conv") == "conv" and width > 1:
+        if mechanism == "memory" and config.get("filter_type", "conv") == "conv" and width > 1:
             self.filter = nn.Parameter(torch.full((kv_heads or heads, width), 1.0 / width))
 
     def extra_repr(self) -> str:

@@ -239,7 +239,10 @@ void MemoryBackward(const BackwardArgs& g, const MemoryConfig& c, float scale, b
       }
       std::fill(dmem, dmem + m * dp, 0.0f);
       for (int64_t tau = chunks - 1; tau >= 0; --tau) {
-        const auto [t0, t1, nv] = span(tau);
+        // Plain variables, not a structured binding: lambdas below capture nv (C++20 allows
+        // capturing bindings, clang 14 does not).
+        int64_t t0, t1, nv;
+        std::tie(t0, t1, nv) = span(tau);
         const float* mem = mems + tau * m * dp;
         std::fill(dprev, dprev + m * dp, 0.0f);
         if (nv > 0) {  // the write

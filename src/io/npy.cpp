@@ -179,6 +179,7 @@ Tensor<float> parse_npy(std::span<const uint8_t> file, std::string_view name) {
   const NpyHeader h = parse_npy_header(file, name);
   Tensor<float> t(h.shape);
   const uint8_t* src = file.data() + h.data_offset;
+  if (t.size() == 0) return t;  // no data: t.data() may be null, which memcpy must not see
   if (h.dtype == DType::kF32) {
     std::memcpy(t.data(), src, t.size() * sizeof(float));
   } else {
@@ -200,7 +201,9 @@ Tensor<float> read_npy(const std::string& path) {
   if (size > (std::streamoff{1} << 36)) throw Error(path, "file is larger than 64 GiB");
   f.seekg(0);
   std::vector<uint8_t> bytes(static_cast<size_t>(size));
-  if (!f.read(reinterpret_cast<char*>(bytes.data()), size)) throw Error(path, "read failed");
+  if (size > 0 && !f.read(reinterpret_cast<char*>(bytes.data()), size)) {
+    throw Error(path, "read failed");
+  }
   return parse_npy(bytes, path);
 }
 
@@ -231,7 +234,9 @@ void write_npy(const std::string& path, const float* data, const std::vector<int
                               static_cast<uint8_t>(dict.size() >> 8)};
   f.write(reinterpret_cast<const char*>(prefix), 10);
   f.write(dict.data(), static_cast<std::streamsize>(dict.size()));
-  f.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * sizeof(float)));
+  if (count > 0) {
+    f.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * sizeof(float)));
+  }
   if (!f) throw Error(path, "write failed");
 }
 

@@ -48,11 +48,14 @@ std::unique_ptr<Mechanism> make_lara(const AttentionOptions& o, KeyValues& kv) {
     throw Error("causal", "lara is non-causal by nature (its landmarks pool the whole sequence)");
   }
   LaraConfig c;
-  c.landmarks = kv.get_int("landmarks", c.landmarks, 1, 65536);
-  c.mis = static_cast<LaraMis>(kv.get_choice("mis", 0, kMis));
-  c.alpha_coeff = kv.get_double("alpha", c.alpha_coeff, -1e6, 1e6);
-  c.sample = kv.get_bool("sample", c.sample);
-  c.seed = kv.get_u64("seed", c.seed);
+  c.landmarks = kv.get_int("landmarks", c.landmarks, 1, 65536,
+                             "C: landmarks (segment means of the queries) per head");
+  c.mis = static_cast<LaraMis>(kv.get_choice("mis", 0, kMis, "multiple-importance-sampling weights"));
+  c.alpha_coeff = kv.get_double("alpha", c.alpha_coeff, -1e6, 1e6,
+                                  "alpha coefficient of the mis weights");
+  c.sample = kv.get_bool("sample", c.sample,
+                          "draw omega_c ~ q_c (training); 0: omega_c = mu_c (eval)");
+  c.seed = kv.get_u64("seed", c.seed, "random draws: same seed, same result");
   return std::make_unique<Lara>(o, c);
 }
 

@@ -119,10 +119,11 @@ class Linear final : public Mechanism {
 std::unique_ptr<Mechanism> make_linear(const AttentionOptions& o, KeyValues& kv) {
   if (o.scale != 0.0) throw Error("scale", "linear attention has no logit scale; leave it 0");
   LinearConfig c;
-  c.feature_map = static_cast<FeatureMap>(kv.get_choice("map", 0, kMaps));
-  c.norm = static_cast<LinearNorm>(kv.get_choice("norm", 0, kNorms));
-  c.gated = kv.get_bool("gated", false);
-  c.chunk = kv.get_int("chunk", c.chunk, 1, 1024);
+  c.feature_map = static_cast<FeatureMap>(kv.get_choice("map", 0, kMaps, "feature map phi of q and k"));
+  c.norm = static_cast<LinearNorm>(kv.get_choice("norm", 0, kNorms,
+                                                     "normaliser: none, 1/T, 1000/T, or phi(q).sum phi(k)"));
+  c.gated = kv.get_bool("gated", false, "gate u_t = sigmoid(gate) weighs token t by u_t^2 (needs gate)");
+  c.chunk = kv.get_int("chunk", c.chunk, 1, 1024, "causal prefill chunk length (kernel blocking)");
   if (c.norm == LinearNorm::kKernel && c.feature_map == FeatureMap::kIdentity) {
     throw Error("config norm", "'kernel' needs a positive feature map (map=elu1, relu or exp)");
   }

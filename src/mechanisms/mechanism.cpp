@@ -17,6 +17,11 @@ std::string Mechanism::check(const AttentionArgs& args) const {
   return {};
 }
 
+std::string Mechanism::check_inputs(const AttentionArgs& args) const {
+  const detail::InputsOnly scope;
+  return check(args);
+}
+
 void Mechanism::forward(const AttentionArgs& args, Context& ctx) const {
   validate(args);
   if (args.q.shape[1] == 0) return;  // no queries: nothing to compute

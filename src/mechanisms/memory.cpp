@@ -36,7 +36,7 @@ class Memory final : public Mechanism {
   }
   std::string describe() const override {
     return "memory(chunk=" + std::to_string(c_.chunk) +
-           ",filter=" + kFilters[static_cast<int>(c_.filter)] +
+           ",filter_type=" + kFilters[static_cast<int>(c_.filter)] +
            ",width=" + std::to_string(c_.filter_width) + ") " + to_string(options());
   }
 
@@ -77,10 +77,13 @@ class Memory final : public Mechanism {
 
 std::unique_ptr<Mechanism> make_memory(const AttentionOptions& o, KeyValues& kv) {
   MemoryConfig c;
-  c.chunk = kv.get_int("chunk", c.chunk, 1, 1 << 20);
-  c.filter_width = kv.get_int("width", c.filter_width, 1, 1024);
-  c.filter = static_cast<MemoryFilter>(kv.get_choice("filter", 0, kFilters));
-  c.pack_temperature = kv.get_double("temperature", c.pack_temperature, 0.0, 1e6);
+  c.chunk = kv.get_int("chunk", c.chunk, 1, 1 << 20, "tokens per chunk (segment)");
+  c.filter_width = kv.get_int("width", c.filter_width, 1, 1024,
+                              "kappa: memory-write filter width (1: no filtering)");
+  c.filter = static_cast<MemoryFilter>(kv.get_choice("filter_type", 0, kFilters,
+                                                          "memory-write filter: conv (weights: the filter array) or maxpool"));
+  c.pack_temperature = kv.get_double("temperature", c.pack_temperature, 0.0, 1e6,
+                                       "memory-write logit divisor (0: sqrt(head_dim))");
   return std::make_unique<Memory>(o, c);
 }
 

@@ -42,8 +42,8 @@ class Ra final : public Mechanism {
 
 std::unique_ptr<Mechanism> make_ra(const AttentionOptions& o, KeyValues& kv) {
   RaConfig c;
-  c.samples = kv.get_int("samples", c.samples, 1, 1 << 20);
-  c.seed = kv.get_u64("seed", c.seed);
+  c.samples = kv.get_int("samples", c.samples, 1, 1 << 20, "Monte-Carlo samples per query");
+  c.seed = kv.get_u64("seed", c.seed, "random draws: same seed, same result");
   return std::make_unique<Ra>(o, c);
 }
 

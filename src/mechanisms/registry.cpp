@@ -29,6 +29,18 @@ std::vector<std::string> mechanism_names() {
   return names;
 }
 
+std::vector<ConfigKey> config_keys(std::string_view name) {
+  for (const Entry& e : kRegistry) {
+    if (name == e.name) {
+      KeyValues kv;
+      (void)e.factory({}, kv);  // defaults: every get_* records its key
+      return kv.keys();
+    }
+  }
+  (void)make_mechanism(name);  // throws the unknown-name Error
+  return {};
+}
+
 std::unique_ptr<Mechanism> make_mechanism(std::string_view name, const AttentionOptions& options,
                                           std::string_view config) {
   if (!std::isfinite(options.scale) || options.scale < 0) {

@@ -86,9 +86,10 @@ class Rfa final : public Mechanism {
 std::unique_ptr<Mechanism> make(const AttentionOptions& o, KeyValues& kv, bool orthogonal,
                                 std::string_view name) {
   RfaConfig c;
-  c.features = kv.get_int("features", c.features, 1, 65536);
-  c.orthogonal = kv.get_bool("orthogonal", orthogonal);
-  c.seed = kv.get_u64("seed", c.seed);
+  c.features = kv.get_int("features", c.features, 1, 65536, "S: random features per head");
+  c.orthogonal = kv.get_bool("orthogonal", orthogonal,
+                              "block-orthogonal draws (Performer FAVOR+); 0: i.i.d.");
+  c.seed = kv.get_u64("seed", c.seed, "random projections: same seed, same result");
   return std::make_unique<Rfa>(o, c, name);
 }
 

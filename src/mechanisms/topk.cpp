@@ -56,8 +56,9 @@ class Topk final : public Mechanism {
 
 std::unique_ptr<Mechanism> make_topk(const AttentionOptions& o, KeyValues& kv) {
   TopkConfig c;
-  c.k = kv.get_int("k", c.k, 1, 1 << 30);
-  c.query_chunk = kv.get_int("query_chunk", c.query_chunk, 1, 1 << 20);
+  c.k = kv.get_int("k", c.k, 1, 1 << 30, "keys kept per query (k >= Sk: exact softmax)");
+  c.query_chunk = kv.get_int("query_chunk", c.query_chunk, 1, 1 << 20,
+                                 "queries scored together (bounds the score memory)");
   return std::make_unique<Topk>(o, c);
 }
 

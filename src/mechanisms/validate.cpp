@@ -170,6 +170,13 @@ bool view_overlaps_itself(const ConstTensorView& t) {
   return intervals_intersect(rows, true);
 }
 
+namespace {
+thread_local int inputs_only_depth = 0;
+}  // namespace
+InputsOnly::InputsOnly() { ++inputs_only_depth; }
+InputsOnly::~InputsOnly() { --inputs_only_depth; }
+bool InputsOnly::active() { return inputs_only_depth > 0; }
+
 void check_tensor(const ConstTensorView& t, std::string_view name, int rank, DType dtype) {
   const std::string n(name);
   if (!t.present()) throw Error(n, "is required");
@@ -237,8 +244,11 @@ Shape check_qkv(const AttentionArgs& a, DType dtype, DType out_dtype) {
   check_tensor(a.q, "q", 4, dtype);
   check_tensor(a.k, "k", 4, dtype);
   check_tensor(a.v, "v", 4, dtype);
-  check_tensor(as_const(a.out), "out", 4, out_dtype);
-  check_no_self_overlap(as_const(a.out), "out");
+  const bool out_given = a.out.present() || !InputsOnly::active();
+  if (out_given) {
+    check_tensor(as_const(a.out), "out", 4, out_dtype);
+    check_no_self_overlap(as_const(a.out), "out");
+  }
   Shape sh{a.q.shape[0], a.q.shape[1], a.k.shape[1], a.q.shape[2],
            a.k.shape[2], a.q.shape[3], a.v.shape[3]};
   if (sh.B < 1) throw Error("q", "batch must be >= 1");
@@ -263,7 +273,7 @@ Shape check_qkv(const AttentionArgs& a, DType dtype, DType out_dtype) {
   if (a.v.shape[2] != sh.Hk)
     throw Error("v", "heads (" + s(a.v.shape[2]) + ") must equal k heads (" + s(sh.Hk) + ")");
   const int64_t want[4] = {sh.B, sh.Sq, sh.Hq, sh.Dv};
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < 4 && out_given; ++i) {
     if (a.out.shape[i] != want[i]) {
       throw Error("out", std::string(kDimNames[i]) + " (" + s(a.out.shape[i]) + ") must be " +
                              s(want[i]) + " (shape [B, Sq, Hq, Dv] = [" + s(sh.B) + ", " +

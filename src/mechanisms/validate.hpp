@@ -34,6 +34,17 @@ inline float logit_scale(const AttentionOptions& o, int64_t head_dim) {
                                            : 1.0 / std::sqrt(static_cast<double>(head_dim)));
 }
 
+// While one is alive on this thread, check_qkv accepts an absent out
+// (Mechanism::check_inputs).
+class InputsOnly {
+ public:
+  InputsOnly();
+  ~InputsOnly();
+  InputsOnly(const InputsOnly&) = delete;
+  InputsOnly& operator=(const InputsOnly&) = delete;
+  static bool active();
+};
+
 // Present, given rank and dtype, sizes in range, last dim contiguous, strides >= 0.
 void check_tensor(const ConstTensorView& t, std::string_view name, int rank, DType dtype);
 // No NaN or Inf anywhere in t.

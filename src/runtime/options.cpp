@@ -40,8 +40,6 @@ KeyValues KeyValues::parse(std::string_view text) {
   return kv;
 }
 
-bool KeyValues::has(std::string_view key) const { return kv_.find(key) != kv_.end(); }
-
 const std::string* KeyValues::take(std::string_view key) {
   auto it = kv_.find(key);
   if (it == kv_.end()) return nullptr;
@@ -49,7 +47,10 @@ const std::string* KeyValues::take(std::string_view key) {
   return &it->second;
 }
 
-int KeyValues::get_int(std::string_view key, int def, int min, int max) {
+int KeyValues::get_int(std::string_view key, int def, int min, int max, std::string_view help) {
+  std::ostringstream range;  // not string concatenation: GCC 12 warns falsely (-Wrestrict)
+  range << "[" << min << ", " << max << "]";
+  keys_.push_back({std::string(key), "int", std::to_string(def), range.str(), std::string(help)});
   const std::string* s = take(key);
   if (!s) return def;
   char* end = nullptr;
@@ -65,7 +66,12 @@ int KeyValues::get_int(std::string_view key, int def, int min, int max) {
   return static_cast<int>(v);
 }
 
-double KeyValues::get_double(std::string_view key, double def, double min, double max) {
+double KeyValues::get_double(std::string_view key, double def, double min, double max,
+                             std::string_view help) {
+  std::ostringstream d, r;
+  d << def;
+  r << "[" << min << ", " << max << "]";
+  keys_.push_back({std::string(key), "float", d.str(), r.str(), std::string(help)});
   const std::string* s = take(key);
   if (!s) return def;
   char* end = nullptr;
@@ -81,7 +87,8 @@ double KeyValues::get_double(std::string_view key, double def, double min, doubl
   return v;
 }
 
-bool KeyValues::get_bool(std::string_view key, bool def) {
+bool KeyValues::get_bool(std::string_view key, bool def, std::string_view help) {
+  keys_.push_back({std::string(key), "bool", def ? "1" : "0", "0|1", std::string(help)});
   const std::string* s = take(key);
   if (!s) return def;
   if (*s == "1" || *s == "true" || *s == "on") return true;
@@ -89,7 +96,8 @@ bool KeyValues::get_bool(std::string_view key, bool def) {
   throw Error("config " + std::string(key), "'" + *s + "' must be true/false/1/0/on/off");
 }
 
-uint64_t KeyValues::get_u64(std::string_view key, uint64_t def) {
+uint64_t KeyValues::get_u64(std::string_view key, uint64_t def, std::string_view help) {
+  keys_.push_back({std::string(key), "u64", std::to_string(def), "[0, 2^64)", std::string(help)});
   const std::string* s = take(key);
   if (!s) return def;
   char* end = nullptr;
@@ -101,7 +109,11 @@ uint64_t KeyValues::get_u64(std::string_view key, uint64_t def) {
   return v;
 }
 
-int KeyValues::get_choice(std::string_view key, int def, const std::vector<std::string>& choices) {
+int KeyValues::get_choice(std::string_view key, int def, const std::vector<std::string>& choices,
+                          std::string_view help) {
+  std::string allowed;
+  for (const auto& c : choices) allowed += (allowed.empty() ? "" : "|") + c;
+  keys_.push_back({std::string(key), "choice", choices[def], allowed, std::string(help)});
   const std::string* s = take(key);
   if (!s) return def;
   for (size_t i = 0; i < choices.size(); ++i) {

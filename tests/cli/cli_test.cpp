@@ -27,8 +27,10 @@ std::string test_dir() {
 
 Result cli(const std::string& args) {
   const std::string log = test_dir() + "/cli.log";
-  const int status =
-      std::system((std::string(ATTNKIT_CLI) + " " + args + " > " + log + " 2>&1").c_str());
+  // "! ; <shell>" runs <shell> as it is; anything else is attnkit's arguments.
+  const std::string cmd =
+      args.rfind("! ; ", 0) == 0 ? args.substr(4) : std::string(ATTNKIT_CLI) + " " + args;
+  const int status = std::system(("(" + cmd + ") > " + log + " 2>&1").c_str());
   std::ifstream f(log);
   std::stringstream s;
   s << f.rdbuf();
@@ -78,31 +80,181 @@ TEST_F(Cli, BadInputsExitWithAClearError) {
   EXPECT_NE(r.code, 0);
 }
 
-TEST_F(Cli, CompareAndBenchFormats) {
-  Result r = cli("compare -n 40 --heads 2 -d 16 --reps 1 -m softmax,linear,topk -f csv");
+// Python's csv and json modules read what -f csv / -f json write (quoted config column,
+// metadata, numbers and booleans as such).
+TEST_F(Cli, CsvAndJsonParseWithPythonsModules) {
+  Result r = cli("compare -n 40 --heads 2 -d 16 --reps 1 -m softmax,linear,topk -f csv > " + dir +
+                 "/c.csv");
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_EQ(r.output.rfind(
-                "mechanism,kernel,time_ms,vs_softmax,peak_MiB,max_abs_err,rel_err,config\n", 0),
-            0u)
+  r = cli("bench -m softmax,linear -n 64,128 --heads 2 -d 16 --reps 2 -f json > " + dir +
+          "/b.json");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string py =
+      "import csv, json, sys\n"
+      "rows = list(csv.DictReader(open(sys.argv[1])))\n"
+      "assert [r['mechanism'] for r in rows] == ['softmax', 'linear', 'topk'], rows\n"
+      "assert rows[2]['config'].startswith('topk(k=32,query_chunk=256)'), rows[2]\n"
+      "assert all(len(r) == 9 and r['status'] == 'ok' for r in rows), rows\n"
+      "float(rows[1]['max_abs_err'])\n"
+      "d = json.load(open(sys.argv[2]))\n"
+      "assert d['attnkit_version'] and d['cpu'] and d['simd'].startswith('dispatch'), d\n"
+      "assert isinstance(d['threads'], int) and d['shape']['heads'] == 2, d\n"
+      "assert d['shape']['causal'] is False, d\n"
+      "assert [(r['seq'], type(r['median_ms'])) for r in d['rows']][:2] == "
+      "[(64, float), (128, float)], d\n"
+      "assert d['rows'][2]['GFLOP/s'] is None and d['rows'][2]['mechanism'].startswith('linear')\n"
+      "print('parsed')\n";
+  {
+    std::ofstream f(dir + "/check.py");
+    f << py;
+  }
+  r = cli("! ; python3 " + dir + "/check.py " + dir + "/c.csv " + dir + "/b.json");
+  EXPECT_NE(r.output.find("parsed"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, BenchAndDecodeRowsSayWhatTheyMeasure) {
+  Result r = cli("bench -m linear -n 64 --heads 2 -d 16 --reps 1 --bf16 -f csv");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find(" bf16\",forward,64,"), std::string::npos) << r.output;
+  r = cli("bench -m heinsen,linear --decode -n 100 --heads 2 -d 16 --reps 2 -f csv");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find(",decode step (append 1 + query 1),100,"), std::string::npos)
       << r.output;
-  EXPECT_NE(r.output.find("\nsoftmax,fast,"), std::string::npos);
-  r = cli("bench -m softmax -n 64,128 --heads 2 -d 16 --reps 2 -f json");
-  ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("\"seq\": 128"), std::string::npos) << r.output;
-  r = cli("bench -m linear -n 64 --heads 2 -d 16 --reps 1 --bf16 -f csv");
-  ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find(" bf16,64,"), std::string::npos) << r.output;
-  r = cli("bench -m heinsen --decode -n 100 --heads 2 -d 16 --reps 2 -f csv");
-  ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find(",100,"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\n\"linear("), std::string::npos) << r.output;
   r = cli("bench -m luna --backward --causal -n 64 --heads 2 -d 16 --reps 1 -f csv");
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find(" backward,64,"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(",\"backward (dq, dk, dv)\",64,"), std::string::npos) << r.output;
   r = cli("bench -m ra --backward -n 64 --heads 2 -d 16 --reps 1");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("backward: ra has no backward pass yet"), std::string::npos) << r.output;
   r = cli("list");
   EXPECT_NE(r.output.find("heinsen"), std::string::npos);
+  EXPECT_NE(r.output.find("filter_type"), std::string::npos) << "config keys listed";
+}
+
+// compare goes on past a mechanism that rejects the shape, and says why.
+TEST_F(Cli, CompareReportsSkippedRows) {
+  const Result r = cli("compare -n 40 --heads 2 -d 16 --reps 1 --causal -m softmax,lara,linear");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("skipped: causal: lara is non-causal by nature"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("\nlinear "), std::string::npos) << r.output;
+}
+
+// The parser's own errors, repeated -c, --key-lengths, --version and defaults in --help.
+TEST_F(Cli, OptionsAreCheckedAndDocumented) {
+  Result r = cli("compare --nonsense");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.output.rfind("attnkit: error: ", 0), 0u) << r.output;
+  r = cli("run -f csv " + qkv() + " -o " + dir + "/o.npy");
+  EXPECT_EQ(r.code, 2) << "run has no --format: " << r.output;
+  r = cli("list --causal");
+  EXPECT_EQ(r.code, 2) << "list has no --causal: " << r.output;
+  r = cli("compare -n 40 --heads 2 -d 16 --reps 1 -m topk -c topk:k=4 -c topk:query_chunk=8 -f csv");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("topk(k=4,query_chunk=8)"), std::string::npos) << "both -c: " << r.output;
+  r = cli("compare -n 40 -m topk -c topk:k=4 -c topk:bogus=1");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("unknown key 'bogus'"), std::string::npos) << r.output;
+  r = cli("compare -n 40 -m topk -c topk:k=4 -c topk:k=5");
+  EXPECT_NE(r.output.find("key 'k' given twice"), std::string::npos) << r.output;
+  r = cli("compare -n 40 -m topk -c linear:map=elu1");
+  EXPECT_NE(r.output.find("--config: 'linear:map=elu1' names 'linear', which this command does not"),
+            std::string::npos)
+      << r.output;
+  r = cli("run -m softmax --key-lengths 4294967297,3 " + qkv() + " -o " + dir + "/o.npy");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("--key-lengths: '4294967297': must be integers in [0, 2147483647]"),
+            std::string::npos)
+      << r.output;
+  io::write_npy(dir + "/q2.npy", p.q.f32.data(), {2, 37, 1, 16});
+  io::write_npy(dir + "/k2.npy", p.k.f32.data(), {2, 50, 1, 16});
+  r = cli("run -m softmax --key-lengths 41,0 --q " + dir + "/q2.npy --k " + dir + "/k2.npy --v " +
+          dir + "/k2.npy -o " + dir + "/o.npy");
+  EXPECT_EQ(r.code, 0) << "0 keys is allowed: " << r.output;
+  r = cli("--version");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_EQ(r.output, std::string("attnkit ") + kVersion + "\n");
+  r = cli("bench --help");
+  EXPECT_NE(r.output.find("1024,2048,4096"), std::string::npos) << "defaults shown: " << r.output;
+  r = cli("bench -n 99999999999999999999");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("--seq: '99999999999999999999': must be integers"), std::string::npos)
+      << r.output;
+  r = cli("bench -b 1048576 --heads 4096 -d 1024 -n 16777216");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("shape: batch x seq x heads x dim"), std::string::npos) << r.output;
+  r = cli("compare -n 40 -t 100000");
+  EXPECT_EQ(r.code, 2);
+  r = cli("compare -n 40 -t 1000");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("threads: must be <="), std::string::npos) << r.output;
+}
+
+// --layout bhsd reads [B, H, S, D] files through strides (same answer as the bshd files);
+// mixing the layouts between q and k is refused instead of running as GQA.
+TEST_F(Cli, LayoutOptionAndMixedLayouts) {
+  const int64_t S = 37, H = 2, D = 16;
+  std::vector<float> qh(S * H * D);
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t d = 0; d < D; ++d) qh[(h * S + s) * D + d] = p.q.f32[(s * H + h) * D + d];
+  io::write_npy(dir + "/qh.npy", qh.data(), {1, H, S, D});
+  io::write_npy(dir + "/kh.npy", p.k.f32.data(), {1, 50, H, D});  // bshd k
+  Result r = cli("run -m softmax --q " + dir + "/qh.npy --k " + dir + "/kh.npy --v " + dir +
+                 "/kh.npy -o " + dir + "/o.npy");
+  EXPECT_EQ(r.code, 2) << r.output;
+  std::vector<float> kh(50 * H * D), vh(50 * H * D);
+  for (int64_t s = 0; s < 50; ++s)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t d = 0; d < D; ++d) {
+        kh[(h * 50 + s) * D + d] = p.k.f32[(s * H + h) * D + d];
+        vh[(h * 50 + s) * D + d] = p.v.f32[(s * H + h) * D + d];
+      }
+  io::write_npy(dir + "/qh.npy", qh.data(), {H, S, D});
+  io::write_npy(dir + "/kh.npy", kh.data(), {H, 50, D});
+  io::write_npy(dir + "/vh.npy", vh.data(), {H, 50, D});
+  r = cli("run -m softmax --layout bhsd --q " + dir + "/qh.npy --k " + dir + "/kh.npy --v " + dir +
+          "/vh.npy -o " + dir + "/oh.npy");
+  ASSERT_EQ(r.code, 0) << r.output;
+  ASSERT_EQ(cli("run -m softmax " + qkv() + " -o " + dir + "/o.npy").code, 0);
+  const Tensor<float> oh = io::read_npy(dir + "/oh.npy"), o = io::read_npy(dir + "/o.npy");
+  ASSERT_EQ(oh.shape(), (std::vector<int64_t>{H, S, D}));
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t d = 0; d < D; ++d)
+        EXPECT_EQ(oh[(h * S + s) * D + d], o[(s * H + h) * D + d]);
+}
+
+// Zero-length q or k are valid inputs (as in the library and Python); an empty .npy file and
+// a zero-size array read without touching a null pointer.
+TEST_F(Cli, EmptySequencesRun) {
+  io::write_npy(dir + "/q0.npy", p.q.f32.data(), {0, 2, 16});
+  Result r = cli("run -m softmax --q " + dir + "/q0.npy --k " + dir + "/k.npy --v " + dir +
+                 "/v.npy -o " + dir + "/o0.npy");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(io::read_npy(dir + "/o0.npy").shape(), (std::vector<int64_t>{0, 2, 16}));
+  io::write_npy(dir + "/k0.npy", p.k.f32.data(), {0, 2, 16});
+  r = cli("run -m linear --q " + dir + "/q.npy --k " + dir + "/k0.npy --v " + dir +
+          "/k0.npy -o " + dir + "/o1.npy");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const Tensor<float> o1 = io::read_npy(dir + "/o1.npy");
+  for (float x : o1.vec()) EXPECT_EQ(x, 0.0f);
+  { std::ofstream(dir + "/empty.npy"); }
+  r = cli("run --q " + dir + "/empty.npy --k " + dir + "/k.npy --v " + dir + "/v.npy -o " + dir +
+          "/o2.npy");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("empty.npy: "), std::string::npos) << r.output;
+}
+
+// A thread the system refuses to start (address space capped with ulimit -v) is a clear
+// error with exit code 2, not an abort.
+TEST_F(Cli, RefusedThreadsAreAnError) {
+  const Result r = cli("! ; (ulimit -v 400000; " + std::string(ATTNKIT_CLI) +
+                       " compare -n 64 --heads 2 -d 16 -m softmax -t 64)");
+  EXPECT_NE(r.output.find("attnkit: error: threads: could not start worker thread"),
+            std::string::npos)
+      << r.output;
 }
 
 }  // namespace

@@ -10,7 +10,7 @@ TEST(Memory, MatchesReferenceOverTheSweep) {
   for (const auto& [cfg, c] : std::vector<std::pair<std::string, MemoryConfig>>{
            {"chunk=16", {.chunk = 16}},
            {"chunk=7,width=3", {.chunk = 7, .filter_width = 3}},
-           {"chunk=32,width=4,filter=maxpool,temperature=2",
+           {"chunk=32,width=4,filter_type=maxpool,temperature=2",
             {.chunk = 32,
             .filter_width = 4,
             .filter = MemoryFilter::kMaxPool,
@@ -45,7 +45,7 @@ TEST(Memory, BackwardKernelMatchesReference) {
   uint32_t seed = 900;
   for (bool causal : {false, true}) {
     for (const char* config :
-         {"chunk=16", "chunk=7,width=3", "chunk=32,width=4,filter=maxpool", "chunk=128"}) {
+         {"chunk=16", "chunk=7,width=3", "chunk=32,width=4,filter_type=maxpool", "chunk=128"}) {
       const bool weights = std::string(config) == "chunk=7,width=3";
       for (const Dims& d : {Dims{1, 70, 70, 2, 2, 32, 32}, Dims{2, 45, 45, 4, 2, 16, 16}}) {
         Problem p(d, seed++, Layout::kHeadMajorPadded, /*memory_len=*/5);

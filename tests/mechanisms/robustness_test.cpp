@@ -38,7 +38,7 @@ TEST(Robustness, SoftmaxStreamRejectsHostileMaxTokens) {
 }
 
 TEST(Robustness, HugeStreamSpecsNameTheStream) {
-  for (const std::string& name : {"linear", "heinsen", "rfa", "softmax"}) {
+  for (const char* name : {"linear", "heinsen", "rfa", "softmax"}) {
     const auto m = make_mechanism(name);
     StreamSpec s{.batch = int64_t{1} << 30, .heads = 64, .kv_heads = 64, .head_dim = 64,
                  .value_dim = 64};
@@ -237,7 +237,7 @@ TEST(Robustness, FusedBufferSlotsAreNotOverlaps) {
 TEST(Robustness, EmptyViewsTakeAnyStridesAndNullData) {
   Context ctx(1);
   std::vector<float> k(4 * 8, 1.0f), out(4 * 8, 7.0f);
-  for (const std::string& name : {"softmax", "linear", "topk"}) {
+  for (const char* name : {"softmax", "linear", "topk"}) {
     ConstTensorView empty_q{};
     empty_q.rank = 4;
     empty_q.shape = {1, 0, 1, 8};

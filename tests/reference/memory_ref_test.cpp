@@ -97,7 +97,7 @@ TEST(MemoryRef, BackwardEqualsCentralFiniteDifferencesIncludingMemory) {
   uint32_t seed = 95;
   for (bool causal : {false, true}) {
     for (const char* config :
-         {"chunk=2", "chunk=3,width=3", "chunk=4,width=2,filter=maxpool", "chunk=100"}) {
+         {"chunk=2", "chunk=3,width=3", "chunk=4,width=2,filter_type=maxpool", "chunk=100"}) {
       const bool weights = std::string(config) == "chunk=3,width=3";
       Problem p({1, 7, 7, 2, 1, 3, 3}, seed++, Layout::kContiguous, /*memory_len=*/2);
       p.key_lengths = {6};

@@ -19,6 +19,7 @@ struct Common {
 
 struct RunArgs {
   std::string mechanism = "softmax", q, k, v, out, memory, memory_out, gate, key_lengths;
+  std::string layout = "bshd";  // how rank-3/4 .npy files are laid out: bshd or bhsd
 };
 int cmd_run(const Common& c, const RunArgs& r);
 
@@ -31,7 +32,7 @@ struct CompareArgs {
 int cmd_compare(const Common& c, const CompareArgs& a);
 
 struct BenchArgs {
-  std::string mechanism = "softmax";
+  std::vector<std::string> mechanisms = {"softmax"};
   Shape shape;
   std::string seqs = "1024,2048,4096";
   int warmup = 2, reps = 10;
@@ -42,5 +43,10 @@ struct BenchArgs {
 int cmd_bench(const Common& c, const BenchArgs& a);
 
 int cmd_list(const Common& c);
+
+// The config text for `name` from every -c name:key=value,... given (joined; a key given
+// twice is an Error). Every -c must name a mechanism in `used`.
+std::string config_for(const Common& c, const std::string& name);
+void check_configs(const Common& c, const std::vector<std::string>& used);
 
 }  // namespace attnkit::cli

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "attnkit/attnkit.hpp"
 
 namespace attnkit::cli {
@@ -35,7 +37,7 @@ Timing time_runs(int warmup, int reps, const std::function<void()>& fn);
 // clear_refs); -1 where the kernel does not allow the reset.
 int64_t peak_memory_growth(const std::function<void()>& fn);
 
-// "\r[i/n] what" on stderr when it is a terminal.
+// "\r[i/n] what  elapsed 3.2 s, ETA 5.1 s" on stderr when it is a terminal.
 class Progress {
  public:
   explicit Progress(int total);
@@ -45,16 +47,26 @@ class Progress {
  private:
   int total_, done_ = 0;
   bool tty_;
+  double start_s_;
 };
 
-// A table printed as aligned text, CSV or JSON.
+// A table printed as aligned text, CSV (RFC 4180 quoting) or JSON (nlohmann-json: an object
+// with `meta` and `rows`, numbers and booleans as such). Cells are JSON values: strings,
+// numbers, booleans, or null for "not applicable".
 struct Table {
   std::vector<std::string> columns;
-  std::vector<std::vector<std::string>> rows;
+  std::vector<std::vector<nlohmann::json>> rows;
+  nlohmann::json meta = nlohmann::json::object();  // version, cpu, simd, threads, shape, ...
   std::string render(const std::string& format) const;  // "table", "csv", "json"
 };
+// The metadata every JSON report carries: attnkit version, CPU model, SIMD target, threads.
+nlohmann::json run_meta(const std::string& command, int threads);
+nlohmann::json shape_json(const Shape& s, bool causal);
 
 std::string fmt(double x, int precision = 3);
-std::vector<int64_t> parse_int_list(const std::string& text, const std::string& option);
+// Comma-separated integers in [min, max]; out-of-range or overflowing values are errors
+// naming the option (never narrowed).
+std::vector<int64_t> parse_int_list(const std::string& text, const std::string& option,
+                                    int64_t min = 1, int64_t max = int64_t{1} << 40);
 
 }  // namespace attnkit::cli
