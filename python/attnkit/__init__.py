@@ -16,14 +16,17 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from ._core import Error, cpu_report, num_threads, set_num_threads
+from ._core import Error, available_cpus, cpu_report, max_threads, num_threads, set_num_threads
 from ._core import Mechanism as _CoreMechanism
+from ._core import config_keys as _config_keys
 from ._core import mechanism_names as _mechanism_names
 from ._core import topk_feed_forward as _topk_feed_forward
+from ._core import version as _version
 
-__all__ = ["Error", "Gradients", "Mechanism", "Stream", "attention", "cpu_report", "mechanisms",
-           "num_threads", "set_num_threads", "topk_feed_forward"]
-__version__ = "0.1.0"
+__all__ = ["Error", "Gradients", "Mechanism", "Stream", "attention", "available_cpus",
+           "config_keys", "cpu_report", "max_threads", "mechanisms", "num_threads",
+           "set_num_threads", "topk_feed_forward"]
+__version__ = _version()
 
 
 def mechanisms() -> list[str]:
@@ -31,25 +34,63 @@ def mechanisms() -> list[str]:
     return list(_mechanism_names())
 
 
+def config_keys(mechanism: str) -> list[dict]:
+    """The config keys ``Mechanism(mechanism, **config)`` accepts: dicts with key, type,
+    default, allowed and help, as the C++ factory reads them (the same list `attnkit list`
+    prints)."""
+    return list(_config_keys(mechanism))
+
+
+def _config_table() -> str:
+    lines = []
+    for name in mechanisms():
+        keys = config_keys(name)
+        lines.append(f"    {name}:" + ("" if keys else " (no config keys)"))
+        for k in keys:
+            lines.append(f"        {k['key']}={k['default']}  ({k['type']} {k['allowed']}): "
+                         f"{k['help']}")
+    return "\n".join(lines)
+
+
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
 
 
-def _array(x: Any, name: str, required: bool = False) -> Any:
+_DTYPES = "float32, float64 or bfloat16"
+
+
+def _array(x: Any, name: str, required: bool = False, writable: bool = False) -> Any:
     """x as something the extension reads in place: numpy arrays and DLPack tensors pass as
-    they are; lists and scalars become numpy arrays (a copy, as numpy makes one)."""
-    if x is None and required:
-        raise Error(f"{name}: is required (got None)")
-    if x is None or isinstance(x, np.ndarray) or hasattr(x, "__dlpack__"):
-        if _is_torch(x) and x.requires_grad:
+    they are; lists and scalars become numpy arrays (a copy, as numpy makes one). What the
+    extension could not take (object dtypes, odd strides, read-only outputs) is an Error
+    naming the argument here, not a TypeError from the binding."""
+    if x is None:
+        if required:
+            raise Error(f"{name}: is required (got None)")
+        return None
+    if not (isinstance(x, np.ndarray) or hasattr(x, "__dlpack__")):
+        try:
+            x = np.asarray(x)
+        except (TypeError, ValueError) as e:
+            raise Error(f"{name}: must be an array ({e})") from None
+    if _is_torch(x):
+        if x.requires_grad:
             raise Error(f"{name}: requires grad; use attnkit.torch for autograd, "
                         f"or pass {name}.detach()")
-        if _is_torch(x) and x.device.type != "cpu":
+        if x.device.type != "cpu":
             raise Error(f"{name}: must be on the CPU (got {x.device})")
-        if isinstance(x, np.ndarray) and not x.dtype.isnative:
-            raise Error(f"{name}: byte order must be native (got {x.dtype.str})")
         return x
-    return np.asarray(x)
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "fiub" or x.dtype.kind == "f" and x.dtype.itemsize not in (4, 8):
+            raise Error(f"{name}: dtype must be {_DTYPES} (got {x.dtype})")
+        if not x.dtype.isnative:
+            raise Error(f"{name}: byte order must be native (got {x.dtype.str})")
+        if any(st % x.itemsize for st in x.strides):
+            raise Error(f"{name}: strides {x.strides} must be multiples of the item size "
+                        f"({x.itemsize} bytes)")
+        if writable and not x.flags.writeable:
+            raise Error(f"{name}: is written, so it must be a writable array")
+    return x
 
 
 def _out_dtype(q: Any) -> Any:
@@ -99,11 +140,30 @@ def _key_lengths(lengths: Any) -> Optional[np.ndarray]:
 
 
 def _config_string(config: dict) -> str:
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool):
-            return "1" if v else "0"
-        return str(v)
-    return ",".join(f"{k}={fmt(v)}" for k, v in config.items())
+    """key=value,... for the C++ parser; a value that would split into other keys is refused
+    (k="5,query_chunk=1" must not set query_chunk)."""
+    def fmt(k: str, v: Any) -> str:
+        if isinstance(v, (np.ndarray, list, tuple, dict)) or hasattr(v, "__dlpack__"):
+            hint = (" (the memory filter weights are the filter argument; the filter kind is "
+                    "filter_type)") if k == "filter_type" else ""
+            raise Error(f"config {k}: must be a number, bool or name, got {type(v).__name__}"
+                        + hint)
+        text = ("1" if v else "0") if isinstance(v, (bool, np.bool_)) else str(v)
+        if not text or any(c in text for c in ", =\t\n"):
+            raise Error(f"config {k}: value {text!r} must be non-empty without ',', '=' or "
+                        "spaces")
+        return text
+    for k in config:
+        if not k or any(c in k for c in ", =\t\n:"):
+            raise Error(f"config: key {k!r} must be a plain name")
+    return ",".join(f"{k}={fmt(k, v)}" for k, v in config.items())
+
+
+def _check_filter(filter: Any) -> None:
+    if isinstance(filter, str):
+        raise Error(f"filter: is the memory's conv filter weights [Hk, width] (got the string "
+                    f"{filter!r}); the filter kind is the config key filter_type, e.g. "
+                    f"filter_type={filter!r}")
 
 
 class Gradients(NamedTuple):
@@ -115,19 +175,29 @@ class Gradients(NamedTuple):
     dfilter: Any = None  # memory, filter_type=conv with weights
 
 
+def _restore(name: str, causal: bool, scale: Optional[float], config: dict) -> "Mechanism":
+    return Mechanism(name, causal=causal, scale=scale, **config)
+
+
 class Mechanism:
     """One attention mechanism with its options and config.
 
-    ``Mechanism("topk", causal=True, k=32)``; config keys are those of ``attnkit list`` and
-    docs/MECHANISMS.md (unknown keys are errors). ``scale=None`` is 1/sqrt(head dim).
+    ``Mechanism("topk", causal=True, k=32)``; unknown keys are errors. ``scale=None`` is
+    1/sqrt(head dim). Picklable (copy.deepcopy, torch.save of a module holding one).
+    Config keys per mechanism (``attnkit.config_keys(name)``), key=default:
     """
 
     def __init__(self, name: str, *, causal: bool = False, scale: Optional[float] = None,
                  **config: Any) -> None:
         if scale is not None and not scale > 0:
             raise Error(f"scale: must be > 0 (got {scale})")
+        self._args = (str(name), bool(causal), None if scale is None else float(scale),
+                      dict(config))
         self._m = _CoreMechanism(name, 0.0 if scale is None else float(scale), bool(causal),
                                  _config_string(config))
+
+    def __reduce__(self) -> tuple:
+        return (_restore, self._args)
 
     name = property(lambda self: self._m.name)
     causal = property(lambda self: self._m.causal)
@@ -154,10 +224,17 @@ class Mechanism:
         return_memory adds the packed / final memory [B, L, Hq, Dv] (luna, memory).
         """
         q, k, v = (_array(t, n, required=True) for t, n in ((q, "q"), (k, "k"), (v, "v")))
+        _check_filter(filter)
         memory, gate, filter = _array(memory, "memory"), _array(gate, "gate"), _array(
             filter, "filter")
+        lengths = _key_lengths(key_lengths)
+        # Every input rule first: outputs sized from a bad input are never allocated.
+        self._m.check_inputs(q, k, v, key_lengths=lengths, memory=memory, gate=gate,
+                             filter=filter)
         if out is None:
             out = _empty(q, _result_shape(q, v), _out_dtype(q))
+        else:
+            out = _array(out, "out", writable=True)
         lse = mem_out = None
         if return_lse:
             qs = _shape(q)
@@ -169,7 +246,7 @@ class Mechanism:
             ms, vs = _shape(memory), _shape(v)
             mem_shape = ms[:3] + vs[3:] if len(ms) == 4 and len(vs) == 4 else (1, 1, 1, 1)
             mem_out = _empty(q, mem_shape, _out_dtype(q))
-        self._m.forward(q, k, v, out, lse=lse, key_lengths=_key_lengths(key_lengths),
+        self._m.forward(q, k, v, out, lse=lse, key_lengths=lengths,
                         memory=memory, memory_out=mem_out, gate=gate, filter=filter)
         if not (return_lse or return_memory):
             return out
@@ -197,6 +274,7 @@ class Mechanism:
         forward's lse (``forward(..., return_lse=True)``) saves the backward a forward pass."""
         args = [_array(t, n, required=True)
                 for t, n in ((q, "q"), (k, "k"), (v, "v"), (out, "out"), (dout, "dout"))]
+        _check_filter(filter)
         memory, gate, filter = _array(memory, "memory"), _array(gate, "gate"), _array(
             filter, "filter")
         dq, dk, dv = (_empty(t, _shape(t), t.dtype) for t in args[:3])
@@ -223,7 +301,9 @@ class Stream:
 
     def query(self, q: Any, out: Any = None) -> Any:
         q = _array(q, "q", required=True)
-        if out is None:
+        if out is not None:
+            out = _array(out, "out", writable=True)
+        else:
             qs = _shape(q)
             out = _empty(q, qs[:3] + (self._value_dim,) if len(qs) == 4 else (1, 1, 1, 1),
                          _float32(q))
@@ -251,3 +331,6 @@ def topk_feed_forward(x: Any, keys: Any, values: Any, k: int) -> Any:
     out = _empty(x, (_shape(x)[0], vs[1] if len(vs) == 2 else 1), _out_dtype(x))
     _topk_feed_forward(x, keys, values, out, int(k))
     return out
+
+
+Mechanism.__doc__ += _config_table() + "\n"

@@ -71,6 +71,11 @@ def _apply(mechanism: _ak.Mechanism, q: torch.Tensor, k: torch.Tensor, v: torch.
            memory: Optional[torch.Tensor], filter: Optional[torch.Tensor]) -> torch.Tensor:
     if layout not in _LAYOUTS:
         raise _ak.Error(f"layout: must be one of {_LAYOUTS} (got {layout!r})")
+    _ak._check_filter(filter)
+    for t, name in ((q, "q"), (k, "k"), (v, "v"), (gate, "gate"), (memory, "memory"),
+                    (filter, "filter")):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise _ak.Error(f"{name}: must be a torch.Tensor (got {type(t).__name__})")
     if layout == "bhsd":  # views, not copies: the kernels take any batch/sequence/head strides
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     tracked = torch.is_grad_enabled() and any(

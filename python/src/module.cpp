@@ -11,6 +11,9 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <pthread.h>
+#include <utility>
+#include <vector>
 #include <optional>
 #include <string>
 
@@ -69,24 +72,68 @@ TensorView out_view(const std::optional<OutArray>& a, const char* name) {
   return a ? to_view<TensorView>(*a, name) : TensorView{};
 }
 
-// One process-wide Context (thread pool + scratch). Context::parallel_for is not reentrant,
-// so calls from several Python threads take turns on it.
+// Contexts (thread pool + scratch) for the Python threads that call attnkit: each call takes
+// one that is free, or makes one, so concurrent calls run concurrently (Context::parallel_for
+// is not reentrant, so a Context serves one call at a time). After a call the Context gives
+// its scratch back when it holds more than kKeepScratch, so one long sequence does not pin
+// its workspace for the life of the process.
+constexpr size_t kKeepScratch = size_t{64} << 20;
+
 struct Runtime {
-  std::mutex mu;
-  std::unique_ptr<attnkit::Context> ctx;
+  std::mutex mu;  // guards free and threads; held only to take or give back a Context
+  std::vector<std::unique_ptr<attnkit::Context>> free;
   int threads = 0;
-  attnkit::Context& get() {
-    if (!ctx) ctx = std::make_unique<attnkit::Context>(threads);
-    return *ctx;
+  uint64_t generation = 0;  // set_num_threads drops Contexts made for an older count
+
+  std::pair<std::unique_ptr<attnkit::Context>, uint64_t> take() {
+    int t;
+    uint64_t gen;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!free.empty()) {
+        auto c = std::move(free.back());
+        free.pop_back();
+        return {std::move(c), generation};
+      }
+      t = threads;
+      gen = generation;
+    }
+    return {std::make_unique<attnkit::Context>(t), gen};  // may throw Error("threads")
+  }
+  void give_back(std::unique_ptr<attnkit::Context> c, uint64_t gen) {
+    c->trim(kKeepScratch);
+    std::lock_guard<std::mutex> lock(mu);
+    if (gen == generation) free.push_back(std::move(c));
   }
 };
 Runtime& runtime() {
   static Runtime* r = [] {
     auto* rt = new Runtime;  // never destroyed: worker threads must not outlive the interpreter's
     if (const char* env = std::getenv("ATTNKIT_NUM_THREADS")) rt->threads = std::atoi(env);
+    // fork() while another thread holds mu would leave it locked in the child: take it around
+    // fork. A Context another thread was using stays in use in the child; its pool is
+    // restarted there on first use (Context handles fork itself).
+    pthread_atfork([] { runtime().mu.lock(); }, [] { runtime().mu.unlock(); },
+                   [] { runtime().mu.unlock(); });
     return rt;
   }();
   return *r;
+}
+
+// Runs fn(ctx) on a Context of its own with the GIL released; callers build their views
+// before, while they hold the GIL.
+template <typename Fn>
+void run_released(Fn&& fn) {
+  nb::gil_scoped_release release;
+  Runtime& rt = runtime();
+  auto [ctx, gen] = rt.take();
+  try {
+    fn(*ctx);
+  } catch (...) {
+    rt.give_back(std::move(ctx), gen);
+    throw;
+  }
+  rt.give_back(std::move(ctx), gen);
 }
 
 // The backward reads the forward's lse through AttentionArgs::lse, a mutable view it never
@@ -103,16 +150,6 @@ TensorView read_only(const ConstTensorView& c) {
 
 // A streaming state (KV cache or fixed-size state): append keys/values, query against all
 // appended tokens. It owns copies of what it keeps (the memory for luna).
-// Runs fn(ctx) on the process-wide Context with the GIL released; callers build their views
-// before, while they hold the GIL.
-template <typename Fn>
-void run_released(Fn&& fn) {
-  nb::gil_scoped_release release;
-  Runtime& rt = runtime();
-  std::lock_guard<std::mutex> lock(rt.mu);
-  fn(rt.get());
-}
-
 class PyStream {
  public:
   explicit PyStream(std::unique_ptr<attnkit::StreamingState> s) : s_(std::move(s)) {}
@@ -175,6 +212,18 @@ class PyMechanism {
     a.lse = out_view(lse, "lse");
     a.memory_out = out_view(memory_out, "memory_out");
     run_released([&](attnkit::Context& ctx) { m_->forward(a, ctx); });
+  }
+
+  // Validates the inputs (no outputs yet): Python allocates outputs only after this.
+  void check_inputs(const InArray& q, const InArray& k, const InArray& v,
+                    const std::optional<InArray>& key_lengths, const std::optional<InArray>& memory,
+                    const std::optional<InArray>& gate, const std::optional<InArray>& filter) const {
+    const attnkit::AttentionArgs a = args(q, k, v, OutArray(), key_lengths, memory, gate, filter);
+    const std::string e = m_->check_inputs(a);
+    if (!e.empty()) {
+      const size_t colon = e.find(": ");
+      throw Error(e.substr(0, colon), e.substr(colon + 2));
+    }
   }
 
   void backward(const InArray& q, const InArray& k, const InArray& v, const InArray& out,
@@ -240,17 +289,46 @@ NB_MODULE(_core, m) {
   m.def(
       "set_num_threads",
       [](int threads) {
+        if (threads > attnkit::Context::max_threads()) {
+          throw Error("threads", "must be <= " + std::to_string(attnkit::Context::max_threads()) +
+                                     " (max of 64 and 4x the " +
+                                     std::to_string(attnkit::Context::available_cpus()) +
+                                     " CPUs this process may use), got " +
+                                     std::to_string(threads));
+        }
         Runtime& rt = runtime();
         std::lock_guard<std::mutex> lock(rt.mu);
         rt.threads = threads;
-        rt.ctx.reset();
+        rt.free.clear();
+        ++rt.generation;
       },
-      "threads"_a, "Threads for every later call; <= 0: one per hardware thread.");
+      "threads"_a,
+      "Threads each later call uses; <= 0: the CPUs this process may use (affinity, cgroup "
+      "quota). At most max(64, 4 x those CPUs).");
   m.def("num_threads", [] {
     Runtime& rt = runtime();
     std::lock_guard<std::mutex> lock(rt.mu);
-    return rt.get().num_threads();
+    return rt.threads > 0 ? rt.threads : attnkit::Context::default_threads();
   });
+  m.def("max_threads", &attnkit::Context::max_threads);
+  m.def("available_cpus", &attnkit::Context::available_cpus);
+  m.def("version", [] { return std::string(attnkit::kVersion); });
+  m.def(
+      "config_keys",
+      [](const std::string& name) {
+        nb::list out;
+        for (const attnkit::ConfigKey& k : attnkit::config_keys(name)) {
+          nb::dict d;
+          d["key"] = k.key;
+          d["type"] = k.type;
+          d["default"] = k.default_value;
+          d["allowed"] = k.allowed;
+          d["help"] = k.help;
+          out.append(d);
+        }
+        return out;
+      },
+      "name"_a, "The config keys of a mechanism: key, type, default, allowed, help.");
   m.def(
       "topk_feed_forward",
       [](const InArray& x, const InArray& keys, const InArray& values, const OutArray& out, int k) {
@@ -279,6 +357,10 @@ NB_MODULE(_core, m) {
       .def("capabilities", &PyMechanism::capabilities)
       .def("new_stream", &PyMechanism::new_stream, "batch"_a, "heads"_a, "kv_heads"_a, "head_dim"_a,
            "value_dim"_a, "max_tokens"_a, "memory"_a.noconvert() = nb::none())
+      .def("check_inputs", &PyMechanism::check_inputs, "q"_a.noconvert(), "k"_a.noconvert(),
+           "v"_a.noconvert(), "key_lengths"_a.noconvert() = nb::none(),
+           "memory"_a.noconvert() = nb::none(), "gate"_a.noconvert() = nb::none(),
+           "filter"_a.noconvert() = nb::none())
       .def("forward", &PyMechanism::forward, "q"_a.noconvert(), "k"_a.noconvert(),
            "v"_a.noconvert(), "out"_a.noconvert(), "lse"_a.noconvert() = nb::none(),
            "key_lengths"_a.noconvert() = nb::none(), "memory"_a.noconvert() = nb::none(),
