@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the build and test dependencies (idempotent): Debian 12 packages for the C++
-# library and for Python (numpy, PyTorch 1.13 and matplotlib from Debian), then a virtual
+# library (and clang, which CI builds with too) and for Python (numpy, PyTorch 1.13 and matplotlib from Debian), then a virtual
 # environment .venv on Debian's python3 that sees those packages and adds the pinned
 # PyPI build tools (nanobind, scikit-build-core) and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PKGS=(g++ cmake make ninja-build libhwy-dev libgtest-dev libbenchmark-dev libcli11-dev
-      libopenblas-dev python3-dev python3-venv python3-numpy python3-torch python3-matplotlib)
+PKGS=(g++ clang cmake make ninja-build pkg-config libhwy-dev libgtest-dev libbenchmark-dev
+      libcli11-dev nlohmann-json3-dev libopenblas-dev python3-dev python3-venv python3-numpy
+      python3-torch python3-matplotlib)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

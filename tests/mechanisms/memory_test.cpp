@@ -7,7 +7,7 @@ namespace attnkit::testing {
 namespace {
 
 TEST(Memory, MatchesReferenceOverTheSweep) {
-  for (const auto& [cfg, c] : std::vector<std::pair<std::string, MemoryConfig>>{
+  for (const auto& entry : std::vector<std::pair<std::string, MemoryConfig>>{
            {"chunk=16", {.chunk = 16}},
            {"chunk=7,width=3", {.chunk = 7, .filter_width = 3}},
            {"chunk=32,width=4,filter_type=maxpool,temperature=2",
@@ -16,7 +16,8 @@ TEST(Memory, MatchesReferenceOverTheSweep) {
             .filter = MemoryFilter::kMaxPool,
             .pack_temperature = 2.0}},
            {"chunk=500", {.chunk = 500}}}) {
-    sweep_against_reference("memory", cfg, [c](auto& a, auto& o) { ref::memory_ref(a, o, c); },
+    const MemoryConfig c = entry.second;  // a variable, not a binding: the lambda captures it
+    sweep_against_reference("memory", entry.first, [c](auto& a, auto& o) { ref::memory_ref(a, o, c); },
                             {.memory_len = 3, .equal_lengths = true, .equal_dims = true});
   }
 }

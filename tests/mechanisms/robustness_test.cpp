@@ -83,6 +83,25 @@ TEST(Robustness, WorkspaceThatCannotBeAllocatedIsOutOfMemory) {
   }
 }
 
+// trim() gives large workspaces back (a long-lived Context would keep its largest), and the
+// next call reserves again.
+TEST(Robustness, TrimReleasesLargeWorkspaces) {
+  Context ctx(2);
+  ctx.reserve_scratch(size_t{1} << 20);
+  ctx.shared_scratch(size_t{1} << 20);
+  EXPECT_EQ(ctx.workspace_bytes(), 3 * (size_t{1} << 22));
+  ctx.trim(size_t{64} << 20);  // under the limit: kept
+  EXPECT_EQ(ctx.workspace_bytes(), 3 * (size_t{1} << 22));
+  ctx.trim(size_t{1} << 20);
+  EXPECT_EQ(ctx.workspace_bytes(), 0u);
+  Problem p({1, 40, 40, 2, 2, 16, 16}, 2);
+  Problem r = p;
+  make_mechanism("topk", {}, "k=4")->forward(p.args32(), ctx);
+  Context fresh(2);
+  make_mechanism("topk", {}, "k=4")->forward(r.args32(), fresh);
+  EXPECT_EQ(p.out.f32, r.out.f32);
+}
+
 // fork() after the pool has run: the child's first parallel call starts its own pool.
 TEST(Robustness, PoolWorksInAForkedChild) {
   Context ctx(4);
