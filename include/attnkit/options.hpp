@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -97,7 +98,7 @@ class KeyValues {
   bool get_bool(std::string_view key, bool def, std::string_view help);
   uint64_t get_u64(std::string_view key, uint64_t def, std::string_view help);
   // One of `choices`; returns its index.
-  int get_choice(std::string_view key, int def, const std::vector<std::string>& choices,
+  int get_choice(std::string_view key, int def, std::span<const std::string_view> choices,
                  std::string_view help);
   // Throws Error("config", ...) naming any key not consumed by a get_*.
   void expect_consumed(std::string_view mechanism) const;

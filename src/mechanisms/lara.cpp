@@ -10,7 +10,8 @@
 namespace attnkit::detail {
 namespace {
 
-const std::vector<std::string> kMis = {"opt", "biased", "bh"};
+// constexpr, not a std::vector: factories run during other files\' static initialisation.
+constexpr std::string_view kMis[] = {"opt", "biased", "bh"};
 
 class Lara final : public Mechanism {
  public:
@@ -19,7 +20,7 @@ class Lara final : public Mechanism {
   Capabilities capabilities() const override { return {.fast_kernel = true}; }
   std::string describe() const override {
     return "lara(landmarks=" + std::to_string(c_.landmarks) +
-           ",mis=" + kMis[static_cast<int>(c_.mis)] + ",sample=" + (c_.sample ? "1" : "0") + ") " +
+           ",mis=" + std::string(kMis[static_cast<int>(c_.mis)]) + ",sample=" + (c_.sample ? "1" : "0") + ") " +
            to_string(options());
   }
 

@@ -13,8 +13,10 @@
 namespace attnkit::detail {
 namespace {
 
-const std::vector<std::string> kMaps = {"identity", "elu1", "relu", "exp"};
-const std::vector<std::string> kNorms = {"none", "length", "fixed1000", "kernel"};
+// constexpr, not a std::vector: factories run during other files\' static initialisation.
+constexpr std::string_view kMaps[] = {"identity", "elu1", "relu", "exp"};
+// constexpr, not a std::vector: factories run during other files\' static initialisation.
+constexpr std::string_view kNorms[] = {"none", "length", "fixed1000", "kernel"};
 
 class Linear final : public Mechanism {
  public:
@@ -24,8 +26,8 @@ class Linear final : public Mechanism {
     return {.causal = true, .streaming = !c_.gated, .backward = true, .fast_kernel = true};
   }
   std::string describe() const override {
-    return "linear(map=" + kMaps[static_cast<int>(c_.feature_map)] +
-           ",norm=" + kNorms[static_cast<int>(c_.norm)] + ",gated=" + (c_.gated ? "1" : "0") +
+    return "linear(map=" + std::string(kMaps[static_cast<int>(c_.feature_map)]) +
+           ",norm=" + std::string(kNorms[static_cast<int>(c_.norm)]) + ",gated=" + (c_.gated ? "1" : "0") +
            ",chunk=" + std::to_string(c_.chunk) + ") " + to_string(options());
   }
   void run_backward(const BackwardArgs& g, Context& ctx) const override {

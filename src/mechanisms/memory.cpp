@@ -12,7 +12,8 @@ namespace attnkit::detail {
 
 namespace {
 
-const std::vector<std::string> kFilters = {"conv", "maxpool"};
+// constexpr, not a std::vector: factories run during other files\' static initialisation.
+constexpr std::string_view kFilters[] = {"conv", "maxpool"};
 
 class Memory final : public Mechanism {
  public:
@@ -36,7 +37,7 @@ class Memory final : public Mechanism {
   }
   std::string describe() const override {
     return "memory(chunk=" + std::to_string(c_.chunk) +
-           ",filter_type=" + kFilters[static_cast<int>(c_.filter)] +
+           ",filter_type=" + std::string(kFilters[static_cast<int>(c_.filter)]) +
            ",width=" + std::to_string(c_.filter_width) + ") " + to_string(options());
   }
 

@@ -109,18 +109,21 @@ uint64_t KeyValues::get_u64(std::string_view key, uint64_t def, std::string_view
   return v;
 }
 
-int KeyValues::get_choice(std::string_view key, int def, const std::vector<std::string>& choices,
+int KeyValues::get_choice(std::string_view key, int def, std::span<const std::string_view> choices,
                           std::string_view help) {
-  std::string allowed;
-  for (const auto& c : choices) allowed += (allowed.empty() ? "" : "|") + c;
-  keys_.push_back({std::string(key), "choice", choices[def], allowed, std::string(help)});
+  std::string allowed, list;  // appended, not concatenated: GCC 12 warns falsely (-Wrestrict)
+  for (std::string_view c : choices) {
+    if (!allowed.empty()) allowed.append("|"), list.append(", ");
+    allowed.append(c);
+    list.append(c);
+  }
+  keys_.push_back({std::string(key), "choice", std::string(choices[def]), allowed,
+                   std::string(help)});
   const std::string* s = take(key);
   if (!s) return def;
   for (size_t i = 0; i < choices.size(); ++i) {
     if (choices[i] == *s) return static_cast<int>(i);
   }
-  std::string list;
-  for (const auto& c : choices) list += (list.empty() ? "" : ", ") + c;
   throw Error("config " + std::string(key), "'" + *s + "' must be one of: " + list);
 }
 

@@ -7,15 +7,6 @@
 namespace attnkit::testing {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
 class Validation : public ::testing::Test {
  protected:
   Context ctx{1};

@@ -215,7 +215,7 @@ def test_docstrings_list_config_keys_from_the_registry():
             assert k["help"]
     keys = {k["key"]: k for k in attnkit.config_keys("lara")}
     assert {"landmarks", "mis", "alpha", "sample", "seed"} <= set(keys)
-    assert keys["mis"]["allowed"] == "opt|biased|balance" or "|" in keys["mis"]["allowed"]
+    assert keys["mis"]["allowed"] == "opt|biased|bh"
 
 
 def test_package_files_and_console_script():

@@ -7,6 +7,15 @@
 
 namespace attnkit::testing {
 
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
 std::string to_string(const Dims& d) {
   std::ostringstream s;
   s << "B=" << d.B << " Sq=" << d.Sq << " Sk=" << d.Sk << " Hq=" << d.Hq << " Hk=" << d.Hk

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -61,6 +62,9 @@ struct Grads {
   std::vector<float> all32()
       const;  // dq, dk, dv (, dmemory) float32 end to end, for bitwise checks
 };
+
+// What fn throws as an attnkit::Error ("argument: rule"), or "no error".
+std::string error_of(const std::function<void()>& fn);
 
 struct Report {
   double max_abs = 0, max_rel = 0, nmse = 0, ref_max = 0;
