@@ -24,6 +24,9 @@
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
 namespace HWY_NAMESPACE {
+// Internal linkage: each target's helpers (Plan, Buffers, ...) stay in this file (the
+// HWY_EXPORT tables below name the entry points through the enclosing namespace).
+namespace {
 
 // Means of C contiguous segments of n rows (SPEC 2(a) step 1) into means [C][ld].
 template <typename Row>
@@ -180,6 +183,7 @@ void LaraForward(const AttentionArgs& a, const LaraConfig& cfg, float s, Context
   });
 }
 
+}  // namespace
 }  // namespace HWY_NAMESPACE
 }  // namespace attnkit::cpu
 HWY_AFTER_NAMESPACE();

@@ -28,6 +28,9 @@ HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
+// Internal linkage: each target's helpers (Plan, Buffers, ...) stay in this file (the
+// HWY_EXPORT tables below name the entry points through the enclosing namespace).
+namespace {
 using DF = hn::ScalableTag<float>;
 
 HWY_INLINE float Normalise(LinearNorm norm, int64_t visible, float den) {
@@ -245,6 +248,7 @@ void LinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out
       2.0 * s.batch * hq * T * s.features * s.dvp);
 }
 
+}  // namespace
 }  // namespace HWY_NAMESPACE
 }  // namespace attnkit::cpu
 HWY_AFTER_NAMESPACE();

@@ -34,6 +34,9 @@
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
 namespace HWY_NAMESPACE {
+// Internal linkage: each target's helpers (Plan, Buffers, ...) stay in this file (the
+// HWY_EXPORT tables below name the entry points through the enclosing namespace).
+namespace {
 
 inline float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
@@ -248,6 +251,7 @@ void LinearBackward(const BackwardArgs& g, const LinearConfig& cfg, bool causal,
   });
 }
 
+}  // namespace
 }  // namespace HWY_NAMESPACE
 }  // namespace attnkit::cpu
 HWY_AFTER_NAMESPACE();

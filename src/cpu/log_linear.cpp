@@ -26,6 +26,9 @@ HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
+// Internal linkage: each target's helpers (Plan, Buffers, ...) stay in this file (the
+// HWY_EXPORT tables below name the entry points through the enclosing namespace).
+namespace {
 using DF = hn::ScalableTag<float>;
 
 // out[0:dv) for query features lq[0:fp); zeros when the slot has seen no key.
@@ -154,6 +157,7 @@ void LogLinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& 
       4.0 * s.batch * hq * T * s.features * (s.dvp + dk));
 }
 
+}  // namespace
 }  // namespace HWY_NAMESPACE
 }  // namespace attnkit::cpu
 HWY_AFTER_NAMESPACE();

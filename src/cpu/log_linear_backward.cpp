@@ -26,6 +26,9 @@
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
 namespace HWY_NAMESPACE {
+// Internal linkage: each target's helpers (Plan, Buffers, ...) stay in this file (the
+// HWY_EXPORT tables below name the entry points through the enclosing namespace).
+namespace {
 
 // dx[0:dk) += d(log-features)/dx^T dlf: identity (heinsen), or for random features
 // lf_r = s w_r.x - s^2 |x|^2 / 2 (keys; queries drop the norm, whose gradient is zero there
@@ -166,6 +169,7 @@ void LogLinearBackward(const BackwardArgs& g, const LogFeatures& f, bool causal,
   });
 }
 
+}  // namespace
 }  // namespace HWY_NAMESPACE
 }  // namespace attnkit::cpu
 HWY_AFTER_NAMESPACE();

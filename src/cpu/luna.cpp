@@ -22,6 +22,9 @@
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
 namespace HWY_NAMESPACE {
+// Internal linkage: each target's helpers (Plan, Buffers, ...) stay in this file (the
+// HWY_EXPORT tables below name the entry points through the enclosing namespace).
+namespace {
 
 HWY_INLINE float SoftplusLn2(float z) {
   return z > 0.0f ? z + std::log2(1.0f + std::exp2(-z)) : std::log2(1.0f + std::exp2(z));
@@ -235,6 +238,7 @@ void LunaQuery(LinearState& st, const ConstTensorView& q, const TensorView& out,
       4.0 * st.batch * Hq * T * L * (dk + st.dvp));
 }
 
+}  // namespace
 }  // namespace HWY_NAMESPACE
 }  // namespace attnkit::cpu
 HWY_AFTER_NAMESPACE();

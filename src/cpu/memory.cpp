@@ -25,6 +25,9 @@
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
 namespace HWY_NAMESPACE {
+// Internal linkage: each target's helpers (Plan, Buffers, ...) stay in this file (the
+// HWY_EXPORT tables below name the entry points through the enclosing namespace).
+namespace {
 
 struct Buffers {
   float *mem, *next, *kt, *vals, *s, *obuf, *fk, *fv;
@@ -304,6 +307,7 @@ void MemoryBackward(const BackwardArgs& g, const MemoryConfig& c, float scale, b
   }
 }
 
+}  // namespace
 }  // namespace HWY_NAMESPACE
 }  // namespace attnkit::cpu
 HWY_AFTER_NAMESPACE();

@@ -28,6 +28,9 @@ HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
+// Internal linkage: each target's helpers (Plan, Buffers, ...) stay in this file (the
+// HWY_EXPORT tables below name the entry points through the enclosing namespace).
+namespace {
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 
@@ -331,6 +334,7 @@ void SoftmaxDecode(const AttentionArgs& a, float scale, Context& ctx) {
   }
 }
 
+}  // namespace
 }  // namespace HWY_NAMESPACE
 }  // namespace attnkit::cpu
 HWY_AFTER_NAMESPACE();

@@ -30,6 +30,9 @@ HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
+// Internal linkage: each target's helpers (Plan, Buffers, ...) stay in this file (the
+// HWY_EXPORT tables below name the entry points through the enclosing namespace).
+namespace {
 
 constexpr int64_t kRowBlock = 64;   // rows a task owns
 constexpr int64_t kColBlock = 128;  // the other side's block
@@ -231,6 +234,7 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
   });
 }
 
+}  // namespace
 }  // namespace HWY_NAMESPACE
 }  // namespace attnkit::cpu
 HWY_AFTER_NAMESPACE();

@@ -22,6 +22,9 @@ HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
+// Internal linkage: each target's helpers (Plan, Buffers, ...) stay in this file (the
+// HWY_EXPORT tables below name the entry points through the enclosing namespace).
+namespace {
 using DF = hn::ScalableTag<float>;
 
 constexpr int64_t kRowsPerTask = 32;
@@ -268,6 +271,7 @@ void TopkFfForward(const ConstTensorView& x, const ConstTensorView& keys,
   });
 }
 
+}  // namespace
 }  // namespace HWY_NAMESPACE
 }  // namespace attnkit::cpu
 HWY_AFTER_NAMESPACE();
