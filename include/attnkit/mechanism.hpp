@@ -85,6 +85,10 @@ class StreamingState {
   virtual int64_t length() const = 0;  // tokens appended
 };
 
+class Mechanism;
+std::unique_ptr<Mechanism> make_mechanism(std::string_view name, const AttentionOptions& options,
+                                          std::string_view config);
+
 class Mechanism {
  public:
   explicit Mechanism(AttentionOptions options) : options_(options) {}
@@ -92,9 +96,12 @@ class Mechanism {
 
   virtual std::string_view name() const = 0;
   virtual Capabilities capabilities() const = 0;
-  // Name, options and config, e.g. "topk(k=32,query_chunk=256) causal".
-  virtual std::string describe() const;
+  // Name, config and options, e.g. "topk(k=32,query_chunk=256) causal": every config key
+  // the factory read, with the value it resolved (so the text cannot drift from the config).
+  std::string describe() const;
   const AttentionOptions& options() const { return options_; }
+  // The config keys with their resolved values (ConfigKey::value), as make_mechanism parsed.
+  const std::vector<ConfigKey>& config() const { return config_; }
 
   // Empty when args are valid, else the reason ("k: heads (3) must divide q heads (8)").
   std::string check(const AttentionArgs& args) const;
@@ -119,7 +126,10 @@ class Mechanism {
   virtual void run_backward(const BackwardArgs& args, Context& ctx) const;
 
  private:
+  friend std::unique_ptr<Mechanism> make_mechanism(std::string_view, const AttentionOptions&,
+                                                   std::string_view);
   AttentionOptions options_;
+  std::vector<ConfigKey> config_;
 };
 
 // Top-k feed-forward (Gupta et al. 2021, a feed-forward layer read as attention):

@@ -82,6 +82,7 @@ struct ConfigKey {
   std::string default_value;  // as it would be written in a config string
   std::string allowed;        // "[1, 1024]", "identity|elu1|relu|exp", ...
   std::string help;           // what it means
+  std::string value;          // the value a parse resolved (the given one, else the default)
 };
 
 // "key=value,key=value" (commas or spaces). Each factory takes the keys it knows

@@ -18,12 +18,6 @@ class Lara final : public Mechanism {
   Lara(const AttentionOptions& o, const LaraConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "lara"; }
   Capabilities capabilities() const override { return {.fast_kernel = true}; }
-  std::string describe() const override {
-    return "lara(landmarks=" + std::to_string(c_.landmarks) +
-           ",mis=" + std::string(kMis[static_cast<int>(c_.mis)]) + ",sample=" + (c_.sample ? "1" : "0") + ") " +
-           to_string(options());
-  }
-
  protected:
   void validate(const AttentionArgs& a) const override {
     check_qkv(a, input_dtype(a));

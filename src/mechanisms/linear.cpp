@@ -25,11 +25,6 @@ class Linear final : public Mechanism {
   Capabilities capabilities() const override {
     return {.causal = true, .streaming = !c_.gated, .backward = true, .fast_kernel = true};
   }
-  std::string describe() const override {
-    return "linear(map=" + std::string(kMaps[static_cast<int>(c_.feature_map)]) +
-           ",norm=" + std::string(kNorms[static_cast<int>(c_.norm)]) + ",gated=" + (c_.gated ? "1" : "0") +
-           ",chunk=" + std::to_string(c_.chunk) + ") " + to_string(options());
-  }
   void run_backward(const BackwardArgs& g, Context& ctx) const override {
     validate(g.forward);
     const DType in = input_dtype_bf16(g.forward);

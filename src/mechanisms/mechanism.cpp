@@ -6,7 +6,14 @@
 
 namespace attnkit {
 
-std::string Mechanism::describe() const { return std::string(name()) + " " + to_string(options_); }
+std::string Mechanism::describe() const {
+  std::string s(name());
+  for (size_t i = 0; i < config_.size(); ++i) {
+    s.append(i ? "," : "(").append(config_[i].key).append("=").append(config_[i].value);
+  }
+  if (!config_.empty()) s.append(")");
+  return s.append(" ").append(to_string(options_));
+}
 
 std::string Mechanism::check(const AttentionArgs& args) const {
   try {

@@ -35,12 +35,6 @@ class Memory final : public Mechanism {
     cpu::memory_backward(g, c_, logit_scale(options(), g.forward.q.shape[3]), options().causal,
                          ctx);
   }
-  std::string describe() const override {
-    return "memory(chunk=" + std::to_string(c_.chunk) +
-           ",filter_type=" + std::string(kFilters[static_cast<int>(c_.filter)]) +
-           ",width=" + std::to_string(c_.filter_width) + ") " + to_string(options());
-  }
-
  protected:
   void validate(const AttentionArgs& a) const override {
     const Shape sh = check_qkv(a, input_dtype(a));

@@ -15,11 +15,6 @@ class Ra final : public Mechanism {
   Ra(const AttentionOptions& o, const RaConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "ra"; }
   Capabilities capabilities() const override { return {.causal = true, .fast_kernel = true}; }
-  std::string describe() const override {
-    return "ra(samples=" + std::to_string(c_.samples) + ",seed=" + std::to_string(c_.seed) + ") " +
-           to_string(options());
-  }
-
  protected:
   void validate(const AttentionArgs& a) const override {
     check_qkv(a, input_dtype(a));

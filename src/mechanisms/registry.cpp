@@ -53,6 +53,7 @@ std::unique_ptr<Mechanism> make_mechanism(std::string_view name, const Attention
       KeyValues kv = KeyValues::parse(config);
       std::unique_ptr<Mechanism> m = e.factory(options, kv);
       kv.expect_consumed(name);
+      m->config_ = kv.keys();
       return m;
     }
   }

@@ -32,11 +32,6 @@ class Rfa final : public Mechanism {
     const std::vector<float> omega = projections(g.forward.k.shape[2], g.forward.q.shape[3]);
     cpu::log_linear_backward(g, features(omega, g.forward.q.shape[3]), options().causal, ctx);
   }
-  std::string describe() const override {
-    return name_ + "(features=" + std::to_string(c_.features) +
-           ",orthogonal=" + (c_.orthogonal ? "1" : "0") + ",seed=" + std::to_string(c_.seed) +
-           ") " + to_string(options());
-  }
   // State per kv head: S x dV sums, S normaliser and S running maxima (float32).
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
     check_stream_spec(s);

@@ -18,11 +18,6 @@ class Topk final : public Mechanism {
   Capabilities capabilities() const override {
     return {.causal = true, .backward = true, .fast_kernel = true};
   }
-  std::string describe() const override {
-    return "topk(k=" + std::to_string(c_.k) + ",query_chunk=" + std::to_string(c_.query_chunk) +
-           ") " + to_string(options());
-  }
-
   void run_backward(const BackwardArgs& g, Context& ctx) const override {
     validate(g.forward);
     check_backward(g, g.forward.q.dtype);

@@ -50,7 +50,8 @@ const std::string* KeyValues::take(std::string_view key) {
 int KeyValues::get_int(std::string_view key, int def, int min, int max, std::string_view help) {
   std::ostringstream range;  // not string concatenation: GCC 12 warns falsely (-Wrestrict)
   range << "[" << min << ", " << max << "]";
-  keys_.push_back({std::string(key), "int", std::to_string(def), range.str(), std::string(help)});
+  keys_.push_back({std::string(key), "int", std::to_string(def), range.str(), std::string(help),
+                   std::to_string(def)});
   const std::string* s = take(key);
   if (!s) return def;
   char* end = nullptr;
@@ -63,6 +64,7 @@ int KeyValues::get_int(std::string_view key, int def, int min, int max, std::str
     throw Error("config " + std::string(key),
                 "must be in [" + std::to_string(min) + ", " + std::to_string(max) + "], got " + *s);
   }
+  keys_.back().value = std::to_string(v);
   return static_cast<int>(v);
 }
 
@@ -71,7 +73,7 @@ double KeyValues::get_double(std::string_view key, double def, double min, doubl
   std::ostringstream d, r;
   d << def;
   r << "[" << min << ", " << max << "]";
-  keys_.push_back({std::string(key), "float", d.str(), r.str(), std::string(help)});
+  keys_.push_back({std::string(key), "float", d.str(), r.str(), std::string(help), d.str()});
   const std::string* s = take(key);
   if (!s) return def;
   char* end = nullptr;
@@ -84,20 +86,27 @@ double KeyValues::get_double(std::string_view key, double def, double min, doubl
     r << "must be in [" << min << ", " << max << "], got " << *s;
     throw Error("config " + std::string(key), r.str());
   }
+  std::ostringstream text;
+  text << v;
+  keys_.back().value = text.str();
   return v;
 }
 
 bool KeyValues::get_bool(std::string_view key, bool def, std::string_view help) {
-  keys_.push_back({std::string(key), "bool", def ? "1" : "0", "0|1", std::string(help)});
+  keys_.push_back({std::string(key), "bool", def ? "1" : "0", "0|1", std::string(help), def ? "1" : "0"});
   const std::string* s = take(key);
   if (!s) return def;
-  if (*s == "1" || *s == "true" || *s == "on") return true;
-  if (*s == "0" || *s == "false" || *s == "off") return false;
+  const bool yes = *s == "1" || *s == "true" || *s == "on";
+  if (yes || *s == "0" || *s == "false" || *s == "off") {
+    keys_.back().value.assign(1, yes ? '1' : '0');  // assign(char), not "1": GCC 12 -Wrestrict
+    return yes;
+  }
   throw Error("config " + std::string(key), "'" + *s + "' must be true/false/1/0/on/off");
 }
 
 uint64_t KeyValues::get_u64(std::string_view key, uint64_t def, std::string_view help) {
-  keys_.push_back({std::string(key), "u64", std::to_string(def), "[0, 2^64)", std::string(help)});
+  keys_.push_back({std::string(key), "u64", std::to_string(def), "[0, 2^64)", std::string(help),
+                   std::to_string(def)});
   const std::string* s = take(key);
   if (!s) return def;
   char* end = nullptr;
@@ -106,6 +115,7 @@ uint64_t KeyValues::get_u64(std::string_view key, uint64_t def, std::string_view
   if (s->empty() || (*s)[0] == '-' || end != s->c_str() + s->size() || errno != 0) {
     throw Error("config " + std::string(key), "'" + *s + "' is not a non-negative integer");
   }
+  keys_.back().value = std::to_string(v);
   return v;
 }
 
@@ -118,11 +128,11 @@ int KeyValues::get_choice(std::string_view key, int def, std::span<const std::st
     list.append(c);
   }
   keys_.push_back({std::string(key), "choice", std::string(choices[def]), allowed,
-                   std::string(help)});
+                   std::string(help), std::string(choices[def])});
   const std::string* s = take(key);
   if (!s) return def;
   for (size_t i = 0; i < choices.size(); ++i) {
-    if (choices[i] == *s) return static_cast<int>(i);
+    if (choices[i] == *s) return keys_.back().value = *s, static_cast<int>(i);
   }
   throw Error("config " + std::string(key), "'" + *s + "' must be one of: " + list);
 }

@@ -127,5 +127,25 @@ TEST(Registry, ConfigErrorsNameTheKey) {
             "scale: heinsen attention has no logit scale; leave it 0");
 }
 
+// describe() and config_keys() come from what the factory parsed: every key, with the value
+// given or its default, and a given value reads back the same.
+TEST(Registry, DescribeListsEveryConfigKeyWithItsValue) {
+  for (const std::string& name : mechanism_names()) {
+    const auto keys = config_keys(name);
+    const auto m = make_mechanism(name);
+    for (const ConfigKey& k : keys) {
+      EXPECT_FALSE(k.help.empty()) << name << " " << k.key;
+      EXPECT_NE(m->describe().find(k.key + "=" + k.default_value), std::string::npos)
+          << m->describe() << " lacks " << k.key;
+    }
+    EXPECT_EQ(m->config().size(), keys.size()) << name;
+  }
+  const auto lara = make_mechanism("lara", {}, "alpha=0.5,seed=7,mis=bh");
+  EXPECT_EQ(lara->describe(), "lara(landmarks=16,mis=bh,alpha=0.5,sample=0,seed=7) non-causal");
+  EXPECT_EQ(make_mechanism("memory", {.causal = true}, "temperature=2,filter_type=maxpool")
+                ->describe(),
+            "memory(chunk=128,width=1,filter_type=maxpool,temperature=2) causal");
+}
+
 }  // namespace
 }  // namespace attnkit::testing

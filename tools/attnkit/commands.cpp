@@ -88,7 +88,9 @@ std::string config_for(const Common& c, const std::string& name) {
     const size_t colon = s.find(':');
     if (colon == std::string::npos)
       throw Error("--config", "'" + s + "' must be name:key=value,...");
-    if (s.substr(0, colon) == name) joined += (joined.empty() ? "" : ",") + s.substr(colon + 1);
+    if (s.compare(0, colon, name) != 0 || colon != name.size()) continue;
+    if (!joined.empty()) joined.push_back(',');
+    joined.append(s, colon + 1);
   }
   return joined;  // a key in two -c options is an Error from the parser ("given twice")
 }
