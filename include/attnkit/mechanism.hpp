@@ -96,7 +96,7 @@ class Mechanism {
 
   virtual std::string_view name() const = 0;
   virtual Capabilities capabilities() const = 0;
-  // Name, config and options, e.g. "topk(k=32,query_chunk=256) causal": every config key
+  // Name, config and options, e.g. "topk(k=32,query_chunk=32) causal": every config key
   // the factory read, with the value it resolved (so the text cannot drift from the config).
   std::string describe() const;
   const AttentionOptions& options() const { return options_; }

@@ -25,7 +25,7 @@ enum class FeatureMap { kIdentity, kEluPlusOne, kRelu, kExp };
 enum class LinearNorm { kNone, kLength, kFixed1000, kKernel };
 
 struct LinearConfig {
-  FeatureMap feature_map = FeatureMap::kIdentity;
+  FeatureMap map = FeatureMap::kIdentity;
   LinearNorm norm = LinearNorm::kNone;
   // Gated variant: token t contributes with weight u_t^2, u_t = sigmoid(gate[b, t, h]),
   // the paper's h_t <- u_t h_t applied to key and value. Needs AttentionArgs::gate.
@@ -49,30 +49,25 @@ enum class LaraMis { kOpt, kBiased, kBalance };
 struct LaraConfig {
   int landmarks = 16;           // C, segment-mean proposals (1-D)
   LaraMis mis = LaraMis::kOpt;  // multiple-importance-sampling weights
-  double alpha_coeff = 1.0;
+  double alpha = 1.0;
   bool sample = false;  // false: omega_c = mu_c (deterministic, eval mode)
   uint64_t seed = 0;
 };
 
 struct TopkConfig {
   int k = 32;             // keys kept per query
-  int query_chunk = 256;  // queries processed together (bounds memory)
+  int query_chunk = 32;  // queries scored together by one task (query_chunk x Sk scores)
 };
-
-// Luna: the memory length l is the length of AttentionArgs::memory.
-struct LunaConfig {};
 
 enum class MemoryFilter { kConv, kMaxPool };
 // Chunk-wise memory-augmented attention (RMT recurrence) with the filtered
 // memory interface of arXiv 2404.00798.
 struct MemoryConfig {
   int chunk = 128;       // tokens per chunk
-  int filter_width = 1;  // kappa; 1 = no filtering
-  MemoryFilter filter = MemoryFilter::kConv;
-  double pack_temperature = 0.0;  // memory-write logit divisor; 0 means sqrt(d)
+  int width = 1;  // kappa; 1 = no filtering
+  MemoryFilter filter_type = MemoryFilter::kConv;
+  double temperature = 0.0;  // memory-write logit divisor; 0 means sqrt(d)
 };
-
-struct HeinsenConfig {};
 
 // One config key of a mechanism, as its factory reads it: the single source for parsing,
 // `attnkit list`, Python docstrings and docs.

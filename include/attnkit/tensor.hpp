@@ -80,12 +80,6 @@ struct BasicView {
       : data(o.data), dtype(o.dtype), rank(o.rank), shape(o.shape), stride(o.stride) {}
 
   bool present() const { return data != nullptr || rank != 0; }
-  int64_t numel() const {
-    int64_t n = 1;
-    for (int i = 0; i < rank; ++i) n *= shape[i];
-    return n;
-  }
-  int64_t dim(int i) const { return shape[i]; }
   // Element offset of a full index (rank entries used).
   int64_t offset(int64_t i0, int64_t i1 = 0, int64_t i2 = 0, int64_t i3 = 0) const {
     return i0 * stride[0] + i1 * stride[1] + i2 * stride[2] + i3 * stride[3];

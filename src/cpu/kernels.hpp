@@ -13,8 +13,10 @@ namespace attnkit::cpu {
 // Tiled online-softmax ("flash") attention, float32. q/k/v/out as in AttentionArgs;
 // lse optional float32 [B, Hq, Sq]. O(B Hk Sk (Dk + Dv)) extra memory for packed K/V.
 void softmax_forward(const AttentionArgs& a, float scale, bool causal, Context& ctx);
-// Gradients of exact softmax attention (dq, dk, dv overwritten), float32; two
-// deterministic passes (query rows, then key rows) recomputing the probabilities.
+// Gradients of exact softmax attention (dq, dk, dv overwritten), float32: one pass over key
+// blocks per (batch, kv head, key partition) with FlashAttention-2's five products; dq^T
+// summed per fixed partition in order, so the result does not depend on the thread count.
+// lse from AttentionArgs::lse when given (else a forward pass recomputes it).
 void softmax_backward(const BackwardArgs& g, float scale, bool causal, Context& ctx);
 
 // AVX512-BF16 score tiles (src/cpu/softmax_bf16.cpp), used by softmax_forward for
@@ -98,8 +100,8 @@ void luna_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
                 const ConstTensorView& memory, float scale, Context& ctx);
 
 // Top-k attention: per query, softmax over its k largest visible logits (ties to the
-// lower key index). Scores are computed for tasks of at most min(query_chunk, 32) rows,
-// so extra memory is O(rows * Sk) per thread plus the packed keys: linear in N.
+// lower key index). A task scores query_chunk rows at once, so extra memory is
+// O(query_chunk * Sk) per thread plus the packed keys: linear in N.
 void topk_forward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal,
                   Context& ctx);
 // Gradients of topk_forward (dq, dk, dv overwritten): the same scores and selection, then
@@ -116,8 +118,9 @@ void topk_ff_forward(const ConstTensorView& x, const ConstTensorView& keys,
 // attention done with the register-tiled matmul. filter: optional [Hk, width] weights.
 void memory_forward(const AttentionArgs& a, const MemoryConfig& c, float scale, bool causal,
                     Context& ctx);
-// Gradients of memory_forward: dq, dk, dv and (when present) dmemory; the filter weights
-// are constants. One task per (batch, kv head); keeps the memory before every chunk.
+// Gradients of memory_forward: dq, dk, dv and (when present) dmemory and dfilter (the conv
+// filter weights' gradient, per task, summed in order). One task per (batch, kv head); keeps
+// the memory before every chunk.
 void memory_backward(const BackwardArgs& g, const MemoryConfig& c, float scale, bool causal,
                      Context& ctx);
 

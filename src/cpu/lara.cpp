@@ -167,7 +167,7 @@ void LaraForward(const AttentionArgs& a, const LaraConfig& cfg, float s, Context
       for (int64_t c = 0; c < C; ++c) {
         float log_alpha = 0.0f;
         if (cfg.mis == LaraMis::kOpt) {
-          const double alpha = bh[c] + cfg.alpha_coeff * (tq[c * z.Sqp + i] - t_mean);
+          const double alpha = bh[c] + cfg.alpha * (tq[c * z.Sqp + i] - t_mean);
           log_alpha = static_cast<float>(std::log(std::max(alpha, 1e-8)));
         } else if (cfg.mis == LaraMis::kBiased) {
           log_alpha = s * tq[c * z.Sqp + i];

@@ -92,7 +92,7 @@ HWY_INLINE void LoadKeys(const AttentionArgs& a, const Plan& n, int64_t b, int64
       PrefetchRow(a.k.row_address(b, j0 + j + kPrefetchRows, hk), n.Dk * dtype_size(a.k.dtype));
       PrefetchRow(a.v.row_address(b, j0 + j + kPrefetchRows, hk), n.Dv * dtype_size(a.v.dtype));
     }
-    FeatureRow(RowF32(a.k, b, j0 + j, hk, sc.wide), n.Dk, n.Dkp, n.cfg.feature_map, sc.row);
+    FeatureRow(RowF32(a.k, b, j0 + j, hk, sc.wide), n.Dk, n.Dkp, n.cfg.map, sc.row);
     for (int64_t r = 0; r < n.Dk; ++r) sc.fkt[r * n.Tp + j] = sc.row[r];
     sc.w[j] = GateWeight(a, n.cfg.gated, b, j0 + j, hk);
     CopyPadded(RowF32(a.v, b, j0 + j, hk, sc.wide), n.Dv, sc.vb + j * n.Dvp, n.Dvp);
@@ -131,7 +131,7 @@ int64_t AttendChunk(const AttentionArgs& a, const Plan& n, int64_t b, int64_t h,
   for (int64_t r = 0; r < rows; ++r) {
     if (i0 + r + kPrefetchRows < n.Sq)
       PrefetchRow(a.q.row_address(b, i0 + r + kPrefetchRows, h), n.Dk * dtype_size(a.q.dtype));
-    FeatureRow(RowF32(a.q, b, i0 + r, h, sc.wide), n.Dk, n.Dkp, n.cfg.feature_map,
+    FeatureRow(RowF32(a.q, b, i0 + r, h, sc.wide), n.Dk, n.Dkp, n.cfg.map,
                sc.fq + r * n.Dkp);
     sc.den[r] = Dot(sc.fq + r * n.Dkp, sc.z, n.Dkp);
   }
@@ -214,7 +214,7 @@ void LinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensorVie
         float* c = s.c_slot(slot);
         float* z = s.z_slot(slot);
         for (int64_t t = 0; t < T; ++t) {
-          FeatureRow(k.row<const float>(b, t, hk), dk, s.features, cfg.feature_map, fk);
+          FeatureRow(k.row<const float>(b, t, hk), dk, s.features, cfg.map, fk);
           CopyPadded(v.row<const float>(b, t, hk), s.dv, vb, s.dvp);
           for (int64_t r = 0; r < dk; ++r) {
             if (fk[r] != 0.0f) Axpy(fk[r], vb, c + r * s.dvp, s.dvp);
@@ -237,7 +237,7 @@ void LinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out
         float* fq = ctx.scratch(worker);
         float* num = fq + s.features;
         for (int64_t t = 0; t < T; ++t) {
-          FeatureRow(q.row<const float>(b, t, h), dk, s.features, cfg.feature_map, fq);
+          FeatureRow(q.row<const float>(b, t, h), dk, s.features, cfg.map, fq);
           MatMulRows<1>(fq, s.features, s.c_slot(slot), s.dvp, dk, s.dvp, num, s.dvp,
                         /*accumulate=*/false);
           const float f = Normalise(cfg.norm, tokens, Dot(fq, s.z_slot(slot), s.features));

@@ -79,7 +79,7 @@ void LinearBackward(const BackwardArgs& g, const LinearConfig& cfg, bool causal,
   const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
   const int64_t Dkp = pad_to_state(Dk), Dvp = pad_to_state(Dv), group = Hq / Hk;
   const int64_t T = std::max(1, cfg.chunk), Tp = pad_to_state(T);
-  const FeatureMap map = cfg.feature_map;
+  const FeatureMap map = cfg.map;
   ctx.reserve_scratch(static_cast<size_t>(Buffers::floats(Sq, Sk, Dkp, Dvp, Tp)));
   ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
     const int64_t b = task / Hk, hk = task % Hk;

@@ -50,8 +50,8 @@ struct Buffers {
 // [t0, t1), left = (width - 1) / 2; conv (weights or box) or max-pool.
 void FilterRows(const ConstTensorView& t, int64_t b, int64_t hk, int64_t t0, int64_t t1, int64_t d,
                 int64_t dp, const MemoryConfig& c, const ConstTensorView& weights, float* out) {
-  const int64_t width = c.filter_width, left = (width - 1) / 2;
-  const bool pool = c.filter == MemoryFilter::kMaxPool;
+  const int64_t width = c.width, left = (width - 1) / 2;
+  const bool pool = c.filter_type == MemoryFilter::kMaxPool;
   for (int64_t i = t0; i < t1; ++i) {
     float* o = out + (i - t0) * dp;
     std::fill(o, o + dp, pool ? -std::numeric_limits<float>::infinity() : 0.0f);
@@ -91,7 +91,7 @@ void MemoryForward(const AttentionArgs& a, const MemoryConfig& c, float scale, b
   const int64_t dp = pad_to_state(D), cs = std::min<int64_t>(c.chunk, std::max<int64_t>(S, 1));
   const int64_t ldk = pad_to_state(m + cs);
   const float inv_temp =
-      1.0f / static_cast<float>(c.pack_temperature > 0 ? c.pack_temperature
+      1.0f / static_cast<float>(c.temperature > 0 ? c.temperature
                                                        : std::sqrt(static_cast<double>(D)));
   ctx.reserve_scratch(static_cast<size_t>(Buffers::floats(m, cs, dp, ldk)));
   ctx.parallel_for(B * Hq, [&](int64_t task, int worker) {
@@ -141,8 +141,8 @@ void MemoryForward(const AttentionArgs& a, const MemoryConfig& c, float scale, b
 void FilterRowsBackward(const ConstTensorView& t, const TensorView& dt, int64_t b, int64_t hk,
                         int64_t t0, int64_t t1, int64_t d, int64_t dp, const MemoryConfig& c,
                         const ConstTensorView& weights, const float* grad, float* dweights) {
-  const int64_t width = c.filter_width, left = (width - 1) / 2;
-  const bool pool = c.filter == MemoryFilter::kMaxPool;
+  const int64_t width = c.width, left = (width - 1) / 2;
+  const bool pool = c.filter_type == MemoryFilter::kMaxPool;
   for (int64_t i = t0; i < t1; ++i) {
     const float* gi = grad + (i - t0) * dp;
     const int64_t lo = std::max(t0, i - left), hi = std::min(t1, i - left + width);
@@ -179,7 +179,7 @@ void MemoryBackward(const BackwardArgs& g, const MemoryConfig& c, float scale, b
   const int64_t dp = pad_to_state(D), cs = std::min<int64_t>(c.chunk, std::max<int64_t>(S, 1));
   const int64_t chunks = (S + cs - 1) / cs, nk_max = m + cs;
   const float inv_temp =
-      1.0f / static_cast<float>(c.pack_temperature > 0 ? c.pack_temperature
+      1.0f / static_cast<float>(c.temperature > 0 ? c.temperature
                                                        : std::sqrt(static_cast<double>(D)));
   // Scratch: keys, vals, dkeys, dvals [nk_max][dp]; q, dout, dq, fk, fv [cs][dp]; mems
   // [chunks + 1][m][dp]; dM, dprev [m][dp]; p [2 nk_max].
@@ -187,11 +187,11 @@ void MemoryBackward(const BackwardArgs& g, const MemoryConfig& c, float scale, b
       static_cast<size_t>(4 * nk_max * dp + 5 * cs * dp + (chunks + 3) * m * dp + 2 * nk_max + 64));
   // The filter's gradient per (batch, kv head) task, summed over batches in order after.
   const bool with_dfilter = g.dfilter.present();
-  std::vector<float> dfilter_parts(with_dfilter ? B * Hk * c.filter_width : 0, 0.0f);
+  std::vector<float> dfilter_parts(with_dfilter ? B * Hk * c.width : 0, 0.0f);
   ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
     const int64_t b = task / Hk, hk = task % Hk;
     const int64_t len = a.key_lengths.empty() ? S : a.key_lengths[b];
-    float* dw = with_dfilter ? dfilter_parts.data() + task * c.filter_width : nullptr;
+    float* dw = with_dfilter ? dfilter_parts.data() + task * c.width : nullptr;
     float* keys = ctx.scratch(worker);
     float* vals = keys + nk_max * dp;
     float* dkeys = vals + nk_max * dp;
@@ -299,9 +299,9 @@ void MemoryBackward(const BackwardArgs& g, const MemoryConfig& c, float scale, b
   });
   if (with_dfilter) {
     for (int64_t hk = 0; hk < Hk; ++hk)
-      for (int64_t w = 0; w < c.filter_width; ++w) {
+      for (int64_t w = 0; w < c.width; ++w) {
         float sum = 0.0f;
-        for (int64_t b = 0; b < B; ++b) sum += dfilter_parts[(b * Hk + hk) * c.filter_width + w];
+        for (int64_t b = 0; b < B; ++b) sum += dfilter_parts[(b * Hk + hk) * c.width + w];
         g.dfilter.at<float>(hk, w) = sum;
       }
   }

@@ -116,7 +116,7 @@ void TopkForward(const AttentionArgs& a, int k, int query_chunk, float scale, bo
   const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
   const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
   const int64_t Skp = RoundUp(std::max<int64_t>(Sk, 1), kStatePad), Dkp = pad_to_state(Dk);
-  const int64_t rows_per_task = std::min<int64_t>(query_chunk, kRowsPerTask);
+  const int64_t rows_per_task = std::min<int64_t>(query_chunk, std::max<int64_t>(Sq, 1));
   const int64_t blocks = (Sq + rows_per_task - 1) / rows_per_task;
   float* kt = ctx.shared_scratch(static_cast<size_t>(B * Hk * Dk * Skp));
   ctx.parallel_for(B * Hk, [&](int64_t bh, int) {
@@ -172,7 +172,7 @@ void TopkBackward(const BackwardArgs& g, int k, int query_chunk, float scale, bo
   const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
   const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
   const int64_t Skp = RoundUp(std::max<int64_t>(Sk, 1), kStatePad), Dkp = pad_to_state(Dk);
-  const int64_t rows_per_task = std::min<int64_t>(query_chunk, kRowsPerTask);
+  const int64_t rows_per_task = std::min<int64_t>(query_chunk, std::max<int64_t>(Sq, 1));
   const int64_t kk = std::min<int64_t>(k, Sk), group = Hq / Hk;
   // Scratch: packed keys [Dk][Skp], q rows [rows][Dkp], scores [rows][Skp], heap [k],
   // indices [2k], probabilities [k].

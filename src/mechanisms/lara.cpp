@@ -46,7 +46,7 @@ std::unique_ptr<Mechanism> make_lara(const AttentionOptions& o, KeyValues& kv) {
   c.landmarks = kv.get_int("landmarks", c.landmarks, 1, 65536,
                              "C: landmarks (segment means of the queries) per head");
   c.mis = static_cast<LaraMis>(kv.get_choice("mis", 0, kMis, "multiple-importance-sampling weights"));
-  c.alpha_coeff = kv.get_double("alpha", c.alpha_coeff, -1e6, 1e6,
+  c.alpha = kv.get_double("alpha", c.alpha, -1e6, 1e6,
                                   "alpha coefficient of the mis weights");
   c.sample = kv.get_bool("sample", c.sample,
                           "draw omega_c ~ q_c (training); 0: omega_c = mu_c (eval)");

@@ -69,7 +69,7 @@ class Linear final : public Mechanism {
       }
       check_finite(a.gate, "gate");
     }
-    if (c_.feature_map == FeatureMap::kExp && !log_space() && in != DType::kF64) {
+    if (c_.map == FeatureMap::kExp && !log_space() && in != DType::kF64) {
       // exp(q).exp(k) summed over keys must stay inside float32.
       for (auto [t, name] : {std::pair{a.q, "q"}, {a.k, "k"}}) {
         if (max_entry(t) > 30.0f) {
@@ -93,7 +93,7 @@ class Linear final : public Mechanism {
  private:
   // phi = exp with the kernel normaliser and no gate is exactly Heinsen's mechanism.
   bool log_space() const {
-    return c_.feature_map == FeatureMap::kExp && c_.norm == LinearNorm::kKernel && !c_.gated;
+    return c_.map == FeatureMap::kExp && c_.norm == LinearNorm::kKernel && !c_.gated;
   }
   static float max_entry(const ConstTensorView& t) {
     float m = -INFINITY;
@@ -116,12 +116,12 @@ class Linear final : public Mechanism {
 std::unique_ptr<Mechanism> make_linear(const AttentionOptions& o, KeyValues& kv) {
   if (o.scale != 0.0) throw Error("scale", "linear attention has no logit scale; leave it 0");
   LinearConfig c;
-  c.feature_map = static_cast<FeatureMap>(kv.get_choice("map", 0, kMaps, "feature map phi of q and k"));
+  c.map = static_cast<FeatureMap>(kv.get_choice("map", 0, kMaps, "feature map phi of q and k"));
   c.norm = static_cast<LinearNorm>(kv.get_choice("norm", 0, kNorms,
                                                      "normaliser: none, 1/T, 1000/T, or phi(q).sum phi(k)"));
   c.gated = kv.get_bool("gated", false, "gate u_t = sigmoid(gate) weighs token t by u_t^2 (needs gate)");
   c.chunk = kv.get_int("chunk", c.chunk, 1, 1024, "causal prefill chunk length (kernel blocking)");
-  if (c.norm == LinearNorm::kKernel && c.feature_map == FeatureMap::kIdentity) {
+  if (c.norm == LinearNorm::kKernel && c.map == FeatureMap::kIdentity) {
     throw Error("config norm", "'kernel' needs a positive feature map (map=elu1, relu or exp)");
   }
   return std::make_unique<Linear>(o, c);

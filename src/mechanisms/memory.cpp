@@ -38,7 +38,7 @@ class Memory final : public Mechanism {
  protected:
   void validate(const AttentionArgs& a) const override {
     const Shape sh = check_qkv(a, input_dtype(a));
-    const bool conv = c_.filter == MemoryFilter::kConv;
+    const bool conv = c_.filter_type == MemoryFilter::kConv;
     check_unused(a, name(), true, false, /*filter=*/conv, false);
     if (sh.Sq != sh.Sk) {
       throw Error("k", "seq (" + std::to_string(sh.Sk) + ") must equal q seq (" +
@@ -47,9 +47,9 @@ class Memory final : public Mechanism {
     check_memory_args(a, sh, input_dtype(a));
     if (a.filter.present()) {
       check_tensor(a.filter, "filter", 2, input_dtype(a));
-      if (a.filter.shape[0] != sh.Hk || a.filter.shape[1] != c_.filter_width) {
+      if (a.filter.shape[0] != sh.Hk || a.filter.shape[1] != c_.width) {
         throw Error("filter", "shape " + shape_string(a.filter) + " must be [Hk, width] = [" +
-                                  std::to_string(sh.Hk) + ", " + std::to_string(c_.filter_width) +
+                                  std::to_string(sh.Hk) + ", " + std::to_string(c_.width) +
                                   "]");
       }
       check_finite(a.filter, "filter");
@@ -73,11 +73,11 @@ class Memory final : public Mechanism {
 std::unique_ptr<Mechanism> make_memory(const AttentionOptions& o, KeyValues& kv) {
   MemoryConfig c;
   c.chunk = kv.get_int("chunk", c.chunk, 1, 1 << 20, "tokens per chunk (segment)");
-  c.filter_width = kv.get_int("width", c.filter_width, 1, 1024,
+  c.width = kv.get_int("width", c.width, 1, 1024,
                               "kappa: memory-write filter width (1: no filtering)");
-  c.filter = static_cast<MemoryFilter>(kv.get_choice("filter_type", 0, kFilters,
+  c.filter_type = static_cast<MemoryFilter>(kv.get_choice("filter_type", 0, kFilters,
                                                           "memory-write filter: conv (weights: the filter array) or maxpool"));
-  c.pack_temperature = kv.get_double("temperature", c.pack_temperature, 0.0, 1e6,
+  c.temperature = kv.get_double("temperature", c.temperature, 0.0, 1e6,
                                        "memory-write logit divisor (0: sqrt(head_dim))");
   return std::make_unique<Memory>(o, c);
 }

@@ -53,7 +53,7 @@ std::unique_ptr<Mechanism> make_topk(const AttentionOptions& o, KeyValues& kv) {
   TopkConfig c;
   c.k = kv.get_int("k", c.k, 1, 1 << 30, "keys kept per query (k >= Sk: exact softmax)");
   c.query_chunk = kv.get_int("query_chunk", c.query_chunk, 1, 1 << 20,
-                                 "queries scored together (bounds the score memory)");
+                                 "queries scored together by one task (query_chunk x Sk scores per thread)");
   return std::make_unique<Topk>(o, c);
 }
 

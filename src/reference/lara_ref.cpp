@@ -114,7 +114,7 @@ void lara_ref(const AttentionArgs& a, const AttentionOptions& o, const LaraConfi
         for (int64_t c = 0; c < C; ++c) {
           double log_alpha = 0.0;
           if (cfg.mis == LaraMis::kOpt) {
-            const double alpha = bh[c] + cfg.alpha_coeff * (t_nc[i * C + c] - t_mean);
+            const double alpha = bh[c] + cfg.alpha * (t_nc[i * C + c] - t_mean);
             log_alpha = std::log(std::max(alpha, 1e-8));
           } else if (cfg.mis == LaraMis::kBiased) {
             log_alpha = s * dot(&mu[c * D], q, D);

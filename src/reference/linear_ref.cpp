@@ -47,13 +47,13 @@ void linear_ref(const AttentionArgs& a, const AttentionOptions& o, const LinearC
       for (int64_t i = 0; i < n.Sq; ++i) {
         const int64_t nk = visible_keys(o.causal, n.Sq, n.Sk, len, i);
         const double* q = row(a.q, b, i, h);
-        for (int64_t d = 0; d < n.Dk; ++d) fq[d] = feature(c.feature_map, q[d]);
+        for (int64_t d = 0; d < n.Dk; ++d) fq[d] = feature(c.map, q[d]);
         double* out = row(a.out, b, i, h);
         std::fill(out, out + n.Dv, 0.0);
         // phi = exp: phi(q) . phi(k_j) = sum_d exp(q_d + k_jd), evaluated as
         // exp(shift) sum_d exp(q_d + k_jd - shift) with shift the row's largest exponent, so
         // nothing overflows; the kernel normaliser cancels exp(shift) exactly.
-        const bool exp_map = c.feature_map == FeatureMap::kExp;
+        const bool exp_map = c.map == FeatureMap::kExp;
         double shift = -std::numeric_limits<double>::infinity();
         for (int64_t j = 0; exp_map && j < nk; ++j) {
           const double* k = row(a.k, b, j, hk);
@@ -72,7 +72,7 @@ void linear_ref(const AttentionArgs& a, const AttentionOptions& o, const LinearC
             for (int64_t d = 0; d < n.Dk; ++d) score += std::exp(q[d] + k[d] - shift);
             score *= w;
           } else {
-            for (int64_t d = 0; d < n.Dk; ++d) fk[d] = feature(c.feature_map, k[d]);
+            for (int64_t d = 0; d < n.Dk; ++d) fk[d] = feature(c.map, k[d]);
             score = w * dot(fq.data(), fk.data(), n.Dk);
           }
           z += score;
@@ -120,14 +120,14 @@ void linear_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const
         if (nk == 0) continue;
         const double* q = row(a.q, b, i, h);
         const double* dout = row(g.dout, b, i, h);
-        for (int64_t d = 0; d < n.Dk; ++d) fq[d] = feature(c.feature_map, q[d]);
+        for (int64_t d = 0; d < n.Dk; ++d) fq[d] = feature(c.map, q[d]);
         // Forward quantities of the row: a_ij, num_i, den_i, f_i.
         a_ij.assign(nk, 0.0);
         std::fill(num.begin(), num.end(), 0.0);
         double den = 0;
         for (int64_t j = 0; j < nk; ++j) {
           const double* k = row(a.k, b, j, hk);
-          for (int64_t d = 0; d < n.Dk; ++d) fk[d] = feature(c.feature_map, k[d]);
+          for (int64_t d = 0; d < n.Dk; ++d) fk[d] = feature(c.map, k[d]);
           const double w = c.gated ? std::pow(sigmoid(a.gate.at<const double>(b, j, hk)), 2) : 1.0;
           a_ij[j] = w * dot(fq.data(), fk.data(), n.Dk);
           den += a_ij[j];
@@ -154,7 +154,7 @@ void linear_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const
         for (int64_t j = 0; j < nk; ++j) {
           const double* k = row(a.k, b, j, hk);
           const double* v = row(a.v, b, j, hk);
-          for (int64_t d = 0; d < n.Dk; ++d) fk[d] = feature(c.feature_map, k[d]);
+          for (int64_t d = 0; d < n.Dk; ++d) fk[d] = feature(c.map, k[d]);
           const double gj = c.gated ? a.gate.at<const double>(b, j, hk) : 0.0;
           const double w = c.gated ? std::pow(sigmoid(gj), 2) : 1.0;
           const double da = f * dot(dout, v, n.Dv) + dden;  // d loss / d a_ij
@@ -163,7 +163,7 @@ void linear_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const
           double* dk = row(g.dk, b, j, hk);
           for (int64_t d = 0; d < n.Dk; ++d) {
             dfq[d] += da * w * fk[d];
-            dk[d] += da * w * fq[d] * feature_grad(c.feature_map, k[d]);
+            dk[d] += da * w * fq[d] * feature_grad(c.map, k[d]);
           }
           if (c.gated) {
             // w = sigmoid(g)^2: dw/dg = 2 sigmoid(g)^2 (1 - sigmoid(g)).
@@ -173,7 +173,7 @@ void linear_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const
           }
         }
         double* dq = row(g.dq, b, i, h);
-        for (int64_t d = 0; d < n.Dk; ++d) dq[d] = dfq[d] * feature_grad(c.feature_map, q[d]);
+        for (int64_t d = 0; d < n.Dk; ++d) dq[d] = dfq[d] * feature_grad(c.map, q[d]);
       }
     }
   }

@@ -6,7 +6,7 @@
 //   memory write: M_{tau+1}[r] = softmax over [M_tau ; F(K_chunk)] of (M_tau[r] . key) / T
 //   applied to [M_tau ; F(V_chunk)], F = the filter of arXiv 2404.00798 (depthwise conv with
 //   a.filter [Hk, kappa] or a box filter, or max-pool; 'same' padding inside the chunk's
-//   valid tokens), T = c.pack_temperature or sqrt(D).
+//   valid tokens), T = c.temperature or sqrt(D).
 // Chunks see earlier chunks only through memory. A chunk with no valid token leaves the
 // memory unchanged. memory_out receives the final memory. Requires Sq == Sk, Dk == Dv.
 #include "ref_common.hpp"
@@ -19,16 +19,16 @@ namespace {
 std::vector<double> filter_rows(const ConstTensorView& t, int64_t b, int64_t hk, int64_t t0,
                                 int64_t t1, int64_t dim, const MemoryConfig& c,
                                 const ConstTensorView& weights) {
-  const int64_t kappa = c.filter_width, left = (kappa - 1) / 2;
+  const int64_t kappa = c.width, left = (kappa - 1) / 2;
   std::vector<double> out((t1 - t0) * dim, 0.0);
   for (int64_t i = t0; i < t1; ++i) {
     double* o = &out[(i - t0) * dim];
-    if (c.filter == MemoryFilter::kMaxPool) std::fill(o, o + dim, kNegInf);
+    if (c.filter_type == MemoryFilter::kMaxPool) std::fill(o, o + dim, kNegInf);
     for (int64_t w = 0; w < kappa; ++w) {
       const int64_t src = i - left + w;
       if (src < t0 || src >= t1) continue;  // zero padding (conv) / ignored (max-pool)
       const double* x = row(t, b, src, hk);
-      if (c.filter == MemoryFilter::kMaxPool) {
+      if (c.filter_type == MemoryFilter::kMaxPool) {
         for (int64_t d = 0; d < dim; ++d) o[d] = std::max(o[d], x[d]);
       } else {
         const double wt = weights.present() ? weights.at<const double>(hk, w) : 1.0 / kappa;
@@ -46,7 +46,7 @@ void memory_ref(const AttentionArgs& a, const AttentionOptions& o, const MemoryC
   const int64_t m = a.memory.shape[1], D = n.Dk;
   const double s = logit_scale(o, D);
   const double temp =
-      c.pack_temperature > 0 ? c.pack_temperature : std::sqrt(static_cast<double>(D));
+      c.temperature > 0 ? c.temperature : std::sqrt(static_cast<double>(D));
   std::vector<double> mem(m * D), next(m * D), w;
   std::vector<const double*> krows, vrows;
   for (int64_t b = 0; b < n.B; ++b) {
@@ -126,7 +126,7 @@ void filter_rows_backward(const ConstTensorView& t, const TensorView& dt, int64_
                           int64_t t0, int64_t t1, int64_t dim, const MemoryConfig& c,
                           const ConstTensorView& weights, const std::vector<double>& grad,
                           const TensorView& dweights) {
-  const int64_t kappa = c.filter_width, left = (kappa - 1) / 2;
+  const int64_t kappa = c.width, left = (kappa - 1) / 2;
   for (int64_t i = t0; i < t1; ++i) {
     const double* gi = &grad[(i - t0) * dim];
     for (int64_t d = 0; d < dim; ++d) {
@@ -134,7 +134,7 @@ void filter_rows_backward(const ConstTensorView& t, const TensorView& dt, int64_
       for (int64_t w = 0; w < kappa; ++w) {
         const int64_t src = i - left + w;
         if (src < t0 || src >= t1) continue;
-        if (c.filter == MemoryFilter::kMaxPool) {
+        if (c.filter_type == MemoryFilter::kMaxPool) {
           if (arg < 0 || row(t, b, src, hk)[d] > row(t, b, arg, hk)[d]) arg = src;
         } else {
           const double wt = weights.present() ? weights.at<const double>(hk, w) : 1.0 / kappa;
@@ -155,7 +155,7 @@ void memory_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const
   const int64_t m = a.memory.shape[1], D = n.Dk;
   const double s = logit_scale(o, D);
   const double temp =
-      c.pack_temperature > 0 ? c.pack_temperature : std::sqrt(static_cast<double>(D));
+      c.temperature > 0 ? c.temperature : std::sqrt(static_cast<double>(D));
   zero_rows(g.dq), zero_rows(g.dk), zero_rows(g.dv);
   if (g.dfilter.present()) {
     for (int64_t h = 0; h < g.dfilter.shape[0]; ++h)

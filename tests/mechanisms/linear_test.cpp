@@ -14,7 +14,7 @@ TEST(Linear, MatchesReferenceForEveryMapAndNorm) {
   for (int m = 0; m < 4; ++m)
     for (int n = 0; n < 4; ++n) {
       if (m == 0 && n == 3) continue;  // identity + kernel is rejected
-      const LinearConfig c{.feature_map = static_cast<FeatureMap>(m),
+      const LinearConfig c{.map = static_cast<FeatureMap>(m),
                            .norm = static_cast<LinearNorm>(n)};
       const std::string cfg = std::string("map=") + maps[m] + ",norm=" + norms[n] + ",chunk=16";
       // Unnormalised sums grow like N |q||k||v|: budget relative to the output scale.
@@ -42,7 +42,7 @@ TEST(Linear, ChunkLengthsAndGate) {
       m->forward(a, ctx);
       ref::linear_ref(
           a64, {.causal = causal},
-          {.feature_map = FeatureMap::kEluPlusOne, .norm = LinearNorm::kKernel, .gated = true});
+          {.map = FeatureMap::kEluPlusOne, .norm = LinearNorm::kKernel, .gated = true});
       const Report rep = compare(p.out, true, r.out);
       EXPECT_LE(rep.max_abs, 1e-5) << "chunk=" << chunk << (causal ? " causal " : " ") << rep.str();
     }
@@ -92,7 +92,7 @@ TEST(Linear, BackwardMatchesReference) {
                                   {Dims{1, 45, 60, 2, 1, 20, 24}, 7},
                                   {Dims{1, 61, 40, 2, 2, 16, 8}, 7}}) {
             if (mp == 0 && nm == 3) continue;
-            const LinearConfig c{.feature_map = static_cast<FeatureMap>(mp),
+            const LinearConfig c{.map = static_cast<FeatureMap>(mp),
                                  .norm = static_cast<LinearNorm>(nm),
                                  .gated = gated};
             const std::string cfg = std::string("map=") + maps[mp] + ",norm=" + norms[nm] +

@@ -9,12 +9,12 @@ namespace {
 TEST(Memory, MatchesReferenceOverTheSweep) {
   for (const auto& entry : std::vector<std::pair<std::string, MemoryConfig>>{
            {"chunk=16", {.chunk = 16}},
-           {"chunk=7,width=3", {.chunk = 7, .filter_width = 3}},
+           {"chunk=7,width=3", {.chunk = 7, .width = 3}},
            {"chunk=32,width=4,filter_type=maxpool,temperature=2",
             {.chunk = 32,
-            .filter_width = 4,
-            .filter = MemoryFilter::kMaxPool,
-            .pack_temperature = 2.0}},
+            .width = 4,
+            .filter_type = MemoryFilter::kMaxPool,
+            .temperature = 2.0}},
            {"chunk=500", {.chunk = 500}}}) {
     const MemoryConfig c = entry.second;  // a variable, not a binding: the lambda captures it
     sweep_against_reference("memory", entry.first, [c](auto& a, auto& o) { ref::memory_ref(a, o, c); },
@@ -35,7 +35,7 @@ TEST(Memory, ExplicitConvWeights) {
   AttentionArgs a64 = r.args64();
   a64.filter = w64.cview();
   make_mechanism("memory", {.causal = true}, "chunk=8,width=3")->forward(a, ctx);
-  ref::memory_ref(a64, {.causal = true}, {.chunk = 8, .filter_width = 3});
+  ref::memory_ref(a64, {.causal = true}, {.chunk = 8, .width = 3});
   EXPECT_LE(compare(p.out, true, r.out).max_abs, 1e-5);
   EXPECT_LE(compare(p.memory_out, true, r.memory_out).max_abs, 1e-5);
 }

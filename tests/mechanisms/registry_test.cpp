@@ -19,7 +19,7 @@ std::map<std::string, std::pair<std::string, RefFn>> cases() {
        {"map=elu1,norm=kernel",
         [](auto& a, auto& o) {
           ref::linear_ref(a, o,
-                          {.feature_map = FeatureMap::kEluPlusOne, .norm = LinearNorm::kKernel});
+                          {.map = FeatureMap::kEluPlusOne, .norm = LinearNorm::kKernel});
         }}},
       {"heinsen", {"", [](auto& a, auto& o) { ref::heinsen_ref(a, o); }}},
       {"rfa",
@@ -40,7 +40,7 @@ std::map<std::string, std::pair<std::string, RefFn>> cases() {
       {"luna", {"", [](auto& a, auto& o) { ref::luna_ref(a, o); }}},
       {"memory",
        {"chunk=8,width=3",
-        [](auto& a, auto& o) { ref::memory_ref(a, o, {.chunk = 8, .filter_width = 3}); }}},
+        [](auto& a, auto& o) { ref::memory_ref(a, o, {.chunk = 8, .width = 3}); }}},
   };
 }
 

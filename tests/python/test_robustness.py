@@ -138,7 +138,7 @@ def test_config_values_cannot_inject_keys(rng):
         attnkit.Mechanism("topk", k="5,query_chunk=1")
     with pytest.raises(attnkit.Error, match="config k: value '5 query_chunk=1'"):
         attnkit.Mechanism("topk", k="5 query_chunk=1")
-    assert attnkit.Mechanism("topk", k=5).describe().startswith("topk(k=5,query_chunk=256)")
+    assert attnkit.Mechanism("topk", k=5).describe().startswith("topk(k=5,query_chunk=32)")
 
 
 def test_filter_has_one_meaning(rng):

@@ -15,7 +15,7 @@ TEST(HeinsenRef, EqualsLinearAttentionWithExpFeatures) {
     Problem p({2, 9, 11, 4, 2, 5, 3}, 3), r = p;
     ref::heinsen_ref(p.args64(), {.causal = causal});
     ref::linear_ref(r.args64(), {.causal = causal},
-                    {.feature_map = FeatureMap::kExp, .norm = LinearNorm::kKernel});
+                    {.map = FeatureMap::kExp, .norm = LinearNorm::kKernel});
     EXPECT_LE(compare(p.out, false, r.out).max_abs, 1e-13);
   }
 }

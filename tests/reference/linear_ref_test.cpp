@@ -27,18 +27,18 @@ TEST(LinearRef, Normalisers) {
   EXPECT_DOUBLE_EQ(s.o(0, 0), 2.5);
   ref::linear_ref(s.args(), {}, {.norm = LinearNorm::kFixed1000});
   EXPECT_DOUBLE_EQ(s.o(0, 1), 3500.0);
-  ref::linear_ref(s.args(), {}, {.feature_map = FeatureMap::kRelu, .norm = LinearNorm::kKernel});
+  ref::linear_ref(s.args(), {}, {.map = FeatureMap::kRelu, .norm = LinearNorm::kKernel});
   EXPECT_DOUBLE_EQ(s.o(0, 0), 5.0 / 3.0);  // z = q . (k_0 + k_1) = 3
   EXPECT_DOUBLE_EQ(s.o(0, 1), 7.0 / 3.0);
 }
 
 TEST(LinearRef, FeatureMaps) {
   Small s({{-1.0}}, {{1.0}}, {{1.0}});
-  ref::linear_ref(s.args(), {}, {.feature_map = FeatureMap::kEluPlusOne});
+  ref::linear_ref(s.args(), {}, {.map = FeatureMap::kEluPlusOne});
   EXPECT_DOUBLE_EQ(s.o(0, 0), std::exp(-1.0) * 2.0);
-  ref::linear_ref(s.args(), {}, {.feature_map = FeatureMap::kRelu});
+  ref::linear_ref(s.args(), {}, {.map = FeatureMap::kRelu});
   EXPECT_DOUBLE_EQ(s.o(0, 0), 0.0);
-  ref::linear_ref(s.args(), {}, {.feature_map = FeatureMap::kExp});
+  ref::linear_ref(s.args(), {}, {.map = FeatureMap::kExp});
   EXPECT_DOUBLE_EQ(s.o(0, 0), std::exp(-1.0) * std::exp(1.0));
 }
 
@@ -78,7 +78,7 @@ TEST(LinearRef, BackwardEqualsCentralFiniteDifferences) {
       for (bool gated : {false, true})
         for (bool causal : {false, true}) {
           if (map == 0 && norm == 3) continue;  // identity + kernel is rejected
-          const LinearConfig c{.feature_map = static_cast<FeatureMap>(map),
+          const LinearConfig c{.map = static_cast<FeatureMap>(map),
                                .norm = static_cast<LinearNorm>(norm),
                                .gated = gated};
           const AttentionOptions o{.causal = causal};

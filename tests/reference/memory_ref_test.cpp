@@ -61,9 +61,9 @@ TEST(MemoryRef, IdentityFiltersChangeNothing) {
   w[1] = 1.0;  // [0, 1, 0]: the centred tap only
   AttentionArgs a = centred.args64();
   a.filter = w.cview();
-  ref::memory_ref(a, {}, {.chunk = 4, .filter_width = 3});
+  ref::memory_ref(a, {}, {.chunk = 4, .width = 3});
   ref::memory_ref(pool.args64(), {},
-                  {.chunk = 4, .filter_width = 1, .filter = MemoryFilter::kMaxPool});
+                  {.chunk = 4, .width = 1, .filter_type = MemoryFilter::kMaxPool});
   EXPECT_LE(compare(plain.out, false, centred.out).max_abs, 1e-15);
   EXPECT_LE(compare(plain.memory_out, false, centred.memory_out).max_abs, 1e-15);
   EXPECT_EQ(compare(plain.memory_out, false, pool.memory_out).max_abs, 0.0);
@@ -73,10 +73,10 @@ TEST(MemoryRef, BoxFilterAndMaxPoolHandCase) {
   // One token chunk pair, D = 1, memory row 0: logits all 0 so M' = mean of [M; F(V)].
   Small s({{0.0}, {0.0}}, {{0.0}, {0.0}}, {{2.0}, {4.0}});
   s.set_memory({{0.0}});
-  ref::memory_ref(s.args(), {}, {.chunk = 2, .filter_width = 2});
+  ref::memory_ref(s.args(), {}, {.chunk = 2, .width = 2});
   // Box filter of width 2, left pad 0: F(V) = [(2 + 4) / 2, 4 / 2] = [3, 2]; mean(0, 3, 2).
   EXPECT_NEAR(s.memory_out[0], 5.0 / 3.0, 1e-15);
-  ref::memory_ref(s.args(), {}, {.chunk = 2, .filter_width = 2, .filter = MemoryFilter::kMaxPool});
+  ref::memory_ref(s.args(), {}, {.chunk = 2, .width = 2, .filter_type = MemoryFilter::kMaxPool});
   EXPECT_NEAR(s.memory_out[0], (0.0 + 4.0 + 4.0) / 3.0, 1e-15);
 }
 
