@@ -1,6 +1,7 @@
 // attnkit: efficient attention mechanisms. Umbrella header.
 #pragma once
 
+#include "attnkit/args.hpp"
 #include "attnkit/context.hpp"
 #include "attnkit/error.hpp"
 #include "attnkit/mechanism.hpp"

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "attnkit/context.hpp"
-#include "attnkit/mechanism.hpp"
+#include "attnkit/args.hpp"
 #include "attnkit/options.hpp"
 
 namespace attnkit::cpu {

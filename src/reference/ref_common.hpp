@@ -7,7 +7,8 @@
 #include <span>
 #include <vector>
 
-#include "attnkit/mechanism.hpp"
+#include "attnkit/args.hpp"
+#include "attnkit/options.hpp"
 
 namespace attnkit::ref {
 

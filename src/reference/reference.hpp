@@ -6,7 +6,8 @@
 
 #include <functional>
 
-#include "attnkit/mechanism.hpp"
+#include "attnkit/args.hpp"
+#include "attnkit/options.hpp"
 #include "attnkit/options.hpp"
 
 namespace attnkit::ref {
