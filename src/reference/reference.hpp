@@ -8,7 +8,6 @@
 
 #include "attnkit/args.hpp"
 #include "attnkit/options.hpp"
-#include "attnkit/options.hpp"
 
 namespace attnkit::ref {
 
