@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace attnkit {
 
@@ -59,6 +60,11 @@ class Context {
 
   // The SIMD targets compiled in and the one dispatched on this CPU.
   static std::string cpu_report();
+  // Names of the compiled targets this CPU supports, best first ("AVX3", "AVX2", "SCALAR").
+  static std::vector<std::string> simd_targets();
+  // Dispatches every later kernel call to `target` (one of simd_targets()), or back to the
+  // best supported one for "". Process-wide; for tests and for timing the fallbacks.
+  static void set_simd_target(const std::string& target);
 
  private:
   struct Impl;

@@ -226,4 +226,28 @@ std::string Context::cpu_report() {
   return s;
 }
 
+std::vector<std::string> Context::simd_targets() {
+  std::vector<std::string> names;
+  for (int64_t t : hwy::SupportedAndGeneratedTargets()) names.emplace_back(hwy::TargetName(t));
+  return names;
+}
+
+void Context::set_simd_target(const std::string& target) {
+  if (target.empty()) {
+    hwy::SetSupportedTargetsForTest(0);
+    return;
+  }
+  hwy::SetSupportedTargetsForTest(0);  // choose among all the CPU supports
+  for (int64_t t : hwy::SupportedAndGeneratedTargets()) {
+    if (target == hwy::TargetName(t)) {
+      hwy::SetSupportedTargetsForTest(t);
+      return;
+    }
+  }
+  std::string known;
+  for (const std::string& n : simd_targets()) known += (known.empty() ? "" : ", ") + n;
+  throw Error("simd_target", "'" + target + "' is not compiled or not supported here (have: " +
+                                 known + ")");
+}
+
 }  // namespace attnkit

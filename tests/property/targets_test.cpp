@@ -1,8 +1,7 @@
 // Every compiled SIMD target (AVX3, AVX2 and the scalar fallback here), not only the one this
 // CPU dispatches to: each mechanism's float32 kernel, forward and backward, against its
-// float64 reference, with Highway's dispatch forced to one target at a time.
-#include <hwy/targets.h>
-
+// float64 reference, with the dispatch forced to one target at a time
+// (Context::set_simd_target).
 #include <algorithm>
 #include <cmath>
 
@@ -22,14 +21,12 @@ double max_abs_rel(const std::vector<float>& got, const std::vector<double>& wan
 
 TEST(TargetsProperty, EveryCompiledTargetMatchesTheReference) {
   Context ctx(2);
-  const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
+  const std::vector<std::string> targets = Context::simd_targets();
   ASSERT_GE(targets.size(), 2u) << "expected more than one compiled target";
-  for (int64_t target : targets) {
-    hwy::SetSupportedTargetsForTest(target);
-    SCOPED_TRACE(hwy::TargetName(target));
-    ASSERT_EQ(Context::cpu_report().rfind(std::string("dispatch: ") + hwy::TargetName(target), 0),
-              0u)
-        << Context::cpu_report();
+  for (const std::string& target : targets) {
+    Context::set_simd_target(target);
+    SCOPED_TRACE(target);
+    ASSERT_EQ(Context::cpu_report().rfind("dispatch: " + target, 0), 0u) << Context::cpu_report();
     for (const std::string& name : mechanism_names()) {
       const auto probe = make_mechanism(name);
       const bool causal = probe->capabilities().causal;
@@ -52,7 +49,10 @@ TEST(TargetsProperty, EveryCompiledTargetMatchesTheReference) {
       EXPECT_LE(max_abs_rel(g32.dv.f32, g64.dv.f64), 1e-3) << "dv";
     }
   }
-  hwy::SetSupportedTargetsForTest(0);  // back to what the CPU supports
+  Context::set_simd_target("");  // back to the best the CPU supports
+  EXPECT_EQ(Context::cpu_report().rfind("dispatch: " + targets.front(), 0), 0u);
+  EXPECT_NE(error_of([] { Context::set_simd_target("NEON"); }).find("simd_target: 'NEON'"),
+            std::string::npos);
 }
 
 }  // namespace

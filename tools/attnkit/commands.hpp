@@ -15,6 +15,7 @@ struct Common {
   double scale = 0.0;
   std::vector<std::string> configs;  // "name:key=value,..."
   std::string format = "table";
+  std::string simd;  // force one compiled SIMD target ("": the best this CPU supports)
 };
 
 struct RunArgs {

@@ -19,6 +19,8 @@ void add_run_options(CLI::App* sub, Common& c) {
   sub->add_option("--scale", c.scale, "logit scale (0: 1/sqrt(head_dim))");
   sub->add_option("-c,--config", c.configs,
                   "per-mechanism config, e.g. topk:k=64 (repeatable; `attnkit list` shows keys)");
+  sub->add_option("--simd", c.simd,
+                  "run on this compiled SIMD target (AVX3, AVX2, SCALAR; default: the best)");
 }
 
 void add_format(CLI::App* sub, Common& c) {
@@ -121,6 +123,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    if (!common.simd.empty()) attnkit::Context::set_simd_target(common.simd);
     if (run_cmd->parsed()) return cmd_run(common, run);
     if (cmp_cmd->parsed()) return cmd_compare(common, cmp);
     if (bench_cmd->parsed()) return cmd_bench(common, bench);
