@@ -60,7 +60,8 @@ class Context {
 
   // The SIMD targets compiled in and the one dispatched on this CPU.
   static std::string cpu_report();
-  // Names of the compiled targets this CPU supports, best first ("AVX3", "AVX2", "SCALAR").
+  // Names of the compiled targets this CPU supports, best first ("AVX3", "AVX2", and the
+  // portable fallback: "SCALAR" with g++, "EMU128" with clang).
   static std::vector<std::string> simd_targets();
   // Dispatches every later kernel call to `target` (one of simd_targets()), or back to the
   // best supported one for "". Process-wide; for tests and for timing the fallbacks.

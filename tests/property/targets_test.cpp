@@ -1,4 +1,4 @@
-// Every compiled SIMD target (AVX3, AVX2 and the scalar fallback here), not only the one this
+// Every compiled SIMD target (AVX3, AVX2 and the portable fallback), not only the one this
 // CPU dispatches to: each mechanism's float32 kernel, forward and backward, against its
 // float64 reference, with the dispatch forced to one target at a time
 // (Context::set_simd_target).
