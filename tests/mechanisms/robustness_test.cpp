@@ -9,6 +9,12 @@
 
 #include "tests/testing/harness.hpp"
 
+#ifdef ATTNKIT_ASAN
+// Under ASan an allocation the machine cannot give must return null (as malloc does), not
+// abort: WorkspaceThatCannotBeAllocatedIsOutOfMemory tests exactly that path.
+extern "C" const char* __asan_default_options() { return "allocator_may_return_null=1"; }
+#endif
+
 namespace attnkit::testing {
 namespace {
 

@@ -11,6 +11,16 @@
 
 #include "attnkit/attnkit.hpp"
 
+// ATTNKIT_ASAN: built with AddressSanitizer (g++ defines __SANITIZE_ADDRESS__, clang has
+// __has_feature), for the few tests whose environment ASan changes.
+#if defined(__SANITIZE_ADDRESS__)
+#define ATTNKIT_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ATTNKIT_ASAN 1
+#endif
+#endif
+
 namespace attnkit::testing {
 
 struct Dims {
