@@ -15,12 +15,12 @@
 
 namespace attnkit {
 
+// What a mechanism supports beyond its non-causal float32/float64 forward (which all have,
+// float32 on a fast kernel).
 struct Capabilities {
-  bool noncausal = true;
   bool causal = false;
   bool streaming = false;
   bool backward = false;
-  bool fast_kernel = false;   // a SIMD/threaded kernel (else float32 runs the float64 reference)
   bool needs_memory = false;  // AttentionArgs::memory is required
 };
 

@@ -204,7 +204,7 @@ class Mechanism:
 
     @property
     def capabilities(self) -> dict:
-        """noncausal, causal, streaming, backward, fast_kernel, needs_memory."""
+        """causal, streaming, backward, needs_memory (every mechanism has a non-causal forward)."""
         return self._m.capabilities()
 
     def describe(self) -> str:

@@ -182,11 +182,9 @@ class PyMechanism {
   nb::dict capabilities() const {
     const attnkit::Capabilities c = m_->capabilities();
     nb::dict d;
-    d["noncausal"] = c.noncausal;
     d["causal"] = c.causal;
     d["streaming"] = c.streaming;
     d["backward"] = c.backward;
-    d["fast_kernel"] = c.fast_kernel;
     d["needs_memory"] = c.needs_memory;
     return d;
   }

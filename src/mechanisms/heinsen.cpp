@@ -15,7 +15,7 @@ class Heinsen final : public Mechanism {
   using Mechanism::Mechanism;
   std::string_view name() const override { return "heinsen"; }
   Capabilities capabilities() const override {
-    return {.causal = true, .streaming = true, .backward = true, .fast_kernel = true};
+    return {.causal = true, .streaming = true, .backward = true};
   }
   void run_backward(const BackwardArgs& g, Context& ctx) const override {
     validate(g.forward);

@@ -23,7 +23,7 @@ class Linear final : public Mechanism {
   Linear(const AttentionOptions& o, const LinearConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "linear"; }
   Capabilities capabilities() const override {
-    return {.causal = true, .streaming = !c_.gated, .backward = true, .fast_kernel = true};
+    return {.causal = true, .streaming = !c_.gated, .backward = true};
   }
   void run_backward(const BackwardArgs& g, Context& ctx) const override {
     validate(g.forward);

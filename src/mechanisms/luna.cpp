@@ -22,7 +22,6 @@ class Luna final : public Mechanism {
     return {.causal = true,
             .streaming = true,
             .backward = true,
-            .fast_kernel = true,
             .needs_memory = true};
   }
 

@@ -20,7 +20,7 @@ class Memory final : public Mechanism {
   Memory(const AttentionOptions& o, const MemoryConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "memory"; }
   Capabilities capabilities() const override {
-    return {.causal = true, .backward = true, .fast_kernel = true, .needs_memory = true};
+    return {.causal = true, .backward = true, .needs_memory = true};
   }
   void run_backward(const BackwardArgs& g, Context& ctx) const override {
     validate(g.forward);

@@ -14,7 +14,7 @@ class Ra final : public Mechanism {
  public:
   Ra(const AttentionOptions& o, const RaConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "ra"; }
-  Capabilities capabilities() const override { return {.causal = true, .fast_kernel = true}; }
+  Capabilities capabilities() const override { return {.causal = true}; }
  protected:
   void validate(const AttentionArgs& a) const override {
     check_qkv(a, input_dtype(a));

@@ -20,7 +20,7 @@ class Rfa final : public Mechanism {
       : Mechanism(o), c_(c), name_(name) {}
   std::string_view name() const override { return name_; }
   Capabilities capabilities() const override {
-    return {.causal = true, .streaming = true, .backward = true, .fast_kernel = true};
+    return {.causal = true, .streaming = true, .backward = true};
   }
   void run_backward(const BackwardArgs& g, Context& ctx) const override {
     validate(g.forward);

@@ -107,11 +107,9 @@ class Softmax final : public Mechanism {
   using Mechanism::Mechanism;
   std::string_view name() const override { return "softmax"; }
   Capabilities capabilities() const override {
-    return {.noncausal = true,
-            .causal = true,
+    return {.causal = true,
             .streaming = true,
-            .backward = true,
-            .fast_kernel = true};
+            .backward = true};
   }
 
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {

@@ -16,7 +16,7 @@ class Topk final : public Mechanism {
   Topk(const AttentionOptions& o, const TopkConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "topk"; }
   Capabilities capabilities() const override {
-    return {.causal = true, .backward = true, .fast_kernel = true};
+    return {.causal = true, .backward = true};
   }
   void run_backward(const BackwardArgs& g, Context& ctx) const override {
     validate(g.forward);

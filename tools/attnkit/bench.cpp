@@ -47,7 +47,6 @@ Row compare_row(const Common& c, const CompareArgs& args, const Workload& w,
   if (name == "softmax") base_time = t.median_s;
   const double err = max_abs_diff(out, base);
   return {name,
-          m->capabilities().fast_kernel ? "fast" : "reference",
           t.median_s * 1e3,
           base_time > 0 ? nlohmann::json(t.median_s / base_time) : nlohmann::json(),
           peak < 0 ? nlohmann::json() : nlohmann::json(peak / 1048576.0),
@@ -81,8 +80,8 @@ int cmd_compare(const Common& c, const CompareArgs& args) {
   }
   const double base_scale = std::max(max_abs(base), 1e-30);
   double base_time = 0;
-  Table table{{"mechanism", "kernel", "time_ms", "vs_softmax", "peak_MiB", "max_abs_err",
-               "rel_err", "config", "status"},
+  Table table{{"mechanism", "time_ms", "vs_softmax", "peak_MiB", "max_abs_err", "rel_err",
+               "config", "status"},
               {}};
   Progress progress(static_cast<int>(names.size()));
   for (const std::string& name : names) {
@@ -91,7 +90,7 @@ int cmd_compare(const Common& c, const CompareArgs& args) {
       table.rows.push_back(compare_row(c, args, w, name, base, base_scale, base_time));
     } catch (const Error& e) {
       // One mechanism that cannot take this shape or option is reported; the rest still run.
-      table.rows.push_back({name, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+      table.rows.push_back({name, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                             std::string("skipped: ") + e.what()});
     }
   }

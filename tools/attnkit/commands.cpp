@@ -157,13 +157,12 @@ int cmd_run(const Common& c, const RunArgs& r) {
 }
 
 int cmd_list(const Common& c) {
-  Table table{{"mechanism", "causal", "streaming", "backward", "kernel", "defaults"}, {}};
+  Table table{{"mechanism", "causal", "streaming", "backward", "defaults"}, {}};
   Table keys{{"mechanism", "key", "type", "default", "allowed", "meaning"}, {}};
   for (const std::string& name : mechanism_names()) {
     const auto m = make_mechanism(name);
     const Capabilities cap = m->capabilities();
-    table.rows.push_back({name, cap.causal, cap.streaming, cap.backward,
-                          cap.fast_kernel ? "fast" : "reference", m->describe()});
+    table.rows.push_back({name, cap.causal, cap.streaming, cap.backward, m->describe()});
     for (const ConfigKey& k : config_keys(name))
       keys.rows.push_back({name, k.key, k.type, k.default_value, k.allowed, k.help});
   }
