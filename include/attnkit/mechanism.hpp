@@ -17,11 +17,16 @@ namespace attnkit {
 
 // What a mechanism supports beyond its non-causal float32/float64 forward (which all have,
 // float32 on a fast kernel).
+// The optional arguments a mechanism reads are declared here; the base class refuses the
+// others ("gate: is not used by topk") before the mechanism's own validation runs.
 struct Capabilities {
   bool causal = false;
   bool streaming = false;
   bool backward = false;
-  bool needs_memory = false;  // AttentionArgs::memory is required
+  bool needs_memory = false;  // AttentionArgs::memory is required (and memory_out allowed)
+  bool uses_gate = false;     // AttentionArgs::gate (linear gated=1)
+  bool uses_filter = false;   // AttentionArgs::filter (memory filter_type=conv)
+  bool emits_lse = false;     // AttentionArgs::lse (softmax)
 };
 
 // What a stream is created for.
@@ -91,6 +96,8 @@ class Mechanism {
  private:
   friend std::unique_ptr<Mechanism> make_mechanism(std::string_view, const AttentionOptions&,
                                                    std::string_view);
+  // Refuses optional arguments the capabilities do not declare, then validate().
+  void validate_all(const AttentionArgs& args) const;
   AttentionOptions options_;
   std::vector<ConfigKey> config_;
 };

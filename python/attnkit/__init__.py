@@ -204,7 +204,8 @@ class Mechanism:
 
     @property
     def capabilities(self) -> dict:
-        """causal, streaming, backward, needs_memory (every mechanism has a non-causal forward)."""
+        """causal, streaming, backward, needs_memory, uses_gate, uses_filter, emits_lse (every
+        mechanism has a non-causal forward)."""
         return self._m.capabilities()
 
     def describe(self) -> str:

@@ -186,6 +186,9 @@ class PyMechanism {
     d["streaming"] = c.streaming;
     d["backward"] = c.backward;
     d["needs_memory"] = c.needs_memory;
+    d["uses_gate"] = c.uses_gate;
+    d["uses_filter"] = c.uses_filter;
+    d["emits_lse"] = c.emits_lse;
     return d;
   }
 

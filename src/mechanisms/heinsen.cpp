@@ -43,7 +43,6 @@ class Heinsen final : public Mechanism {
  protected:
   void validate(const AttentionArgs& a) const override {
     check_qkv(a, input_dtype(a));
-    check_unused(a, name(), false, false, false, false);
   }
   void run(const AttentionArgs& a, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {

@@ -23,7 +23,7 @@ class Linear final : public Mechanism {
   Linear(const AttentionOptions& o, const LinearConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "linear"; }
   Capabilities capabilities() const override {
-    return {.causal = true, .streaming = !c_.gated, .backward = true};
+    return {.causal = true, .streaming = !c_.gated, .backward = true, .uses_gate = c_.gated};
   }
   void run_backward(const BackwardArgs& g, Context& ctx) const override {
     validate(g.forward);
@@ -61,7 +61,6 @@ class Linear final : public Mechanism {
     const DType in = input_dtype_bf16(a);
     const DType out = in == DType::kBF16 ? DType::kF32 : in;  // bfloat16 in, float32 out
     const Shape sh = check_qkv(a, in, out);
-    check_unused(a, name(), false, /*gate=*/c_.gated, false, false);
     if (c_.gated) {
       check_tensor(a.gate, "gate", 3, out);
       if (a.gate.shape[0] != sh.B || a.gate.shape[1] != sh.Sk || a.gate.shape[2] != sh.Hk) {

@@ -79,7 +79,6 @@ class Luna final : public Mechanism {
   void validate(const AttentionArgs& a) const override {
     const DType dt = input_dtype(a);
     const Shape sh = check_qkv(a, dt);
-    check_unused(a, name(), true, false, false, false);
     check_memory_args(a, sh, dt);
   }
   void run(const AttentionArgs& a, Context& ctx) const override {

@@ -15,9 +15,15 @@ std::string Mechanism::describe() const {
   return s.append(" ").append(to_string(options_));
 }
 
+void Mechanism::validate_all(const AttentionArgs& args) const {
+  const Capabilities c = capabilities();
+  detail::check_unused(args, name(), c.needs_memory, c.uses_gate, c.uses_filter, c.emits_lse);
+  validate(args);
+}
+
 std::string Mechanism::check(const AttentionArgs& args) const {
   try {
-    validate(args);
+    validate_all(args);
   } catch (const Error& e) {
     return e.what();
   }
@@ -30,7 +36,7 @@ std::string Mechanism::check_inputs(const AttentionArgs& args) const {
 }
 
 void Mechanism::forward(const AttentionArgs& args, Context& ctx) const {
-  validate(args);
+  validate_all(args);
   if (args.q.shape[1] == 0) return;  // no queries: nothing to compute
   run(args, ctx);
   detail::check_result(as_const(args.out), "out", args);
@@ -38,6 +44,8 @@ void Mechanism::forward(const AttentionArgs& args, Context& ctx) const {
 }
 
 void Mechanism::backward(const BackwardArgs& g, Context& ctx) const {
+  const Capabilities c = capabilities();
+  detail::check_unused(g.forward, name(), c.needs_memory, c.uses_gate, c.uses_filter, c.emits_lse);
   run_backward(g, ctx);
   for (auto [t, n] : {std::pair{g.dq, "dq"},
                       {g.dk, "dk"},

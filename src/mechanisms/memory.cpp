@@ -20,7 +20,10 @@ class Memory final : public Mechanism {
   Memory(const AttentionOptions& o, const MemoryConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "memory"; }
   Capabilities capabilities() const override {
-    return {.causal = true, .backward = true, .needs_memory = true};
+    return {.causal = true,
+            .backward = true,
+            .needs_memory = true,
+            .uses_filter = c_.filter_type == MemoryFilter::kConv};
   }
   void run_backward(const BackwardArgs& g, Context& ctx) const override {
     validate(g.forward);
@@ -38,8 +41,6 @@ class Memory final : public Mechanism {
  protected:
   void validate(const AttentionArgs& a) const override {
     const Shape sh = check_qkv(a, input_dtype(a));
-    const bool conv = c_.filter_type == MemoryFilter::kConv;
-    check_unused(a, name(), true, false, /*filter=*/conv, false);
     if (sh.Sq != sh.Sk) {
       throw Error("k", "seq (" + std::to_string(sh.Sk) + ") must equal q seq (" +
                            std::to_string(sh.Sq) + "): chunks cut queries and keys alike");

@@ -107,9 +107,7 @@ class Softmax final : public Mechanism {
   using Mechanism::Mechanism;
   std::string_view name() const override { return "softmax"; }
   Capabilities capabilities() const override {
-    return {.causal = true,
-            .streaming = true,
-            .backward = true};
+    return {.causal = true, .streaming = true, .backward = true, .emits_lse = true};
   }
 
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
@@ -122,8 +120,8 @@ class Softmax final : public Mechanism {
   void run_backward(const BackwardArgs& g, Context& ctx) const override {
     const DType in = input_dtype(g.forward);  // float32 or float64 (no bfloat16 gradients)
     const Shape sh = check_qkv(g.forward, in);
-    // lse, when given, is the forward's (it saves the backward a forward pass).
-    check_unused(g.forward, name(), false, false, false, /*lse=*/true);
+    // lse, when given, is the forward's (it saves the backward a forward pass; declared by
+    // emits_lse, so the base class lets it through).
     check_backward(g, in);
     if (g.forward.lse.present()) {
       const ConstTensorView l = as_const(g.forward.lse);
@@ -147,7 +145,6 @@ class Softmax final : public Mechanism {
   void validate(const AttentionArgs& a) const override {
     const DType in = input_dtype_bf16(a);
     check_qkv(a, in, in == DType::kBF16 ? DType::kF32 : in);  // bfloat16 in, float32 out
-    check_unused(a, name(), false, false, false, /*lse=*/true);
   }
   void run(const AttentionArgs& a, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
