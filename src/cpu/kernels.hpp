@@ -35,7 +35,9 @@ void softmax_decode(const AttentionArgs& a, float scale, Context& ctx);
 
 // Head-dim padding of every fixed-size state: a multiple of every target's lane count.
 inline constexpr int64_t kStatePad = 16;
-inline int64_t pad_to_state(int64_t x) { return (x + kStatePad - 1) / kStatePad * kStatePad; }
+// x rounded up to a multiple of m (signed sizes; hwy::RoundUpTo takes size_t).
+inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+inline int64_t pad_to_state(int64_t x) { return RoundUp(x, kStatePad); }
 
 // Fixed-size state of the linear families, one slot per (batch, kv head):
 // c = sum_j e_j v_j^T ([features][dvp]), z = sum_j e_j, and for log-feature kernels the

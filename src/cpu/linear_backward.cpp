@@ -154,7 +154,7 @@ void LinearBackward(const BackwardArgs& g, const LinearConfig& cfg, bool causal,
         for (int64_t r = 0; r < Dv; ++r) dv[r] += u.dvb[x * Dvp + r];
       }
     };
-    const int64_t blocks = (Sq + T - 1) / T;
+    const int64_t blocks = hwy::DivCeil(Sq, T);
     auto block_keys = [&](int64_t blk) {  // [E_{b-1}, E_b)
       const int64_t i0 = blk * T, i1 = std::min(Sq, i0 + T);
       const int64_t from = blk == 0 ? vis(0) : vis(i0 - 1);

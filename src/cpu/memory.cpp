@@ -177,7 +177,7 @@ void MemoryBackward(const BackwardArgs& g, const MemoryConfig& c, float scale, b
   const int64_t B = a.q.shape[0], S = a.q.shape[1], Hq = a.q.shape[2], D = a.q.shape[3];
   const int64_t Hk = a.k.shape[2], m = a.memory.shape[1], group = Hq / Hk;
   const int64_t dp = pad_to_state(D), cs = std::min<int64_t>(c.chunk, std::max<int64_t>(S, 1));
-  const int64_t chunks = (S + cs - 1) / cs, nk_max = m + cs;
+  const int64_t chunks = hwy::DivCeil(S, cs), nk_max = m + cs;
   const float inv_temp =
       1.0f / static_cast<float>(c.temperature > 0 ? c.temperature
                                                        : std::sqrt(static_cast<double>(D)));

@@ -51,7 +51,7 @@ void RaForward(const AttentionArgs& a, const RaConfig& cfg, float scale, bool ca
       std::copy_n(a.v.row<const float>(b, j, hk), Dv, vp + j * Dvp);
     }
   });
-  const int64_t blocks = (Sq + kRows - 1) / kRows;
+  const int64_t blocks = hwy::DivCeil(Sq, kRows);
   ctx.reserve_scratch(static_cast<size_t>(kRows * (Dkp + 2 * Skp + 2 * Dvp) + 64));
   const CounterRng rng(cfg.seed);
   ctx.parallel_for(B * Hq * blocks, [&](int64_t task, int worker) {

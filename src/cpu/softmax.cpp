@@ -42,7 +42,6 @@ constexpr int kScoreRows = 8;  // 8 x 2 accumulators of 32 zmm registers
 constexpr int kScoreRows = 4;
 #endif
 
-inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // s[r][j..j+2N) = q[r] . kt[:, j..j+2N) for R rows.
 //   q: [R][ldq] (scaled), kt: [dk][kKeyBlock], s: [R][kKeyBlock]
@@ -240,8 +239,8 @@ void SoftmaxForward(const AttentionArgs& a, float scale, bool causal, Context& c
   p.B = a.q.shape[0], p.Sq = a.q.shape[1], p.Hq = a.q.shape[2], p.Dk = a.q.shape[3];
   p.Sk = a.k.shape[1], p.Hk = a.k.shape[2], p.Dv = a.v.shape[3];
   p.Dvp = RoundUp(p.Dv, N);
-  p.key_blocks = std::max<int64_t>(1, (p.Sk + kKeyBlock - 1) / kKeyBlock);
-  p.query_blocks = (p.Sq + kQueryBlock - 1) / kQueryBlock;
+  p.key_blocks = std::max<int64_t>(1, hwy::DivCeil(p.Sk, kKeyBlock));
+  p.query_blocks = hwy::DivCeil(p.Sq, kQueryBlock);
   p.scale = scale;
   p.causal = causal;
   // The bf16 tiles cover 32 keys: only with 16-lane vectors (AVX-512), as kKeyBlock assumes.
@@ -270,7 +269,7 @@ void SoftmaxDecode(const AttentionArgs& a, float scale, Context& ctx) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t B = a.q.shape[0], Tq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
   const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3], Dvp = RoundUp(Dv, N);
-  const int64_t splits = std::max<int64_t>(1, (Sk + kDecodeSplit - 1) / kDecodeSplit);
+  const int64_t splits = std::max<int64_t>(1, hwy::DivCeil(Sk, kDecodeSplit));
   const int64_t part = Dvp + 2;  // partial output, max, sum
   float* partials = ctx.shared_scratch(static_cast<size_t>(B * Tq * Hq * splits * part));
   ctx.reserve_scratch(static_cast<size_t>(kDecodeBlock + Dvp + RoundUp(Dk, N) + 64));

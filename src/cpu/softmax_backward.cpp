@@ -154,7 +154,7 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
   ctx.reserve_scratch(static_cast<size_t>(kRowBlock * (2 * kColBlock + Dkp + Dvp) + 64));
   // dq^T partial sums [Dkp][Sqp] per (batch, q head, key partition): key block kb adds to
   // partition kb % kPartitions, a fixed split, so the sums do not depend on the threads.
-  const int64_t kblocks = (Sk + kRowBlock - 1) / kRowBlock;
+  const int64_t kblocks = hwy::DivCeil(Sk, kRowBlock);
   const int64_t parts = std::min<int64_t>(kPartitions, std::max<int64_t>(kblocks, 1));
   auto dqt = detail::allocate(static_cast<size_t>(B * Hq * parts * Dkp * Sqp), "softmax backward dq partials");
   std::fill(dqt.get(), dqt.get() + B * Hq * parts * Dkp * Sqp, 0.0f);

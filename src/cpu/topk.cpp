@@ -29,7 +29,6 @@ using DF = hn::ScalableTag<float>;
 
 constexpr int64_t kRowsPerTask = 32;
 
-inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // Indices of the k largest of s[0:n) (ties to the lower index) into idx (2k entries of
 // room); returns the count min(k, n). Order of the indices is unspecified. heap: k floats.
@@ -117,7 +116,7 @@ void TopkForward(const AttentionArgs& a, int k, int query_chunk, float scale, bo
   const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
   const int64_t Skp = RoundUp(std::max<int64_t>(Sk, 1), kStatePad), Dkp = pad_to_state(Dk);
   const int64_t rows_per_task = std::min<int64_t>(query_chunk, std::max<int64_t>(Sq, 1));
-  const int64_t blocks = (Sq + rows_per_task - 1) / rows_per_task;
+  const int64_t blocks = hwy::DivCeil(Sq, rows_per_task);
   float* kt = ctx.shared_scratch(static_cast<size_t>(B * Hk * Dk * Skp));
   ctx.parallel_for(B * Hk, [&](int64_t bh, int) {
     const int64_t b = bh / Hk, hk = bh % Hk;
@@ -245,7 +244,7 @@ void TopkFfForward(const ConstTensorView& x, const ConstTensorView& keys,
   PackTransposed([&](int64_t r) { return keys.ptr<const float>() + r * keys.stride[0]; }, F, Dm, Fp,
                  kt);
   const int64_t kk = std::min<int64_t>(k, F);
-  const int64_t blocks = (T + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t blocks = hwy::DivCeil(T, kRowsPerTask);
   ctx.reserve_scratch(static_cast<size_t>(kRowsPerTask * (Dmp + Fp) + 3 * kk + 64));
   ctx.parallel_for(blocks, [&](int64_t blk, int worker) {
     const int64_t t0 = blk * kRowsPerTask, rows = std::min(kRowsPerTask, T - t0);
