@@ -55,7 +55,7 @@ struct LaraConfig {
 };
 
 struct TopkConfig {
-  int k = 32;             // keys kept per query
+  int k = 32;            // keys kept per query
   int query_chunk = 32;  // queries scored together by one task (query_chunk x Sk scores)
 };
 
@@ -63,8 +63,8 @@ enum class MemoryFilter { kConv, kMaxPool };
 // Chunk-wise memory-augmented attention (RMT recurrence) with the filtered
 // memory interface of arXiv 2404.00798.
 struct MemoryConfig {
-  int chunk = 128;       // tokens per chunk
-  int width = 1;  // kappa; 1 = no filtering
+  int chunk = 128;  // tokens per chunk
+  int width = 1;    // kappa; 1 = no filtering
   MemoryFilter filter_type = MemoryFilter::kConv;
   double temperature = 0.0;  // memory-write logit divisor; 0 means sqrt(d)
 };

@@ -7,15 +7,15 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
+#include <pthread.h>
 
 #include <cstdlib>
 #include <memory>
 #include <mutex>
-#include <pthread.h>
-#include <utility>
-#include <vector>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "attnkit/attnkit.hpp"
 
@@ -218,7 +218,8 @@ class PyMechanism {
   // Validates the inputs (no outputs yet): Python allocates outputs only after this.
   void check_inputs(const InArray& q, const InArray& k, const InArray& v,
                     const std::optional<InArray>& key_lengths, const std::optional<InArray>& memory,
-                    const std::optional<InArray>& gate, const std::optional<InArray>& filter) const {
+                    const std::optional<InArray>& gate,
+                    const std::optional<InArray>& filter) const {
     const attnkit::AttentionArgs a = args(q, k, v, OutArray(), key_lengths, memory, gate, filter);
     const std::string e = m_->check_inputs(a);
     if (!e.empty()) {
@@ -294,8 +295,7 @@ NB_MODULE(_core, m) {
           throw Error("threads", "must be <= " + std::to_string(attnkit::Context::max_threads()) +
                                      " (max of 64 and 4x the " +
                                      std::to_string(attnkit::Context::available_cpus()) +
-                                     " CPUs this process may use), got " +
-                                     std::to_string(threads));
+                                     " CPUs this process may use), got " + std::to_string(threads));
         }
         Runtime& rt = runtime();
         std::lock_guard<std::mutex> lock(rt.mu);

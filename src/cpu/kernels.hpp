@@ -4,8 +4,8 @@
 
 #include <vector>
 
-#include "attnkit/context.hpp"
 #include "attnkit/args.hpp"
+#include "attnkit/context.hpp"
 #include "attnkit/options.hpp"
 
 namespace attnkit::cpu {

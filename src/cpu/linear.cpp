@@ -131,8 +131,7 @@ int64_t AttendChunk(const AttentionArgs& a, const Plan& n, int64_t b, int64_t h,
   for (int64_t r = 0; r < rows; ++r) {
     if (i0 + r + kPrefetchRows < n.Sq)
       PrefetchRow(a.q.row_address(b, i0 + r + kPrefetchRows, h), n.Dk * dtype_size(a.q.dtype));
-    FeatureRow(RowF32(a.q, b, i0 + r, h, sc.wide), n.Dk, n.Dkp, n.cfg.map,
-               sc.fq + r * n.Dkp);
+    FeatureRow(RowF32(a.q, b, i0 + r, h, sc.wide), n.Dk, n.Dkp, n.cfg.map, sc.fq + r * n.Dkp);
     sc.den[r] = Dot(sc.fq + r * n.Dkp, sc.z, n.Dkp);
   }
   MatMul(sc.fq, n.Dkp, sc.c, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, n.Dk, /*accumulate=*/false);

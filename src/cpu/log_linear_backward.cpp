@@ -33,9 +33,8 @@ namespace {
 // dx[0:dk) += d(log-features)/dx^T dlf: identity (heinsen), or for random features
 // lf_r = s w_r.x - s^2 |x|^2 / 2 (keys; queries drop the norm, whose gradient is zero there
 // since sum_r dlq_r = 0): dx = s sum_r dlf_r w_r - s^2 x sum_r dlf_r.
-HWY_INLINE void ChainLogFeatures(const float* x, const float* dlf, int64_t dk,
-                                 const LogFeatures& f, const float* omega, bool with_norm,
-                                 float* dx) {
+HWY_INLINE void ChainLogFeatures(const float* x, const float* dlf, int64_t dk, const LogFeatures& f,
+                                 const float* omega, bool with_norm, float* dx) {
   if (omega == nullptr) {
     for (int64_t d = 0; d < dk; ++d) dx[d] += dlf[d];
     return;
@@ -155,9 +154,8 @@ void LogLinearBackward(const BackwardArgs& g, const LogFeatures& f, bool causal,
         ComputeLogFeatures(k, Dk, f, omega, Fp, true, lf);
         CopyPadded(a.v.row<const float>(b, j, hk), Dv, vb, Dvp);
         for (int64_t r = 0; r < Fp; ++r) {
-          e[r] = r < F && mu[r] != std::numeric_limits<float>::infinity()
-                     ? std::exp(lf[r] - mu[r])
-                     : 0.0f;
+          e[r] = r < F && mu[r] != std::numeric_limits<float>::infinity() ? std::exp(lf[r] - mu[r])
+                                                                          : 0.0f;
           dlf[r] = e[r] == 0.0f ? 0.0f : e[r] * (Dot(dc + r * Dvp, vb, Dvp) + dz[r]);
         }
         ChainLogFeatures(k, dlf, Dk, f, omega, true, g.dk.row<float>(b, j, hk));
@@ -179,8 +177,7 @@ namespace attnkit::cpu {
 
 HWY_EXPORT(LogLinearBackward);
 
-void log_linear_backward(const BackwardArgs& g, const LogFeatures& f, bool causal,
-                         Context& ctx) {
+void log_linear_backward(const BackwardArgs& g, const LogFeatures& f, bool causal, Context& ctx) {
   HWY_DYNAMIC_DISPATCH(LogLinearBackward)(g, f, causal, ctx);
 }
 

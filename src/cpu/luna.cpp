@@ -149,7 +149,8 @@ void LunaCausalBackward(const BackwardArgs& g, float s, Context& ctx) {
         const float* q = a.q.row<const float>(b, i, h);
         CopyPadded(g.dout.row<const float>(b, i, h), dv, db, dvp);
         float m = -std::numeric_limits<float>::infinity();
-        for (int64_t l = 0; l < L; ++l) m = std::max(m, w[l] = s * inv_t * Dot(q, acc + l * dvp, dk));
+        for (int64_t l = 0; l < L; ++l)
+          m = std::max(m, w[l] = s * inv_t * Dot(q, acc + l * dvp, dk));
         float sum = 0.0f;
         for (int64_t l = 0; l < L; ++l) sum += (w[l] = std::exp(w[l] - m));
         float dout_o = 0.0f;  // dout . out = sum_l pi_l dout . Y_l
@@ -163,7 +164,7 @@ void LunaCausalBackward(const BackwardArgs& g, float s, Context& ctx) {
           const float* al = acc + l * dvp;
           const float c = s * dz * inv_t;  // dq += s dz Y_l
           for (int64_t x = 0; x < dk; ++x) dq[x] += c * al[x];
-          ci[l] = w[l] * inv_t;  // coefficient of dout_i in dY_il / t
+          ci[l] = w[l] * inv_t;        // coefficient of dout_i in dY_il / t
           ci[L + l] = s * dz * inv_t;  // coefficient of q_i
         }
       }

@@ -91,8 +91,8 @@ void MemoryForward(const AttentionArgs& a, const MemoryConfig& c, float scale, b
   const int64_t dp = pad_to_state(D), cs = std::min<int64_t>(c.chunk, std::max<int64_t>(S, 1));
   const int64_t ldk = pad_to_state(m + cs);
   const float inv_temp =
-      1.0f / static_cast<float>(c.temperature > 0 ? c.temperature
-                                                       : std::sqrt(static_cast<double>(D)));
+      1.0f /
+      static_cast<float>(c.temperature > 0 ? c.temperature : std::sqrt(static_cast<double>(D)));
   ctx.reserve_scratch(static_cast<size_t>(Buffers::floats(m, cs, dp, ldk)));
   ctx.parallel_for(B * Hq, [&](int64_t task, int worker) {
     const int64_t b = task / Hq, h = task % Hq, hk = h / (Hq / Hk);
@@ -179,8 +179,8 @@ void MemoryBackward(const BackwardArgs& g, const MemoryConfig& c, float scale, b
   const int64_t dp = pad_to_state(D), cs = std::min<int64_t>(c.chunk, std::max<int64_t>(S, 1));
   const int64_t chunks = hwy::DivCeil(S, cs), nk_max = m + cs;
   const float inv_temp =
-      1.0f / static_cast<float>(c.temperature > 0 ? c.temperature
-                                                       : std::sqrt(static_cast<double>(D)));
+      1.0f /
+      static_cast<float>(c.temperature > 0 ? c.temperature : std::sqrt(static_cast<double>(D)));
   // Scratch: keys, vals, dkeys, dvals [nk_max][dp]; q, dout, dq, fk, fv [cs][dp]; mems
   // [chunks + 1][m][dp]; dM, dprev [m][dp]; p [2 nk_max].
   ctx.reserve_scratch(

@@ -42,7 +42,6 @@ constexpr int kScoreRows = 8;  // 8 x 2 accumulators of 32 zmm registers
 constexpr int kScoreRows = 4;
 #endif
 
-
 // s[r][j..j+2N) = q[r] . kt[:, j..j+2N) for R rows.
 //   q: [R][ldq] (scaled), kt: [dk][kKeyBlock], s: [R][kKeyBlock]
 template <int R>

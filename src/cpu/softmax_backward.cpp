@@ -104,7 +104,8 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
         for (int64_t i = 0; i < Sq; ++i)
           lse[(b * Hq + h) * Sqp + i] = a.lse.at<const float>(b, h, i);
   } else {
-    recomputed = detail::allocate(static_cast<size_t>(B * Sq * Hq * Dv), "softmax backward recomputed out");
+    recomputed =
+        detail::allocate(static_cast<size_t>(B * Sq * Hq * Dv), "softmax backward recomputed out");
     AttentionArgs f = a;
     f.out = make_view(recomputed.get(), {B, Sq, Hq, Dv});
     f.lse = make_view(lse.get(), {B, Hq, Sq});
@@ -120,8 +121,10 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
   // 1. Packed operands.
   const int64_t kside = Skp * Dkp + Dk * Skp + Skp * Dvp;             // Kr, Kt, Vr
   const int64_t qside = Sqp * Dkp + Dk * Sqp + Sqp * Dvp + Dv * Sqp;  // Qr, Qt, dOr, dOt
-  auto kpack = detail::allocate(static_cast<size_t>(B * Hk * kside), "softmax backward packed keys");
-  auto qpack = detail::allocate(static_cast<size_t>(B * Hq * qside), "softmax backward packed queries");
+  auto kpack =
+      detail::allocate(static_cast<size_t>(B * Hk * kside), "softmax backward packed keys");
+  auto qpack =
+      detail::allocate(static_cast<size_t>(B * Hq * qside), "softmax backward packed queries");
   std::fill(kpack.get(), kpack.get() + B * Hk * kside, 0.0f);
   std::fill(qpack.get(), qpack.get() + B * Hq * qside, 0.0f);
   ctx.parallel_for(B * (Hk + Hq), [&](int64_t task, int) {
@@ -156,7 +159,8 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
   // partition kb % kPartitions, a fixed split, so the sums do not depend on the threads.
   const int64_t kblocks = hwy::DivCeil(Sk, kRowBlock);
   const int64_t parts = std::min<int64_t>(kPartitions, std::max<int64_t>(kblocks, 1));
-  auto dqt = detail::allocate(static_cast<size_t>(B * Hq * parts * Dkp * Sqp), "softmax backward dq partials");
+  auto dqt = detail::allocate(static_cast<size_t>(B * Hq * parts * Dkp * Sqp),
+                              "softmax backward dq partials");
   std::fill(dqt.get(), dqt.get() + B * Hq * parts * Dkp * Sqp, 0.0f);
   auto dqt_of = [&](int64_t b, int64_t h, int64_t part) {
     return dqt.get() + ((b * Hq + h) * parts + part) * Dkp * Sqp;

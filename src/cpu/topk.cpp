@@ -29,7 +29,6 @@ using DF = hn::ScalableTag<float>;
 
 constexpr int64_t kRowsPerTask = 32;
 
-
 // Indices of the k largest of s[0:n) (ties to the lower index) into idx (2k entries of
 // room); returns the count min(k, n). Order of the indices is unspecified. heap: k floats.
 HWY_INLINE int64_t SelectTopK(const float* HWY_RESTRICT s, int64_t n, int64_t k,
@@ -98,9 +97,9 @@ void PackTransposed(const Row& src, int64_t n, int64_t dim, int64_t ld, float* d
 // Scaled scores of query rows [i0, i0 + rows) of head h against one kv head's packed keys
 // kt [Dk][Skp]: s[r][0:Skp) = scale q_r . k_j, over the columns the block's last row sees.
 // Forward and backward share it, so both select the same keys. q: [rows][Dkp] scratch.
-HWY_INLINE void ScoreRows(const ConstTensorView& qv, int64_t b, int64_t h, int64_t i0,
-                          int64_t rows, float scale, const float* kt, int64_t Skp,
-                          int64_t visible_last, float* HWY_RESTRICT q, float* HWY_RESTRICT s) {
+HWY_INLINE void ScoreRows(const ConstTensorView& qv, int64_t b, int64_t h, int64_t i0, int64_t rows,
+                          float scale, const float* kt, int64_t Skp, int64_t visible_last,
+                          float* HWY_RESTRICT q, float* HWY_RESTRICT s) {
   const int64_t Dk = qv.shape[3], Dkp = pad_to_state(Dk);
   for (int64_t r = 0; r < rows; ++r) {
     const float* src = qv.row<const float>(b, i0 + r, h);
@@ -175,8 +174,7 @@ void TopkBackward(const BackwardArgs& g, int k, int query_chunk, float scale, bo
   const int64_t kk = std::min<int64_t>(k, Sk), group = Hq / Hk;
   // Scratch: packed keys [Dk][Skp], q rows [rows][Dkp], scores [rows][Skp], heap [k],
   // indices [2k], probabilities [k].
-  ctx.reserve_scratch(
-      static_cast<size_t>(Dk * Skp + rows_per_task * (Dkp + Skp) + 4 * kk + 64));
+  ctx.reserve_scratch(static_cast<size_t>(Dk * Skp + rows_per_task * (Dkp + Skp) + 4 * kk + 64));
   ctx.parallel_for(
       B * Hk,
       [&](int64_t task, int worker) {
@@ -188,8 +186,7 @@ void TopkBackward(const BackwardArgs& g, int k, int query_chunk, float scale, bo
         float* heap = s + rows_per_task * Skp;
         int32_t* idx = reinterpret_cast<int32_t*>(heap + kk);
         float* p = heap + 3 * kk;
-        PackTransposed([&](int64_t r) { return a.k.row<const float>(b, r, hk); }, Sk, Dk, Skp,
-                       kt);
+        PackTransposed([&](int64_t r) { return a.k.row<const float>(b, r, hk); }, Sk, Dk, Skp, kt);
         for (int64_t j = 0; j < Sk; ++j) {
           std::fill_n(g.dk.row<float>(b, j, hk), Dk, 0.0f);
           std::fill_n(g.dv.row<float>(b, j, hk), Dv, 0.0f);

@@ -235,7 +235,8 @@ void write_npy(const std::string& path, const float* data, const std::vector<int
   f.write(reinterpret_cast<const char*>(prefix), 10);
   f.write(dict.data(), static_cast<std::streamsize>(dict.size()));
   if (count > 0) {
-    f.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * sizeof(float)));
+    f.write(reinterpret_cast<const char*>(data),
+            static_cast<std::streamsize>(count * sizeof(float)));
   }
   if (!f) throw Error(path, "write failed");
 }

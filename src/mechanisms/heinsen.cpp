@@ -32,18 +32,18 @@ class Heinsen final : public Mechanism {
     const cpu::LogFeatures f{};
     return make_state([&] {
       return std::make_unique<FixedStateStream>(
-        s, cpu::LinearState(s.batch, s.kv_heads, s.head_dim, s.value_dim, /*log_space=*/true),
-        [f](auto& st, auto& k, auto& v, Context& ctx) { cpu::log_linear_append(st, k, v, f, ctx); },
-        [f](auto& st, auto& q, auto& out, Context& ctx) {
-          cpu::log_linear_query(st, q, out, f, ctx);
-        });
+          s, cpu::LinearState(s.batch, s.kv_heads, s.head_dim, s.value_dim, /*log_space=*/true),
+          [f](auto& st, auto& k, auto& v, Context& ctx) {
+            cpu::log_linear_append(st, k, v, f, ctx);
+          },
+          [f](auto& st, auto& q, auto& out, Context& ctx) {
+            cpu::log_linear_query(st, q, out, f, ctx);
+          });
     });
   }
 
  protected:
-  void validate(const AttentionArgs& a) const override {
-    check_qkv(a, input_dtype(a));
-  }
+  void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
   void run(const AttentionArgs& a, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
       ref::heinsen_ref(a, options());

@@ -18,10 +18,9 @@ class Lara final : public Mechanism {
   Lara(const AttentionOptions& o, const LaraConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "lara"; }
   Capabilities capabilities() const override { return {}; }
+
  protected:
-  void validate(const AttentionArgs& a) const override {
-    check_qkv(a, input_dtype(a));
-  }
+  void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
   void run(const AttentionArgs& a, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
       ref::lara_ref(a, options(), c_);
@@ -43,12 +42,12 @@ std::unique_ptr<Mechanism> make_lara(const AttentionOptions& o, KeyValues& kv) {
   }
   LaraConfig c;
   c.landmarks = kv.get_int("landmarks", c.landmarks, 1, 65536,
-                             "C: landmarks (segment means of the queries) per head");
-  c.mis = static_cast<LaraMis>(kv.get_choice("mis", 0, kMis, "multiple-importance-sampling weights"));
-  c.alpha = kv.get_double("alpha", c.alpha, -1e6, 1e6,
-                                  "alpha coefficient of the mis weights");
-  c.sample = kv.get_bool("sample", c.sample,
-                          "draw omega_c ~ q_c (training); 0: omega_c = mu_c (eval)");
+                           "C: landmarks (segment means of the queries) per head");
+  c.mis =
+      static_cast<LaraMis>(kv.get_choice("mis", 0, kMis, "multiple-importance-sampling weights"));
+  c.alpha = kv.get_double("alpha", c.alpha, -1e6, 1e6, "alpha coefficient of the mis weights");
+  c.sample =
+      kv.get_bool("sample", c.sample, "draw omega_c ~ q_c (training); 0: omega_c = mu_c (eval)");
   c.seed = kv.get_u64("seed", c.seed, "random draws: same seed, same result");
   return std::make_unique<Lara>(o, c);
 }

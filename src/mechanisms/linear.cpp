@@ -50,9 +50,11 @@ class Linear final : public Mechanism {
     const LinearConfig c = c_;
     return make_state([&] {
       return std::make_unique<FixedStateStream>(
-        s, cpu::LinearState(s.batch, s.kv_heads, s.head_dim, s.value_dim, /*log_space=*/false),
-        [c](auto& st, auto& k, auto& v, Context& ctx) { cpu::linear_append(st, k, v, c, ctx); },
-        [c](auto& st, auto& q, auto& out, Context& ctx) { cpu::linear_query(st, q, out, c, ctx); });
+          s, cpu::LinearState(s.batch, s.kv_heads, s.head_dim, s.value_dim, /*log_space=*/false),
+          [c](auto& st, auto& k, auto& v, Context& ctx) { cpu::linear_append(st, k, v, c, ctx); },
+          [c](auto& st, auto& q, auto& out, Context& ctx) {
+            cpu::linear_query(st, q, out, c, ctx);
+          });
     });
   }
 
@@ -116,9 +118,10 @@ std::unique_ptr<Mechanism> make_linear(const AttentionOptions& o, KeyValues& kv)
   if (o.scale != 0.0) throw Error("scale", "linear attention has no logit scale; leave it 0");
   LinearConfig c;
   c.map = static_cast<FeatureMap>(kv.get_choice("map", 0, kMaps, "feature map phi of q and k"));
-  c.norm = static_cast<LinearNorm>(kv.get_choice("norm", 0, kNorms,
-                                                     "normaliser: none, 1/T, 1000/T, or phi(q).sum phi(k)"));
-  c.gated = kv.get_bool("gated", false, "gate u_t = sigmoid(gate) weighs token t by u_t^2 (needs gate)");
+  c.norm = static_cast<LinearNorm>(
+      kv.get_choice("norm", 0, kNorms, "normaliser: none, 1/T, 1000/T, or phi(q).sum phi(k)"));
+  c.gated =
+      kv.get_bool("gated", false, "gate u_t = sigmoid(gate) weighs token t by u_t^2 (needs gate)");
   c.chunk = kv.get_int("chunk", c.chunk, 1, 1024, "causal prefill chunk length (kernel blocking)");
   if (c.norm == LinearNorm::kKernel && c.map == FeatureMap::kIdentity) {
     throw Error("config norm", "'kernel' needs a positive feature map (map=elu1, relu or exp)");

@@ -19,10 +19,7 @@ class Luna final : public Mechanism {
   using Mechanism::Mechanism;
   std::string_view name() const override { return "luna"; }
   Capabilities capabilities() const override {
-    return {.causal = true,
-            .streaming = true,
-            .backward = true,
-            .needs_memory = true};
+    return {.causal = true, .streaming = true, .backward = true, .needs_memory = true};
   }
 
   void run_backward(const BackwardArgs& g, Context& ctx) const override {
@@ -64,14 +61,15 @@ class Luna final : public Mechanism {
     const ConstTensorView mv = mem->cview();
     return make_state([&] {
       return std::make_unique<FixedStateStream>(
-        s, cpu::LinearState(s.batch, s.heads, s.memory.shape[1], s.value_dim, /*log_space=*/false),
-        [mv, sc](auto& st, auto& k, auto& v, Context& ctx) {
-          cpu::luna_append(st, k, v, mv, sc, ctx);
-        },
-        [mv, sc](auto& st, auto& q, auto& out, Context& ctx) {
-          cpu::luna_query(st, q, out, mv, sc, ctx);
-        },
-        mem);
+          s,
+          cpu::LinearState(s.batch, s.heads, s.memory.shape[1], s.value_dim, /*log_space=*/false),
+          [mv, sc](auto& st, auto& k, auto& v, Context& ctx) {
+            cpu::luna_append(st, k, v, mv, sc, ctx);
+          },
+          [mv, sc](auto& st, auto& q, auto& out, Context& ctx) {
+            cpu::luna_query(st, q, out, mv, sc, ctx);
+          },
+          mem);
     });
   }
 

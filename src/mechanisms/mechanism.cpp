@@ -40,7 +40,8 @@ void Mechanism::forward(const AttentionArgs& args, Context& ctx) const {
   if (args.q.shape[1] == 0) return;  // no queries: nothing to compute
   run(args, ctx);
   detail::check_result(as_const(args.out), "out", args);
-  if (args.memory_out.present()) detail::check_result(as_const(args.memory_out), "memory_out", args);
+  if (args.memory_out.present())
+    detail::check_result(as_const(args.memory_out), "memory_out", args);
 }
 
 void Mechanism::backward(const BackwardArgs& g, Context& ctx) const {

@@ -38,6 +38,7 @@ class Memory final : public Mechanism {
     cpu::memory_backward(g, c_, logit_scale(options(), g.forward.q.shape[3]), options().causal,
                          ctx);
   }
+
  protected:
   void validate(const AttentionArgs& a) const override {
     const Shape sh = check_qkv(a, input_dtype(a));
@@ -50,8 +51,7 @@ class Memory final : public Mechanism {
       check_tensor(a.filter, "filter", 2, input_dtype(a));
       if (a.filter.shape[0] != sh.Hk || a.filter.shape[1] != c_.width) {
         throw Error("filter", "shape " + shape_string(a.filter) + " must be [Hk, width] = [" +
-                                  std::to_string(sh.Hk) + ", " + std::to_string(c_.width) +
-                                  "]");
+                                  std::to_string(sh.Hk) + ", " + std::to_string(c_.width) + "]");
       }
       check_finite(a.filter, "filter");
     }
@@ -74,12 +74,13 @@ class Memory final : public Mechanism {
 std::unique_ptr<Mechanism> make_memory(const AttentionOptions& o, KeyValues& kv) {
   MemoryConfig c;
   c.chunk = kv.get_int("chunk", c.chunk, 1, 1 << 20, "tokens per chunk (segment)");
-  c.width = kv.get_int("width", c.width, 1, 1024,
-                              "kappa: memory-write filter width (1: no filtering)");
-  c.filter_type = static_cast<MemoryFilter>(kv.get_choice("filter_type", 0, kFilters,
-                                                          "memory-write filter: conv (weights: the filter array) or maxpool"));
+  c.width =
+      kv.get_int("width", c.width, 1, 1024, "kappa: memory-write filter width (1: no filtering)");
+  c.filter_type = static_cast<MemoryFilter>(
+      kv.get_choice("filter_type", 0, kFilters,
+                    "memory-write filter: conv (weights: the filter array) or maxpool"));
   c.temperature = kv.get_double("temperature", c.temperature, 0.0, 1e6,
-                                       "memory-write logit divisor (0: sqrt(head_dim))");
+                                "memory-write logit divisor (0: sqrt(head_dim))");
   return std::make_unique<Memory>(o, c);
 }
 

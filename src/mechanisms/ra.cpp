@@ -15,10 +15,9 @@ class Ra final : public Mechanism {
   Ra(const AttentionOptions& o, const RaConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "ra"; }
   Capabilities capabilities() const override { return {.causal = true}; }
+
  protected:
-  void validate(const AttentionArgs& a) const override {
-    check_qkv(a, input_dtype(a));
-  }
+  void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
   void run(const AttentionArgs& a, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
       ref::ra_ref(a, options(), c_);

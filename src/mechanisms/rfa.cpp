@@ -39,19 +39,19 @@ class Rfa final : public Mechanism {
     const cpu::LogFeatures f = features(*omega, s.head_dim);
     return make_state([&] {
       return std::make_unique<FixedStateStream>(
-        s, cpu::LinearState(s.batch, s.kv_heads, c_.features, s.value_dim, /*log_space=*/true),
-        [f](auto& st, auto& k, auto& v, Context& ctx) { cpu::log_linear_append(st, k, v, f, ctx); },
-        [f](auto& st, auto& q, auto& out, Context& ctx) {
-          cpu::log_linear_query(st, q, out, f, ctx);
-        },
-        omega);
+          s, cpu::LinearState(s.batch, s.kv_heads, c_.features, s.value_dim, /*log_space=*/true),
+          [f](auto& st, auto& k, auto& v, Context& ctx) {
+            cpu::log_linear_append(st, k, v, f, ctx);
+          },
+          [f](auto& st, auto& q, auto& out, Context& ctx) {
+            cpu::log_linear_query(st, q, out, f, ctx);
+          },
+          omega);
     });
   }
 
  protected:
-  void validate(const AttentionArgs& a) const override {
-    check_qkv(a, input_dtype(a));
-  }
+  void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
   void run(const AttentionArgs& a, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
       ref::rfa_ref(a, options(), c_);
@@ -81,8 +81,8 @@ std::unique_ptr<Mechanism> make(const AttentionOptions& o, KeyValues& kv, bool o
                                 std::string_view name) {
   RfaConfig c;
   c.features = kv.get_int("features", c.features, 1, 65536, "S: random features per head");
-  c.orthogonal = kv.get_bool("orthogonal", orthogonal,
-                              "block-orthogonal draws (Performer FAVOR+); 0: i.i.d.");
+  c.orthogonal =
+      kv.get_bool("orthogonal", orthogonal, "block-orthogonal draws (Performer FAVOR+); 0: i.i.d.");
   c.seed = kv.get_u64("seed", c.seed, "random projections: same seed, same result");
   return std::make_unique<Rfa>(o, c, name);
 }

@@ -25,8 +25,8 @@ class KvCache final : public StreamingState {
     check_stream_append(spec_, k, v);
     const int64_t t = k.shape[1];
     if (len_ + t >= kMaxDim) {
-      throw Error("k", "the KV cache would hold " + std::to_string(len_ + t) +
-                           " tokens; at most 2^31 - 1");
+      throw Error(
+          "k", "the KV cache would hold " + std::to_string(len_ + t) + " tokens; at most 2^31 - 1");
     }
     if (len_ + t > cap_) reserve(std::min(std::max(2 * cap_, len_ + t), kMaxDim - 1));
     for (int64_t b = 0; b < spec_.batch; ++b)
@@ -112,9 +112,8 @@ class Softmax final : public Mechanism {
 
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
     check_stream_spec(s);
-    return make_state([&] {
-      return std::make_unique<KvCache>(s, logit_scale(options(), s.head_dim));
-    });
+    return make_state(
+        [&] { return std::make_unique<KvCache>(s, logit_scale(options(), s.head_dim)); });
   }
 
   void run_backward(const BackwardArgs& g, Context& ctx) const override {

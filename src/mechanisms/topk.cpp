@@ -15,9 +15,7 @@ class Topk final : public Mechanism {
  public:
   Topk(const AttentionOptions& o, const TopkConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "topk"; }
-  Capabilities capabilities() const override {
-    return {.causal = true, .backward = true};
-  }
+  Capabilities capabilities() const override { return {.causal = true, .backward = true}; }
   void run_backward(const BackwardArgs& g, Context& ctx) const override {
     validate(g.forward);
     check_backward(g, g.forward.q.dtype);
@@ -30,9 +28,7 @@ class Topk final : public Mechanism {
   }
 
  protected:
-  void validate(const AttentionArgs& a) const override {
-    check_qkv(a, input_dtype(a));
-  }
+  void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
   void run(const AttentionArgs& a, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
       ref::topk_ref(a, options(), c_);
@@ -51,8 +47,9 @@ class Topk final : public Mechanism {
 std::unique_ptr<Mechanism> make_topk(const AttentionOptions& o, KeyValues& kv) {
   TopkConfig c;
   c.k = kv.get_int("k", c.k, 1, 1 << 30, "keys kept per query (k >= Sk: exact softmax)");
-  c.query_chunk = kv.get_int("query_chunk", c.query_chunk, 1, 1 << 20,
-                                 "queries scored together by one task (query_chunk x Sk scores per thread)");
+  c.query_chunk =
+      kv.get_int("query_chunk", c.query_chunk, 1, 1 << 20,
+                 "queries scored together by one task (query_chunk x Sk scores per thread)");
   return std::make_unique<Topk>(o, c);
 }
 

@@ -45,8 +45,7 @@ void memory_ref(const AttentionArgs& a, const AttentionOptions& o, const MemoryC
   const Dims n(a);
   const int64_t m = a.memory.shape[1], D = n.Dk;
   const double s = logit_scale(o, D);
-  const double temp =
-      c.temperature > 0 ? c.temperature : std::sqrt(static_cast<double>(D));
+  const double temp = c.temperature > 0 ? c.temperature : std::sqrt(static_cast<double>(D));
   std::vector<double> mem(m * D), next(m * D), w;
   std::vector<const double*> krows, vrows;
   for (int64_t b = 0; b < n.B; ++b) {
@@ -154,8 +153,7 @@ void memory_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const
   const Dims n(a);
   const int64_t m = a.memory.shape[1], D = n.Dk;
   const double s = logit_scale(o, D);
-  const double temp =
-      c.temperature > 0 ? c.temperature : std::sqrt(static_cast<double>(D));
+  const double temp = c.temperature > 0 ? c.temperature : std::sqrt(static_cast<double>(D));
   zero_rows(g.dq), zero_rows(g.dk), zero_rows(g.dv);
   if (g.dfilter.present()) {
     for (int64_t h = 0; h < g.dfilter.shape[0]; ++h)

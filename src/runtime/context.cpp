@@ -246,8 +246,8 @@ void Context::set_simd_target(const std::string& target) {
   }
   std::string known;
   for (const std::string& n : simd_targets()) known += (known.empty() ? "" : ", ") + n;
-  throw Error("simd_target", "'" + target + "' is not compiled or not supported here (have: " +
-                                 known + ")");
+  throw Error("simd_target",
+              "'" + target + "' is not compiled or not supported here (have: " + known + ")");
 }
 
 }  // namespace attnkit

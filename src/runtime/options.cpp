@@ -93,7 +93,8 @@ double KeyValues::get_double(std::string_view key, double def, double min, doubl
 }
 
 bool KeyValues::get_bool(std::string_view key, bool def, std::string_view help) {
-  keys_.push_back({std::string(key), "bool", def ? "1" : "0", "0|1", std::string(help), def ? "1" : "0"});
+  keys_.push_back(
+      {std::string(key), "bool", def ? "1" : "0", "0|1", std::string(help), def ? "1" : "0"});
   const std::string* s = take(key);
   if (!s) return def;
   const bool yes = *s == "1" || *s == "true" || *s == "on";

@@ -118,8 +118,7 @@ TEST_F(Cli, BenchAndDecodeRowsSayWhatTheyMeasure) {
   EXPECT_NE(r.output.find(" bf16\",forward,64,"), std::string::npos) << r.output;
   r = cli("bench -m heinsen,linear --decode -n 100 --heads 2 -d 16 --reps 2 -f csv");
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find(",decode step (append 1 + query 1),100,"), std::string::npos)
-      << r.output;
+  EXPECT_NE(r.output.find(",decode step (append 1 + query 1),100,"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\n\"linear("), std::string::npos) << r.output;
   r = cli("bench -m luna --backward --causal -n 64 --heads 2 -d 16 --reps 1 -f csv");
   ASSERT_EQ(r.code, 0) << r.output;
@@ -150,7 +149,8 @@ TEST_F(Cli, OptionsAreCheckedAndDocumented) {
   EXPECT_EQ(r.code, 2) << "run has no --format: " << r.output;
   r = cli("list --causal");
   EXPECT_EQ(r.code, 2) << "list has no --causal: " << r.output;
-  r = cli("compare -n 40 --heads 2 -d 16 --reps 1 -m topk -c topk:k=4 -c topk:query_chunk=8 -f csv");
+  r = cli(
+      "compare -n 40 --heads 2 -d 16 --reps 1 -m topk -c topk:k=4 -c topk:query_chunk=8 -f csv");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("topk(k=4,query_chunk=8)"), std::string::npos) << "both -c: " << r.output;
   r = cli("compare -n 40 -m topk -c topk:k=4 -c topk:bogus=1");
@@ -159,8 +159,9 @@ TEST_F(Cli, OptionsAreCheckedAndDocumented) {
   r = cli("compare -n 40 -m topk -c topk:k=4 -c topk:k=5");
   EXPECT_NE(r.output.find("key 'k' given twice"), std::string::npos) << r.output;
   r = cli("compare -n 40 -m topk -c linear:map=elu1");
-  EXPECT_NE(r.output.find("--config: 'linear:map=elu1' names 'linear', which this command does not"),
-            std::string::npos)
+  EXPECT_NE(
+      r.output.find("--config: 'linear:map=elu1' names 'linear', which this command does not"),
+      std::string::npos)
       << r.output;
   r = cli("run -m softmax --key-lengths 4294967297,3 " + qkv() + " -o " + dir + "/o.npy");
   EXPECT_EQ(r.code, 2);
@@ -230,8 +231,7 @@ TEST_F(Cli, LayoutOptionAndMixedLayouts) {
   ASSERT_EQ(oh.shape(), (std::vector<int64_t>{H, S, D}));
   for (int64_t s = 0; s < S; ++s)
     for (int64_t h = 0; h < H; ++h)
-      for (int64_t d = 0; d < D; ++d)
-        EXPECT_EQ(oh[(h * S + s) * D + d], o[(s * H + h) * D + d]);
+      for (int64_t d = 0; d < D; ++d) EXPECT_EQ(oh[(h * S + s) * D + d], o[(s * H + h) * D + d]);
 }
 
 // Zero-length q or k are valid inputs (as in the library and Python); an empty .npy file and
@@ -243,8 +243,8 @@ TEST_F(Cli, EmptySequencesRun) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(io::read_npy(dir + "/o0.npy").shape(), (std::vector<int64_t>{0, 2, 16}));
   io::write_npy(dir + "/k0.npy", p.k.f32.data(), {0, 2, 16});
-  r = cli("run -m linear --q " + dir + "/q.npy --k " + dir + "/k0.npy --v " + dir +
-          "/k0.npy -o " + dir + "/o1.npy");
+  r = cli("run -m linear --q " + dir + "/q.npy --k " + dir + "/k0.npy --v " + dir + "/k0.npy -o " +
+          dir + "/o1.npy");
   ASSERT_EQ(r.code, 0) << r.output;
   const Tensor<float> o1 = io::read_npy(dir + "/o1.npy");
   for (float x : o1.vec()) EXPECT_EQ(x, 0.0f);

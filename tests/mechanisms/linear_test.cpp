@@ -14,8 +14,7 @@ TEST(Linear, MatchesReferenceForEveryMapAndNorm) {
   for (int m = 0; m < 4; ++m)
     for (int n = 0; n < 4; ++n) {
       if (m == 0 && n == 3) continue;  // identity + kernel is rejected
-      const LinearConfig c{.map = static_cast<FeatureMap>(m),
-                           .norm = static_cast<LinearNorm>(n)};
+      const LinearConfig c{.map = static_cast<FeatureMap>(m), .norm = static_cast<LinearNorm>(n)};
       const std::string cfg = std::string("map=") + maps[m] + ",norm=" + norms[n] + ",chunk=16";
       // Unnormalised sums grow like N |q||k||v|: budget relative to the output scale.
       sweep_against_reference("linear", cfg, [c](auto& a, auto& o) { ref::linear_ref(a, o, c); },
@@ -40,9 +39,8 @@ TEST(Linear, ChunkLengthsAndGate) {
       const auto m = make_mechanism("linear", {.causal = causal},
                                     "map=elu1,norm=kernel,gated=1,chunk=" + std::to_string(chunk));
       m->forward(a, ctx);
-      ref::linear_ref(
-          a64, {.causal = causal},
-          {.map = FeatureMap::kEluPlusOne, .norm = LinearNorm::kKernel, .gated = true});
+      ref::linear_ref(a64, {.causal = causal},
+                      {.map = FeatureMap::kEluPlusOne, .norm = LinearNorm::kKernel, .gated = true});
       const Report rep = compare(p.out, true, r.out);
       EXPECT_LE(rep.max_abs, 1e-5) << "chunk=" << chunk << (causal ? " causal " : " ") << rep.str();
     }

@@ -11,13 +11,11 @@ TEST(Memory, MatchesReferenceOverTheSweep) {
            {"chunk=16", {.chunk = 16}},
            {"chunk=7,width=3", {.chunk = 7, .width = 3}},
            {"chunk=32,width=4,filter_type=maxpool,temperature=2",
-            {.chunk = 32,
-            .width = 4,
-            .filter_type = MemoryFilter::kMaxPool,
-            .temperature = 2.0}},
+            {.chunk = 32, .width = 4, .filter_type = MemoryFilter::kMaxPool, .temperature = 2.0}},
            {"chunk=500", {.chunk = 500}}}) {
     const MemoryConfig c = entry.second;  // a variable, not a binding: the lambda captures it
-    sweep_against_reference("memory", entry.first, [c](auto& a, auto& o) { ref::memory_ref(a, o, c); },
+    sweep_against_reference("memory", entry.first,
+                            [c](auto& a, auto& o) { ref::memory_ref(a, o, c); },
                             {.memory_len = 3, .equal_lengths = true, .equal_dims = true});
   }
 }

@@ -18,8 +18,7 @@ std::map<std::string, std::pair<std::string, RefFn>> cases() {
       {"linear",
        {"map=elu1,norm=kernel",
         [](auto& a, auto& o) {
-          ref::linear_ref(a, o,
-                          {.map = FeatureMap::kEluPlusOne, .norm = LinearNorm::kKernel});
+          ref::linear_ref(a, o, {.map = FeatureMap::kEluPlusOne, .norm = LinearNorm::kKernel});
         }}},
       {"heinsen", {"", [](auto& a, auto& o) { ref::heinsen_ref(a, o); }}},
       {"rfa",
@@ -142,9 +141,9 @@ TEST(Registry, DescribeListsEveryConfigKeyWithItsValue) {
   }
   const auto lara = make_mechanism("lara", {}, "alpha=0.5,seed=7,mis=bh");
   EXPECT_EQ(lara->describe(), "lara(landmarks=16,mis=bh,alpha=0.5,sample=0,seed=7) non-causal");
-  EXPECT_EQ(make_mechanism("memory", {.causal = true}, "temperature=2,filter_type=maxpool")
-                ->describe(),
-            "memory(chunk=128,width=1,filter_type=maxpool,temperature=2) causal");
+  EXPECT_EQ(
+      make_mechanism("memory", {.causal = true}, "temperature=2,filter_type=maxpool")->describe(),
+      "memory(chunk=128,width=1,filter_type=maxpool,temperature=2) causal");
 }
 
 }  // namespace

@@ -21,8 +21,8 @@ namespace {
 TEST(Robustness, SoftmaxStreamRejectsHostileMaxTokens) {
   const auto m = make_mechanism("softmax");
   StreamSpec s{.batch = 1, .heads = 2, .kv_heads = 2, .head_dim = 8, .value_dim = 8};
-  for (int64_t bad : {int64_t{1} << 62, int64_t{-1}, int64_t{1} << 31,
-                      std::numeric_limits<int64_t>::max()}) {
+  for (int64_t bad :
+       {int64_t{1} << 62, int64_t{-1}, int64_t{1} << 31, std::numeric_limits<int64_t>::max()}) {
     s.max_tokens = bad;
     EXPECT_NE(error_of([&] { m->new_stream(s); }).find("max_tokens: must be in [0, 2^31)"),
               std::string::npos)
@@ -37,8 +37,8 @@ TEST(Robustness, SoftmaxStreamRejectsHostileMaxTokens) {
 TEST(Robustness, HugeStreamSpecsNameTheStream) {
   for (const char* name : {"linear", "heinsen", "rfa", "softmax"}) {
     const auto m = make_mechanism(name);
-    StreamSpec s{.batch = int64_t{1} << 30, .heads = 64, .kv_heads = 64, .head_dim = 64,
-                 .value_dim = 64};
+    StreamSpec s{
+        .batch = int64_t{1} << 30, .heads = 64, .kv_heads = 64, .head_dim = 64, .value_dim = 64};
     EXPECT_NE(error_of([&] { m->new_stream(s); }).find("stream: batch x heads x head_dim"),
               std::string::npos)
         << name;
@@ -198,13 +198,15 @@ TEST(Robustness, OutputsMustNotOverlapThemselves) {
   std::vector<float> one_row(8);
   b.dq = make_view(one_row.data(), {1, 4, 1, 8});
   b.dq.stride = {0, 0, 0, 1};  // every row of dq is the same 8 floats
-  EXPECT_NE(error_of([&] { make_mechanism("softmax")->backward(b, ctx); })
-                .find("dq: is written, so its elements must not overlap"),
+  EXPECT_NE(error_of([&] {
+              make_mechanism("softmax")->backward(b, ctx);
+            }).find("dq: is written, so its elements must not overlap"),
             std::string::npos);
   AttentionArgs a = p.args32();
   a.out.stride = {0, 0, 0, 1};
-  EXPECT_NE(error_of([&] { make_mechanism("linear")->forward(a, ctx); })
-                .find("out: is written, so its elements must not overlap"),
+  EXPECT_NE(error_of([&] {
+              make_mechanism("linear")->forward(a, ctx);
+            }).find("out: is written, so its elements must not overlap"),
             std::string::npos);
 }
 
@@ -221,8 +223,8 @@ TEST(Robustness, FusedBufferSlotsAreNotOverlaps) {
     v.stride = {S * 4 * H * D, 4 * H * D, D, 1};
     return v;
   };
-  AttentionArgs a{.q = as_const(slot(0)), .k = as_const(slot(1)), .v = as_const(slot(2)),
-                  .out = slot(3)};
+  AttentionArgs a{
+      .q = as_const(slot(0)), .k = as_const(slot(1)), .v = as_const(slot(2)), .out = slot(3)};
   Context ctx(1);
   const auto m = make_mechanism("softmax");
   ASSERT_EQ(m->check(a), "");

@@ -23,11 +23,16 @@ std::vector<std::unique_ptr<Context>> contexts() {
 struct Case {
   std::string name, config;
 };
-const Case kCases[] = {{"softmax", ""},     {"linear", "map=elu1,norm=kernel,chunk=8"},
-                       {"heinsen", ""},     {"rfa", "features=8"},
-                       {"performer", "features=8"}, {"ra", ""},
-                       {"lara", "landmarks=4"},     {"topk", "k=5,query_chunk=7"},
-                       {"luna", ""},        {"memory", "chunk=8,width=2"}};
+const Case kCases[] = {{"softmax", ""},
+                       {"linear", "map=elu1,norm=kernel,chunk=8"},
+                       {"heinsen", ""},
+                       {"rfa", "features=8"},
+                       {"performer", "features=8"},
+                       {"ra", ""},
+                       {"lara", "landmarks=4"},
+                       {"topk", "k=5,query_chunk=7"},
+                       {"luna", ""},
+                       {"memory", "chunk=8,width=2"}};
 
 Problem problem(const Mechanism& m, int64_t heads) {
   const int64_t memory = m.capabilities().needs_memory ? 3 : 0;
@@ -71,8 +76,7 @@ TEST(ThreadsProperty, EveryHeadsThreadsPairStreams) {
     for (int64_t heads = 1; heads <= kMax; ++heads) {
       SCOPED_TRACE(m->describe() + " heads=" + std::to_string(heads));
       Problem p = problem(*m, heads);
-      StreamSpec spec{.batch = 2, .heads = heads, .kv_heads = heads, .head_dim = 8,
-                      .value_dim = 8};
+      StreamSpec spec{.batch = 2, .heads = heads, .kv_heads = heads, .head_dim = 8, .value_dim = 8};
       if (m->capabilities().needs_memory) spec.memory = p.memory.view32();
       std::vector<float> first;
       for (int t = 1; t <= kMax; ++t) {

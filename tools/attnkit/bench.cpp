@@ -80,8 +80,8 @@ int cmd_compare(const Common& c, const CompareArgs& args) {
   }
   const double base_scale = std::max(max_abs(base), 1e-30);
   double base_time = 0;
-  Table table{{"mechanism", "time_ms", "vs_softmax", "peak_MiB", "max_abs_err", "rel_err",
-               "config", "status"},
+  Table table{{"mechanism", "time_ms", "vs_softmax", "peak_MiB", "max_abs_err", "rel_err", "config",
+               "status"},
               {}};
   Progress progress(static_cast<int>(names.size()));
   for (const std::string& name : names) {
@@ -150,13 +150,12 @@ void bench_decode(const Common& c, const BenchArgs& args, const std::string& nam
       stream->query(rows(w.q, i, 1), out.view(), ctx);
     });
     // Bytes a step reads: the whole fixed-size state, or for a KV cache its filled part.
-    const double bytes =
-        name == "softmax"
-            ? static_cast<double>(stream->length()) * s.batch * s.hk() * 2 * s.dim * sizeof(float)
-            : static_cast<double>(stream->state_bytes());
-    table.rows.push_back({m->describe(), "decode step (append 1 + query 1)", n,
-                          t.median_s * 1e6, t.min_s * 1e6,
-                          static_cast<int64_t>(stream->state_bytes()), bytes / t.median_s / 1e9});
+    const double bytes = name == "softmax" ? static_cast<double>(stream->length()) * s.batch *
+                                                 s.hk() * 2 * s.dim * sizeof(float)
+                                           : static_cast<double>(stream->state_bytes());
+    table.rows.push_back({m->describe(), "decode step (append 1 + query 1)", n, t.median_s * 1e6,
+                          t.min_s * 1e6, static_cast<int64_t>(stream->state_bytes()),
+                          bytes / t.median_s / 1e9});
   }
 }
 
@@ -209,14 +208,12 @@ int cmd_bench(const Common& c, const BenchArgs& args) {
   Context ctx(c.threads);
   Table table;
   if (args.decode) {
-    table.columns = {"mechanism", "measures", "context", "median_us", "min_us", "state_bytes",
-                     "GB/s"};
-    for (const std::string& name : args.mechanisms)
-      bench_decode(c, args, name, seqs, ctx, table);
+    table.columns = {"mechanism", "measures",    "context", "median_us",
+                     "min_us",    "state_bytes", "GB/s"};
+    for (const std::string& name : args.mechanisms) bench_decode(c, args, name, seqs, ctx, table);
   } else {
     const std::string what = args.backward ? "backward (dq, dk, dv)" : "forward";
-    table.columns = {"mechanism", "measures", "seq", "median_ms", "min_ms", "GFLOP/s",
-                     "Mtokens/s"};
+    table.columns = {"mechanism", "measures", "seq", "median_ms", "min_ms", "GFLOP/s", "Mtokens/s"};
     for (const std::string& name : args.mechanisms) {
       const auto m = make_mechanism(name, options_of(c), config_for(c, name));
       Progress progress(static_cast<int>(seqs.size()));
@@ -229,11 +226,10 @@ int cmd_bench(const Common& c, const BenchArgs& args) {
         // FlashAttention's convention: a backward is 2.5 forwards (5 matmul-sized products
         // against 2). GFLOP/s is defined for exact softmax only (others do other work).
         const double flops = softmax_flops(s, c.causal) * (args.backward ? 2.5 : 1.0);
-        table.rows.push_back({m->describe() + (args.bf16 ? " bf16" : ""), what, n,
-                              t.median_s * 1e3, t.min_s * 1e3,
-                              name == "softmax" ? nlohmann::json(flops / t.median_s / 1e9)
-                                                : nlohmann::json(),
-                              static_cast<double>(s.batch * n) / t.median_s / 1e6});
+        table.rows.push_back(
+            {m->describe() + (args.bf16 ? " bf16" : ""), what, n, t.median_s * 1e3, t.min_s * 1e3,
+             name == "softmax" ? nlohmann::json(flops / t.median_s / 1e9) : nlohmann::json(),
+             static_cast<double>(s.batch * n) / t.median_s / 1e6});
       }
     }
   }
@@ -245,9 +241,9 @@ int cmd_bench(const Common& c, const BenchArgs& args) {
   table.meta["reps"] = args.reps;
   std::cout << table.render(c.format);
   if (c.format == "table") {
-    std::cout << "\nB=" << args.shape.batch << " H=" << args.shape.heads
-              << " D=" << args.shape.dim << " threads=" << ctx.num_threads()
-              << " warmup=" << args.warmup << " reps=" << args.reps << "; "
+    std::cout << "\nB=" << args.shape.batch << " H=" << args.shape.heads << " D=" << args.shape.dim
+              << " threads=" << ctx.num_threads() << " warmup=" << args.warmup
+              << " reps=" << args.reps << "; "
               << (args.decode ? "GB/s = bytes read per step (state, or filled KV cache) / step "
                                 "time; "
                               : "")

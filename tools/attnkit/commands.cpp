@@ -151,8 +151,8 @@ int cmd_run(const Common& c, const RunArgs& r) {
   const Timing t = time_runs(0, 1, [&] { m->forward(a, ctx); });
   io::write_npy(r.out, out.data(), out.shape());
   if (!r.memory_out.empty()) io::write_npy(r.memory_out, memory_out.data(), memory_out.shape());
-  std::cerr << m->describe() << ": read q " << dims(a.q) << ", k " << dims(a.k) << " ("
-            << r.layout << "); wrote " << r.out << " in " << fmt(t.median_s * 1e3) << " ms\n";
+  std::cerr << m->describe() << ": read q " << dims(a.q) << ", k " << dims(a.k) << " (" << r.layout
+            << "); wrote " << r.out << " in " << fmt(t.median_s * 1e3) << " ms\n";
   return 0;
 }
 
@@ -169,16 +169,19 @@ int cmd_list(const Common& c) {
   if (c.format == "json") {
     table.meta = run_meta("list", Context::default_threads());
     for (const auto& row : keys.rows) {
-      table.meta["config_keys"][row[0].get<std::string>()].push_back(
-          {{"key", row[1]}, {"type", row[2]}, {"default", row[3]}, {"allowed", row[4]},
-           {"meaning", row[5]}});
+      table.meta["config_keys"][row[0].get<std::string>()].push_back({{"key", row[1]},
+                                                                      {"type", row[2]},
+                                                                      {"default", row[3]},
+                                                                      {"allowed", row[4]},
+                                                                      {"meaning", row[5]}});
     }
     std::cout << table.render("json");
     return 0;
   }
   std::cout << table.render(c.format);
   if (c.format == "table") {
-    std::cout << "\nconfig keys (-c name:key=value,...):\n" << keys.render("table") << "\n"
+    std::cout << "\nconfig keys (-c name:key=value,...):\n"
+              << keys.render("table") << "\n"
               << Context::cpu_report() << "\n";
   }
   return 0;

@@ -19,8 +19,9 @@ void add_run_options(CLI::App* sub, Common& c) {
   sub->add_option("--scale", c.scale, "logit scale (0: 1/sqrt(head_dim))");
   sub->add_option("-c,--config", c.configs,
                   "per-mechanism config, e.g. topk:k=64 (repeatable; `attnkit list` shows keys)");
-  sub->add_option("--simd", c.simd,
-                  "run on this compiled SIMD target (`attnkit list` names them; default: the best)");
+  sub->add_option(
+      "--simd", c.simd,
+      "run on this compiled SIMD target (`attnkit list` names them; default: the best)");
 }
 
 void add_format(CLI::App* sub, Common& c) {

@@ -31,8 +31,7 @@ int64_t status_kb(const std::string& field) {
 }
 
 double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 std::string csv_field(const std::string& x) {
@@ -57,7 +56,8 @@ std::string cpu_model() {
   while (std::getline(f, line)) {
     if (line.rfind("model name", 0) == 0) {
       const size_t colon = line.find(':');
-      return colon == std::string::npos ? line : line.substr(line.find_first_not_of(' ', colon + 1));
+      return colon == std::string::npos ? line
+                                        : line.substr(line.find_first_not_of(' ', colon + 1));
     }
   }
   return "unknown";
@@ -68,8 +68,8 @@ std::string cpu_model() {
 // The workload's largest tensor must be allocatable in principle (the checked Tensor sizes
 // would name "tensor"; this names the options).
 static const Shape& checked(const Shape& s) {
-  const double elems = static_cast<double>(s.batch) * std::max(s.seq, s.sk()) *
-                       std::max(s.heads, s.memory) * s.dim;
+  const double elems =
+      static_cast<double>(s.batch) * std::max(s.seq, s.sk()) * std::max(s.heads, s.memory) * s.dim;
   if (elems >= 1099511627776.0) {
     throw Error("shape", "batch x seq x heads x dim (" + std::to_string(s.batch) + " x " +
                              std::to_string(std::max(s.seq, s.sk())) + " x " +
@@ -212,7 +212,7 @@ nlohmann::json run_meta(const std::string& command, int threads) {
 }
 
 nlohmann::json shape_json(const Shape& s, bool causal) {
-  return {{"batch", s.batch}, {"seq_q", s.seq}, {"seq_k", s.sk()}, {"heads", s.heads},
+  return {{"batch", s.batch},   {"seq_q", s.seq},    {"seq_k", s.sk()}, {"heads", s.heads},
           {"kv_heads", s.hk()}, {"head_dim", s.dim}, {"causal", causal}};
 }
 
@@ -223,8 +223,8 @@ std::string fmt(double x, int precision) {
   return o.str();
 }
 
-std::vector<int64_t> parse_int_list(const std::string& text, const std::string& option,
-                                    int64_t min, int64_t max) {
+std::vector<int64_t> parse_int_list(const std::string& text, const std::string& option, int64_t min,
+                                    int64_t max) {
   std::vector<int64_t> out;
   std::stringstream ss(text);
   std::string item;

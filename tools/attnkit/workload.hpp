@@ -3,10 +3,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "attnkit/attnkit.hpp"
 
@@ -56,7 +55,7 @@ class Progress {
 struct Table {
   std::vector<std::string> columns;
   std::vector<std::vector<nlohmann::json>> rows;
-  nlohmann::json meta = nlohmann::json::object();  // version, cpu, simd, threads, shape, ...
+  nlohmann::json meta = nlohmann::json::object();       // version, cpu, simd, threads, shape, ...
   std::string render(const std::string& format) const;  // "table", "csv", "json"
 };
 // The metadata every JSON report carries: attnkit version, CPU model, SIMD target, threads.

@@ -1,7 +1,6 @@
 // Uses the installed attnkit: softmax attention on const inputs (make_view on const data),
 // checked against a hand-computed uniform case.
 #include <attnkit/attnkit.hpp>
-
 #include <cmath>
 #include <cstdio>
 #include <vector>
