@@ -13,9 +13,8 @@
 namespace attnkit::detail {
 namespace {
 
-// constexpr, not a std::vector: factories run during other files\' static initialisation.
+// constexpr, not a std::vector: factories run during other files' static initialisation.
 constexpr std::string_view kMaps[] = {"identity", "elu1", "relu", "exp"};
-// constexpr, not a std::vector: factories run during other files\' static initialisation.
 constexpr std::string_view kNorms[] = {"none", "length", "fixed1000", "kernel"};
 
 class Linear final : public Mechanism {
@@ -70,7 +69,8 @@ class Linear final : public Mechanism {
       }
       check_finite(a.gate, "gate");
     }
-    if (c_.map == FeatureMap::kExp && !log_space() && in != DType::kF64) {
+    if (c_.map == FeatureMap::kExp && !log_space() && in != DType::kF64 &&
+        !InputsOnly::active()) {  // a value scan: forward does it
       // exp(q).exp(k) summed over keys must stay inside float32.
       for (auto [t, name] : {std::pair{a.q, "q"}, {a.k, "k"}}) {
         if (max_entry(t) > 30.0f) {

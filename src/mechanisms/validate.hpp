@@ -34,8 +34,9 @@ inline float logit_scale(const AttentionOptions& o, int64_t head_dim) {
                                            : 1.0 / std::sqrt(static_cast<double>(head_dim)));
 }
 
-// While one is alive on this thread, check_qkv accepts an absent out
-// (Mechanism::check_inputs).
+// While one is alive on this thread (Mechanism::check_inputs), check_qkv accepts an absent
+// out and the value scans (check_finite, a mechanism's magnitude limits) are skipped: forward
+// runs them, and a caller that checks first would otherwise read every input twice.
 class InputsOnly {
  public:
   InputsOnly();

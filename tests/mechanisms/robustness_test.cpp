@@ -124,6 +124,23 @@ TEST(Robustness, PoolWorksInAForkedChild) {
   for (int x : hits) EXPECT_EQ(x, 3);
 }
 
+// check_inputs checks every shape rule but leaves the value scans to forward, so a caller that
+// checks before allocating reads its inputs once.
+TEST(Robustness, CheckInputsLeavesValueScansToForward) {
+  Context ctx(1);
+  Problem p({1, 4, 4, 1, 1, 8, 8}, 12);
+  p.q.f32[3] = std::numeric_limits<float>::quiet_NaN();
+  AttentionArgs a = p.args32();
+  const auto m = make_mechanism("softmax");
+  AttentionArgs no_out = a;
+  no_out.out = {};
+  EXPECT_EQ(m->check_inputs(no_out), "");
+  EXPECT_EQ(m->check(a), "q: must be finite (found NaN or Inf)");
+  EXPECT_EQ(error_of([&] { m->forward(a, ctx); }), "q: must be finite (found NaN or Inf)");
+  no_out.k.shape[2] = 3;  // a shape rule is still checked
+  EXPECT_NE(m->check_inputs(no_out).find("k: "), std::string::npos);
+}
+
 TEST(Robustness, HugeScaleIsRejected) {
   EXPECT_NE(error_of([] { make_mechanism("topk", {.scale = 1e300}); }).find("scale: must be <="),
             std::string::npos);
