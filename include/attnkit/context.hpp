@@ -30,6 +30,8 @@ class Context {
   // The largest thread count a Context accepts: max(4 x available_cpus(), 64). Above it a
   // pool only costs memory and scheduling (100000 threads exhaust the process table).
   static int max_threads();
+  // Throws the Error("threads") a Context(threads) would for a count above max_threads().
+  static void check_thread_count(int threads);
 
   // Runs fn(task, worker) for task in [0, tasks); worker in [0, num_threads()).
   // Tasks are claimed dynamically; each task must own its outputs, so results do

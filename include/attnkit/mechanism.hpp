@@ -73,9 +73,10 @@ class Mechanism {
 
   // Empty when args are valid, else the reason ("k: heads (3) must divide q heads (8)").
   std::string check(const AttentionArgs& args) const;
-  // As check, but args.out (and memory_out, lse) may be absent: validates the inputs before
-  // the caller allocates outputs sized from them (a 4 TiB out is never allocated for an
-  // input that breaks a rule).
+  // As check, but args.out (and memory_out, lse) may be absent: every rule on shapes,
+  // strides, dtypes and options, checked before the caller allocates outputs sized from the
+  // inputs (a 4 TiB out is never allocated for an input that breaks a rule). The value scans
+  // (NaN/Inf, magnitude limits) are left to forward, so a checked call reads its inputs once.
   std::string check_inputs(const AttentionArgs& args) const;
   // Validates (throws Error) then computes out (and lse / memory_out when asked). Finite
   // inputs whose arithmetic overflows the dtype (a non-finite out) throw Error("out"), never
@@ -96,7 +97,9 @@ class Mechanism {
  private:
   friend std::unique_ptr<Mechanism> make_mechanism(std::string_view, const AttentionOptions&,
                                                    std::string_view);
-  // Refuses optional arguments the capabilities do not declare, then validate().
+  // Refuses optional arguments the capabilities do not declare.
+  void check_declared(const AttentionArgs& args) const;
+  // check_declared, then validate().
   void validate_all(const AttentionArgs& args) const;
   AttentionOptions options_;
   std::vector<ConfigKey> config_;

@@ -125,15 +125,13 @@ Runtime& runtime() {
 template <typename Fn>
 void run_released(Fn&& fn) {
   nb::gil_scoped_release release;
-  Runtime& rt = runtime();
-  auto [ctx, gen] = rt.take();
-  try {
-    fn(*ctx);
-  } catch (...) {
-    rt.give_back(std::move(ctx), gen);
-    throw;
-  }
-  rt.give_back(std::move(ctx), gen);
+  // The Context goes back to the pool however fn ends (an Error propagates after).
+  struct Lease {
+    Runtime& rt;
+    std::pair<std::unique_ptr<attnkit::Context>, uint64_t> ctx;
+    ~Lease() { rt.give_back(std::move(ctx.first), ctx.second); }
+  } lease{runtime(), runtime().take()};
+  fn(*lease.ctx.first);
 }
 
 // The backward reads the forward's lse through AttentionArgs::lse, a mutable view it never
@@ -291,12 +289,7 @@ NB_MODULE(_core, m) {
   m.def(
       "set_num_threads",
       [](int threads) {
-        if (threads > attnkit::Context::max_threads()) {
-          throw Error("threads", "must be <= " + std::to_string(attnkit::Context::max_threads()) +
-                                     " (max of 64 and 4x the " +
-                                     std::to_string(attnkit::Context::available_cpus()) +
-                                     " CPUs this process may use), got " + std::to_string(threads));
-        }
+        attnkit::Context::check_thread_count(threads);  // fail now, not at the next call
         Runtime& rt = runtime();
         std::lock_guard<std::mutex> lock(rt.mu);
         rt.threads = threads;

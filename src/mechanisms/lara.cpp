@@ -10,7 +10,7 @@
 namespace attnkit::detail {
 namespace {
 
-// constexpr, not a std::vector: factories run during other files\' static initialisation.
+// constexpr, not a std::vector: factories run during other files' static initialisation.
 constexpr std::string_view kMis[] = {"opt", "biased", "bh"};
 
 class Lara final : public Mechanism {

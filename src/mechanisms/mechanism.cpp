@@ -15,9 +15,13 @@ std::string Mechanism::describe() const {
   return s.append(" ").append(to_string(options_));
 }
 
-void Mechanism::validate_all(const AttentionArgs& args) const {
+void Mechanism::check_declared(const AttentionArgs& args) const {
   const Capabilities c = capabilities();
   detail::check_unused(args, name(), c.needs_memory, c.uses_gate, c.uses_filter, c.emits_lse);
+}
+
+void Mechanism::validate_all(const AttentionArgs& args) const {
+  check_declared(args);
   validate(args);
 }
 
@@ -45,8 +49,7 @@ void Mechanism::forward(const AttentionArgs& args, Context& ctx) const {
 }
 
 void Mechanism::backward(const BackwardArgs& g, Context& ctx) const {
-  const Capabilities c = capabilities();
-  detail::check_unused(g.forward, name(), c.needs_memory, c.uses_gate, c.uses_filter, c.emits_lse);
+  check_declared(g.forward);
   run_backward(g, ctx);
   for (auto [t, n] : {std::pair{g.dq, "dq"},
                       {g.dk, "dk"},

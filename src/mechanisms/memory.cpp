@@ -12,7 +12,7 @@ namespace attnkit::detail {
 
 namespace {
 
-// constexpr, not a std::vector: factories run during other files\' static initialisation.
+// constexpr, not a std::vector: factories run during other files' static initialisation.
 constexpr std::string_view kFilters[] = {"conv", "maxpool"};
 
 class Memory final : public Mechanism {

@@ -129,13 +129,17 @@ int Context::default_threads() { return available_cpus(); }
 
 int Context::max_threads() { return std::max(4 * available_cpus(), 64); }
 
-Context::Context(int threads) : impl_(std::make_unique<Impl>()) {
-  if (threads <= 0) threads = default_threads();
+void Context::check_thread_count(int threads) {
   if (threads > max_threads()) {
     throw Error("threads", "must be <= " + std::to_string(max_threads()) +
                                " (max of 64 and 4x the " + std::to_string(available_cpus()) +
                                " CPUs this process may use), got " + std::to_string(threads));
   }
+}
+
+Context::Context(int threads) : impl_(std::make_unique<Impl>()) {
+  if (threads <= 0) threads = default_threads();
+  check_thread_count(threads);
   impl_->threads = threads;
   impl_->scratch.resize(threads);
   impl_->pool = std::make_unique<Pool>();
@@ -233,11 +237,8 @@ std::vector<std::string> Context::simd_targets() {
 }
 
 void Context::set_simd_target(const std::string& target) {
-  if (target.empty()) {
-    hwy::SetSupportedTargetsForTest(0);
-    return;
-  }
-  hwy::SetSupportedTargetsForTest(0);  // choose among all the CPU supports
+  hwy::SetSupportedTargetsForTest(0);  // back to all the CPU supports ("" stops here)
+  if (target.empty()) return;
   for (int64_t t : hwy::SupportedAndGeneratedTargets()) {
     if (target == hwy::TargetName(t)) {
       hwy::SetSupportedTargetsForTest(t);

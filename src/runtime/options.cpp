@@ -61,8 +61,7 @@ int KeyValues::get_int(std::string_view key, int def, int min, int max, std::str
     throw Error("config " + std::string(key), "'" + *s + "' is not an integer");
   }
   if (v < min || v > max) {
-    throw Error("config " + std::string(key),
-                "must be in [" + std::to_string(min) + ", " + std::to_string(max) + "], got " + *s);
+    throw Error("config " + std::string(key), "must be in " + keys_.back().allowed + ", got " + *s);
   }
   keys_.back().value = std::to_string(v);
   return static_cast<int>(v);
@@ -82,9 +81,7 @@ double KeyValues::get_double(std::string_view key, double def, double min, doubl
     throw Error("config " + std::string(key), "'" + *s + "' is not a finite number");
   }
   if (v < min || v > max) {
-    std::ostringstream r;
-    r << "must be in [" << min << ", " << max << "], got " << *s;
-    throw Error("config " + std::string(key), r.str());
+    throw Error("config " + std::string(key), "must be in " + keys_.back().allowed + ", got " + *s);
   }
   std::ostringstream text;
   text << v;
