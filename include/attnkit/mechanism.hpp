@@ -78,6 +78,8 @@ class Mechanism {
   // inputs (a 4 TiB out is never allocated for an input that breaks a rule). The value scans
   // (NaN/Inf, magnitude limits) are left to forward, so a checked call reads its inputs once.
   std::string check_inputs(const AttentionArgs& args) const;
+  // check_inputs that throws the Error instead of returning its text.
+  void validate_inputs(const AttentionArgs& args) const;
   // Validates (throws Error) then computes out (and lse / memory_out when asked). Finite
   // inputs whose arithmetic overflows the dtype (a non-finite out) throw Error("out"), never
   // return NaN or Inf.

@@ -219,11 +219,7 @@ class PyMechanism {
                     const std::optional<InArray>& gate,
                     const std::optional<InArray>& filter) const {
     const attnkit::AttentionArgs a = args(q, k, v, OutArray(), key_lengths, memory, gate, filter);
-    const std::string e = m_->check_inputs(a);
-    if (!e.empty()) {
-      const size_t colon = e.find(": ");
-      throw Error(e.substr(0, colon), e.substr(colon + 2));
-    }
+    m_->validate_inputs(a);
   }
 
   void backward(const InArray& q, const InArray& k, const InArray& v, const InArray& out,

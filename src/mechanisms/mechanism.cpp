@@ -39,6 +39,11 @@ std::string Mechanism::check_inputs(const AttentionArgs& args) const {
   return check(args);
 }
 
+void Mechanism::validate_inputs(const AttentionArgs& args) const {
+  const detail::InputsOnly scope;
+  validate_all(args);
+}
+
 void Mechanism::forward(const AttentionArgs& args, Context& ctx) const {
   validate_all(args);
   if (args.q.shape[1] == 0) return;  // no queries: nothing to compute

@@ -10,8 +10,6 @@
 namespace attnkit::cli {
 namespace {
 
-AttentionOptions options_of(const Common& c) { return {.scale = c.scale, .causal = c.causal}; }
-
 double max_abs(const Tensor<float>& t) {
   double m = 0;
   for (float x : t.vec()) m = std::max(m, static_cast<double>(std::abs(x)));
@@ -36,14 +34,13 @@ using Row = std::vector<nlohmann::json>;
 
 // One compare row: the mechanism's time, memory and error against softmax's output `base`.
 Row compare_row(const Common& c, const CompareArgs& args, const Workload& w,
-                const std::string& name, const Tensor<float>& base, double base_scale,
-                double& base_time) {
-  const auto m = make_mechanism(name, options_of(c), config_for(c, name));
+                const std::string& name, const Mechanism& m, const Tensor<float>& base,
+                double base_scale, double& base_time) {
   Tensor<float> out, mem_out;
-  const AttentionArgs a = w.args(*m, out, mem_out);
+  const AttentionArgs a = w.args(m, out, mem_out);
   Context ctx(c.threads);
-  const int64_t peak = peak_memory_growth([&] { m->forward(a, ctx); });
-  const Timing t = time_runs(args.warmup, args.reps, [&] { m->forward(a, ctx); });
+  const int64_t peak = peak_memory_growth([&] { m.forward(a, ctx); });
+  const Timing t = time_runs(args.warmup, args.reps, [&] { m.forward(a, ctx); });
   if (name == "softmax") base_time = t.median_s;
   const double err = max_abs_diff(out, base);
   return {name,
@@ -52,7 +49,7 @@ Row compare_row(const Common& c, const CompareArgs& args, const Workload& w,
           peak < 0 ? nlohmann::json() : nlohmann::json(peak / 1048576.0),
           err,
           err / base_scale,
-          m->describe(),
+          m.describe(),
           "ok"};
 }
 
@@ -63,19 +60,24 @@ int cmd_compare(const Common& c, const CompareArgs& args) {
       args.mechanisms.empty() ? mechanism_names() : args.mechanisms;
   check_configs(c, names);
   // A bad config is the user's error and ends the command; a mechanism that cannot take this
-  // shape or option (lara with --causal) is a skipped row below.
-  for (const std::string& name : names) {
+  // option (lara with --causal) is a skipped row, with the reason, and so is one that rejects
+  // the shape when it runs.
+  std::vector<std::unique_ptr<Mechanism>> mechanisms;
+  std::vector<std::string> skipped(names.size());
+  for (size_t i = 0; i < names.size(); ++i) {
     try {
-      make_mechanism(name, options_of(c), config_for(c, name));
+      mechanisms.push_back(make(c, names[i]));
     } catch (const Error& e) {
       if (e.argument().rfind("config", 0) == 0 || e.argument() == "mechanism") throw;
+      mechanisms.push_back(nullptr);
+      skipped[i] = e.what();
     }
   }
   const Workload w(args.shape, args.seed);
   Tensor<float> base, base_mem;  // the baseline: exact softmax, fast kernel
   {
     Context ctx(c.threads);
-    const auto softmax = make_mechanism("softmax", options_of(c), config_for(c, "softmax"));
+    const auto softmax = make(c, "softmax");
     softmax->forward(w.args(*softmax, base, base_mem), ctx);
   }
   const double base_scale = std::max(max_abs(base), 1e-30);
@@ -84,17 +86,22 @@ int cmd_compare(const Common& c, const CompareArgs& args) {
                "status"},
               {}};
   Progress progress(static_cast<int>(names.size()));
-  for (const std::string& name : names) {
-    progress.step(name);
-    try {
-      table.rows.push_back(compare_row(c, args, w, name, base, base_scale, base_time));
-    } catch (const Error& e) {
-      // One mechanism that cannot take this shape or option is reported; the rest still run.
-      table.rows.push_back({name, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-                            std::string("skipped: ") + e.what()});
+  for (size_t i = 0; i < names.size(); ++i) {
+    progress.step(names[i]);
+    if (mechanisms[i]) {
+      try {
+        table.rows.push_back(
+            compare_row(c, args, w, names[i], *mechanisms[i], base, base_scale, base_time));
+        continue;
+      } catch (const Error& e) {
+        skipped[i] = e.what();
+      }
     }
+    // One mechanism that cannot take this shape or option is reported; the rest still run.
+    table.rows.push_back(
+        {names[i], nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, "skipped: " + skipped[i]});
   }
-  table.meta = run_meta("compare", Context(c.threads).num_threads());
+  table.meta = run_meta("compare", threads_of(c));
   table.meta["shape"] = shape_json(args.shape, c.causal);
   table.meta["reps"] = args.reps;
   std::cout << table.render(c.format);
@@ -115,7 +122,7 @@ namespace {
 // token, query one token). For the KV cache, GB/s = cache bytes read per step.
 void bench_decode(const Common& c, const BenchArgs& args, const std::string& name,
                   const std::vector<int64_t>& seqs, Context& ctx, Table& table) {
-  const auto m = make_mechanism(name, options_of(c), config_for(c, name));
+  const auto m = make(c, name);
   Shape s = args.shape;
   s.seq = 4096;
   s.kv_seq = 0;
@@ -215,7 +222,7 @@ int cmd_bench(const Common& c, const BenchArgs& args) {
     const std::string what = args.backward ? "backward (dq, dk, dv)" : "forward";
     table.columns = {"mechanism", "measures", "seq", "median_ms", "min_ms", "GFLOP/s", "Mtokens/s"};
     for (const std::string& name : args.mechanisms) {
-      const auto m = make_mechanism(name, options_of(c), config_for(c, name));
+      const auto m = make(c, name);
       Progress progress(static_cast<int>(seqs.size()));
       for (int64_t n : seqs) {
         progress.step(name + " seq=" + std::to_string(n));

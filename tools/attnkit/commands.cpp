@@ -9,8 +9,6 @@
 namespace attnkit::cli {
 namespace {
 
-AttentionOptions options_of(const Common& c) { return {.scale = c.scale, .causal = c.causal}; }
-
 // An npy array as a [B, S, H, D] view. Rank 2 is [S, D]; ranks 3 and 4 are [S, H, D] and
 // [B, S, H, D] (bshd) or [H, S, D] and [B, H, S, D] (bhsd, read through strides).
 ConstTensorView as_bshd(const Tensor<float>& t, const std::string& name,
@@ -82,12 +80,19 @@ TensorView writable(Tensor<float>& t, const std::string& layout) {
 
 }  // namespace
 
+namespace {
+// Where the mechanism name of a -c name:key=value,... ends.
+size_t config_colon(const std::string& s) {
+  const size_t colon = s.find(':');
+  if (colon == std::string::npos) throw Error("--config", "'" + s + "' must be name:key=value,...");
+  return colon;
+}
+}  // namespace
+
 std::string config_for(const Common& c, const std::string& name) {
   std::string joined;
   for (const std::string& s : c.configs) {
-    const size_t colon = s.find(':');
-    if (colon == std::string::npos)
-      throw Error("--config", "'" + s + "' must be name:key=value,...");
+    const size_t colon = config_colon(s);
     if (s.compare(0, colon, name) != 0 || colon != name.size()) continue;
     if (!joined.empty()) joined.push_back(',');
     joined.append(s, colon + 1);
@@ -95,12 +100,15 @@ std::string config_for(const Common& c, const std::string& name) {
   return joined;  // a key in two -c options is an Error from the parser ("given twice")
 }
 
+std::unique_ptr<Mechanism> make(const Common& c, const std::string& name) {
+  return make_mechanism(name, {.scale = c.scale, .causal = c.causal}, config_for(c, name));
+}
+
+int threads_of(const Common& c) { return c.threads > 0 ? c.threads : Context::default_threads(); }
+
 void check_configs(const Common& c, const std::vector<std::string>& used) {
   for (const std::string& s : c.configs) {
-    const size_t colon = s.find(':');
-    if (colon == std::string::npos)
-      throw Error("--config", "'" + s + "' must be name:key=value,...");
-    const std::string name = s.substr(0, colon);
+    const std::string name = s.substr(0, config_colon(s));
     if (std::find(used.begin(), used.end(), name) == used.end()) {
       const auto all = mechanism_names();
       throw Error("--config", "'" + s + "' names " +
@@ -113,7 +121,7 @@ void check_configs(const Common& c, const std::vector<std::string>& used) {
 
 int cmd_run(const Common& c, const RunArgs& r) {
   check_configs(c, {r.mechanism});
-  const auto m = make_mechanism(r.mechanism, options_of(c), config_for(c, r.mechanism));
+  const auto m = make(c, r.mechanism);
   const Tensor<float> q = io::read_npy(r.q), k = io::read_npy(r.k), v = io::read_npy(r.v);
   AttentionArgs a;
   a.q = as_bshd(q, r.q, r.layout);
@@ -137,10 +145,7 @@ int cmd_run(const Common& c, const RunArgs& r) {
   }
   if (!r.memory_out.empty() && r.memory.empty()) throw Error("--memory-out", "needs --memory");
   // Every rule is checked before the outputs (sized from the inputs) are allocated.
-  if (const std::string e = m->check_inputs(a); !e.empty()) {
-    const size_t colon = e.find(": ");
-    throw Error(e.substr(0, colon), e.substr(colon + 2));
-  }
+  m->validate_inputs(a);
   Tensor<float> out = output_like(q.shape(), a.v.shape[3]), memory_out;
   a.out = writable(out, r.layout);
   if (!r.memory.empty()) {

@@ -49,5 +49,9 @@ int cmd_list(const Common& c);
 // twice is an Error). Every -c must name a mechanism in `used`.
 std::string config_for(const Common& c, const std::string& name);
 void check_configs(const Common& c, const std::vector<std::string>& used);
+// The mechanism `name` with the common options and its -c config.
+std::unique_ptr<Mechanism> make(const Common& c, const std::string& name);
+// The thread count a Context(c.threads) would have, without starting one.
+int threads_of(const Common& c);
 
 }  // namespace attnkit::cli
