@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <span>
 
+#include "attnkit/mask.hpp"
 #include "attnkit/tensor.hpp"
 
 namespace attnkit {
@@ -24,11 +25,13 @@ struct AttentionArgs {
   TensorView memory_out;   // optional [B, L, Hq, Dv]: packed / final memory
   ConstTensorView gate;    // optional [B, Sk, Hk]: gate logits (linear, gated=true)
   ConstTensorView filter;  // optional [Hk, kappa]: memory-write conv filter (memory)
+  Mask mask;  // left padding, query positions, varlen, window, ALiBi, softcap, attn_mask
 };
 
-// Keys visible to query row i: j < visible_keys(...). Causal masks are
-// bottom-right aligned (query i is at key position i + Sk - Sq), as in
-// FlashAttention; padding keys (j >= length) are never visible.
+// Keys visible to query row i: j < visible_keys(...), for the kernels that see only right
+// padding and causal (the base class splits the other masks for them; Problem::keys is the
+// general rule). Causal masks are bottom-right aligned (query i is at key position
+// i + Sk - Sq), as in FlashAttention; padding keys (j >= length) are never visible.
 inline int64_t visible_keys(bool causal, int64_t sq, int64_t sk, int64_t length, int64_t i) {
   int64_t n = length;
   if (causal && i + 1 + (sk - sq) < n) n = i + 1 + (sk - sq);

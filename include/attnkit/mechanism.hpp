@@ -11,6 +11,7 @@
 #include "attnkit/args.hpp"
 #include "attnkit/context.hpp"
 #include "attnkit/options.hpp"
+#include "attnkit/problem.hpp"
 #include "attnkit/tensor.hpp"
 
 namespace attnkit {
@@ -27,6 +28,15 @@ struct Capabilities {
   bool uses_gate = false;     // AttentionArgs::gate (linear gated=1)
   bool uses_filter = false;   // AttentionArgs::filter (memory filter_type=conv)
   bool emits_lse = false;     // AttentionArgs::lse (softmax)
+  // The masks its math admits (MaskKind bits). Every mechanism takes right padding
+  // (key_lengths) and causal natively. The base class runs packed batches (varlen) as one
+  // call per sequence, and, for a mechanism without kMaskQueryPositions, left padding as
+  // one call per batch row on its keys [key_begin, Sk): so the padding tokens do not exist
+  // for it, and a left-padded row equals the unpadded run.
+  uint32_t masks = kMaskKeyRanges | kMaskVarlen;
+  // Queries and keys are one sequence (Sq == Sk): left padding drops the padded query
+  // rows too (they give zeros), in causal and non-causal mode alike (memory).
+  bool aligned = false;
 };
 
 // What a stream is created for.
@@ -80,6 +90,8 @@ class Mechanism {
   std::string check_inputs(const AttentionArgs& args) const;
   // check_inputs that throws the Error instead of returning its text.
   void validate_inputs(const AttentionArgs& args) const;
+  // The resolved problem of validated args (sizes, scale, causal, masks): what run gets.
+  Problem problem(const AttentionArgs& args) const { return Problem::resolve(args, options_); }
   // Validates (throws Error) then computes out (and lse / memory_out when asked). Finite
   // inputs whose arithmetic overflows the dtype (a non-finite out) throw Error("out"), never
   // return NaN or Inf.
@@ -92,17 +104,27 @@ class Mechanism {
 
  protected:
   virtual void validate(const AttentionArgs& args) const = 0;  // throws Error
-  virtual void run(const AttentionArgs& args, Context& ctx) const = 0;
-  // Validates and writes the gradients; the default says there is no backward pass.
-  virtual void run_backward(const BackwardArgs& args, Context& ctx) const;
+  // Computes out (lse, memory_out) of validated args; p = problem(args). float64 runs the
+  // reference, other dtypes the kernel. Never sees a packed batch, nor (unless masks has
+  // kMaskQueryPositions) left padding.
+  virtual void run(const AttentionArgs& args, const Problem& p, Context& ctx) const = 0;
+  // Validates backward's arguments (throws Error); the default says there is no backward.
+  virtual void validate_backward(const BackwardArgs& args) const;
+  // Writes the gradients of validated args, split as run's.
+  virtual void run_backward(const BackwardArgs& args, const Problem& p, Context& ctx) const;
 
  private:
   friend std::unique_ptr<Mechanism> make_mechanism(std::string_view, const AttentionOptions&,
                                                    std::string_view);
   // Refuses optional arguments the capabilities do not declare.
   void check_declared(const AttentionArgs& args) const;
-  // check_declared, then validate().
+  // check_declared, then validate(), then the masks (src/mechanisms/masks.cpp).
   void validate_all(const AttentionArgs& args) const;
+  // Refuses masks the capabilities do not admit, then checks each given mask's rules.
+  void check_masks(const AttentionArgs& args) const;
+  // run / run_backward on each sub-problem a packed batch or left padding splits into.
+  void run_split(const AttentionArgs& args, Context& ctx) const;
+  void run_backward_split(const BackwardArgs& args, Context& ctx) const;
   AttentionOptions options_;
   std::vector<ConfigKey> config_;
 };

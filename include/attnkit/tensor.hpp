@@ -19,11 +19,17 @@
 
 namespace attnkit {
 
-enum class DType : uint8_t { kF32, kF64, kBF16 };
+// kBool (one byte, 0 or 1) is only for masks (Mask::attn_mask).
+enum class DType : uint8_t { kF32, kF64, kBF16, kBool };
 
-constexpr size_t dtype_size(DType t) { return t == DType::kF64 ? 8 : t == DType::kF32 ? 4 : 2; }
+constexpr size_t dtype_size(DType t) {
+  return t == DType::kF64 ? 8 : t == DType::kF32 ? 4 : t == DType::kBF16 ? 2 : 1;
+}
 constexpr const char* dtype_name(DType t) {
-  return t == DType::kF64 ? "float64" : t == DType::kF32 ? "float32" : "bfloat16";
+  return t == DType::kF64    ? "float64"
+         : t == DType::kF32  ? "float32"
+         : t == DType::kBF16 ? "bfloat16"
+                             : "bool";
 }
 
 // bfloat16 storage: the upper 16 bits of a float32. Kernels widen it on load.

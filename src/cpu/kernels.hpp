@@ -7,17 +7,20 @@
 #include "attnkit/args.hpp"
 #include "attnkit/context.hpp"
 #include "attnkit/options.hpp"
+#include "attnkit/problem.hpp"
 
 namespace attnkit::cpu {
 
-// Tiled online-softmax ("flash") attention, float32. q/k/v/out as in AttentionArgs;
-// lse optional float32 [B, Hq, Sq]. O(B Hk Sk (Dk + Dv)) extra memory for packed K/V.
-void softmax_forward(const AttentionArgs& a, float scale, bool causal, Context& ctx);
-// Gradients of exact softmax attention (dq, dk, dv overwritten), float32: one pass over key
+// Tiled online-softmax ("flash") attention, float32, every mask of p. q/k/v/out as in
+// AttentionArgs; lse optional float32 [B, Hq, Sq]. O(B Hk Sk (Dk + Dv)) extra memory for
+// packed K/V.
+void softmax_forward(const AttentionArgs& a, const Problem& p, Context& ctx);
+// Gradients of exact softmax attention (dq, dk, dv overwritten), float32, every mask of p
+// (as softmax_forward): one pass over key
 // blocks per (batch, kv head, key partition) with FlashAttention-2's five products; dq^T
 // summed per fixed partition in order, so the result does not depend on the thread count.
 // lse from AttentionArgs::lse when given (else a forward pass recomputes it).
-void softmax_backward(const BackwardArgs& g, float scale, bool causal, Context& ctx);
+void softmax_backward(const BackwardArgs& g, const Problem& p, Context& ctx);
 
 // AVX512-BF16 score tiles (src/cpu/softmax_bf16.cpp), used by softmax_forward for
 // bfloat16 inputs when the CPU has the extension.

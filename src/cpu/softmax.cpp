@@ -6,7 +6,9 @@
 //  2. One task per (batch, q head, block of kQueryBlock queries). A task streams key
 //     blocks: S = Q K^T in a register tile (rows x 2 vectors of keys), masks the block
 //     edge, updates running max m and sum l per row, rescales its O rows and adds P V
-//     (rows x up to 4 vectors of the head dim). Causal tasks stop at their last visible key.
+//     (rows x up to 4 vectors of the head dim). A task visits only the key blocks its rows'
+//     ranges (Problem::keys: padding, causal, window) touch; softcap, ALiBi and attn_mask
+//     are applied to the visible scores of a block (Problem::bias_row).
 //  3. out = O / l, lse = m + log l; a row that saw no key gives zeros and lse = -inf.
 // Every output row is owned by one task, so results do not depend on the thread count.
 #undef HWY_TARGET_INCLUDE
@@ -84,13 +86,14 @@ HWY_INLINE void Scores(const float* q, int64_t ldq, int64_t rows, const float* k
 }
 
 // One row of the online softmax over a key block of `keys` scores (a multiple of N), of
-// which the first `visible` count. Turns s into P in place; updates m, l; rescales o.
-HWY_INLINE void OnlineSoftmaxRow(float* HWY_RESTRICT s, int64_t keys, int64_t visible, float& m,
-                                 float& l, float* HWY_RESTRICT o, int64_t dvp) {
+// which [begin, end) count. Turns s into P in place; updates m, l; rescales o.
+HWY_INLINE void OnlineSoftmaxRow(float* HWY_RESTRICT s, int64_t keys, int64_t begin, int64_t end,
+                                 float& m, float& l, float* HWY_RESTRICT o, int64_t dvp) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  for (int64_t j = std::max<int64_t>(visible, 0); j < keys; ++j) s[j] = kNegInf;
+  for (int64_t j = 0; j < std::min(begin, keys); ++j) s[j] = kNegInf;
+  for (int64_t j = std::max<int64_t>(end, 0); j < keys; ++j) s[j] = kNegInf;
   VF vmax = hn::Set(d, kNegInf);
   for (int64_t j = 0; j < keys; j += N) vmax = hn::Max(vmax, hn::Load(d, s + j));
   const float m_new = std::max(m, hn::GetLane(hn::MaxOfLanes(d, vmax)));
@@ -114,10 +117,10 @@ HWY_INLINE void OnlineSoftmaxRow(float* HWY_RESTRICT s, int64_t keys, int64_t vi
   m = m_new;
 }
 
-struct Plan {
-  int64_t B, Sq, Sk, Hq, Hk, Dk, Dv, Dvp, key_blocks, query_blocks;
-  float scale;
-  bool causal;
+// The problem plus this kernel's blocking and packed operands.
+struct Plan : Problem {
+  int64_t Dvp, key_blocks, query_blocks;
+  float fscale;   // scale as float (q is pre-scaled)
   bool bf16_dot;  // bfloat16 inputs on an AVX512-BF16 CPU: kt holds uint32 pairs
   int64_t pairs;  // (Dk + 1) / 2
   float* kt;      // [B][Hk][key_blocks][Dk][kKeyBlock] (bf16_dot: [..][pairs][kKeyBlock] uint32)
@@ -177,48 +180,55 @@ int64_t ScratchFloats(const Plan& p) {
 void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float* scratch) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t qb = task % p.query_blocks, bh = task / p.query_blocks;
-  const int64_t b = bh / p.Hq, h = bh % p.Hq, hk = h / (p.Hq / p.Hk);
+  const int64_t b = bh / p.Hq, h = bh % p.Hq, hk = p.kv_head(h);
   const int64_t i0 = qb * kQueryBlock, rows = std::min(kQueryBlock, p.Sq - i0);
-  const int64_t len = a.key_lengths.empty() ? p.Sk : a.key_lengths[b];
   const int64_t ldq = RoundUp(p.Dk, 16);
   float* q = scratch;
   float* s = q + kQueryBlock * ldq;
   float* o = s + kQueryBlock * kKeyBlock;
   float* m = o + kQueryBlock * p.Dvp;
   float* l = m + kQueryBlock;
-  int64_t visible[kQueryBlock];
+  KeyRange visible[kQueryBlock];
   for (int64_t r = 0; r < rows; ++r) {
     if (p.bf16_dot) {  // unscaled pairs; the scale is applied to the scores
       PackPairs(static_cast<const uint16_t*>(a.q.row_address(b, i0 + r, h)), p.Dk,
                 reinterpret_cast<uint32_t*>(q) + r * ldq, 1);
     } else {
       const float* src = RowF32(a.q, b, i0 + r, h, q + r * ldq);  // widened in place if bf16
-      for (int64_t c = 0; c < p.Dk; ++c) q[r * ldq + c] = src[c] * p.scale;
+      for (int64_t c = 0; c < p.Dk; ++c) q[r * ldq + c] = src[c] * p.fscale;
     }
-    visible[r] = visible_keys(p.causal, p.Sq, p.Sk, len, i0 + r);
+    visible[r] = p.keys(b, i0 + r);
     m[r] = -std::numeric_limits<float>::infinity();
     l[r] = 0.0f;
   }
   std::fill(o, o + rows * p.Dvp, 0.0f);
-  const int64_t max_visible = *std::max_element(visible, visible + rows);
+  // Bounds are monotone in the row: key blocks outside [first begin, last end) are skipped
+  // (a sliding window costs N x window, not N^2).
+  const int64_t lo = visible[0].begin, hi = visible[rows - 1].end;
   const float* kt = p.kt_head(b, hk);
   const float* vp = p.vp_head(b, hk);
-  for (int64_t j0 = 0; j0 < max_visible; j0 += kKeyBlock) {
-    const int64_t keys = std::min(kKeyBlock, RoundUp(max_visible - j0, 2 * N));
+  const bool biased = p.biased();
+  for (int64_t j0 = lo / kKeyBlock * kKeyBlock; j0 < hi; j0 += kKeyBlock) {
+    const int64_t keys = std::min(kKeyBlock, RoundUp(hi - j0, 2 * N));
     if (p.bf16_dot) {
       bf16::scores(reinterpret_cast<const uint32_t*>(q), ldq, rows,
                    reinterpret_cast<const uint32_t*>(kt + (j0 / kKeyBlock) * kKeyBlock * p.Dk),
                    p.pairs, kKeyBlock, keys, s, kKeyBlock);
-      for (int64_t r = 0; r < rows; ++r) Scale(p.scale, s + r * kKeyBlock, keys);
+      for (int64_t r = 0; r < rows; ++r) Scale(p.fscale, s + r * kKeyBlock, keys);
     } else {
       Scores(q, ldq, rows, kt + (j0 / kKeyBlock) * kKeyBlock * p.Dk, p.Dk, keys, s);
     }
     for (int64_t r = 0; r < rows; ++r) {
-      OnlineSoftmaxRow(s + r * kKeyBlock, keys, visible[r] - j0, m[r], l[r], o + r * p.Dvp, p.Dvp);
+      const int64_t begin = visible[r].begin - j0, end = visible[r].end - j0;
+      float* sr = s + r * kKeyBlock;
+      if (biased) {  // softcap, ALiBi, attn_mask on the row's visible keys of this block
+        const int64_t from = std::max<int64_t>(begin, 0), to = std::min(end, keys);
+        if (from < to) p.bias_row(b, h, i0 + r, j0 + from, sr + from, to - from);
+      }
+      OnlineSoftmaxRow(sr, keys, begin, end, m[r], l[r], o + r * p.Dvp, p.Dvp);
     }
-    // O += P V over the keys visible to some row (P is 0 past each row's own limit).
-    MatMul(s, kKeyBlock, vp + j0 * p.Dvp, p.Dvp, o, p.Dvp, rows, p.Dvp,
-           std::min(keys, max_visible - j0),
+    // O += P V over the keys visible to some row (P is 0 outside each row's own range).
+    MatMul(s, kKeyBlock, vp + j0 * p.Dvp, p.Dvp, o, p.Dvp, rows, p.Dvp, std::min(keys, hi - j0),
            /*accumulate=*/true);
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -232,16 +242,14 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
   }
 }
 
-void SoftmaxForward(const AttentionArgs& a, float scale, bool causal, Context& ctx) {
+void SoftmaxForward(const AttentionArgs& a, const Problem& problem, Context& ctx) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   Plan p;
-  p.B = a.q.shape[0], p.Sq = a.q.shape[1], p.Hq = a.q.shape[2], p.Dk = a.q.shape[3];
-  p.Sk = a.k.shape[1], p.Hk = a.k.shape[2], p.Dv = a.v.shape[3];
+  static_cast<Problem&>(p) = problem;
   p.Dvp = RoundUp(p.Dv, N);
   p.key_blocks = std::max<int64_t>(1, hwy::DivCeil(p.Sk, kKeyBlock));
   p.query_blocks = hwy::DivCeil(p.Sq, kQueryBlock);
-  p.scale = scale;
-  p.causal = causal;
+  p.fscale = static_cast<float>(p.scale);
   // The bf16 tiles cover 32 keys: only with 16-lane vectors (AVX-512), as kKeyBlock assumes.
   p.bf16_dot = a.q.dtype == DType::kBF16 && N == 16 && bf16::dot_supported();
   p.pairs = (p.Dk + 1) / 2;
@@ -347,8 +355,8 @@ void softmax_decode(const AttentionArgs& a, float scale, Context& ctx) {
   HWY_DYNAMIC_DISPATCH(SoftmaxDecode)(a, scale, ctx);
 }
 
-void softmax_forward(const AttentionArgs& a, float scale, bool causal, Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(SoftmaxForward)(a, scale, causal, ctx);
+void softmax_forward(const AttentionArgs& a, const Problem& p, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(SoftmaxForward)(a, p, ctx);
 }
 
 }  // namespace attnkit::cpu

@@ -81,14 +81,33 @@ HWY_INLINE void ColumnProbabilities(float* HWY_RESTRICT x, int64_t cols, int64_t
   if (to < cols) std::fill(x + to, x + cols, 0.0f);
 }
 
-void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& ctx) {
+// ColumnProbabilities for a biased problem (softcap, ALiBi, attn_mask), scalar: x holds
+// q_i . k_j for key j and queries i0 + c, turned into P with Problem's logit. slope[c] gets
+// the softcap's derivative (when there is one), which dS is multiplied by.
+void BiasedColumnProbabilities(const Problem& p, int64_t b, int64_t h, int64_t j, int64_t i0,
+                               float* HWY_RESTRICT x, int64_t cols, int64_t from, int64_t to,
+                               const float* HWY_RESTRICT lse, float* HWY_RESTRICT slope) {
+  const float s = static_cast<float>(p.scale);
+  for (int64_t c = from; c < to; ++c) {
+    float v = s * x[c];
+    if (p.mask.softcap > 0) {
+      v = p.softcapped(v);
+      slope[c] = p.softcap_slope(v);
+    }
+    v = p.add_bias(b, h, i0 + c, j, v);
+    x[c] = lse[c] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(v - lse[c]);
+  }
+  std::fill(x, x + std::min(from, cols), 0.0f);
+  if (to < cols) std::fill(x + to, x + cols, 0.0f);
+}
+
+void SoftmaxBackward(const BackwardArgs& g, const Problem& pr, Context& ctx) {
   const AttentionArgs& a = g.forward;
-  const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
-  const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
+  const int64_t B = pr.B, Sq = pr.Sq, Hq = pr.Hq, Dk = pr.Dk, Sk = pr.Sk, Hk = pr.Hk, Dv = pr.Dv;
+  const float scale = static_cast<float>(pr.scale);
   const int64_t Dkp = pad_to_state(Dk), Dvp = pad_to_state(Dv);
   const int64_t Sqp = pad_to_state(std::max<int64_t>(Sq, 1)),
                 Skp = pad_to_state(std::max<int64_t>(Sk, 1));
-  auto length = [&](int64_t b) { return a.key_lengths.empty() ? Sk : a.key_lengths[b]; };
 
   // 0. lse: the forward's when the caller kept it (AttentionArgs::lse), else from a forward
   // pass; D = dout . out with the matching out.
@@ -110,7 +129,7 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
     f.out = make_view(recomputed.get(), {B, Sq, Hq, Dv});
     f.lse = make_view(lse.get(), {B, Hq, Sq});
     f.lse.stride = {Hq * Sqp, Sqp, 1, 0};
-    softmax_forward(f, scale, causal, ctx);
+    softmax_forward(f, pr, ctx);
     out = f.out;
   }
   for (int64_t b = 0; b < B; ++b)
@@ -153,8 +172,10 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
     const float* p = qpack.get() + (b * Hq + h) * qside;
     return Side{p, p + Sqp * Dkp, p + Sqp * Dkp + Dk * Sqp, p + Sqp * Dkp + Dk * Sqp + Sqp * Dvp};
   };
-  // Scratch per worker: two [kRowBlock][kColBlock] blocks and the dk, dv accumulators.
-  ctx.reserve_scratch(static_cast<size_t>(kRowBlock * (2 * kColBlock + Dkp + Dvp) + 64));
+  // Scratch per worker: three [kRowBlock][kColBlock] blocks (P^T, dP^T, softcap slopes) and
+  // the dk, dv accumulators.
+  ctx.reserve_scratch(static_cast<size_t>(kRowBlock * (3 * kColBlock + Dkp + Dvp) + 64));
+  const bool biased = pr.biased(), capped = pr.mask.softcap > 0;
   // dq^T partial sums [Dkp][Sqp] per (batch, q head, key partition): key block kb adds to
   // partition kb % kPartitions, a fixed split, so the sums do not depend on the threads.
   const int64_t kblocks = hwy::DivCeil(Sk, kRowBlock);
@@ -171,42 +192,55 @@ void SoftmaxBackward(const BackwardArgs& g, float scale, bool causal, Context& c
   // dq^T += K^T dS^T.
   ctx.parallel_for(B * Hk * parts, [&](int64_t task, int worker) {
     const int64_t part = task % parts, bh = task / parts, b = bh / Hk, hk = bh % Hk;
-    const int64_t group = Hq / Hk, len = length(b);
+    const int64_t group = pr.group;
     const Side K = kside_of(b, hk);
     float* pt = ctx.scratch(worker);
     float* dpt = pt + kRowBlock * kColBlock;
-    float* dk = dpt + kRowBlock * kColBlock;
+    float* slopes = dpt + kRowBlock * kColBlock;
+    float* dk = slopes + kRowBlock * kColBlock;
     float* dv = dk + kRowBlock * Dkp;
     for (int64_t kb = part; kb < kblocks; kb += parts) {
       const int64_t j0 = kb * kRowBlock, keys = std::min(kRowBlock, Sk - j0);
       std::fill(dk, dk + kRowBlock * (Dkp + Dvp), 0.0f);
-      // The first query row that sees key j0 (visibility is monotone in the row).
-      int64_t first = 0;
-      while (first < Sq && visible_keys(causal, Sq, Sk, len, first) <= j0) ++first;
+      // Query rows [first, last) see some key of the block (both bounds of a row's key range
+      // are monotone in the row), so a sliding window visits N x window pairs, not N^2.
+      int64_t first = 0, last = Sq;
+      while (first < Sq && pr.keys(b, first).end <= j0) ++first;
+      while (last > first && pr.keys(b, last - 1).begin >= j0 + keys) --last;
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         const Side Q = qside_of(b, h);
         const float* l = lse.get() + (b * Hq + h) * Sqp;
         const float* dd = dsum.get() + (b * Hq + h) * Sqp;
         float* dq_t = dqt_of(b, h, part);
-        for (int64_t i0 = first - first % kColBlock; i0 < Sq; i0 += kColBlock) {
+        for (int64_t i0 = first - first % kColBlock; i0 < last; i0 += kColBlock) {
           const int64_t cols = std::min(kColBlock, pad_to_state(Sq - i0)),
                         qrows = std::min(kColBlock, Sq - i0);
           // P^T[j][i] for keys j of the block, queries i of this query block.
           MatMul(K.r + j0 * Dkp, Dkp, Q.t + i0, Sqp, pt, kColBlock, keys, cols, Dk, false);
+          // Queries that see key j0 + j: columns [from, to), both nondecreasing in j.
+          int64_t from = 0, to = 0;
           for (int64_t j = 0; j < keys; ++j) {
-            // Queries that see key j0 + j: columns [from, qrows) (visibility is monotone).
-            int64_t from = 0;
-            if (j0 + j >= len) {
-              from = qrows;
+            while (from < qrows && pr.keys(b, i0 + from).end <= j0 + j) ++from;
+            to = std::max(to, from);
+            while (to < qrows && pr.keys(b, i0 + to).begin <= j0 + j) ++to;
+            if (biased) {
+              BiasedColumnProbabilities(pr, b, h, j0 + j, i0, pt + j * kColBlock, cols, from, to,
+                                        l + i0, slopes + j * kColBlock);
             } else {
-              while (from < qrows && visible_keys(causal, Sq, Sk, len, i0 + from) <= j0 + j) ++from;
+              ColumnProbabilities(pt + j * kColBlock, cols, from, to, scale, l + i0);
             }
-            ColumnProbabilities(pt + j * kColBlock, cols, from, qrows, scale, l + i0);
           }
           MatMul(pt, kColBlock, Q.vr + i0 * Dvp, Dvp, dv, Dvp, keys, Dvp, qrows, true);
           MatMul(K.vr + j0 * Dvp, Dvp, Q.vt + i0, Sqp, dpt, kColBlock, keys, cols, Dv, false);
-          for (int64_t j = 0; j < keys; ++j)
+          for (int64_t j = 0; j < keys; ++j) {
             ScaledDiffProduct(pt + j * kColBlock, dpt + j * kColBlock, cols, scale, dd + i0);
+            if (capped) {  // through the softcap: dS *= 1 - tanh^2 (P is 0 where unset)
+              float* dsr = dpt + j * kColBlock;
+              const float* sl = slopes + j * kColBlock;
+              for (int64_t c = 0; c < qrows; ++c)
+                dsr[c] = pt[j * kColBlock + c] != 0.0f ? dsr[c] * sl[c] : 0.0f;
+            }
+          }
           MatMul(dpt, kColBlock, Q.r + i0 * Dkp, Dkp, dk, Dkp, keys, Dkp, qrows, true);
           // dq^T[:, i0:] += K_blk^T dS^T (rows beyond qrows of dS^T are zero: P^T is).
           MatMul(K.t + j0, Skp, dpt, kColBlock, dq_t + i0, Sqp, Dk, cols, keys, true);
@@ -248,8 +282,8 @@ namespace attnkit::cpu {
 
 HWY_EXPORT(SoftmaxBackward);
 
-void softmax_backward(const BackwardArgs& g, float scale, bool causal, Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(SoftmaxBackward)(g, scale, causal, ctx);
+void softmax_backward(const BackwardArgs& g, const Problem& p, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(SoftmaxBackward)(g, p, ctx);
 }
 
 }  // namespace attnkit::cpu

@@ -17,9 +17,11 @@ class Heinsen final : public Mechanism {
   Capabilities capabilities() const override {
     return {.causal = true, .streaming = true, .backward = true};
   }
-  void run_backward(const BackwardArgs& g, Context& ctx) const override {
+  void validate_backward(const BackwardArgs& g) const override {
     validate(g.forward);
     check_backward(g, g.forward.q.dtype);
+  }
+  void run_backward(const BackwardArgs& g, const Problem&, Context& ctx) const override {
     if (g.forward.q.dtype == DType::kF64) {
       ref::heinsen_backward_ref(g, options());
     } else {
@@ -44,7 +46,7 @@ class Heinsen final : public Mechanism {
 
  protected:
   void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
-  void run(const AttentionArgs& a, Context& ctx) const override {
+  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
       ref::heinsen_ref(a, options());
     } else {

@@ -21,7 +21,7 @@ class Lara final : public Mechanism {
 
  protected:
   void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
-  void run(const AttentionArgs& a, Context& ctx) const override {
+  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
       ref::lara_ref(a, options(), c_);
       return;

@@ -24,7 +24,7 @@ class Linear final : public Mechanism {
   Capabilities capabilities() const override {
     return {.causal = true, .streaming = !c_.gated, .backward = true, .uses_gate = c_.gated};
   }
-  void run_backward(const BackwardArgs& g, Context& ctx) const override {
+  void validate_backward(const BackwardArgs& g) const override {
     validate(g.forward);
     const DType in = input_dtype_bf16(g.forward);
     if (in == DType::kBF16) throw Error("q", "bfloat16 inputs have no backward pass; use float32");
@@ -34,7 +34,9 @@ class Linear final : public Mechanism {
     } else if (g.dgate.present()) {
       throw Error("dgate", "is only for gated=1");
     }
-    if (in == DType::kF64) {
+  }
+  void run_backward(const BackwardArgs& g, const Problem&, Context& ctx) const override {
+    if (g.forward.q.dtype == DType::kF64) {
       ref::linear_backward_ref(g, options(), c_, g.dgate);
     } else {
       cpu::linear_backward(g, c_, options().causal, ctx);
@@ -81,7 +83,7 @@ class Linear final : public Mechanism {
       }
     }
   }
-  void run(const AttentionArgs& a, Context& ctx) const override {
+  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
       ref::linear_ref(a, options(), c_);
     } else if (log_space()) {

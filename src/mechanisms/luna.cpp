@@ -22,12 +22,14 @@ class Luna final : public Mechanism {
     return {.causal = true, .streaming = true, .backward = true, .needs_memory = true};
   }
 
-  void run_backward(const BackwardArgs& g, Context& ctx) const override {
+  void validate_backward(const BackwardArgs& g) const override {
     validate(g.forward);
     const DType dt = g.forward.q.dtype;
     check_backward(g, dt);
     check_input_gradient(g, g.dmemory, "dmemory", g.forward.memory, "memory", dt);
-    if (dt == DType::kF64) {
+  }
+  void run_backward(const BackwardArgs& g, const Problem&, Context& ctx) const override {
+    if (g.forward.q.dtype == DType::kF64) {
       ref::luna_backward_ref(g, options());
       return;
     }
@@ -79,7 +81,7 @@ class Luna final : public Mechanism {
     const Shape sh = check_qkv(a, dt);
     check_memory_args(a, sh, dt);
   }
-  void run(const AttentionArgs& a, Context& ctx) const override {
+  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
       ref::luna_ref(a, options());
       return;
@@ -103,17 +105,21 @@ class Luna final : public Mechanism {
           Tensor<float>({a.memory.shape[0], a.memory.shape[1], a.memory.shape[2], a.v.shape[3]});
       pack.out = packed.view();
     }
-    cpu::softmax_forward(pack, s, /*causal=*/false, ctx);
+    cpu::softmax_forward(pack, plain(pack, s), ctx);
     // Unpack: the sequence attends over the packed memory (keys = values).
     AttentionArgs unpack;
     unpack.q = a.q;
     unpack.k = pack.out;
     unpack.v = pack.out;
     unpack.out = a.out;
-    cpu::softmax_forward(unpack, s, /*causal=*/false, ctx);
+    cpu::softmax_forward(unpack, plain(unpack, s), ctx);
   }
 
  private:
+  // The problem of a pack or unpack step: non-causal softmax at Luna's scale.
+  static Problem plain(const AttentionArgs& a, float s) {
+    return Problem::resolve(a, {.scale = s, .causal = false});
+  }
   // The two softmax kernels' backwards in reverse order: unpack (keys = values = packed
   // memory Yp, so dYp = dk + dv), then pack (queries = memory, so dq = dmemory).
   static void noncausal_backward(const BackwardArgs& g, float s, Context& ctx) {
@@ -127,15 +133,15 @@ class Luna final : public Mechanism {
     pack.v = a.v;
     pack.out = packed.view();
     pack.key_lengths = a.key_lengths;
-    cpu::softmax_forward(pack, s, /*causal=*/false, ctx);
+    cpu::softmax_forward(pack, plain(pack, s), ctx);
     AttentionArgs unpack;
     unpack.q = a.q;
     unpack.k = packed.cview();
     unpack.v = packed.cview();
     unpack.out = a.out;
     cpu::softmax_backward(
-        {.forward = unpack, .dout = g.dout, .dq = g.dq, .dk = dk_u.view(), .dv = dv_u.view()}, s,
-        /*causal=*/false, ctx);
+        {.forward = unpack, .dout = g.dout, .dq = g.dq, .dk = dk_u.view(), .dv = dv_u.view()},
+        plain(unpack, s), ctx);
     for (size_t x = 0; x < dk_u.vec().size(); ++x) dk_u.vec()[x] += dv_u.vec()[x];
     TensorView dmemory = g.dmemory;
     if (!dmemory.present()) {
@@ -143,8 +149,8 @@ class Luna final : public Mechanism {
       dmemory = dmem.view();
     }
     cpu::softmax_backward(
-        {.forward = pack, .dout = dk_u.cview(), .dq = dmemory, .dk = g.dk, .dv = g.dv}, s,
-        /*causal=*/false, ctx);
+        {.forward = pack, .dout = dk_u.cview(), .dq = dmemory, .dk = g.dk, .dv = g.dv},
+        plain(pack, s), ctx);
   }
 };
 

@@ -1,4 +1,5 @@
-// Mechanism base behaviour: validate-then-run, and the default "no stream".
+// Mechanism base behaviour: validate-then-run, and the default "no stream". The masks'
+// rules and the splitting of packed batches and left padding: src/mechanisms/masks.cpp.
 #include "attnkit/mechanism.hpp"
 
 #include "attnkit/error.hpp"
@@ -23,6 +24,7 @@ void Mechanism::check_declared(const AttentionArgs& args) const {
 void Mechanism::validate_all(const AttentionArgs& args) const {
   check_declared(args);
   validate(args);
+  check_masks(args);
 }
 
 std::string Mechanism::check(const AttentionArgs& args) const {
@@ -47,7 +49,7 @@ void Mechanism::validate_inputs(const AttentionArgs& args) const {
 void Mechanism::forward(const AttentionArgs& args, Context& ctx) const {
   validate_all(args);
   if (args.q.shape[1] == 0) return;  // no queries: nothing to compute
-  run(args, ctx);
+  run_split(args, ctx);
   detail::check_result(as_const(args.out), "out", args);
   if (args.memory_out.present())
     detail::check_result(as_const(args.memory_out), "memory_out", args);
@@ -55,7 +57,9 @@ void Mechanism::forward(const AttentionArgs& args, Context& ctx) const {
 
 void Mechanism::backward(const BackwardArgs& g, Context& ctx) const {
   check_declared(g.forward);
-  run_backward(g, ctx);
+  validate_backward(g);
+  check_masks(g.forward);
+  run_backward_split(g, ctx);
   for (auto [t, n] : {std::pair{g.dq, "dq"},
                       {g.dk, "dk"},
                       {g.dv, "dv"},
@@ -70,7 +74,11 @@ std::unique_ptr<StreamingState> Mechanism::new_stream(const StreamSpec&) const {
   throw Error("stream", std::string(name()) + " has no streaming form");
 }
 
-void Mechanism::run_backward(const BackwardArgs&, Context&) const {
+void Mechanism::validate_backward(const BackwardArgs&) const {
+  throw Error("backward", std::string(name()) + " has no backward pass yet");
+}
+
+void Mechanism::run_backward(const BackwardArgs&, const Problem&, Context&) const {
   throw Error("backward", std::string(name()) + " has no backward pass yet");
 }
 

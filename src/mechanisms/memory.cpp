@@ -23,15 +23,18 @@ class Memory final : public Mechanism {
     return {.causal = true,
             .backward = true,
             .needs_memory = true,
-            .uses_filter = c_.filter_type == MemoryFilter::kConv};
+            .uses_filter = c_.filter_type == MemoryFilter::kConv,
+            .aligned = true};
   }
-  void run_backward(const BackwardArgs& g, Context& ctx) const override {
+  void validate_backward(const BackwardArgs& g) const override {
     validate(g.forward);
     const DType dt = g.forward.q.dtype;
     check_backward(g, dt);
     check_input_gradient(g, g.dmemory, "dmemory", g.forward.memory, "memory", dt);
     check_input_gradient(g, g.dfilter, "dfilter", g.forward.filter, "filter", dt);
-    if (dt == DType::kF64) {
+  }
+  void run_backward(const BackwardArgs& g, const Problem&, Context& ctx) const override {
+    if (g.forward.q.dtype == DType::kF64) {
       ref::memory_backward_ref(g, options(), c_);
       return;
     }
@@ -56,7 +59,7 @@ class Memory final : public Mechanism {
       check_finite(a.filter, "filter");
     }
   }
-  void run(const AttentionArgs& a, Context& ctx) const override {
+  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
       ref::memory_ref(a, options(), c_);
       return;

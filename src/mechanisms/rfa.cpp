@@ -22,9 +22,11 @@ class Rfa final : public Mechanism {
   Capabilities capabilities() const override {
     return {.causal = true, .streaming = true, .backward = true};
   }
-  void run_backward(const BackwardArgs& g, Context& ctx) const override {
+  void validate_backward(const BackwardArgs& g) const override {
     validate(g.forward);
     check_backward(g, g.forward.q.dtype);
+  }
+  void run_backward(const BackwardArgs& g, const Problem&, Context& ctx) const override {
     if (g.forward.q.dtype == DType::kF64) {
       ref::rfa_backward_ref(g, options(), c_);
       return;
@@ -52,7 +54,7 @@ class Rfa final : public Mechanism {
 
  protected:
   void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
-  void run(const AttentionArgs& a, Context& ctx) const override {
+  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
       ref::rfa_ref(a, options(), c_);
       return;

@@ -50,7 +50,7 @@ class KvCache final : public StreamingState {
     if (q.shape[1] <= kDecodeQueries) {
       cpu::softmax_decode(a, scale_, ctx);
     } else {
-      cpu::softmax_forward(a, scale_, /*causal=*/false, ctx);
+      cpu::softmax_forward(a, Problem::resolve(a, {.scale = scale_}), ctx);
     }
     check_result(as_const(out), "out", a);
   }
@@ -107,7 +107,8 @@ class Softmax final : public Mechanism {
   using Mechanism::Mechanism;
   std::string_view name() const override { return "softmax"; }
   Capabilities capabilities() const override {
-    return {.causal = true, .streaming = true, .backward = true, .emits_lse = true};
+    return {
+        .causal = true, .streaming = true, .backward = true, .emits_lse = true, .masks = kAllMasks};
   }
 
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
@@ -116,7 +117,7 @@ class Softmax final : public Mechanism {
         [&] { return std::make_unique<KvCache>(s, logit_scale(options(), s.head_dim)); });
   }
 
-  void run_backward(const BackwardArgs& g, Context& ctx) const override {
+  void validate_backward(const BackwardArgs& g) const override {
     const DType in = input_dtype(g.forward);  // float32 or float64 (no bfloat16 gradients)
     const Shape sh = check_qkv(g.forward, in);
     // lse, when given, is the forward's (it saves the backward a forward pass; declared by
@@ -132,11 +133,13 @@ class Softmax final : public Mechanism {
               throw Error("lse", "must be finite or -inf (a row with no visible key)");
           }
     }
-    if (sh.Sq == 0 && sh.Sk == 0) return;
-    if (in == DType::kF64) {
-      ref::softmax_backward_ref(g, options());
+  }
+  void run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
+    if (p.Sq == 0 && p.Sk == 0) return;
+    if (g.forward.q.dtype == DType::kF64) {
+      ref::softmax_backward_ref(g, p);
     } else {
-      cpu::softmax_backward(g, logit_scale(options(), sh.Dk), options().causal, ctx);
+      cpu::softmax_backward(g, p, ctx);
     }
   }
 
@@ -145,11 +148,11 @@ class Softmax final : public Mechanism {
     const DType in = input_dtype_bf16(a);
     check_qkv(a, in, in == DType::kBF16 ? DType::kF32 : in);  // bfloat16 in, float32 out
   }
-  void run(const AttentionArgs& a, Context& ctx) const override {
+  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
-      ref::softmax_ref(a, options());
+      ref::softmax_ref(a, p);
     } else {
-      cpu::softmax_forward(a, logit_scale(options(), a.q.shape[3]), options().causal, ctx);
+      cpu::softmax_forward(a, p, ctx);
     }
   }
 };

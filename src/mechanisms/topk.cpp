@@ -16,9 +16,11 @@ class Topk final : public Mechanism {
   Topk(const AttentionOptions& o, const TopkConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "topk"; }
   Capabilities capabilities() const override { return {.causal = true, .backward = true}; }
-  void run_backward(const BackwardArgs& g, Context& ctx) const override {
+  void validate_backward(const BackwardArgs& g) const override {
     validate(g.forward);
     check_backward(g, g.forward.q.dtype);
+  }
+  void run_backward(const BackwardArgs& g, const Problem&, Context& ctx) const override {
     if (g.forward.q.dtype == DType::kF64) {
       ref::topk_backward_ref(g, options(), c_);
       return;
@@ -29,7 +31,7 @@ class Topk final : public Mechanism {
 
  protected:
   void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
-  void run(const AttentionArgs& a, Context& ctx) const override {
+  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
       ref::topk_ref(a, options(), c_);
       return;

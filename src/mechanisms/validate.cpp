@@ -320,15 +320,18 @@ void check_unused(const AttentionArgs& a, std::string_view mechanism, bool memor
   if (!lse && a.lse.present()) throw Error("lse", "is not produced by " + m);
 }
 
-// memory [B, L, Hq, Dk] and optional memory_out [B, L, Hq, Dv]; keys = values = memory
-// rows somewhere, so Dk == Dv. Shared by luna and memory.
+// memory [B, L, Hq, Dk] (B: sequences of a packed batch) and optional memory_out [B, L, Hq, Dv];
+// keys = values = memory rows somewhere, so Dk == Dv. Shared by luna and memory.
 void check_memory_args(const AttentionArgs& a, const Shape& sh, DType dtype) {
   if (sh.Dk != sh.Dv) {
     throw Error("v", "head_dim (" + std::to_string(sh.Dv) + ") must equal q head_dim (" +
                          std::to_string(sh.Dk) + "): memory rows serve as keys and values");
   }
   check_tensor(a.memory, "memory", 4, dtype);
-  if (a.memory.shape[0] != sh.B || a.memory.shape[2] != sh.Hq || a.memory.shape[3] != sh.Dk ||
+  // A packed batch (cu_seqlens) has one memory per sequence.
+  const int64_t batch =
+      a.mask.varlen() ? std::max<int64_t>(1, a.mask.cu_seqlens_q.size()) - 1 : sh.B;
+  if (a.memory.shape[0] != batch || a.memory.shape[2] != sh.Hq || a.memory.shape[3] != sh.Dk ||
       a.memory.shape[1] < 1) {
     throw Error("memory", "shape " + shape_string(a.memory) + " must be [B, L >= 1, Hq, Dk]");
   }

@@ -8,17 +8,25 @@
 
 #include "attnkit/args.hpp"
 #include "attnkit/options.hpp"
+#include "attnkit/problem.hpp"
 
 namespace attnkit::ref {
 
-// out = softmax(s q k^T + mask) v; lse (optional, float64 [B, Hq, Sq]) =
-// log sum_j exp(s q.k_j); fully masked rows give out = 0, lse = -inf.
-void softmax_ref(const AttentionArgs& a, const AttentionOptions& o);
+// out = softmax(x) v with x the masked logits of p (every mask: Problem::keys, bias_row);
+// lse (optional, float64 [B, Hq, Sq]) = log sum_j exp(x_j); fully masked rows give out = 0,
+// lse = -inf.
+void softmax_ref(const AttentionArgs& a, const Problem& p);
+inline void softmax_ref(const AttentionArgs& a, const AttentionOptions& o) {
+  softmax_ref(a, Problem::resolve(a, o));
+}
 
-// Gradients of softmax_ref: with P = softmax(s q k^T + mask), O = P v:
-// dv = P^T dout, dP = dout v^T, D_i = dout_i . O_i, dS = P (dP - D), dq = s dS k,
-// dk = s dS^T q (kv-head gradients summed over their query heads). float64 views.
-void softmax_backward_ref(const BackwardArgs& g, const AttentionOptions& o);
+// Gradients of softmax_ref: with P = softmax(x), O = P v: dv = P^T dout, dP = dout v^T,
+// D_i = dout_i . O_i, dS = P (dP - D), dq = s c' dS k, dk = s c' dS^T q with c' the
+// softcap's slope (1 without one); kv-head gradients summed over their query heads.
+void softmax_backward_ref(const BackwardArgs& g, const Problem& p);
+inline void softmax_backward_ref(const BackwardArgs& g, const AttentionOptions& o) {
+  softmax_backward_ref(g, Problem::resolve(g.forward, o));
+}
 
 // de Brebisson & Vincent: r = sum_t w_t (phi(k_t).phi(q)) v_t, normalised per c.norm.
 void linear_ref(const AttentionArgs& a, const AttentionOptions& o, const LinearConfig& c);

@@ -1,58 +1,72 @@
 // Exact softmax attention, float64, naive: the baseline every mechanism is measured against.
+// Every mask is applied here from its definition (Problem::keys, Problem::bias_row).
 #include "ref_common.hpp"
 #include "reference.hpp"
 
 namespace attnkit::ref {
+namespace {
 
-void softmax_ref(const AttentionArgs& a, const AttentionOptions& o) {
-  const Dims n(a);
-  const double s = logit_scale(o, n.Dk);
-  std::vector<double> logits;
-  std::vector<const double*> vrows;
-  for (int64_t b = 0; b < n.B; ++b) {
-    const int64_t len = key_length(a, b);
-    for (int64_t h = 0; h < n.Hq; ++h) {
-      const int64_t hk = n.kv_head(h);
-      for (int64_t i = 0; i < n.Sq; ++i) {
-        const int64_t nk = visible_keys(o.causal, n.Sq, n.Sk, len, i);
-        logits.resize(nk);
-        vrows.resize(nk);
-        for (int64_t j = 0; j < nk; ++j) {
-          logits[j] = s * dot(row(a.q, b, i, h), row(a.k, b, j, hk), n.Dk);
-          vrows[j] = row(a.v, b, j, hk);
-        }
-        if (a.lse.present()) a.lse.at<double>(b, h, i) = log_sum_exp(logits);
-        softmax_inplace(logits);
-        weighted_rows(logits, vrows, n.Dv, row(a.out, b, i, h));
-      }
-    }
-  }
+// Logits of query row i (head h, batch b) over every key, -inf where not visible.
+void masked_logits(const AttentionArgs& a, const Problem& p, int64_t b, int64_t h, int64_t i,
+                   std::vector<double>& logits) {
+  logits.assign(p.Sk, kNegInf);
+  const KeyRange r = p.keys(b, i);
+  for (int64_t j = r.begin; j < r.end; ++j)
+    logits[j] = p.scale * dot(row(a.q, b, i, h), row(a.k, b, j, p.kv_head(h)), p.Dk);
+  if (!r.empty()) p.bias_row(b, h, i, r.begin, logits.data() + r.begin, r.size());
 }
 
-void softmax_backward_ref(const BackwardArgs& g, const AttentionOptions& o) {
-  const AttentionArgs& a = g.forward;
-  const Dims n(a);
-  const double s = logit_scale(o, n.Dk);
-  zero_rows(g.dq), zero_rows(g.dk), zero_rows(g.dv);
-  std::vector<const double*> keys, vals;
-  std::vector<double*> dkeys, dvals;
-  for (int64_t b = 0; b < n.B; ++b) {
-    const int64_t len = key_length(a, b);
-    for (int64_t h = 0; h < n.Hq; ++h) {
-      const int64_t hk = n.kv_head(h);
-      for (int64_t i = 0; i < n.Sq; ++i) {
-        keys.clear(), vals.clear(), dkeys.clear(), dvals.clear();
-        for (int64_t j = 0; j < visible_keys(o.causal, n.Sq, n.Sk, len, i); ++j) {
-          keys.push_back(row(a.k, b, j, hk));
-          vals.push_back(row(a.v, b, j, hk));
-          dkeys.push_back(row(g.dk, b, j, hk));
-          dvals.push_back(row(g.dv, b, j, hk));
-        }
-        softmax_row_backward(row(a.q, b, i, h), row(g.dout, b, i, h), keys, vals, s, n.Dk, n.Dv,
-                             row(g.dq, b, i, h), dkeys, dvals);
+}  // namespace
+
+void softmax_ref(const AttentionArgs& a, const Problem& p) {
+  std::vector<double> logits;
+  std::vector<const double*> vrows(p.Sk);
+  for (int64_t b = 0; b < p.B; ++b)
+    for (int64_t h = 0; h < p.Hq; ++h) {
+      for (int64_t j = 0; j < p.Sk; ++j) vrows[j] = row(a.v, b, j, p.kv_head(h));
+      for (int64_t i = 0; i < p.Sq; ++i) {
+        masked_logits(a, p, b, h, i, logits);
+        if (a.lse.present()) a.lse.at<double>(b, h, i) = log_sum_exp(logits);
+        softmax_inplace(logits);
+        weighted_rows(logits, vrows, p.Dv, row(a.out, b, i, h));
       }
     }
-  }
+}
+
+void softmax_backward_ref(const BackwardArgs& g, const Problem& p) {
+  const AttentionArgs& a = g.forward;
+  zero_rows(g.dq), zero_rows(g.dk), zero_rows(g.dv);
+  std::vector<double> logits, dp;
+  for (int64_t b = 0; b < p.B; ++b)
+    for (int64_t h = 0; h < p.Hq; ++h) {
+      const int64_t hk = p.kv_head(h);
+      for (int64_t i = 0; i < p.Sq; ++i) {
+        masked_logits(a, p, b, h, i, logits);
+        softmax_inplace(logits);  // P
+        const double* q = row(a.q, b, i, h);
+        const double* dout = row(g.dout, b, i, h);
+        dp.assign(p.Sk, 0.0);
+        double d = 0;  // dout . out = sum_j P_j dP_j
+        for (int64_t j = 0; j < p.Sk; ++j) {
+          if (logits[j] == 0.0) continue;
+          dp[j] = dot(dout, row(a.v, b, j, hk), p.Dv);
+          d += logits[j] * dp[j];
+        }
+        for (int64_t j = 0; j < p.Sk; ++j) {
+          if (logits[j] == 0.0) continue;
+          const double* k = row(a.k, b, j, hk);
+          // d logit / d (scale q.k): through the softcap, 1 - tanh^2.
+          double slope = 1.0;
+          if (p.mask.softcap > 0) slope = p.softcap_slope(p.softcapped(p.scale * dot(q, k, p.Dk)));
+          const double ds = p.scale * slope * logits[j] * (dp[j] - d);
+          double* dq = row(g.dq, b, i, h);
+          double* dk = row(g.dk, b, j, hk);
+          double* dv = row(g.dv, b, j, hk);
+          for (int64_t x = 0; x < p.Dk; ++x) dq[x] += ds * k[x], dk[x] += ds * q[x];
+          for (int64_t x = 0; x < p.Dv; ++x) dv[x] += logits[j] * dout[x];
+        }
+      }
+    }
 }
 
 }  // namespace attnkit::ref

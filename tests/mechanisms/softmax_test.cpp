@@ -115,7 +115,7 @@ TEST(Softmax, LargeLogitsStayFinite) {
   for (double& x : p.q.f64) x *= 40.0;
   make_mechanism("softmax")->forward(p.args32(), ctx);
   Problem r = p;
-  ref::softmax_ref(r.args64(), {});
+  ref::softmax_ref(r.args64(), AttentionOptions{});
   const Report rep = compare(p.out, true, r.out);
   EXPECT_LE(rep.max_abs, 2e-3) << rep.str();  // near-one-hot rows; logits carry |x| ~ 1e3 * eps
 }
@@ -147,7 +147,7 @@ TEST(Softmax, KvCacheDecodeAcrossSplitsMatchesPrefill) {
     stream->append(kb, vb, ctx);
   }
   Problem r = p;
-  ref::softmax_ref(r.args64(), {});
+  ref::softmax_ref(r.args64(), AttentionOptions{});
   for (int64_t tq : {1, 8, 9}) {
     ConstTensorView q = p.q.view32();
     q.shape[1] = tq;

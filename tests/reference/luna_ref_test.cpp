@@ -30,7 +30,7 @@ TEST(LunaRef, UnpackIsSoftmaxOverPackedMemory) {
   Problem u = p;
   u.k = u.memory_out, u.v = u.memory_out;
   u.d.Sk = 3;
-  ref::softmax_ref(u.args64(), {});
+  ref::softmax_ref(u.args64(), AttentionOptions{});
   EXPECT_LE(compare(p.out, false, u.out).max_abs, 1e-14);
 }
 

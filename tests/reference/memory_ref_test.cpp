@@ -28,7 +28,7 @@ TEST(MemoryRef, OneChunkIsSoftmaxOverMemoryAndTokens) {
   Problem p({1, 6, 6, 1, 1, 4, 4}, 61, Layout::kContiguous, 3);
   ref::memory_ref(p.args64(), {}, {.chunk = 6});
   Problem c = concat_memory(p);
-  ref::softmax_ref(c.args64(), {});
+  ref::softmax_ref(c.args64(), AttentionOptions{});
   EXPECT_LE(compare(p.out, false, c.out).max_abs, 1e-14);
 }
 
@@ -42,7 +42,7 @@ TEST(MemoryRef, MemoryWriteIsSoftmaxOfMemoryQueries) {
   Problem w(d, 0);
   w.q = p.memory;
   w.k = c.k, w.v = c.v;
-  ref::softmax_ref(w.args64(), {});
+  ref::softmax_ref(w.args64(), AttentionOptions{});
   EXPECT_LE(compare(p.memory_out, false, w.out).max_abs, 1e-14);
 }
 

@@ -44,7 +44,7 @@ double mean_error(int features, bool orthogonal) {
     for (double& x : p.k.f64) x *= 0.5;
     exact.q = p.q, exact.k = p.k;
     ref::rfa_ref(p.args64(), {}, {.features = features, .orthogonal = orthogonal, .seed = seed});
-    ref::softmax_ref(exact.args64(), {});
+    ref::softmax_ref(exact.args64(), AttentionOptions{});
     err += compare(p.out, false, exact.out).max_abs / 4;
   }
   return err;

@@ -27,7 +27,7 @@ TEST(SoftmaxRef, IdenticalKeysAverageValues) {
   std::vector<double> lse(1);
   AttentionArgs a = s.args();
   a.lse = make_view(lse.data(), {1, 1, 1});
-  ref::softmax_ref(a, {});
+  ref::softmax_ref(a, AttentionOptions{});
   EXPECT_DOUBLE_EQ(s.o(0, 0), 3.0);
   EXPECT_NEAR(lse[0], 1.5 / std::sqrt(2.0) + std::log(3.0), 1e-15);
 }
@@ -49,7 +49,7 @@ TEST(SoftmaxRef, CausalAndPaddingMasks) {
   const int32_t len[] = {2};
   AttentionArgs a = s.args();
   a.key_lengths = len;
-  ref::softmax_ref(a, {});
+  ref::softmax_ref(a, AttentionOptions{});
   EXPECT_DOUBLE_EQ(s.o(2, 0), 1.5);
   // Causal with Sq < Sk is bottom-right aligned: the single query sees every key.
   Small t({{1.0}}, {{0.0}, {0.0}, {0.0}}, {{1.0}, {2.0}, {6.0}});
