@@ -52,7 +52,7 @@ struct Mask {
   // attend, as SDPA) or additive float of the input dtype (-inf masks the key).
   ConstTensorView attn_mask;
 
-  bool has_window() const { return window_left >= 0 || window_right >= 0; }
+  bool has_window() const { return window_left != -1 || window_right != -1; }
   bool varlen() const { return !cu_seqlens_q.empty() || !cu_seqlens_k.empty(); }
 };
 

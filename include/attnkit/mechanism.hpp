@@ -34,8 +34,9 @@ struct Capabilities {
   // one call per batch row on its keys [key_begin, Sk): so the padding tokens do not exist
   // for it, and a left-padded row equals the unpadded run.
   uint32_t masks = kMaskKeyRanges | kMaskVarlen;
-  // Queries and keys are one sequence (Sq == Sk): left padding drops the padded query
-  // rows too (they give zeros), in causal and non-causal mode alike (memory).
+  // Queries and keys are positions of one sequence whose query rows are pooled (memory's
+  // chunks, lara's landmarks): left padding drops the query rows before the first valid
+  // key's position too (they give zeros), in causal and non-causal mode alike.
   bool aligned = false;
 };
 

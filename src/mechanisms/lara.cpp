@@ -17,7 +17,7 @@ class Lara final : public Mechanism {
  public:
   Lara(const AttentionOptions& o, const LaraConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "lara"; }
-  Capabilities capabilities() const override { return {}; }
+  Capabilities capabilities() const override { return {.aligned = true}; }
 
  protected:
   void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
