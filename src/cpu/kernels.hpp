@@ -104,15 +104,13 @@ void luna_append(LinearState& s, const ConstTensorView& k, const ConstTensorView
 void luna_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
                 const ConstTensorView& memory, float scale, Context& ctx);
 
-// Top-k attention: per query, softmax over its k largest visible logits (ties to the
-// lower key index). A task scores query_chunk rows at once, so extra memory is
-// O(query_chunk * Sk) per thread plus the packed keys: linear in N.
-void topk_forward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal,
-                  Context& ctx);
+// Top-k attention: per query, softmax over its k largest visible masked logits (every mask
+// of p; ties to the lower key index). A task scores query_chunk rows at once over their
+// key range, so extra memory is O(query_chunk * Sk) per thread plus the packed keys.
+void topk_forward(const AttentionArgs& a, const Problem& p, int k, int query_chunk, Context& ctx);
 // Gradients of topk_forward (dq, dk, dv overwritten): the same scores and selection, then
 // softmax backward over the kept keys. One task per (batch, kv head).
-void topk_backward(const BackwardArgs& g, int k, int query_chunk, float scale, bool causal,
-                   Context& ctx);
+void topk_backward(const BackwardArgs& g, const Problem& p, int k, int query_chunk, Context& ctx);
 // Top-k feed-forward: out[t] = sum over the k largest x_t . keys_j of relu(x_t . keys_j) values_j.
 // x [T, Dm], keys [F, Dm], values [F, Dout], out [T, Dout], float32, rows contiguous.
 void topk_ff_forward(const ConstTensorView& x, const ConstTensorView& keys,
@@ -130,8 +128,8 @@ void memory_backward(const BackwardArgs& g, const MemoryConfig& c, float scale, 
                      Context& ctx);
 
 // Randomized Attention (unbiased): the same draws as ref::ra_ref (CounterRng streams
-// (b, h, i); uniform counter t; normal counters 2^40 + t Dk + d).
-void ra_forward(const AttentionArgs& a, const RaConfig& c, float scale, bool causal, Context& ctx);
+// (b, h, i); uniform counter t; normal counters 2^40 + t Dk + d); every mask of p but softcap.
+void ra_forward(const AttentionArgs& a, const Problem& p, const RaConfig& c, Context& ctx);
 
 // LARA with 1-D segment-mean landmarks (non-causal), as ref::lara_ref.
 void lara_forward(const AttentionArgs& a, const LaraConfig& c, float scale, Context& ctx);

@@ -28,10 +28,30 @@ namespace {
 
 constexpr int64_t kRows = 32;
 
-void RaForward(const AttentionArgs& a, const RaConfig& cfg, float scale, bool causal,
-               Context& ctx) {
-  const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
-  const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
+// x[0:cols) <- softmax over [r.begin, r.end) of x + bias (bias may be null), zero elsewhere
+// and everywhere when every visible logit is -inf. Returns whether any key is visible.
+HWY_INLINE bool SoftmaxRange(float* HWY_RESTRICT x, int64_t cols, const KeyRange& r,
+                             const float* HWY_RESTRICT bias) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t j = r.begin; j < r.end; ++j) {
+    if (bias) x[j] += bias[j];
+    m = std::max(m, x[j]);
+  }
+  std::fill(x, x + std::min(r.begin, cols), 0.0f);
+  std::fill(x + std::max<int64_t>(r.end, 0), x + cols, 0.0f);
+  if (m == -std::numeric_limits<float>::infinity()) {
+    std::fill(x, x + cols, 0.0f);
+    return false;
+  }
+  float sum = 0;
+  for (int64_t j = r.begin; j < r.end; ++j) sum += (x[j] = std::exp(x[j] - m));
+  for (int64_t j = r.begin; j < r.end; ++j) x[j] /= sum;
+  return true;
+}
+
+void RaForward(const AttentionArgs& a, const Problem& p, const RaConfig& cfg, Context& ctx) {
+  const int64_t B = p.B, Sq = p.Sq, Hq = p.Hq, Dk = p.Dk, Sk = p.Sk, Hk = p.Hk, Dv = p.Dv;
+  const float scale = static_cast<float>(p.scale);
   const int64_t Skp = pad_to_state(std::max<int64_t>(Sk, 1)), Dkp = pad_to_state(Dk),
                 Dvp = pad_to_state(Dv);
   const float sqrt_s = std::sqrt(scale);
@@ -52,39 +72,52 @@ void RaForward(const AttentionArgs& a, const RaConfig& cfg, float scale, bool ca
     }
   });
   const int64_t blocks = hwy::DivCeil(Sq, kRows);
-  ctx.reserve_scratch(static_cast<size_t>(kRows * (Dkp + 2 * Skp + 2 * Dvp) + 64));
+  const bool biased = p.biased();  // ALiBi, attn_mask: a bias row per query row
+  ctx.reserve_scratch(static_cast<size_t>(kRows * (Dkp + 3 * Skp + 2 * Dvp) + 64));
   const CounterRng rng(cfg.seed);
   ctx.parallel_for(B * Hq * blocks, [&](int64_t task, int worker) {
     const int64_t blk = task % blocks, bh = task / blocks, b = bh / Hq, h = bh % Hq,
-                  hk = h / (Hq / Hk);
+                  hk = p.kv_head(h);
     const int64_t i0 = blk * kRows, rows = std::min(kRows, Sq - i0);
-    const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
     const float* kt = shared + (b * Hk + hk) * per_head;
     const float* vp = kt + Dk * Skp;
     const float* half_norm = vp + Skp * Dvp;
-    float* w = ctx.scratch(worker);  // [rows][Dkp]: scaled queries, then samples
-    float* pi = w + kRows * Dkp;     // [rows][Skp]
-    float* f = pi + kRows * Skp;     // [rows][Skp]
-    float* mix = f + kRows * Skp;    // [rows][Dvp]
-    float* acc = mix + kRows * Dvp;  // [rows][Dvp]
-    auto visible = [&](int64_t r) { return visible_keys(causal, Sq, Sk, len, i0 + r); };
+    float* w = ctx.scratch(worker);   // [rows][Dkp]: scaled queries, then samples
+    float* pi = w + kRows * Dkp;      // [rows][Skp]
+    float* f = pi + kRows * Skp;      // [rows][Skp]
+    float* mix = f + kRows * Skp;     // [rows][Dvp]
+    float* acc = mix + kRows * Dvp;   // [rows][Dvp]
+    float* bias = acc + kRows * Dvp;  // [rows][Skp] when biased
+    KeyRange range[kRows];
+    bool live[kRows];
     for (int64_t r = 0; r < rows; ++r) {
       const float* q = a.q.row<const float>(b, i0 + r, h);
       for (int64_t x = 0; x < Dk; ++x) w[r * Dkp + x] = scale * q[x];
+      range[r] = p.keys(b, i0 + r);
+      if (biased && !range[r].empty()) {
+        float* br = bias + r * Skp;
+        std::fill(br + range[r].begin, br + range[r].end, 0.0f);
+        p.bias_row(b, h, i0 + r, range[r].begin, br + range[r].begin, range[r].size());
+      }
     }
+    const float* no_bias = nullptr;
+    auto bias_of = [&](int64_t r) { return biased ? bias + r * Skp : no_bias; };
     MatMul(w, Dkp, kt, Skp, pi, Skp, rows, Skp, Dk, /*accumulate=*/false);
-    SoftmaxRows(pi, Skp, rows, Skp, visible);
+    for (int64_t r = 0; r < rows; ++r)
+      live[r] = SoftmaxRange(pi + r * Skp, Skp, range[r], bias_of(r));
     std::fill(acc, acc + rows * Dvp, 0.0f);
     for (int t = 0; t < cfg.samples; ++t) {
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t i = i0 + r, nk = visible(r);
-        if (nk == 0) continue;
+        const int64_t i = i0 + r, nk = range[r].size();
+        if (!live[r]) continue;
         const uint64_t stream = CounterRng::stream(b, h, i);
         const double u = rng.uniform(stream, t);
-        const float* p = pi + r * Skp;
-        int64_t m = 0;
-        for (double cdf = p[0]; cdf < u && m + 1 < nk; cdf += p[++m]) {
+        const float* pr = pi + r * Skp + range[r].begin;
+        int64_t last = nk - 1, m = 0;  // as ra_ref: never past the last nonzero probability
+        while (last > 0 && pr[last] == 0.0f) --last;
+        for (double cdf = pr[0]; cdf < u && m < last; cdf += pr[++m]) {
         }
+        m += range[r].begin;
         const float* q = a.q.row<const float>(b, i, h);
         const float* km = a.k.row<const float>(b, m, hk);
         for (int64_t x = 0; x < Dk; ++x) {
@@ -94,10 +127,12 @@ void RaForward(const AttentionArgs& a, const RaConfig& cfg, float scale, bool ca
         }
       }
       MatMul(w, Dkp, kt, Skp, f, Skp, rows, Skp, Dk, /*accumulate=*/false);
-      for (int64_t r = 0; r < rows; ++r)
+      for (int64_t r = 0; r < rows; ++r) {
         for (int64_t j = 0; j < Skp; ++j) f[r * Skp + j] = sqrt_s * f[r * Skp + j] - half_norm[j];
-      SoftmaxRows(f, Skp, rows, Skp, visible);
-      MatMul(f, Skp, vp, Dvp, acc, Dvp, rows, Dvp, std::max<int64_t>(visible(rows - 1), 0),
+        if (!live[r]) std::fill(f + r * Skp, f + (r + 1) * Skp, 0.0f);
+        if (live[r]) SoftmaxRange(f + r * Skp, Skp, range[r], bias_of(r));
+      }
+      MatMul(f, Skp, vp, Dvp, acc, Dvp, rows, Dvp, std::max<int64_t>(range[rows - 1].end, 0),
              /*accumulate=*/true);
     }
     for (int64_t r = 0; r < rows; ++r) {
@@ -117,8 +152,8 @@ namespace attnkit::cpu {
 
 HWY_EXPORT(RaForward);
 
-void ra_forward(const AttentionArgs& a, const RaConfig& c, float scale, bool causal, Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(RaForward)(a, c, scale, causal, ctx);
+void ra_forward(const AttentionArgs& a, const Problem& p, const RaConfig& c, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(RaForward)(a, p, c, ctx);
 }
 
 }  // namespace attnkit::cpu

@@ -95,24 +95,42 @@ void PackTransposed(const Row& src, int64_t n, int64_t dim, int64_t ld, float* d
 }
 
 // Scaled scores of query rows [i0, i0 + rows) of head h against one kv head's packed keys
-// kt [Dk][Skp]: s[r][0:Skp) = scale q_r . k_j, over the columns the block's last row sees.
-// Forward and backward share it, so both select the same keys. q: [rows][Dkp] scratch.
+// kt [Dk][Skp]: s[r][j] = scale q_r . k_j over the key range `keys` of the rows (rounded
+// out to whole pads; a sliding window scores N x window, not N^2). Forward and backward
+// share it, so both select the same keys. q: [rows][Dkp] scratch.
 HWY_INLINE void ScoreRows(const ConstTensorView& qv, int64_t b, int64_t h, int64_t i0, int64_t rows,
-                          float scale, const float* kt, int64_t Skp, int64_t visible_last,
+                          float scale, const float* kt, int64_t Skp, const KeyRange& keys,
                           float* HWY_RESTRICT q, float* HWY_RESTRICT s) {
   const int64_t Dk = qv.shape[3], Dkp = pad_to_state(Dk);
+  if (keys.empty()) return;
   for (int64_t r = 0; r < rows; ++r) {
     const float* src = qv.row<const float>(b, i0 + r, h);
     for (int64_t c = 0; c < Dk; ++c) q[r * Dkp + c] = src[c] * scale;
   }
-  const int64_t cols = RoundUp(std::max<int64_t>(visible_last, 1), kStatePad);
-  MatMul(q, Dkp, kt, Skp, s, Skp, rows, std::min(cols, Skp), Dk, /*accumulate=*/false);
+  const int64_t j0 = keys.begin / kStatePad * kStatePad;
+  const int64_t j1 = std::min(RoundUp(keys.end, kStatePad), Skp);
+  MatMul(q, Dkp, kt + j0, Skp, s + j0, Skp, rows, j1 - j0, Dk, /*accumulate=*/false);
 }
 
-void TopkForward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal,
-                 Context& ctx) {
-  const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
-  const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
+// The masked logits of row i over its range r (softcap, ALiBi, attn_mask), then its top k
+// (indices into the row, in idx); returns the count kept and, in m, their maximum.
+HWY_INLINE int64_t SelectRow(const Problem& p, int64_t b, int64_t h, int64_t i, const KeyRange& r,
+                             float* HWY_RESTRICT sr, int64_t k, float* HWY_RESTRICT heap,
+                             int32_t* HWY_RESTRICT idx, float& m) {
+  if (r.empty()) return 0;
+  if (p.biased()) p.bias_row(b, h, i, r.begin, sr + r.begin, r.size());
+  const int64_t c = SelectTopK(sr + r.begin, r.size(), k, heap, idx);
+  m = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < c; ++t) {
+    idx[t] += static_cast<int32_t>(r.begin);
+    m = std::max(m, sr[idx[t]]);
+  }
+  return m == -std::numeric_limits<float>::infinity() ? 0 : c;  // all kept masked: none
+}
+
+void TopkForward(const AttentionArgs& a, const Problem& p, int k, int query_chunk, Context& ctx) {
+  const int64_t B = p.B, Sq = p.Sq, Hq = p.Hq, Dk = p.Dk, Sk = p.Sk, Hk = p.Hk, Dv = p.Dv;
+  const float scale = static_cast<float>(p.scale);
   const int64_t Skp = RoundUp(std::max<int64_t>(Sk, 1), kStatePad), Dkp = pad_to_state(Dk);
   const int64_t rows_per_task = std::min<int64_t>(query_chunk, std::max<int64_t>(Sq, 1));
   const int64_t blocks = hwy::DivCeil(Sq, rows_per_task);
@@ -127,51 +145,77 @@ void TopkForward(const AttentionArgs& a, int k, int query_chunk, float scale, bo
   ctx.reserve_scratch(static_cast<size_t>(rows_per_task * (Dkp + Skp) + 3 * kk + Dv + 64));
   ctx.parallel_for(B * Hq * blocks, [&](int64_t task, int worker) {
     const int64_t blk = task % blocks, bh = task / blocks, b = bh / Hq, h = bh % Hq,
-                  hk = h / (Hq / Hk);
+                  hk = p.kv_head(h);
     const int64_t i0 = blk * rows_per_task, rows = std::min(rows_per_task, Sq - i0);
-    const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
     float* q = ctx.scratch(worker);
     float* s = q + rows_per_task * Dkp;
     float* heap = s + rows_per_task * Skp;
     int32_t* idx = reinterpret_cast<int32_t*>(heap + kk);
     float* acc = heap + 3 * kk;
     ScoreRows(a.q, b, h, i0, rows, scale, kt + (b * Hk + hk) * Dk * Skp, Skp,
-              visible_keys(causal, Sq, Sk, len, i0 + rows - 1), q, s);
+              p.keys(b, i0, i0 + rows), q, s);
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t n = visible_keys(causal, Sq, Sk, len, i0 + r);
       float* dst = a.out.row<float>(b, i0 + r, h);
-      const float* sr = s + r * Skp;
-      const int64_t c = SelectTopK(sr, n, k, heap, idx);
+      float* sr = s + r * Skp;
+      float m;
+      const int64_t c = SelectRow(p, b, h, i0 + r, p.keys(b, i0 + r), sr, k, heap, idx, m);
       if (c == 0) {
         std::fill(dst, dst + Dv, 0.0f);
         continue;
       }
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t t = 0; t < c; ++t) m = std::max(m, sr[idx[t]]);
       float sum = 0;
       std::fill(acc, acc + Dv, 0.0f);
       for (int64_t t = 0; t < c; ++t) {
-        const float p = std::exp(sr[idx[t]] - m);
-        sum += p;
+        const float pr = std::exp(sr[idx[t]] - m);
+        sum += pr;
         const float* v = a.v.row<const float>(b, idx[t], hk);
-        for (int64_t x = 0; x < Dv; ++x) acc[x] += p * v[x];
+        for (int64_t x = 0; x < Dv; ++x) acc[x] += pr * v[x];
       }
       for (int64_t x = 0; x < Dv; ++x) dst[x] = acc[x] / sum;
     }
   });
 }
 
+// Softmax backward of one row over its c kept keys idx (p: their probabilities, dp: scratch
+// for dout . v), through the softcap's slope when there is one; adds to dq, dk, dv.
+HWY_INLINE void RowBackward(const BackwardArgs& g, const Problem& pr, int64_t b, int64_t h,
+                            int64_t i, const int32_t* idx, int64_t c, const float* p, float* dp) {
+  const AttentionArgs& a = g.forward;
+  const int64_t hk = pr.kv_head(h), Dk = pr.Dk, Dv = pr.Dv;
+  const float scale = static_cast<float>(pr.scale);
+  const float* dout = g.dout.row<const float>(b, i, h);
+  const float* qi = a.q.row<const float>(b, i, h);
+  float* dq = g.dq.row<float>(b, i, h);
+  float dd = 0.0f;  // D = sum_t p_t dp_t
+  for (int64_t t = 0; t < c; ++t) {
+    dp[t] = Dot(dout, a.v.row<const float>(b, idx[t], hk), Dv);
+    dd += p[t] * dp[t];
+  }
+  for (int64_t t = 0; t < c; ++t) {
+    if (p[t] == 0.0f) continue;
+    const float* kj = a.k.row<const float>(b, idx[t], hk);
+    float ds = scale * p[t] * (dp[t] - dd);
+    if (pr.mask.softcap > 0) ds *= pr.softcap_slope(pr.softcapped(scale * Dot(qi, kj, Dk)));
+    float* dk = g.dk.row<float>(b, idx[t], hk);
+    float* dv = g.dv.row<float>(b, idx[t], hk);
+    for (int64_t d = 0; d < Dk; ++d) {
+      dq[d] += ds * kj[d];
+      dk[d] += ds * qi[d];
+    }
+    for (int64_t d = 0; d < Dv; ++d) dv[d] += p[t] * dout[d];
+  }
+}
+
 // Gradients of TopkForward: per query, softmax backward over its kept keys (selected again
 // from the same scores). One task per (batch, kv head) owns that head's dk, dv rows and its
 // query heads' dq rows, and packs its keys into its own scratch.
-void TopkBackward(const BackwardArgs& g, int k, int query_chunk, float scale, bool causal,
-                  Context& ctx) {
+void TopkBackward(const BackwardArgs& g, const Problem& pr, int k, int query_chunk, Context& ctx) {
   const AttentionArgs& a = g.forward;
-  const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
-  const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
+  const int64_t B = pr.B, Sq = pr.Sq, Hq = pr.Hq, Dk = pr.Dk, Sk = pr.Sk, Hk = pr.Hk, Dv = pr.Dv;
+  const float scale = static_cast<float>(pr.scale);
   const int64_t Skp = RoundUp(std::max<int64_t>(Sk, 1), kStatePad), Dkp = pad_to_state(Dk);
   const int64_t rows_per_task = std::min<int64_t>(query_chunk, std::max<int64_t>(Sq, 1));
-  const int64_t kk = std::min<int64_t>(k, Sk), group = Hq / Hk;
+  const int64_t kk = std::min<int64_t>(k, Sk), group = pr.group;
   // Scratch: packed keys [Dk][Skp], q rows [rows][Dkp], scores [rows][Skp], heap [k],
   // indices [2k], probabilities [k].
   ctx.reserve_scratch(static_cast<size_t>(Dk * Skp + rows_per_task * (Dkp + Skp) + 4 * kk + 64));
@@ -179,7 +223,6 @@ void TopkBackward(const BackwardArgs& g, int k, int query_chunk, float scale, bo
       B * Hk,
       [&](int64_t task, int worker) {
         const int64_t b = task / Hk, hk = task % Hk;
-        const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
         float* kt = ctx.scratch(worker);
         float* q = kt + Dk * Skp;
         float* s = q + rows_per_task * Dkp;
@@ -194,38 +237,18 @@ void TopkBackward(const BackwardArgs& g, int k, int query_chunk, float scale, bo
         for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
           for (int64_t i0 = 0; i0 < Sq; i0 += rows_per_task) {
             const int64_t rows = std::min(rows_per_task, Sq - i0);
-            ScoreRows(a.q, b, h, i0, rows, scale, kt, Skp,
-                      visible_keys(causal, Sq, Sk, len, i0 + rows - 1), q, s);
+            ScoreRows(a.q, b, h, i0, rows, scale, kt, Skp, pr.keys(b, i0, i0 + rows), q, s);
             for (int64_t r = 0; r < rows; ++r) {
               const int64_t i = i0 + r;
-              float* dq = g.dq.row<float>(b, i, h);
-              std::fill_n(dq, Dk, 0.0f);
-              const float* sr = s + r * Skp;
-              const int64_t c = SelectTopK(sr, visible_keys(causal, Sq, Sk, len, i), k, heap, idx);
+              std::fill_n(g.dq.row<float>(b, i, h), Dk, 0.0f);
+              float* sr = s + r * Skp;
+              float m;
+              const int64_t c = SelectRow(pr, b, h, i, pr.keys(b, i), sr, k, heap, idx, m);
               if (c == 0) continue;
-              float m = -std::numeric_limits<float>::infinity(), sum = 0.0f;
-              for (int64_t t = 0; t < c; ++t) m = std::max(m, sr[idx[t]]);
+              float sum = 0.0f;
               for (int64_t t = 0; t < c; ++t) sum += p[t] = std::exp(sr[idx[t]] - m);
-              const float* dout = g.dout.row<const float>(b, i, h);
-              const float* qi = a.q.row<const float>(b, i, h);
-              // dp_t = dout . v_t (kept in heap[], free after selection); D = sum_t p_t dp_t.
-              float dd = 0.0f;
-              for (int64_t t = 0; t < c; ++t) {
-                p[t] /= sum;
-                heap[t] = Dot(dout, a.v.row<const float>(b, idx[t], hk), Dv);
-                dd += p[t] * heap[t];
-              }
-              for (int64_t t = 0; t < c; ++t) {
-                const float ds = scale * p[t] * (heap[t] - dd);
-                const float* kj = a.k.row<const float>(b, idx[t], hk);
-                float* dk = g.dk.row<float>(b, idx[t], hk);
-                float* dv = g.dv.row<float>(b, idx[t], hk);
-                for (int64_t d = 0; d < Dk; ++d) {
-                  dq[d] += ds * kj[d];
-                  dk[d] += ds * qi[d];
-                }
-                for (int64_t d = 0; d < Dv; ++d) dv[d] += p[t] * dout[d];
-              }
+              for (int64_t t = 0; t < c; ++t) p[t] /= sum;
+              RowBackward(g, pr, b, h, i, idx, c, p, heap);  // heap is free after selection
             }
           }
         }
@@ -279,13 +302,11 @@ HWY_EXPORT(TopkForward);
 HWY_EXPORT(TopkBackward);
 HWY_EXPORT(TopkFfForward);
 
-void topk_forward(const AttentionArgs& a, int k, int query_chunk, float scale, bool causal,
-                  Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(TopkForward)(a, k, query_chunk, scale, causal, ctx);
+void topk_forward(const AttentionArgs& a, const Problem& p, int k, int query_chunk, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(TopkForward)(a, p, k, query_chunk, ctx);
 }
-void topk_backward(const BackwardArgs& g, int k, int query_chunk, float scale, bool causal,
-                   Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(TopkBackward)(g, k, query_chunk, scale, causal, ctx);
+void topk_backward(const BackwardArgs& g, const Problem& p, int k, int query_chunk, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(TopkBackward)(g, p, k, query_chunk, ctx);
 }
 void topk_ff_forward(const ConstTensorView& x, const ConstTensorView& keys,
                      const ConstTensorView& values, const TensorView& out, int k, Context& ctx) {

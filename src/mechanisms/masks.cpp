@@ -65,7 +65,8 @@ std::string refusal(std::string_view mechanism, MaskKind kind) {
              "ra take per-key masks; " +
              m + " takes padding, packed sequences and causal)";
     case kMaskSoftcap:
-      return "is not supported by " + m + ": it has no logits to cap (softmax, topk and ra do)";
+      return "is not supported by " + m +
+             ": only softmax and topk cap logits (ra's estimator needs logits linear in q.k)";
     default:
       return "is not supported by " + m;
   }

@@ -14,17 +14,19 @@ class Ra final : public Mechanism {
  public:
   Ra(const AttentionOptions& o, const RaConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "ra"; }
-  Capabilities capabilities() const override { return {.causal = true}; }
+  // Key ranges and additive biases keep the estimator unbiased; a softcap would not.
+  Capabilities capabilities() const override {
+    return {.causal = true, .masks = kAllMasks & ~kMaskSoftcap};
+  }
 
  protected:
   void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
   void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
-      ref::ra_ref(a, options(), c_);
-      return;
+      ref::ra_ref(a, p, c_);
+    } else {
+      cpu::ra_forward(a, p, c_, ctx);
     }
-    const float s = logit_scale(options(), a.q.shape[3]);
-    cpu::ra_forward(a, c_, s, options().causal, ctx);
   }
 
  private:

@@ -15,29 +15,29 @@ class Topk final : public Mechanism {
  public:
   Topk(const AttentionOptions& o, const TopkConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "topk"; }
-  Capabilities capabilities() const override { return {.causal = true, .backward = true}; }
+  Capabilities capabilities() const override {
+    return {.causal = true, .backward = true, .masks = kAllMasks};
+  }
   void validate_backward(const BackwardArgs& g) const override {
     validate(g.forward);
     check_backward(g, g.forward.q.dtype);
   }
-  void run_backward(const BackwardArgs& g, const Problem&, Context& ctx) const override {
+  void run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
     if (g.forward.q.dtype == DType::kF64) {
-      ref::topk_backward_ref(g, options(), c_);
-      return;
+      ref::topk_backward_ref(g, p, c_);
+    } else {
+      cpu::topk_backward(g, p, c_.k, c_.query_chunk, ctx);
     }
-    const float s = logit_scale(options(), g.forward.q.shape[3]);
-    cpu::topk_backward(g, c_.k, c_.query_chunk, s, options().causal, ctx);
   }
 
  protected:
   void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
   void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
-      ref::topk_ref(a, options(), c_);
-      return;
+      ref::topk_ref(a, p, c_);
+    } else {
+      cpu::topk_forward(a, p, c_.k, c_.query_chunk, ctx);
     }
-    const float s = logit_scale(options(), a.q.shape[3]);
-    cpu::topk_forward(a, c_.k, c_.query_chunk, s, options().causal, ctx);
   }
 
  private:

@@ -40,17 +40,29 @@ void linear_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const
 // Performer/RFA with positive random features drawn by random_features(c.seed, Hk, ...).
 void rfa_ref(const AttentionArgs& a, const AttentionOptions& o, const RfaConfig& c);
 
-// Randomized Attention, unbiased paper form, draws from CounterRng(c.seed).
-void ra_ref(const AttentionArgs& a, const AttentionOptions& o, const RaConfig& c);
+// Randomized Attention, unbiased paper form, draws from CounterRng(c.seed); every mask of p
+// but softcap.
+void ra_ref(const AttentionArgs& a, const Problem& p, const RaConfig& c);
+inline void ra_ref(const AttentionArgs& a, const AttentionOptions& o, const RaConfig& c) {
+  ra_ref(a, Problem::resolve(a, o), c);
+}
 
 // LARA with 1-D segment-mean landmarks (non-causal only).
 void lara_ref(const AttentionArgs& a, const AttentionOptions& o, const LaraConfig& c);
 
-// Top-k attention: softmax over the k largest visible logits of each query.
-void topk_ref(const AttentionArgs& a, const AttentionOptions& o, const TopkConfig& c);
+// Top-k attention: softmax over the k largest visible masked logits of each query (every
+// mask of p, as softmax_ref; ties to the lower key index).
+void topk_ref(const AttentionArgs& a, const Problem& p, const TopkConfig& c);
+inline void topk_ref(const AttentionArgs& a, const AttentionOptions& o, const TopkConfig& c) {
+  topk_ref(a, Problem::resolve(a, o), c);
+}
 // Gradients of topk_ref: softmax backward over each query's kept keys (the selection is
-// piecewise constant, so it carries no gradient).
-void topk_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const TopkConfig& c);
+// piecewise constant, so it carries no gradient), through the softcap when there is one.
+void topk_backward_ref(const BackwardArgs& g, const Problem& p, const TopkConfig& c);
+inline void topk_backward_ref(const BackwardArgs& g, const AttentionOptions& o,
+                              const TopkConfig& c) {
+  topk_backward_ref(g, Problem::resolve(g.forward, o), c);
+}
 
 // Top-k feed-forward: out[t] = sum_{j in topk_j(x_t . keys_j)} relu(x_t . keys_j) values_j.
 // x: [T, Dm], keys: [F, Dm], values: [F, Dout], out: [T, Dout] (rank 2, float64).

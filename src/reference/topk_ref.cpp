@@ -21,64 +21,77 @@ std::vector<int64_t> top_indices(const std::vector<double>& x, int64_t k) {
 
 }  // namespace
 
-void topk_ref(const AttentionArgs& a, const AttentionOptions& o, const TopkConfig& c) {
-  const Dims n(a);
-  const double s = logit_scale(o, n.Dk);
+namespace {
+
+// The masked logits of query row i over its key range r (Problem::keys, bias_row).
+void range_logits(const AttentionArgs& a, const Problem& p, int64_t b, int64_t h, int64_t i,
+                  const KeyRange& r, std::vector<double>& logits) {
+  logits.resize(r.size());
+  for (int64_t j = r.begin; j < r.end; ++j)
+    logits[j - r.begin] = p.scale * dot(row(a.q, b, i, h), row(a.k, b, j, p.kv_head(h)), p.Dk);
+  p.bias_row(b, h, i, r.begin, logits.data(), r.size());
+}
+
+}  // namespace
+
+void topk_ref(const AttentionArgs& a, const Problem& p, const TopkConfig& c) {
   std::vector<double> logits, kept;
   std::vector<const double*> vrows;
-  for (int64_t b = 0; b < n.B; ++b) {
-    const int64_t len = key_length(a, b);
-    for (int64_t h = 0; h < n.Hq; ++h) {
-      const int64_t hk = n.kv_head(h);
-      for (int64_t i = 0; i < n.Sq; ++i) {
-        const int64_t nk = visible_keys(o.causal, n.Sq, n.Sk, len, i);
-        logits.resize(nk);
-        for (int64_t j = 0; j < nk; ++j)
-          logits[j] = s * dot(row(a.q, b, i, h), row(a.k, b, j, hk), n.Dk);
+  for (int64_t b = 0; b < p.B; ++b)
+    for (int64_t h = 0; h < p.Hq; ++h)
+      for (int64_t i = 0; i < p.Sq; ++i) {
+        const KeyRange r = p.keys(b, i);
+        range_logits(a, p, b, h, i, r, logits);
         const std::vector<int64_t> top = top_indices(logits, c.k);
         kept.resize(top.size());
         vrows.resize(top.size());
         for (size_t t = 0; t < top.size(); ++t) {
           kept[t] = logits[top[t]];
-          vrows[t] = row(a.v, b, top[t], hk);
+          vrows[t] = row(a.v, b, r.begin + top[t], p.kv_head(h));
         }
         softmax_inplace(kept);
-        weighted_rows(kept, vrows, n.Dv, row(a.out, b, i, h));
+        weighted_rows(kept, vrows, p.Dv, row(a.out, b, i, h));
       }
-    }
-  }
 }
 
-void topk_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const TopkConfig& c) {
+void topk_backward_ref(const BackwardArgs& g, const Problem& p, const TopkConfig& c) {
   const AttentionArgs& a = g.forward;
-  const Dims n(a);
-  const double s = logit_scale(o, n.Dk);
   zero_rows(g.dq), zero_rows(g.dk), zero_rows(g.dv);
-  std::vector<double> logits;
-  std::vector<const double*> keys, vals;
-  std::vector<double*> dkeys, dvals;
-  for (int64_t b = 0; b < n.B; ++b) {
-    const int64_t len = key_length(a, b);
-    for (int64_t h = 0; h < n.Hq; ++h) {
-      const int64_t hk = n.kv_head(h);
-      for (int64_t i = 0; i < n.Sq; ++i) {
-        const int64_t nk = visible_keys(o.causal, n.Sq, n.Sk, len, i);
-        const double* q = row(a.q, b, i, h);
-        logits.resize(nk);
-        for (int64_t j = 0; j < nk; ++j) logits[j] = s * dot(q, row(a.k, b, j, hk), n.Dk);
+  std::vector<double> logits, kept, dp;
+  for (int64_t b = 0; b < p.B; ++b)
+    for (int64_t h = 0; h < p.Hq; ++h) {
+      const int64_t hk = p.kv_head(h);
+      for (int64_t i = 0; i < p.Sq; ++i) {
+        const KeyRange r = p.keys(b, i);
+        range_logits(a, p, b, h, i, r, logits);
         // Softmax backward over the kept keys; the selection itself is piecewise constant.
-        keys.clear(), vals.clear(), dkeys.clear(), dvals.clear();
-        for (int64_t j : top_indices(logits, c.k)) {
-          keys.push_back(row(a.k, b, j, hk));
-          vals.push_back(row(a.v, b, j, hk));
-          dkeys.push_back(row(g.dk, b, j, hk));
-          dvals.push_back(row(g.dv, b, j, hk));
+        const std::vector<int64_t> top = top_indices(logits, c.k);
+        kept.resize(top.size());
+        for (size_t t = 0; t < top.size(); ++t) kept[t] = logits[top[t]];
+        softmax_inplace(kept);
+        const double* q = row(a.q, b, i, h);
+        const double* dout = row(g.dout, b, i, h);
+        dp.resize(top.size());
+        double d = 0;  // dout . out
+        for (size_t t = 0; t < top.size(); ++t) {
+          dp[t] = dot(dout, row(a.v, b, r.begin + top[t], hk), p.Dv);
+          d += kept[t] * dp[t];
         }
-        softmax_row_backward(q, row(g.dout, b, i, h), keys, vals, s, n.Dk, n.Dv, row(g.dq, b, i, h),
-                             dkeys, dvals);
+        for (size_t t = 0; t < top.size(); ++t) {
+          if (kept[t] == 0.0) continue;  // a -inf logit kept for want of others
+          const int64_t j = r.begin + top[t];
+          const double* k = row(a.k, b, j, hk);
+          const double slope =
+              p.mask.softcap > 0 ? p.softcap_slope(p.softcapped(p.scale * dot(q, k, p.Dk))) : 1.0;
+          const double ds = p.scale * slope * kept[t] * (dp[t] - d);
+          double* dq = row(g.dq, b, i, h);
+          double* dk = row(g.dk, b, j, hk);
+          double* dv = row(g.dv, b, j, hk);
+          for (int64_t x = 0; x < p.Dk; ++x) dq[x] += ds * k[x], dk[x] += ds * q[x];
+          for (int64_t x = 0; x < p.Dv; ++x) dv[x] += kept[t] * dout[x];
+        }
       }
     }
-  }
 }
 
 void topk_ff_ref(const ConstTensorView& x, const ConstTensorView& keys,

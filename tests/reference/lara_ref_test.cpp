@@ -24,7 +24,7 @@ TEST(LaraRef, ConstantValuesGiveThatConstant) {
   for (LaraMis mis : {LaraMis::kOpt, LaraMis::kBiased, LaraMis::kBalance}) {
     Problem p({2, 20, 30, 2, 1, 8, 3}, 31);
     for (double& x : p.v.f64) x = 2.5;
-    ref::lara_ref(p.args64(), {}, {.landmarks = 5, .mis = mis});
+    ref::lara_ref(p.args64(), AttentionOptions{}, {.landmarks = 5, .mis = mis});
     for (double x : p.out.f64) EXPECT_NEAR(x, 2.5, 1e-12);
   }
 }
@@ -34,8 +34,8 @@ TEST(LaraRef, PaddingKeysHaveNoInfluence) {
   p.key_lengths = q.key_lengths = {9};
   for (int64_t j = 9; j < 14; ++j)
     for (int64_t d = 0; d < 4; ++d) q.k.f64[j * 4 + d] = q.v.f64[j * 4 + d] = -50.0;
-  ref::lara_ref(p.args64(), {}, {.landmarks = 3});
-  ref::lara_ref(q.args64(), {}, {.landmarks = 3});
+  ref::lara_ref(p.args64(), AttentionOptions{}, {.landmarks = 3});
+  ref::lara_ref(q.args64(), AttentionOptions{}, {.landmarks = 3});
   EXPECT_EQ(compare(p.out, false, q.out).max_abs, 0.0);
 }
 
@@ -44,23 +44,23 @@ TEST(LaraRef, PermutingKeysWithinASegmentChangesNothing) {
   Problem p({1, 12, 12, 1, 1, 4, 2}, 33), q = p;
   for (int64_t d = 0; d < 4; ++d) std::swap(q.k.f64[5 * 4 + d], q.k.f64[6 * 4 + d]);
   for (int64_t d = 0; d < 2; ++d) std::swap(q.v.f64[5 * 2 + d], q.v.f64[6 * 2 + d]);
-  ref::lara_ref(p.args64(), {}, {.landmarks = 3});
-  ref::lara_ref(q.args64(), {}, {.landmarks = 3});
+  ref::lara_ref(p.args64(), AttentionOptions{}, {.landmarks = 3});
+  ref::lara_ref(q.args64(), AttentionOptions{}, {.landmarks = 3});
   EXPECT_LE(compare(p.out, false, q.out).max_abs, 1e-14);
 }
 
 TEST(LaraRef, MoreLandmarksThanTokensUsesTheTokens) {
   Problem p({1, 3, 3, 1, 1, 4, 4}, 34), q = p;
-  ref::lara_ref(p.args64(), {}, {.landmarks = 16});
-  ref::lara_ref(q.args64(), {}, {.landmarks = 3});
+  ref::lara_ref(p.args64(), AttentionOptions{}, {.landmarks = 16});
+  ref::lara_ref(q.args64(), AttentionOptions{}, {.landmarks = 3});
   EXPECT_EQ(compare(p.out, false, q.out).max_abs, 0.0);
 }
 
 TEST(LaraRef, SamplingIsSeededAndEvalIsDeterministic) {
   Problem a({1, 10, 10, 1, 1, 4, 4}, 35), b = a, c = a;
-  ref::lara_ref(a.args64(), {}, {.landmarks = 4, .sample = true, .seed = 1});
-  ref::lara_ref(b.args64(), {}, {.landmarks = 4, .sample = true, .seed = 1});
-  ref::lara_ref(c.args64(), {}, {.landmarks = 4, .sample = true, .seed = 2});
+  ref::lara_ref(a.args64(), AttentionOptions{}, {.landmarks = 4, .sample = true, .seed = 1});
+  ref::lara_ref(b.args64(), AttentionOptions{}, {.landmarks = 4, .sample = true, .seed = 1});
+  ref::lara_ref(c.args64(), AttentionOptions{}, {.landmarks = 4, .sample = true, .seed = 2});
   EXPECT_EQ(compare(a.out, false, b.out).max_abs, 0.0);
   EXPECT_GT(compare(a.out, false, c.out).max_abs, 0.0);
 }

@@ -16,29 +16,29 @@ Small two_tokens() {
 TEST(LinearRef, CqEqualsSumOfScoredValues) {
   // r = sum_t (k_t . q) v_t = 1 * [1, 1] + 2 * [2, 3].
   Small s = two_tokens();
-  ref::linear_ref(s.args(), {}, {});
+  ref::linear_ref(s.args(), AttentionOptions{}, {});
   EXPECT_DOUBLE_EQ(s.o(0, 0), 5.0);
   EXPECT_DOUBLE_EQ(s.o(0, 1), 7.0);
 }
 
 TEST(LinearRef, Normalisers) {
   Small s = two_tokens();
-  ref::linear_ref(s.args(), {}, {.norm = LinearNorm::kLength});
+  ref::linear_ref(s.args(), AttentionOptions{}, {.norm = LinearNorm::kLength});
   EXPECT_DOUBLE_EQ(s.o(0, 0), 2.5);
-  ref::linear_ref(s.args(), {}, {.norm = LinearNorm::kFixed1000});
+  ref::linear_ref(s.args(), AttentionOptions{}, {.norm = LinearNorm::kFixed1000});
   EXPECT_DOUBLE_EQ(s.o(0, 1), 3500.0);
-  ref::linear_ref(s.args(), {}, {.map = FeatureMap::kRelu, .norm = LinearNorm::kKernel});
+  ref::linear_ref(s.args(), AttentionOptions{}, {.map = FeatureMap::kRelu, .norm = LinearNorm::kKernel});
   EXPECT_DOUBLE_EQ(s.o(0, 0), 5.0 / 3.0);  // z = q . (k_0 + k_1) = 3
   EXPECT_DOUBLE_EQ(s.o(0, 1), 7.0 / 3.0);
 }
 
 TEST(LinearRef, FeatureMaps) {
   Small s({{-1.0}}, {{1.0}}, {{1.0}});
-  ref::linear_ref(s.args(), {}, {.map = FeatureMap::kEluPlusOne});
+  ref::linear_ref(s.args(), AttentionOptions{}, {.map = FeatureMap::kEluPlusOne});
   EXPECT_DOUBLE_EQ(s.o(0, 0), std::exp(-1.0) * 2.0);
-  ref::linear_ref(s.args(), {}, {.map = FeatureMap::kRelu});
+  ref::linear_ref(s.args(), AttentionOptions{}, {.map = FeatureMap::kRelu});
   EXPECT_DOUBLE_EQ(s.o(0, 0), 0.0);
-  ref::linear_ref(s.args(), {}, {.map = FeatureMap::kExp});
+  ref::linear_ref(s.args(), AttentionOptions{}, {.map = FeatureMap::kExp});
   EXPECT_DOUBLE_EQ(s.o(0, 0), std::exp(-1.0) * std::exp(1.0));
 }
 
@@ -48,7 +48,7 @@ TEST(LinearRef, GateOfOneScalesBySigmoidSquared) {
   gate[0] = gate[1] = 1.0;
   AttentionArgs a = s.args();
   a.gate = gate.cview();
-  ref::linear_ref(a, {}, {.gated = true});
+  ref::linear_ref(a, AttentionOptions{}, {.gated = true});
   const double u = 1.0 / (1.0 + std::exp(-1.0));
   EXPECT_NEAR(s.o(0, 0), u * u * 5.0, 1e-14);
   EXPECT_NEAR(s.o(0, 1), u * u * 7.0, 1e-14);
@@ -62,7 +62,7 @@ TEST(LinearRef, CausalRowsArePrefixesAndPaddingIsIgnored) {
   const int32_t len[] = {1};
   AttentionArgs a = s.args();
   a.key_lengths = len;
-  ref::linear_ref(a, {}, {});
+  ref::linear_ref(a, AttentionOptions{}, {});
   EXPECT_DOUBLE_EQ(s.o(1, 1), 1.0);
 }
 

@@ -26,7 +26,7 @@ Problem concat_memory(const Problem& p) {
 
 TEST(MemoryRef, OneChunkIsSoftmaxOverMemoryAndTokens) {
   Problem p({1, 6, 6, 1, 1, 4, 4}, 61, Layout::kContiguous, 3);
-  ref::memory_ref(p.args64(), {}, {.chunk = 6});
+  ref::memory_ref(p.args64(), AttentionOptions{}, {.chunk = 6});
   Problem c = concat_memory(p);
   ref::softmax_ref(c.args64(), AttentionOptions{});
   EXPECT_LE(compare(p.out, false, c.out).max_abs, 1e-14);
@@ -35,7 +35,7 @@ TEST(MemoryRef, OneChunkIsSoftmaxOverMemoryAndTokens) {
 TEST(MemoryRef, MemoryWriteIsSoftmaxOfMemoryQueries) {
   // One chunk, no filter, temperature sqrt(D): M' = softmax(M [M; K]^T / sqrt(D)) [M; V].
   Problem p({1, 5, 5, 1, 1, 4, 4}, 62, Layout::kContiguous, 2);
-  ref::memory_ref(p.args64(), {}, {.chunk = 5});
+  ref::memory_ref(p.args64(), AttentionOptions{}, {.chunk = 5});
   Problem c = concat_memory(p);
   Dims d = c.d;
   d.Sq = 2;
@@ -48,7 +48,7 @@ TEST(MemoryRef, MemoryWriteIsSoftmaxOfMemoryQueries) {
 
 TEST(MemoryRef, ChunksOfOneAreCausalAlready) {
   Problem p({1, 7, 7, 1, 1, 4, 4}, 63, Layout::kContiguous, 2), q = p;
-  ref::memory_ref(p.args64(), {}, {.chunk = 1});
+  ref::memory_ref(p.args64(), AttentionOptions{}, {.chunk = 1});
   ref::memory_ref(q.args64(), {.causal = true}, {.chunk = 1});
   EXPECT_EQ(compare(p.out, false, q.out).max_abs, 0.0);
 }
@@ -56,12 +56,12 @@ TEST(MemoryRef, ChunksOfOneAreCausalAlready) {
 TEST(MemoryRef, IdentityFiltersChangeNothing) {
   Problem base({1, 9, 9, 1, 1, 4, 4}, 64, Layout::kContiguous, 2);
   Problem plain = base, centred = base, pool = base;
-  ref::memory_ref(plain.args64(), {}, {.chunk = 4});
+  ref::memory_ref(plain.args64(), AttentionOptions{}, {.chunk = 4});
   Tensor<double> w({1, 3});
   w[1] = 1.0;  // [0, 1, 0]: the centred tap only
   AttentionArgs a = centred.args64();
   a.filter = w.cview();
-  ref::memory_ref(a, {}, {.chunk = 4, .width = 3});
+  ref::memory_ref(a, AttentionOptions{}, {.chunk = 4, .width = 3});
   ref::memory_ref(pool.args64(), {},
                   {.chunk = 4, .width = 1, .filter_type = MemoryFilter::kMaxPool});
   EXPECT_LE(compare(plain.out, false, centred.out).max_abs, 1e-15);
@@ -73,21 +73,21 @@ TEST(MemoryRef, BoxFilterAndMaxPoolHandCase) {
   // One token chunk pair, D = 1, memory row 0: logits all 0 so M' = mean of [M; F(V)].
   Small s({{0.0}, {0.0}}, {{0.0}, {0.0}}, {{2.0}, {4.0}});
   s.set_memory({{0.0}});
-  ref::memory_ref(s.args(), {}, {.chunk = 2, .width = 2});
+  ref::memory_ref(s.args(), AttentionOptions{}, {.chunk = 2, .width = 2});
   // Box filter of width 2, left pad 0: F(V) = [(2 + 4) / 2, 4 / 2] = [3, 2]; mean(0, 3, 2).
   EXPECT_NEAR(s.memory_out[0], 5.0 / 3.0, 1e-15);
-  ref::memory_ref(s.args(), {}, {.chunk = 2, .width = 2, .filter_type = MemoryFilter::kMaxPool});
+  ref::memory_ref(s.args(), AttentionOptions{}, {.chunk = 2, .width = 2, .filter_type = MemoryFilter::kMaxPool});
   EXPECT_NEAR(s.memory_out[0], (0.0 + 4.0 + 4.0) / 3.0, 1e-15);
 }
 
 TEST(MemoryRef, EmptyChunksLeaveMemoryUnchanged) {
   Problem p({1, 8, 8, 1, 1, 4, 4}, 65, Layout::kContiguous, 2), q = p;
   p.key_lengths = {4};
-  ref::memory_ref(p.args64(), {}, {.chunk = 4});
+  ref::memory_ref(p.args64(), AttentionOptions{}, {.chunk = 4});
   Problem first = q;
   first.d.Sq = first.d.Sk = 4;
   for (Operand* o : {&first.q, &first.k, &first.v, &first.out}) o->shape[1] = 4;
-  ref::memory_ref(first.args64(), {}, {.chunk = 4});
+  ref::memory_ref(first.args64(), AttentionOptions{}, {.chunk = 4});
   EXPECT_EQ(compare(p.memory_out, false, first.memory_out).max_abs, 0.0);
 }
 

@@ -10,7 +10,7 @@ namespace {
 
 TEST(RaRef, SingleKeyIsExact) {
   Small s({{0.3, -0.2}}, {{0.5, 0.1}}, {{2.0, -1.0}});
-  ref::ra_ref(s.args(), {}, {.samples = 3});
+  ref::ra_ref(s.args(), AttentionOptions{}, {.samples = 3});
   EXPECT_NEAR(s.o(0, 0), 2.0, 1e-14);
   EXPECT_NEAR(s.o(0, 1), -1.0, 1e-14);
 }
@@ -36,8 +36,8 @@ TEST(RaRef, PaddingKeysHaveNoInfluence) {
   p.key_lengths = q.key_lengths = {4};
   for (int64_t j = 4; j < 7; ++j)
     for (int64_t d = 0; d < 4; ++d) q.k.f64[j * 4 + d] = q.v.f64[j * 4 + d] = 100.0;
-  ref::ra_ref(p.args64(), {}, {.samples = 5, .seed = 1});
-  ref::ra_ref(q.args64(), {}, {.samples = 5, .seed = 1});
+  ref::ra_ref(p.args64(), AttentionOptions{}, {.samples = 5, .seed = 1});
+  ref::ra_ref(q.args64(), AttentionOptions{}, {.samples = 5, .seed = 1});
   EXPECT_EQ(compare(p.out, false, q.out).max_abs, 0.0);
 }
 

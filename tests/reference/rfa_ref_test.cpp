@@ -29,10 +29,10 @@ TEST(RandomFeatures, OrthogonalBlocksAndGaussianMarginals) {
 
 TEST(RfaRef, SingleAndIdenticalKeysAreExact) {
   Small s({{0.3, -0.2}}, {{0.5, 0.1}}, {{2.0, -1.0}});
-  ref::rfa_ref(s.args(), {}, {.features = 8});
+  ref::rfa_ref(s.args(), AttentionOptions{}, {.features = 8});
   EXPECT_NEAR(s.o(0, 0), 2.0, 1e-14);
   Small t({{0.3, -0.2}}, {{0.5, 0.1}, {0.5, 0.1}}, {{2.0}, {4.0}});
-  ref::rfa_ref(t.args(), {}, {.features = 8});
+  ref::rfa_ref(t.args(), AttentionOptions{}, {.features = 8});
   EXPECT_NEAR(t.o(0, 0), 3.0, 1e-14);
 }
 
@@ -43,7 +43,7 @@ double mean_error(int features, bool orthogonal) {
     for (double& x : p.q.f64) x *= 0.5;
     for (double& x : p.k.f64) x *= 0.5;
     exact.q = p.q, exact.k = p.k;
-    ref::rfa_ref(p.args64(), {}, {.features = features, .orthogonal = orthogonal, .seed = seed});
+    ref::rfa_ref(p.args64(), AttentionOptions{}, {.features = features, .orthogonal = orthogonal, .seed = seed});
     ref::softmax_ref(exact.args64(), AttentionOptions{});
     err += compare(p.out, false, exact.out).max_abs / 4;
   }
