@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from ._core import Error, available_cpus, cpu_report, max_threads, num_threads, set_num_threads
+from ._core import Mask as _CoreMask
 from ._core import Mechanism as _CoreMechanism
 from ._core import config_keys as _config_keys
 from ._core import mechanism_names as _mechanism_names
@@ -139,6 +140,84 @@ def _key_lengths(lengths: Any) -> Optional[np.ndarray]:
     return np.ascontiguousarray(a, dtype=np.int32)
 
 
+def _int32s(x: Any, name: str) -> Optional[np.ndarray]:
+    """A 1-D int32 array (a copy only when x is another integer type or a list)."""
+    if x is None:
+        return None
+    if _is_torch(x):
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if a.dtype.kind not in "iu":
+        raise Error(f"{name}: must be integers (got {a.dtype})")
+    if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
+        raise Error(f"{name}: values must fit in int32")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def _attn_mask(m: Any) -> Any:
+    """attn_mask as SDPA takes it (bool: True attends; float: added to the logits), any
+    rank up to 4 broadcast to [B, Hq, Sq, Sk] by leading ones; bool passes as a uint8 view."""
+    m = _array(m, "attn_mask")
+    if m is None:
+        return None
+    nd = len(m.shape)
+    if nd > 4:
+        raise Error(f"attn_mask: rank must be at most 4 [B, Hq, Sq, Sk] (got {nd})")
+    if nd < 4:
+        m = m.reshape((1,) * (4 - nd) + _shape(m))
+    if _is_torch(m):
+        import torch
+        return m.view(torch.uint8) if m.dtype == torch.bool else m
+    return m.view(np.uint8) if m.dtype == np.bool_ else m
+
+
+def _mask(key_begin: Any = None, query_positions: Any = None, cu_seqlens_q: Any = None,
+          cu_seqlens_k: Any = None, max_seqlen_q: Optional[int] = None,
+          max_seqlen_k: Optional[int] = None, window_size: Any = (-1, -1),
+          alibi_slopes: Any = None, softcap: float = 0.0, attn_mask: Any = None) -> Any:
+    """The masks of one call for the extension (None when there are none)."""
+    cu_q, cu_k = _int32s(cu_seqlens_q, "cu_seqlens_q"), _int32s(cu_seqlens_k, "cu_seqlens_k")
+    for cu, limit, name in ((cu_q, max_seqlen_q, "max_seqlen_q"),
+                            (cu_k, max_seqlen_k, "max_seqlen_k")):
+        if limit is None:
+            continue
+        if cu is None:
+            raise Error(f"{name}: is only for packed batches (cu_seqlens_q / cu_seqlens_k)")
+        longest = int(np.diff(cu).max()) if cu.size > 1 else 0
+        if int(limit) < longest:
+            raise Error(f"{name}: ({int(limit)}) is less than the longest sequence ({longest})")
+    try:
+        left, right = (int(w) for w in window_size)
+    except (TypeError, ValueError):
+        raise Error(f"window_size: must be a pair (left, right), -1 = unbounded "
+                    f"(got {window_size!r})") from None
+    args = dict(key_begin=_int32s(key_begin, "key_begin"),
+                query_positions=_int32s(query_positions, "query_positions"),
+                cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, alibi_slopes=_array(alibi_slopes,
+                                                                           "alibi_slopes"),
+                attn_mask=_attn_mask(attn_mask))
+    if all(v is None for v in args.values()) and (left, right) == (-1, -1) and not softcap:
+        return None
+    return _CoreMask(window_left=left, window_right=right, softcap=float(softcap), **args)
+
+
+_MASK_KEYS = ("key_begin", "query_positions", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q",
+              "max_seqlen_k", "window_size", "alibi_slopes", "softcap", "attn_mask")
+_MASK_DOC = """
+        Masks (names as FlashAttention's flash_attn_func / flash_attn_varlen_func and SDPA;
+        ``capabilities["masks"]`` lists what this mechanism takes, others raise Error):
+        key_lengths / key_begin: B ints, keys outside [key_begin, key_lengths) are padding
+        (right / left padding); query_positions: B ints, the key position of query row 0
+        (default Sk - Sq, bottom-right causal alignment); cu_seqlens_q / cu_seqlens_k: n + 1
+        int32 prefix sums of a packed batch (q [1, total_q, Hq, Dk]; memory [n, L, Hq, Dk]),
+        max_seqlen_q / max_seqlen_k checked against them; window_size=(left, right): keys at
+        most left before / right after the query (-1 = unbounded); alibi_slopes [Hq] or
+        [B, Hq]: logit -= slope |query position - key|; softcap > 0: logit = softcap
+        tanh(logit / softcap); attn_mask [B|1, Hq|1, Sq, Sk] (fewer leading dims broadcast):
+        bool (True attends) or float added to the logits. A row with no visible key gives 0.
+"""
+
+
 def _config_string(config: dict) -> str:
     """key=value,... for the C++ parser; a value that would split into other keys is refused
     (k="5,query_chunk=1" must not set query_chunk)."""
@@ -164,6 +243,14 @@ def _check_filter(filter: Any) -> None:
         raise Error(f"filter: is the memory's conv filter weights [Hk, width] (got the string "
                     f"{filter!r}); the filter kind is the config key filter_type, e.g. "
                     f"filter_type={filter!r}")
+
+
+def _mask_kwargs(masks: dict) -> dict:
+    unknown = sorted(set(masks) - set(_MASK_KEYS))
+    if unknown:
+        raise Error(f"{unknown[0]}: unknown keyword (masks: {', '.join(_MASK_KEYS)}; config "
+                    f"keys go to Mechanism(...))")
+    return masks
 
 
 class Gradients(NamedTuple):
@@ -205,7 +292,8 @@ class Mechanism:
     @property
     def capabilities(self) -> dict:
         """causal, streaming, backward, needs_memory, uses_gate, uses_filter, emits_lse (every
-        mechanism has a non-causal forward)."""
+        mechanism has a non-causal forward), and masks: the mask keywords it takes
+        (key_lengths and causal: every mechanism)."""
         return self._m.capabilities()
 
     def describe(self) -> str:
@@ -216,7 +304,7 @@ class Mechanism:
 
     def forward(self, q: Any, k: Any, v: Any, *, key_lengths: Any = None, memory: Any = None,
                 gate: Any = None, filter: Any = None, out: Any = None, return_lse: bool = False,
-                return_memory: bool = False) -> Any:
+                return_memory: bool = False, **masks: Any) -> Any:
         """out [B, Sq, Hq, Dv] for q [B, Sq, Hq, Dk], k [B, Sk, Hk, Dk], v [B, Sk, Hk, Dv].
 
         key_lengths: B ints (keys at or past a length are padding); memory [B, L, Hq, Dk]
@@ -224,6 +312,7 @@ class Mechanism:
         out: written in place when given. return_lse adds lse [B, Hq, Sq] (softmax);
         return_memory adds the packed / final memory [B, L, Hq, Dv] (luna, memory).
         """
+        mask = _mask(**_mask_kwargs(masks))
         q, k, v = (_array(t, n, required=True) for t, n in ((q, "q"), (k, "k"), (v, "v")))
         _check_filter(filter)
         memory, gate, filter = _array(memory, "memory"), _array(gate, "gate"), _array(
@@ -231,7 +320,7 @@ class Mechanism:
         lengths = _key_lengths(key_lengths)
         # Every input rule first: outputs sized from a bad input are never allocated.
         self._m.check_inputs(q, k, v, key_lengths=lengths, memory=memory, gate=gate,
-                             filter=filter)
+                             filter=filter, mask=mask)
         if out is None:
             out = _empty(q, _result_shape(q, v), _out_dtype(q))
         else:
@@ -248,7 +337,7 @@ class Mechanism:
             mem_shape = ms[:3] + vs[3:] if len(ms) == 4 and len(vs) == 4 else (1, 1, 1, 1)
             mem_out = _empty(q, mem_shape, _out_dtype(q))
         self._m.forward(q, k, v, out, lse=lse, key_lengths=lengths,
-                        memory=memory, memory_out=mem_out, gate=gate, filter=filter)
+                        memory=memory, memory_out=mem_out, gate=gate, filter=filter, mask=mask)
         if not (return_lse or return_memory):
             return out
         return (out,) + ((lse,) if return_lse else ()) + ((mem_out,) if return_memory else ())
@@ -268,11 +357,13 @@ class Mechanism:
 
     def backward(self, q: Any, k: Any, v: Any, out: Any, dout: Any, *, key_lengths: Any = None,
                  memory: Any = None, gate: Any = None, filter: Any = None,
-                 lse: Any = None) -> Gradients:
+                 lse: Any = None, **masks: Any) -> Gradients:
         """Gradients of sum(out * dout) with respect to q, k, v (and gate, memory, filter when
         given);
         out is this mechanism's forward output for the same inputs. softmax: passing the
-        forward's lse (``forward(..., return_lse=True)``) saves the backward a forward pass."""
+        forward's lse (``forward(..., return_lse=True)``) saves the backward a forward pass.
+        The masks are the forward's (same keywords)."""
+        mask = _mask(**_mask_kwargs(masks))
         args = [_array(t, n, required=True)
                 for t, n in ((q, "q"), (k, "k"), (v, "v"), (out, "out"), (dout, "dout"))]
         _check_filter(filter)
@@ -284,7 +375,7 @@ class Mechanism:
         dfilter = None if filter is None else _empty(filter, _shape(filter), filter.dtype)
         self._m.backward(*args, dq, dk, dv, key_lengths=_key_lengths(key_lengths),
                          memory=memory, gate=gate, filter=filter, dgate=dgate, dmemory=dmemory,
-                         dfilter=dfilter, lse=_array(lse, "lse"))
+                         dfilter=dfilter, lse=_array(lse, "lse"), mask=mask)
         return Gradients(dq, dk, dv, dgate, dmemory, dfilter)
 
 
@@ -317,10 +408,14 @@ class Stream:
 
 def attention(q: Any, k: Any, v: Any, /, mechanism: str = "softmax", *, causal: bool = False,
               scale: Optional[float] = None, key_lengths: Any = None, memory: Any = None,
-              gate: Any = None, filter: Any = None, **config: Any) -> Any:
-    """One call: ``Mechanism(mechanism, causal=..., scale=..., **config).forward(...)``."""
-    m = Mechanism(mechanism, causal=causal, scale=scale, **config)
-    return m.forward(q, k, v, key_lengths=key_lengths, memory=memory, gate=gate, filter=filter)
+              gate: Any = None, filter: Any = None, **config_and_masks: Any) -> Any:
+    """One call: ``Mechanism(mechanism, causal=..., scale=..., **config).forward(...,
+    **masks)``; mask keywords (window_size, alibi_slopes, softcap, attn_mask, key_begin,
+    query_positions, cu_seqlens_q/k, max_seqlen_q/k) as in Mechanism.forward."""
+    masks = {k: config_and_masks.pop(k) for k in _MASK_KEYS if k in config_and_masks}
+    m = Mechanism(mechanism, causal=causal, scale=scale, **config_and_masks)
+    return m.forward(q, k, v, key_lengths=key_lengths, memory=memory, gate=gate, filter=filter,
+                     **masks)
 
 
 def topk_feed_forward(x: Any, keys: Any, values: Any, k: int) -> Any:
@@ -335,3 +430,4 @@ def topk_feed_forward(x: Any, keys: Any, values: Any, k: int) -> Any:
 
 
 Mechanism.__doc__ += _config_table() + "\n"
+Mechanism.forward.__doc__ += _MASK_DOC

@@ -37,22 +37,25 @@ class AttentionFunction(torch.autograd.Function):
 
     q [B, Sq, Hq, Dk], k [B, Sk, Hk, Dk], v [B, Sk, Hk, Dv], gate [B, Sk, Hk] or None,
     memory [B, L, Hq, Dk] or None, filter [Hk, width] or None -> out [B, Sq, Hq, Dv].
-    Gradients flow to q, k, v, gate, memory and filter; key_lengths are constants.
+    Gradients flow to q, k, v, gate, memory and filter; key_lengths and the masks (a dict of
+    Mechanism.forward's mask keywords) are constants.
     """
 
     @staticmethod
-    def forward(ctx: Any, mechanism: _ak.Mechanism, key_lengths: Any, q: torch.Tensor,
-                k: torch.Tensor, v: torch.Tensor, gate: Optional[torch.Tensor],
+    def forward(ctx: Any, mechanism: _ak.Mechanism, key_lengths: Any, masks: dict,
+                q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: Optional[torch.Tensor],
                 memory: Optional[torch.Tensor], filter: Optional[torch.Tensor]) -> torch.Tensor:
         q, k, v, gate, memory, filter = (_rows(t) for t in (q, k, v, gate, memory, filter))
+        masks = {n: _rows(m) if isinstance(m, torch.Tensor) else m for n, m in masks.items()}
         lse = None
         if mechanism.name == "softmax" and q.dtype == torch.float32:
             # The backward reuses the forward's log-sum-exp instead of a forward pass.
-            out, lse = mechanism.forward(q, k, v, key_lengths=key_lengths, return_lse=True)
+            out, lse = mechanism.forward(q, k, v, key_lengths=key_lengths, return_lse=True,
+                                         **masks)
         else:
             out = mechanism.forward(q, k, v, key_lengths=key_lengths, memory=memory, gate=gate,
-                                    filter=filter)
-        ctx.mechanism, ctx.key_lengths = mechanism, key_lengths
+                                    filter=filter, **masks)
+        ctx.mechanism, ctx.key_lengths, ctx.masks = mechanism, key_lengths, masks
         ctx.save_for_backward(q, k, v, out, gate, memory, filter, lse)
         return out
 
@@ -62,15 +65,21 @@ class AttentionFunction(torch.autograd.Function):
         # The saved output is the Function's own output, which now carries autograd state.
         q, k, v, out, gate, memory, filter, lse = (_rows(t) for t in ctx.saved_tensors)
         g = ctx.mechanism.backward(q, k, v, out, _rows(dout), key_lengths=ctx.key_lengths,
-                                   memory=memory, gate=gate, filter=filter, lse=lse)
-        return None, None, g.dq, g.dk, g.dv, g.dgate, g.dmemory, g.dfilter
+                                   memory=memory, gate=gate, filter=filter, lse=lse, **ctx.masks)
+        return None, None, None, g.dq, g.dk, g.dv, g.dgate, g.dmemory, g.dfilter
 
 
 def _apply(mechanism: _ak.Mechanism, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
            layout: str, key_lengths: Any, gate: Optional[torch.Tensor],
-           memory: Optional[torch.Tensor], filter: Optional[torch.Tensor]) -> torch.Tensor:
+           memory: Optional[torch.Tensor], filter: Optional[torch.Tensor],
+           masks: dict) -> torch.Tensor:
     if layout not in _LAYOUTS:
         raise _ak.Error(f"layout: must be one of {_LAYOUTS} (got {layout!r})")
+    _ak._mask_kwargs(masks)
+    for name in ("attn_mask", "alibi_slopes"):
+        m = masks.get(name)
+        if isinstance(m, torch.Tensor) and m.requires_grad:
+            raise _ak.Error(f"{name}: is a constant here (no gradient); pass {name}.detach()")
     _ak._check_filter(filter)
     for t, name in ((q, "q"), (k, "k"), (v, "v"), (gate, "gate"), (memory, "memory"),
                     (filter, "filter")):
@@ -86,7 +95,7 @@ def _apply(mechanism: _ak.Mechanism, q: torch.Tensor, k: torch.Tensor, v: torch.
     if tracked and q.dtype == torch.bfloat16:
         raise _ak.Error("q: bfloat16 inputs have no backward pass; use float32 (bfloat16 "
                         "runs forward only, under torch.no_grad())")
-    out = AttentionFunction.apply(mechanism, key_lengths, q, k, v, gate, memory, filter)
+    out = AttentionFunction.apply(mechanism, key_lengths, masks, q, k, v, gate, memory, filter)
     return out.transpose(1, 2) if layout == "bhsd" else out
 
 
@@ -95,12 +104,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, /,
               scale: Optional[float] = None, layout: str = "bshd",
               key_lengths: Any = None, gate: Optional[torch.Tensor] = None,
               memory: Optional[torch.Tensor] = None, filter: Optional[torch.Tensor] = None,
-              **config: Any) -> torch.Tensor:
+              **config_and_masks: Any) -> torch.Tensor:
     """Differentiable attention. layout "bshd": [B, S, H, D]; "bhsd": [B, H, S, D], the layout
     of torch.nn.functional.scaled_dot_product_attention, which
-    ``attention(q, k, v, "softmax", causal=c, layout="bhsd")`` replaces."""
-    m = _ak.Mechanism(mechanism, causal=causal, scale=scale, **config)
-    return _apply(m, q, k, v, layout, key_lengths, gate, memory, filter)
+    ``attention(q, k, v, "softmax", causal=c, layout="bhsd")`` replaces. Mask keywords
+    (window_size, alibi_slopes, softcap, attn_mask [B|1, Hq|1, Sq, Sk], key_begin,
+    query_positions, cu_seqlens_q/k, max_seqlen_q/k) as attnkit.Mechanism.forward takes
+    them, whatever the layout; the rest is the mechanism's config."""
+    masks = {k: config_and_masks.pop(k) for k in _ak._MASK_KEYS if k in config_and_masks}
+    m = _ak.Mechanism(mechanism, causal=causal, scale=scale, **config_and_masks)
+    return _apply(m, q, k, v, layout, key_lengths, gate, memory, filter, masks)
 
 
 def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -110,22 +123,22 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
                                  mechanism: str = "softmax", **config: Any) -> torch.Tensor:
     """torch.nn.functional.scaled_dot_product_attention's signature ([..., H, L, E] with
     one batch dimension: [B, H, L, E]) computed by an attnkit mechanism, with gradients.
-    Key/value heads may divide query heads (GQA) whatever enable_gqa says. Not supported,
-    with a clear error: attn_mask (use attention(..., key_lengths=...) for padding),
-    dropout_p > 0, and is_causal with L != S (PyTorch aligns that mask top-left; attnkit
-    aligns it bottom-right)."""
-    if attn_mask is not None:
-        raise _ak.Error("attn_mask: not supported; pass key_lengths to attnkit.torch.attention "
-                        "for padding masks")
+    Key/value heads may divide query heads (GQA) whatever enable_gqa says. attn_mask: bool
+    (True attends) or float added to the logits, broadcastable to [B, H, L, S] (a constant:
+    no gradient). is_causal aligns the mask top-left as PyTorch does (query i sees keys
+    j <= i, also for L != S); attnkit.torch.attention's causal aligns it bottom-right.
+    dropout_p > 0 is an error (attnkit has no dropout)."""
     if dropout_p != 0.0:
         raise _ak.Error(f"dropout_p: must be 0 (got {dropout_p}); attnkit has no dropout")
     if query.dim() != 4:
         raise _ak.Error(f"query: must be [B, H, L, E] (got {query.dim()} dimensions)")
-    if is_causal and query.shape[-2] != key.shape[-2]:
-        raise _ak.Error("is_causal: needs L == S here (PyTorch aligns the causal mask top-left "
-                        "for L != S, attnkit bottom-right; use attnkit.torch.attention)")
+    masks = {}
+    if attn_mask is not None:
+        masks["attn_mask"] = attn_mask
+    if is_causal and query.shape[-2] != key.shape[-2]:  # top-left: row 0 at key position 0
+        masks["query_positions"] = torch.zeros(query.shape[0], dtype=torch.int32)
     return attention(query, key, value, mechanism, causal=is_causal, scale=scale, layout="bhsd",
-                     **config)
+                     **masks, **config)
 
 
 class Attention(nn.Module):
@@ -163,12 +176,15 @@ class Attention(nn.Module):
         return f"{self.mechanism.describe()}, layout={self.layout}"
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                key_lengths: Any = None, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
+                key_lengths: Any = None, gate: Optional[torch.Tensor] = None,
+                **masks: Any) -> torch.Tensor:
+        """Mask keywords as attnkit.Mechanism.forward (window_size, attn_mask, ...)."""
         memory = None
         if self.memory is not None:  # [L, H, D] -> [B, L, H, D], a stride-0 view
             memory = self.memory.unsqueeze(0).expand(q.shape[0], -1, -1, -1).to(q.dtype)
         filter = None if self.filter is None else self.filter.to(q.dtype)
-        return _apply(self.mechanism, q, k, v, self.layout, key_lengths, gate, memory, filter)
+        return _apply(self.mechanism, q, k, v, self.layout, key_lengths, gate, memory, filter,
+                      masks)
 
 
 class MultiheadAttention(nn.Module):
@@ -190,9 +206,9 @@ class MultiheadAttention(nn.Module):
         gated = str(config.get("gated", "0")).lower() in ("1", "true", "on")
         self.gate = nn.Linear(embed_dim, num_heads, bias=True) if gated else None
 
-    def forward(self, x: torch.Tensor, *, key_lengths: Any = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, key_lengths: Any = None, **masks: Any) -> torch.Tensor:
         b, s, e = x.shape
         q, k, v = self.qkv(x).view(b, s, 3, self.num_heads, self.head_dim).unbind(2)
         gate = None if self.gate is None else self.gate(x)
-        y = self.inner(q, k, v, key_lengths=key_lengths, gate=gate)
+        y = self.inner(q, k, v, key_lengths=key_lengths, gate=gate, **masks)
         return self.out(y.reshape(b, s, e))

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <optional>
 #include <string>
 #include <utility>
@@ -39,6 +40,12 @@ DType to_dtype(const nb::dlpack::dtype& t, const char* name) {
   if (t.lanes == 1 && code == nb::dlpack::dtype_code::Float && t.bits == 32) return DType::kF32;
   if (t.lanes == 1 && code == nb::dlpack::dtype_code::Float && t.bits == 64) return DType::kF64;
   if (t.lanes == 1 && code == nb::dlpack::dtype_code::Bfloat && t.bits == 16) return DType::kBF16;
+  // Masks: bool, or uint8 0/1 (what Python passes: a bool array viewed as uint8, as DLPack
+  // in older PyTorch has no bool).
+  if (t.lanes == 1 && t.bits == 8 &&
+      (code == nb::dlpack::dtype_code::Bool || code == nb::dlpack::dtype_code::UInt)) {
+    return DType::kBool;
+  }
   static constexpr const char* kKinds[] = {"int",    "uint",    "float", "opaque",
                                            "bfloat", "complex", "bool"};
   const std::string kind = t.code < 7 ? kKinds[t.code] : "code " + std::to_string(t.code);
@@ -67,6 +74,37 @@ View to_view(const Array& a, const char* name) {
 ConstTensorView in_view(const std::optional<InArray>& a, const char* name) {
   return a ? to_view<ConstTensorView>(*a, name) : ConstTensorView{};
 }
+// A contiguous 1-D int32 array as a span (key_lengths, key_begin, cu_seqlens, ...).
+std::span<const int32_t> int32_span(const std::optional<InArray>& a, const char* name) {
+  if (!a) return {};
+  const auto t = a->dtype();
+  if (a->ndim() != 1 || t.code != static_cast<uint8_t>(nb::dlpack::dtype_code::Int) ||
+      t.bits != 32 || (a->shape(0) > 1 && a->stride(0) != 1)) {
+    throw Error(name, "must be a contiguous 1-D int32 array");
+  }
+  return {static_cast<const int32_t*>(a->data()), a->shape(0)};
+}
+
+// The masks of one call (attnkit::Mask), holding its arrays while the call runs.
+struct PyMask {
+  std::optional<InArray> key_begin, query_positions, cu_seqlens_q, cu_seqlens_k, alibi_slopes,
+      attn_mask;
+  int64_t window_left = -1, window_right = -1;
+  double softcap = 0.0;
+  attnkit::Mask mask() const {
+    attnkit::Mask m;
+    m.key_begin = int32_span(key_begin, "key_begin");
+    m.query_positions = int32_span(query_positions, "query_positions");
+    m.cu_seqlens_q = int32_span(cu_seqlens_q, "cu_seqlens_q");
+    m.cu_seqlens_k = int32_span(cu_seqlens_k, "cu_seqlens_k");
+    m.window_left = window_left, m.window_right = window_right;
+    m.alibi_slopes = in_view(alibi_slopes, "alibi_slopes");
+    m.softcap = softcap;
+    m.attn_mask = in_view(attn_mask, "attn_mask");
+    return m;
+  }
+};
+
 TensorView out_view(const std::optional<OutArray>& a, const char* name) {
   if (a && a->ndim() > 0 && a->data() == nullptr && a->size() > 0) throw Error(name, "is null");
   return a ? to_view<TensorView>(*a, name) : TensorView{};
@@ -187,6 +225,11 @@ class PyMechanism {
     d["uses_gate"] = c.uses_gate;
     d["uses_filter"] = c.uses_filter;
     d["emits_lse"] = c.emits_lse;
+    nb::list masks;  // the mask keywords it takes (key_lengths and causal: every mechanism)
+    for (uint32_t bit = 1; bit < attnkit::kAllMasks; bit <<= 1) {
+      if (c.masks & bit) masks.append(std::string(attnkit::mask_name(attnkit::MaskKind(bit))));
+    }
+    d["masks"] = masks;
     return d;
   }
 
@@ -206,8 +249,9 @@ class PyMechanism {
   void forward(const InArray& q, const InArray& k, const InArray& v, const OutArray& out,
                const std::optional<OutArray>& lse, const std::optional<InArray>& key_lengths,
                const std::optional<InArray>& memory, const std::optional<OutArray>& memory_out,
-               const std::optional<InArray>& gate, const std::optional<InArray>& filter) const {
-    attnkit::AttentionArgs a = args(q, k, v, out, key_lengths, memory, gate, filter);
+               const std::optional<InArray>& gate, const std::optional<InArray>& filter,
+               const std::optional<PyMask>& mask) const {
+    attnkit::AttentionArgs a = args(q, k, v, out, key_lengths, memory, gate, filter, mask);
     a.lse = out_view(lse, "lse");
     a.memory_out = out_view(memory_out, "memory_out");
     run_released([&](attnkit::Context& ctx) { m_->forward(a, ctx); });
@@ -216,9 +260,10 @@ class PyMechanism {
   // Validates the inputs (no outputs yet): Python allocates outputs only after this.
   void check_inputs(const InArray& q, const InArray& k, const InArray& v,
                     const std::optional<InArray>& key_lengths, const std::optional<InArray>& memory,
-                    const std::optional<InArray>& gate,
-                    const std::optional<InArray>& filter) const {
-    const attnkit::AttentionArgs a = args(q, k, v, OutArray(), key_lengths, memory, gate, filter);
+                    const std::optional<InArray>& gate, const std::optional<InArray>& filter,
+                    const std::optional<PyMask>& mask) const {
+    const attnkit::AttentionArgs a =
+        args(q, k, v, OutArray(), key_lengths, memory, gate, filter, mask);
     m_->validate_inputs(a);
   }
 
@@ -227,9 +272,10 @@ class PyMechanism {
                 const std::optional<InArray>& key_lengths, const std::optional<InArray>& memory,
                 const std::optional<InArray>& gate, const std::optional<InArray>& filter,
                 const std::optional<OutArray>& dgate, const std::optional<OutArray>& dmemory,
-                const std::optional<OutArray>& dfilter, const std::optional<InArray>& lse) const {
+                const std::optional<OutArray>& dfilter, const std::optional<InArray>& lse,
+                const std::optional<PyMask>& mask) const {
     attnkit::BackwardArgs g;
-    g.forward = args(q, k, v, OutArray(), key_lengths, memory, gate, filter);
+    g.forward = args(q, k, v, OutArray(), key_lengths, memory, gate, filter, mask);
     g.forward.out = to_view<TensorView>(out, "out");  // read only: the forward's output
     g.forward.lse = read_only(in_view(lse, "lse"));
     g.dout = to_view<ConstTensorView>(dout, "dout");
@@ -247,7 +293,8 @@ class PyMechanism {
                               const OutArray& out, const std::optional<InArray>& key_lengths,
                               const std::optional<InArray>& memory,
                               const std::optional<InArray>& gate,
-                              const std::optional<InArray>& filter) const {
+                              const std::optional<InArray>& filter,
+                              const std::optional<PyMask>& mask) const {
     attnkit::AttentionArgs a;
     a.q = to_view<ConstTensorView>(q, "q");
     a.k = to_view<ConstTensorView>(k, "k");
@@ -256,15 +303,8 @@ class PyMechanism {
     a.memory = in_view(memory, "memory");
     a.gate = in_view(gate, "gate");
     a.filter = in_view(filter, "filter");
-    if (key_lengths) {
-      const InArray& l = *key_lengths;
-      const auto t = l.dtype();
-      if (l.ndim() != 1 || t.code != static_cast<uint8_t>(nb::dlpack::dtype_code::Int) ||
-          t.bits != 32 || (l.shape(0) > 1 && l.stride(0) != 1)) {
-        throw Error("key_lengths", "must be a contiguous 1-D int32 array");
-      }
-      a.key_lengths = {static_cast<const int32_t*>(l.data()), l.shape(0)};
-    }
+    a.key_lengths = int32_span(key_lengths, "key_lengths");
+    if (mask) a.mask = mask->mask();
     return a;
   }
 
@@ -331,6 +371,23 @@ NB_MODULE(_core, m) {
       },
       "x"_a.noconvert(), "keys"_a.noconvert(), "values"_a.noconvert(), "out"_a.noconvert(), "k"_a);
 
+  using OptIn = std::optional<InArray>;
+  nb::class_<PyMask>(m, "Mask")
+      .def(
+          "__init__",
+          [](PyMask* self, OptIn key_begin, OptIn query_positions, OptIn cu_seqlens_q,
+             OptIn cu_seqlens_k, int64_t window_left, int64_t window_right, OptIn alibi_slopes,
+             double softcap, OptIn attn_mask) {
+            new (self) PyMask{std::move(key_begin), std::move(query_positions),
+                              std::move(cu_seqlens_q), std::move(cu_seqlens_k),
+                              std::move(alibi_slopes), std::move(attn_mask),
+                              window_left, window_right, softcap};
+          },
+          "key_begin"_a.noconvert() = nb::none(), "query_positions"_a.noconvert() = nb::none(),
+          "cu_seqlens_q"_a.noconvert() = nb::none(), "cu_seqlens_k"_a.noconvert() = nb::none(),
+          "window_left"_a = -1, "window_right"_a = -1, "alibi_slopes"_a.noconvert() = nb::none(),
+          "softcap"_a = 0.0, "attn_mask"_a.noconvert() = nb::none());
+
   nb::class_<PyStream>(m, "Stream")
       .def("append", &PyStream::append, "k"_a.noconvert(), "v"_a.noconvert())
       .def("query", &PyStream::query, "q"_a.noconvert(), "out"_a.noconvert())
@@ -350,17 +407,17 @@ NB_MODULE(_core, m) {
       .def("check_inputs", &PyMechanism::check_inputs, "q"_a.noconvert(), "k"_a.noconvert(),
            "v"_a.noconvert(), "key_lengths"_a.noconvert() = nb::none(),
            "memory"_a.noconvert() = nb::none(), "gate"_a.noconvert() = nb::none(),
-           "filter"_a.noconvert() = nb::none())
+           "filter"_a.noconvert() = nb::none(), "mask"_a = nb::none())
       .def("forward", &PyMechanism::forward, "q"_a.noconvert(), "k"_a.noconvert(),
            "v"_a.noconvert(), "out"_a.noconvert(), "lse"_a.noconvert() = nb::none(),
            "key_lengths"_a.noconvert() = nb::none(), "memory"_a.noconvert() = nb::none(),
            "memory_out"_a.noconvert() = nb::none(), "gate"_a.noconvert() = nb::none(),
-           "filter"_a.noconvert() = nb::none())
+           "filter"_a.noconvert() = nb::none(), "mask"_a = nb::none())
       .def("backward", &PyMechanism::backward, "q"_a.noconvert(), "k"_a.noconvert(),
            "v"_a.noconvert(), "out"_a.noconvert(), "dout"_a.noconvert(), "dq"_a.noconvert(),
            "dk"_a.noconvert(), "dv"_a.noconvert(), "key_lengths"_a.noconvert() = nb::none(),
            "memory"_a.noconvert() = nb::none(), "gate"_a.noconvert() = nb::none(),
            "filter"_a.noconvert() = nb::none(), "dgate"_a.noconvert() = nb::none(),
            "dmemory"_a.noconvert() = nb::none(), "dfilter"_a.noconvert() = nb::none(),
-           "lse"_a.noconvert() = nb::none());
+           "lse"_a.noconvert() = nb::none(), "mask"_a = nb::none());
 }

@@ -172,12 +172,25 @@ def test_scaled_dot_product_attention_drop_in():
                                           map="elu1", norm="kernel")
     out.sum().backward()
     assert q.grad is not None
-    with pytest.raises(ValueError, match="attn_mask"):
-        ak.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(33, 33, dtype=torch.bool))
     with pytest.raises(ValueError, match="dropout_p"):
         ak.scaled_dot_product_attention(q, k, v, dropout_p=0.1)
-    with pytest.raises(ValueError, match="is_causal"):
-        ak.scaled_dot_product_attention(q, k[:, :, :20], v[:, :, :20], is_causal=True)
+    # attn_mask (bool and float) and is_causal with L != S (top-left, as PyTorch aligns it).
+    sdpa = getattr(torch.nn.functional, "scaled_dot_product_attention", None)
+    keep = torch.rand(33, 33) > 0.3
+    keep[:, 0] = True
+    with torch.no_grad():
+        for mask in (keep, torch.where(keep, 0.0, float("-inf")) + 0.1 * torch.randn(33, 33)):
+            out = ak.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            if sdpa is not None:
+                torch.testing.assert_close(out, sdpa(q, k, v, attn_mask=mask), atol=2e-5,
+                                           rtol=1e-4)
+        out = ak.scaled_dot_product_attention(q, k[:, :, :20], v[:, :, :20], is_causal=True)
+        if sdpa is not None:
+            torch.testing.assert_close(
+                out, sdpa(q, k[:, :, :20], v[:, :, :20], is_causal=True), atol=2e-5, rtol=1e-4)
+        # Row i sees keys j <= i: the last 13 rows see all 20 keys.
+        full = ak.scaled_dot_product_attention(q[:, :, 19:], k[:, :, :20], v[:, :, :20])
+        torch.testing.assert_close(out[:, :, 19:], full, atol=2e-5, rtol=1e-4)
 
 
 def test_bfloat16_runs_forward_only():
