@@ -106,6 +106,35 @@ void BM_SoftmaxBackward(benchmark::State& state) {
                                                benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Causal sliding window (keys i - window .. i, as Mistral's): key blocks outside the window
+// are skipped, so time grows as N x window. GFLOP counts the visible pairs only.
+void BM_SoftmaxWindow(benchmark::State& state) {
+  const int64_t n = state.range(0), window = state.range(1);
+  const bool backward = state.range(2) != 0;
+  Inputs in(n);
+  Tensor<float> dout({1, n, kHeads, kDim}), dq({1, n, kHeads, kDim}), dk({1, n, kHeads, kDim}),
+      dv({1, n, kHeads, kDim});
+  Context ctx(0);
+  const auto m = make_mechanism("softmax", {.causal = true});
+  AttentionArgs a = in.args();
+  a.mask.window_left = window;
+  m->forward(a, ctx);
+  const BackwardArgs g{
+      .forward = a, .dout = dout.cview(), .dq = dq.view(), .dk = dk.view(), .dv = dv.view()};
+  for (auto _ : state) {
+    if (backward) {
+      m->backward(g, ctx);
+    } else {
+      m->forward(a, ctx);
+    }
+  }
+  double pairs = 0;
+  for (int64_t i = 0; i < n; ++i) pairs += static_cast<double>(std::min(i, window) + 1);
+  state.counters["GFLOP"] =
+      benchmark::Counter((backward ? 2.5 : 1.0) * 4.0 * kDim * pairs * kHeads * 1e-9,
+                         benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void Shapes(benchmark::internal::Benchmark* b) {
   for (int64_t causal : {0, 1})
     for (int64_t n : {1024, 2048, 4096}) b->Args({n, causal});
@@ -115,6 +144,11 @@ void Shapes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_SoftmaxFused)->Apply(Shapes);
 BENCHMARK(BM_SoftmaxUnfusedBlas)->Apply(Shapes);
 BENCHMARK(BM_SoftmaxBackward)->Apply(Shapes);
+BENCHMARK(BM_SoftmaxWindow)
+    ->ArgsProduct({{4096, 16384}, {256, 1024, 4096, 16384}, {0, 1}})
+    ->ArgNames({"N", "window", "backward"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace attnkit

@@ -49,6 +49,10 @@ struct StreamSpec {
   int64_t value_dim = 0;   // Dv
   int64_t max_tokens = 0;  // capacity hint for growing states (KV cache); 0: grow as needed
   ConstTensorView memory;  // [B, L, Hq, Dk] float32 for mechanisms that need memory (copied)
+  // >= 0: sliding window (softmax): a query sees the last window + 1 appended tokens, kept in
+  // a fixed ring buffer, so a decode step at any length equals the last row of a causal
+  // forward with Mask::window_left = window. -1: every appended token.
+  int64_t window = -1;
 };
 
 // Incremental attention: append key/value tokens, query against all appended.

@@ -12,8 +12,8 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
-#include <span>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -234,15 +234,16 @@ class PyMechanism {
   }
 
   PyStream new_stream(int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
-                      int64_t value_dim, int64_t max_tokens,
-                      const std::optional<InArray>& memory) const {
+                      int64_t value_dim, int64_t max_tokens, const std::optional<InArray>& memory,
+                      int64_t window) const {
     attnkit::StreamSpec spec{.batch = batch,
                              .heads = heads,
                              .kv_heads = kv_heads,
                              .head_dim = head_dim,
                              .value_dim = value_dim,
                              .max_tokens = max_tokens,
-                             .memory = in_view(memory, "memory")};
+                             .memory = in_view(memory, "memory"),
+                             .window = window};
     return PyStream(m_->new_stream(spec));
   }
 
@@ -372,21 +373,25 @@ NB_MODULE(_core, m) {
       "x"_a.noconvert(), "keys"_a.noconvert(), "values"_a.noconvert(), "out"_a.noconvert(), "k"_a);
 
   using OptIn = std::optional<InArray>;
-  nb::class_<PyMask>(m, "Mask")
-      .def(
-          "__init__",
-          [](PyMask* self, OptIn key_begin, OptIn query_positions, OptIn cu_seqlens_q,
-             OptIn cu_seqlens_k, int64_t window_left, int64_t window_right, OptIn alibi_slopes,
-             double softcap, OptIn attn_mask) {
-            new (self) PyMask{std::move(key_begin), std::move(query_positions),
-                              std::move(cu_seqlens_q), std::move(cu_seqlens_k),
-                              std::move(alibi_slopes), std::move(attn_mask),
-                              window_left, window_right, softcap};
-          },
-          "key_begin"_a.noconvert() = nb::none(), "query_positions"_a.noconvert() = nb::none(),
-          "cu_seqlens_q"_a.noconvert() = nb::none(), "cu_seqlens_k"_a.noconvert() = nb::none(),
-          "window_left"_a = -1, "window_right"_a = -1, "alibi_slopes"_a.noconvert() = nb::none(),
-          "softcap"_a = 0.0, "attn_mask"_a.noconvert() = nb::none());
+  nb::class_<PyMask>(m, "Mask").def(
+      "__init__",
+      [](PyMask* self, OptIn key_begin, OptIn query_positions, OptIn cu_seqlens_q,
+         OptIn cu_seqlens_k, int64_t window_left, int64_t window_right, OptIn alibi_slopes,
+         double softcap, OptIn attn_mask) {
+        new (self) PyMask{std::move(key_begin),
+                          std::move(query_positions),
+                          std::move(cu_seqlens_q),
+                          std::move(cu_seqlens_k),
+                          std::move(alibi_slopes),
+                          std::move(attn_mask),
+                          window_left,
+                          window_right,
+                          softcap};
+      },
+      "key_begin"_a.noconvert() = nb::none(), "query_positions"_a.noconvert() = nb::none(),
+      "cu_seqlens_q"_a.noconvert() = nb::none(), "cu_seqlens_k"_a.noconvert() = nb::none(),
+      "window_left"_a = -1, "window_right"_a = -1, "alibi_slopes"_a.noconvert() = nb::none(),
+      "softcap"_a = 0.0, "attn_mask"_a.noconvert() = nb::none());
 
   nb::class_<PyStream>(m, "Stream")
       .def("append", &PyStream::append, "k"_a.noconvert(), "v"_a.noconvert())
@@ -403,7 +408,7 @@ NB_MODULE(_core, m) {
       .def("describe", &PyMechanism::describe)
       .def("capabilities", &PyMechanism::capabilities)
       .def("new_stream", &PyMechanism::new_stream, "batch"_a, "heads"_a, "kv_heads"_a, "head_dim"_a,
-           "value_dim"_a, "max_tokens"_a, "memory"_a.noconvert() = nb::none())
+           "value_dim"_a, "max_tokens"_a, "memory"_a.noconvert() = nb::none(), "window"_a = -1)
       .def("check_inputs", &PyMechanism::check_inputs, "q"_a.noconvert(), "k"_a.noconvert(),
            "v"_a.noconvert(), "key_lengths"_a.noconvert() = nb::none(),
            "memory"_a.noconvert() = nb::none(), "gate"_a.noconvert() = nb::none(),

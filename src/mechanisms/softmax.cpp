@@ -15,25 +15,31 @@ namespace {
 constexpr int64_t kDecodeQueries = 8;
 
 // KV cache: keys and values per (batch, kv head), contiguous in time; grows by doubling.
+// With a sliding window, a ring buffer of window + 1 tokens that never grows: token t sits in
+// slot t % (window + 1). Queries attend every cached token without positions, so the ring's
+// order does not matter.
 class KvCache final : public StreamingState {
  public:
   KvCache(const StreamSpec& spec, float scale) : spec_(spec), scale_(scale) {
-    reserve(std::max<int64_t>(spec.max_tokens, 16));
+    reserve(ring() ? spec.window + 1 : std::max<int64_t>(spec.max_tokens, 16));
   }
 
   void append(const ConstTensorView& k, const ConstTensorView& v, Context&) override {
     check_stream_append(spec_, k, v);
     const int64_t t = k.shape[1];
-    if (len_ + t >= kMaxDim) {
+    if (!ring() && len_ + t >= kMaxDim) {  // a ring's length only counts tokens
       throw Error(
           "k", "the KV cache would hold " + std::to_string(len_ + t) + " tokens; at most 2^31 - 1");
     }
-    if (len_ + t > cap_) reserve(std::min(std::max(2 * cap_, len_ + t), kMaxDim - 1));
+    if (!ring() && len_ + t > cap_) reserve(std::min(std::max(2 * cap_, len_ + t), kMaxDim - 1));
+    // A ring keeps only the last cap_ of the appended tokens.
+    const int64_t first = ring() ? std::max<int64_t>(0, t - cap_) : 0;
     for (int64_t b = 0; b < spec_.batch; ++b)
       for (int64_t h = 0; h < spec_.kv_heads; ++h)
-        for (int64_t i = 0; i < t; ++i) {
-          std::copy_n(k.row<const float>(b, i, h), spec_.head_dim, key_row(b, h, len_ + i));
-          std::copy_n(v.row<const float>(b, i, h), spec_.value_dim, value_row(b, h, len_ + i));
+        for (int64_t i = first; i < t; ++i) {
+          const int64_t slot = ring() ? (len_ + i) % cap_ : len_ + i;
+          std::copy_n(k.row<const float>(b, i, h), spec_.head_dim, key_row(b, h, slot));
+          std::copy_n(v.row<const float>(b, i, h), spec_.value_dim, value_row(b, h, slot));
         }
     len_ += t;
   }
@@ -59,6 +65,8 @@ class KvCache final : public StreamingState {
   int64_t length() const override { return len_; }
 
  private:
+  bool ring() const { return spec_.window >= 0; }
+  int64_t cached() const { return ring() ? std::min(len_, cap_) : len_; }
   float* key_row(int64_t b, int64_t h, int64_t i) {
     return keys_.data() + ((b * spec_.kv_heads + h) * cap_ + i) * spec_.head_dim;
   }
@@ -71,13 +79,19 @@ class KvCache final : public StreamingState {
     v.data = data;
     v.dtype = DType::kF32;
     v.rank = 4;
-    v.shape = {spec_.batch, len_, spec_.kv_heads, dim};
+    v.shape = {spec_.batch, cached(), spec_.kv_heads, dim};
     v.stride = {spec_.kv_heads * cap_ * dim, dim, cap_ * dim, 1};
     return v;
   }
   // Sizes fit in int64: check_stream_spec bounds batch x kv_heads x max_tokens x dims, and
   // append bounds the length by 2^31.
   void reserve(int64_t cap) {
+    if (static_cast<double>(spec_.batch) * spec_.kv_heads * cap *
+            (spec_.head_dim + spec_.value_dim) >=
+        kMaxStreamElements) {
+      throw Error("window", "a ring of " + std::to_string(cap) + " tokens x batch x kv_heads " +
+                                "must be < 2^40 elements");
+    }
     std::vector<float> k, v;
     try {
       k.resize(spec_.batch * spec_.kv_heads * cap * spec_.head_dim);
@@ -112,7 +126,7 @@ class Softmax final : public Mechanism {
   }
 
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
-    check_stream_spec(s);
+    check_stream_spec(s, /*window_ok=*/true);
     return make_state(
         [&] { return std::make_unique<KvCache>(s, logit_scale(options(), s.head_dim)); });
   }

@@ -348,7 +348,11 @@ void check_memory_args(const AttentionArgs& a, const Shape& sh, DType dtype) {
   }
 }
 
-void check_stream_spec(const StreamSpec& sp) {
+void check_stream_spec(const StreamSpec& sp, bool window_ok) {
+  if (sp.window != -1 && !window_ok)
+    throw Error("window", "only a softmax stream keeps a sliding window");
+  if (sp.window < -1 || sp.window >= kMaxDim - 1)
+    throw Error("window", "must be -1 (every token) or in [0, 2^31 - 1), got " + s(sp.window));
   if (sp.batch < 1 || sp.heads < 1 || sp.kv_heads < 1 || sp.head_dim < 1 || sp.value_dim < 1) {
     throw Error("stream", "batch, heads, kv_heads, head_dim and value_dim must be >= 1");
   }

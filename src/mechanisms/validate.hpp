@@ -65,7 +65,8 @@ void check_memory_args(const AttentionArgs& a, const Shape& sh, DType dtype);
 void check_backward(const BackwardArgs& g, DType dtype);
 // Streaming: the spec, appended k [B, T, Hk, Dk] / v [B, T, Hk, Dv], and queries
 // q [B, Tq, Hq, Dk] with out [B, Tq, Hq, Dv] (float32, finite).
-void check_stream_spec(const StreamSpec& s);
+// window_ok: the mechanism keeps a sliding window (softmax); others refuse StreamSpec::window.
+void check_stream_spec(const StreamSpec& s, bool window_ok = false);
 // Builds a stream's state; std::bad_alloc becomes OutOfMemory naming the stream.
 template <typename Make>
 auto make_state(Make&& make) {

@@ -30,5 +30,49 @@ TEST(StreamingProperty, FixedStatesStayConstantTo100kTokens) {
   }
 }
 
+// A windowed softmax stream (a ring of window + 1 tokens) decodes as the last row of the causal
+// forward with that sliding window, token by token past the ring's wrap, appending 1 or 3
+// tokens at a time, with a constant state.
+TEST(StreamingProperty, WindowedSoftmaxStreamIsARingAndMatchesTheWindowedForward) {
+  Context ctx(2);
+  const int64_t S = 40, D = 8, window = 6;
+  Problem p({2, S, S, 4, 2, D, D}, 21);
+  const auto m = make_mechanism("softmax", {.causal = true});
+  for (int64_t step : {1, 3}) {
+    SCOPED_TRACE("append " + std::to_string(step));
+    auto s = m->new_stream(
+        {.batch = 2, .heads = 4, .kv_heads = 2, .head_dim = D, .value_dim = D, .window = window});
+    const size_t bytes = s->state_bytes();
+    for (int64_t t = step; t <= S; t += step) {
+      ConstTensorView k = p.k.view32(), v = p.v.view32(), q = p.q.view32();
+      k.shape[1] = v.shape[1] = step, q.shape[1] = 1;
+      k.data = k.row<const float>(0, t - step, 0), v.data = v.row<const float>(0, t - step, 0);
+      q.data = q.row<const float>(0, t - 1, 0);
+      s->append(k, v, ctx);
+      std::vector<float> got(2 * 4 * D);
+      s->query(q, make_view(got.data(), {2, 1, 4, D}), ctx);
+      // The forward over the first t tokens; its last row.
+      Problem f = p;
+      AttentionArgs a = f.args32();
+      a.q.shape[1] = a.k.shape[1] = a.v.shape[1] = a.out.shape[1] = t;
+      a.mask.window_left = window;
+      m->forward(a, ctx);
+      for (int64_t b = 0; b < 2; ++b)
+        for (int64_t h = 0; h < 4; ++h)
+          for (int64_t x = 0; x < D; ++x)
+            ASSERT_NEAR(got[(b * 4 + h) * D + x], a.out.row<float>(b, t - 1, h)[x], 2e-6)
+                << "token " << t;
+      ASSERT_EQ(s->state_bytes(), bytes);
+    }
+    EXPECT_EQ(s->length(), S / step * step);
+  }
+  EXPECT_NE(
+      error_of([&] {
+        make_mechanism("linear")->new_stream(
+            {.batch = 1, .heads = 1, .kv_heads = 1, .head_dim = 4, .value_dim = 4, .window = 3});
+      }),
+      "no error");
+}
+
 }  // namespace
 }  // namespace attnkit::testing
