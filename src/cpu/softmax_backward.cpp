@@ -101,175 +101,218 @@ void BiasedColumnProbabilities(const Problem& p, int64_t b, int64_t h, int64_t j
   if (to < cols) std::fill(x + to, x + cols, 0.0f);
 }
 
-void SoftmaxBackward(const BackwardArgs& g, const Problem& pr, Context& ctx) {
-  const AttentionArgs& a = g.forward;
-  const int64_t B = pr.B, Sq = pr.Sq, Hq = pr.Hq, Dk = pr.Dk, Sk = pr.Sk, Hk = pr.Hk, Dv = pr.Dv;
-  const float scale = static_cast<float>(pr.scale);
-  const int64_t Dkp = pad_to_state(Dk), Dvp = pad_to_state(Dv);
-  const int64_t Sqp = pad_to_state(std::max<int64_t>(Sq, 1)),
-                Skp = pad_to_state(std::max<int64_t>(Sk, 1));
-
-  // 0. lse: the forward's when the caller kept it (AttentionArgs::lse), else from a forward
-  // pass; D = dout . out with the matching out.
-  auto lse = detail::allocate(static_cast<size_t>(B * Hq * Sqp), "softmax backward lse");
-  auto dsum = detail::allocate(static_cast<size_t>(B * Hq * Sqp), "softmax backward row sums");
-  std::fill(lse.get(), lse.get() + B * Hq * Sqp, 0.0f);  // padding is read by whole vectors
-  std::fill(dsum.get(), dsum.get() + B * Hq * Sqp, 0.0f);
-  hwy::AlignedFreeUniquePtr<float[]> recomputed;
-  ConstTensorView out = a.out;
-  if (a.lse.present()) {
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t h = 0; h < Hq; ++h)
-        for (int64_t i = 0; i < Sq; ++i)
-          lse[(b * Hq + h) * Sqp + i] = a.lse.at<const float>(b, h, i);
-  } else {
-    recomputed =
-        detail::allocate(static_cast<size_t>(B * Sq * Hq * Dv), "softmax backward recomputed out");
-    AttentionArgs f = a;
-    f.out = make_view(recomputed.get(), {B, Sq, Hq, Dv});
-    f.lse = make_view(lse.get(), {B, Hq, Sq});
-    f.lse.stride = {Hq * Sqp, Sqp, 1, 0};
-    softmax_forward(f, pr, ctx);
-    out = f.out;
-  }
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < Hq; ++h)
-      for (int64_t i = 0; i < Sq; ++i)
-        dsum[(b * Hq + h) * Sqp + i] =
-            Dot(g.dout.row<const float>(b, i, h), out.row<const float>(b, i, h), Dv);
-  // 1. Packed operands.
-  const int64_t kside = Skp * Dkp + Dk * Skp + Skp * Dvp;             // Kr, Kt, Vr
-  const int64_t qside = Sqp * Dkp + Dk * Sqp + Sqp * Dvp + Dv * Sqp;  // Qr, Qt, dOr, dOt
-  auto kpack =
-      detail::allocate(static_cast<size_t>(B * Hk * kside), "softmax backward packed keys");
-  auto qpack =
-      detail::allocate(static_cast<size_t>(B * Hq * qside), "softmax backward packed queries");
-  std::fill(kpack.get(), kpack.get() + B * Hk * kside, 0.0f);
-  std::fill(qpack.get(), qpack.get() + B * Hq * qside, 0.0f);
-  ctx.parallel_for(B * (Hk + Hq), [&](int64_t task, int) {
-    const int64_t b = task / (Hk + Hq), h = task % (Hk + Hq);
-    if (h < Hk) {
-      float* p = kpack.get() + (b * Hk + h) * kside;
-      PackBoth(a.k, b, h, Sk, Dk, p, Dkp, p + Skp * Dkp, Skp);
-      p += Skp * Dkp + Dk * Skp;
-      for (int64_t j = 0; j < Sk; ++j)
-        CopyPadded(a.v.row<const float>(b, j, h), Dv, p + j * Dvp, Dvp);
-    } else {
-      float* p = qpack.get() + (b * Hq + h - Hk) * qside;
-      PackBoth(a.q, b, h - Hk, Sq, Dk, p, Dkp, p + Sqp * Dkp, Sqp);
-      p += Sqp * Dkp + Dk * Sqp;
-      PackBoth(g.dout, b, h - Hk, Sq, Dv, p, Dvp, p + Sqp * Dvp, Sqp);
-    }
-  });
+// One softmax backward call, in named steps (Run). Workspaces come from detail::allocate:
+//   lse, dsum    [B][Hq][Sqp]        row statistics
+//   kpack        [B][Hk][kside]      Kr [Skp][Dkp], Kt [Dk][Skp], Vr [Skp][Dvp]
+//   qpack        [B][Hq][qside]      Qr [Sqp][Dkp], Qt [Dk][Sqp], dOr [Sqp][Dvp], dOt [Dv][Sqp]
+//   dqt          [B][Hq][parts][Dkp][Sqp]   dq^T partial sums per key partition
+struct SoftmaxBackwardCall {
   struct Side {
     const float *r, *t, *vr, *vt;  // K: Kr, Kt, Vr (no V^T); Q: Qr, Qt, dOr, dOt
   };
-  auto kside_of = [&](int64_t b, int64_t hk) {
+
+  const BackwardArgs& g;
+  const AttentionArgs& a;
+  const Problem& pr;
+  const int64_t B, Sq, Hq, Dk, Sk, Hk, Dv, Dkp, Dvp, Sqp, Skp, kside, qside, kblocks, parts;
+  const float scale;
+  hwy::AlignedFreeUniquePtr<float[]> lse, dsum, kpack, qpack, dqt;
+
+  SoftmaxBackwardCall(const BackwardArgs& g_, const Problem& p)
+      : g(g_),
+        a(g_.forward),
+        pr(p),
+        B(p.B),
+        Sq(p.Sq),
+        Hq(p.Hq),
+        Dk(p.Dk),
+        Sk(p.Sk),
+        Hk(p.Hk),
+        Dv(p.Dv),
+        Dkp(pad_to_state(Dk)),
+        Dvp(pad_to_state(Dv)),
+        Sqp(pad_to_state(std::max<int64_t>(Sq, 1))),
+        Skp(pad_to_state(std::max<int64_t>(Sk, 1))),
+        kside(Skp * Dkp + Dk * Skp + Skp * Dvp),
+        qside(Sqp * Dkp + Dk * Sqp + Sqp * Dvp + Dv * Sqp),
+        kblocks(hwy::DivCeil(Sk, kRowBlock)),
+        // Key block kb adds to dq^T partition kb % parts: a fixed split, so the sums do not
+        // depend on the threads.
+        parts(std::min<int64_t>(kPartitions, std::max<int64_t>(kblocks, 1))),
+        scale(static_cast<float>(p.scale)) {}
+
+  Side key_side(int64_t b, int64_t hk) const {
     const float* p = kpack.get() + (b * Hk + hk) * kside;
     return Side{p, p + Skp * Dkp, p + Skp * Dkp + Dk * Skp, nullptr};
-  };
-  auto qside_of = [&](int64_t b, int64_t h) {
+  }
+  Side query_side(int64_t b, int64_t h) const {
     const float* p = qpack.get() + (b * Hq + h) * qside;
     return Side{p, p + Sqp * Dkp, p + Sqp * Dkp + Dk * Sqp, p + Sqp * Dkp + Dk * Sqp + Sqp * Dvp};
-  };
-  // Scratch per worker: three [kRowBlock][kColBlock] blocks (P^T, dP^T, softcap slopes) and
-  // the dk, dv accumulators.
-  ctx.reserve_scratch(static_cast<size_t>(kRowBlock * (3 * kColBlock + Dkp + Dvp) + 64));
-  const bool biased = pr.biased(), capped = pr.mask.softcap > 0;
-  // dq^T partial sums [Dkp][Sqp] per (batch, q head, key partition): key block kb adds to
-  // partition kb % kPartitions, a fixed split, so the sums do not depend on the threads.
-  const int64_t kblocks = hwy::DivCeil(Sk, kRowBlock);
-  const int64_t parts = std::min<int64_t>(kPartitions, std::max<int64_t>(kblocks, 1));
-  auto dqt = detail::allocate(static_cast<size_t>(B * Hq * parts * Dkp * Sqp),
-                              "softmax backward dq partials");
-  std::fill(dqt.get(), dqt.get() + B * Hq * parts * Dkp * Sqp, 0.0f);
-  auto dqt_of = [&](int64_t b, int64_t h, int64_t part) {
+  }
+  float* dq_partial(int64_t b, int64_t h, int64_t part) const {
     return dqt.get() + ((b * Hq + h) * parts + part) * Dkp * Sqp;
-  };
+  }
+  static hwy::AlignedFreeUniquePtr<float[]> zeros(int64_t n, const char* what) {
+    auto p = detail::allocate(static_cast<size_t>(n), what);
+    std::fill(p.get(), p.get() + n, 0.0f);  // padding is read by whole vectors
+    return p;
+  }
 
-  // 2. A task per (batch, kv head, key partition) walks its key blocks of 64 and, for each,
-  // the group's query blocks of 128: P^T, dv += P^T dout, dP^T, dS^T, dk += dS^T Q and
-  // dq^T += K^T dS^T.
-  ctx.parallel_for(B * Hk * parts, [&](int64_t task, int worker) {
-    const int64_t part = task % parts, bh = task / parts, b = bh / Hk, hk = bh % Hk;
-    const int64_t group = pr.group;
-    const Side K = kside_of(b, hk);
-    float* pt = ctx.scratch(worker);
+  // 0. lse: the forward's when the caller kept it (AttentionArgs::lse), else from a forward
+  // pass; D = dout . out with the matching out.
+  void RowStatistics(Context& ctx) {
+    lse = zeros(B * Hq * Sqp, "softmax backward lse");
+    dsum = zeros(B * Hq * Sqp, "softmax backward row sums");
+    hwy::AlignedFreeUniquePtr<float[]> recomputed;
+    ConstTensorView out = a.out;
+    if (a.lse.present()) {
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < Hq; ++h)
+          for (int64_t i = 0; i < Sq; ++i)
+            lse[(b * Hq + h) * Sqp + i] = a.lse.at<const float>(b, h, i);
+    } else {
+      recomputed = detail::allocate(static_cast<size_t>(B * Sq * Hq * Dv),
+                                    "softmax backward recomputed out");
+      AttentionArgs f = a;
+      f.out = make_view(recomputed.get(), {B, Sq, Hq, Dv});
+      f.lse = make_view(lse.get(), {B, Hq, Sq});
+      f.lse.stride = {Hq * Sqp, Sqp, 1, 0};
+      softmax_forward(f, pr, ctx);
+      out = f.out;
+    }
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < Hq; ++h)
+        for (int64_t i = 0; i < Sq; ++i)
+          dsum[(b * Hq + h) * Sqp + i] =
+              Dot(g.dout.row<const float>(b, i, h), out.row<const float>(b, i, h), Dv);
+  }
+
+  // 1. Packed operands, one task per (batch, head) of either side.
+  void Pack(Context& ctx) {
+    kpack = zeros(B * Hk * kside, "softmax backward packed keys");
+    qpack = zeros(B * Hq * qside, "softmax backward packed queries");
+    ctx.parallel_for(B * (Hk + Hq), [&](int64_t task, int) {
+      const int64_t b = task / (Hk + Hq), h = task % (Hk + Hq);
+      if (h < Hk) {
+        float* p = kpack.get() + (b * Hk + h) * kside;
+        PackBoth(a.k, b, h, Sk, Dk, p, Dkp, p + Skp * Dkp, Skp);
+        p += Skp * Dkp + Dk * Skp;
+        for (int64_t j = 0; j < Sk; ++j)
+          CopyPadded(a.v.row<const float>(b, j, h), Dv, p + j * Dvp, Dvp);
+      } else {
+        float* p = qpack.get() + (b * Hq + h - Hk) * qside;
+        PackBoth(a.q, b, h - Hk, Sq, Dk, p, Dkp, p + Sqp * Dkp, Sqp);
+        p += Sqp * Dkp + Dk * Sqp;
+        PackBoth(g.dout, b, h - Hk, Sq, Dv, p, Dvp, p + Sqp * Dvp, Sqp);
+      }
+    });
+  }
+
+  // P^T for keys [j0, j0 + keys) and queries [i0, i0 + cols) of head h: each key's
+  // queries are an interval [from, to) (both nondecreasing in the key).
+  void Probabilities(int64_t b, int64_t h, int64_t j0, int64_t keys, int64_t i0, int64_t cols,
+                     int64_t qrows, float* pt, float* slopes) const {
+    const float* l = lse.get() + (b * Hq + h) * Sqp + i0;
+    int64_t from = 0, to = 0;
+    for (int64_t j = 0; j < keys; ++j) {
+      while (from < qrows && pr.keys(b, i0 + from).end <= j0 + j) ++from;
+      to = std::max(to, from);
+      while (to < qrows && pr.keys(b, i0 + to).begin <= j0 + j) ++to;
+      if (pr.biased()) {
+        BiasedColumnProbabilities(pr, b, h, j0 + j, i0, pt + j * kColBlock, cols, from, to, l,
+                                  slopes + j * kColBlock);
+      } else {
+        ColumnProbabilities(pt + j * kColBlock, cols, from, to, scale, l);
+      }
+    }
+  }
+
+  // 2. One key block of 64 against the query rows [first, last) that see some key of it,
+  // for every query head of the group: P^T, dv += P^T dout, dP^T, dS^T, dk += dS^T Q and
+  // dq^T += K^T dS^T. scratch: P^T, dP^T, slopes [kRowBlock][kColBlock], dk, dv.
+  void KeyBlock(int64_t b, int64_t hk, int64_t part, int64_t kb, float* scratch) const {
+    float* pt = scratch;
     float* dpt = pt + kRowBlock * kColBlock;
     float* slopes = dpt + kRowBlock * kColBlock;
     float* dk = slopes + kRowBlock * kColBlock;
     float* dv = dk + kRowBlock * Dkp;
-    for (int64_t kb = part; kb < kblocks; kb += parts) {
-      const int64_t j0 = kb * kRowBlock, keys = std::min(kRowBlock, Sk - j0);
-      std::fill(dk, dk + kRowBlock * (Dkp + Dvp), 0.0f);
-      // Query rows [first, last) see some key of the block (both bounds of a row's key range
-      // are monotone in the row), so a sliding window visits N x window pairs, not N^2.
-      int64_t first = 0, last = Sq;
-      while (first < Sq && pr.keys(b, first).end <= j0) ++first;
-      while (last > first && pr.keys(b, last - 1).begin >= j0 + keys) --last;
-      for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-        const Side Q = qside_of(b, h);
-        const float* l = lse.get() + (b * Hq + h) * Sqp;
-        const float* dd = dsum.get() + (b * Hq + h) * Sqp;
-        float* dq_t = dqt_of(b, h, part);
-        for (int64_t i0 = first - first % kColBlock; i0 < last; i0 += kColBlock) {
-          const int64_t cols = std::min(kColBlock, pad_to_state(Sq - i0)),
-                        qrows = std::min(kColBlock, Sq - i0);
-          // P^T[j][i] for keys j of the block, queries i of this query block.
-          MatMul(K.r + j0 * Dkp, Dkp, Q.t + i0, Sqp, pt, kColBlock, keys, cols, Dk, false);
-          // Queries that see key j0 + j: columns [from, to), both nondecreasing in j.
-          int64_t from = 0, to = 0;
-          for (int64_t j = 0; j < keys; ++j) {
-            while (from < qrows && pr.keys(b, i0 + from).end <= j0 + j) ++from;
-            to = std::max(to, from);
-            while (to < qrows && pr.keys(b, i0 + to).begin <= j0 + j) ++to;
-            if (biased) {
-              BiasedColumnProbabilities(pr, b, h, j0 + j, i0, pt + j * kColBlock, cols, from, to,
-                                        l + i0, slopes + j * kColBlock);
-            } else {
-              ColumnProbabilities(pt + j * kColBlock, cols, from, to, scale, l + i0);
-            }
+    const Side K = key_side(b, hk);
+    const int64_t j0 = kb * kRowBlock, keys = std::min(kRowBlock, Sk - j0);
+    std::fill(dk, dk + kRowBlock * (Dkp + Dvp), 0.0f);
+    // Both bounds of a row's key range are monotone in the row, so the rows that see the
+    // block are an interval: a sliding window visits N x window pairs, not N^2.
+    int64_t first = 0, last = Sq;
+    while (first < Sq && pr.keys(b, first).end <= j0) ++first;
+    while (last > first && pr.keys(b, last - 1).begin >= j0 + keys) --last;
+    for (int64_t h = hk * pr.group; h < (hk + 1) * pr.group; ++h) {
+      const Side Q = query_side(b, h);
+      const float* dd = dsum.get() + (b * Hq + h) * Sqp;
+      float* dq_t = dq_partial(b, h, part);
+      for (int64_t i0 = first - first % kColBlock; i0 < last; i0 += kColBlock) {
+        const int64_t cols = std::min(kColBlock, pad_to_state(Sq - i0)),
+                      qrows = std::min(kColBlock, Sq - i0);
+        MatMul(K.r + j0 * Dkp, Dkp, Q.t + i0, Sqp, pt, kColBlock, keys, cols, Dk, false);
+        Probabilities(b, h, j0, keys, i0, cols, qrows, pt, slopes);
+        MatMul(pt, kColBlock, Q.vr + i0 * Dvp, Dvp, dv, Dvp, keys, Dvp, qrows, true);
+        MatMul(K.vr + j0 * Dvp, Dvp, Q.vt + i0, Sqp, dpt, kColBlock, keys, cols, Dv, false);
+        for (int64_t j = 0; j < keys; ++j) {
+          float* dsr = dpt + j * kColBlock;
+          ScaledDiffProduct(pt + j * kColBlock, dsr, cols, scale, dd + i0);
+          if (pr.mask.softcap > 0) {  // through the softcap: dS *= 1 - tanh^2 (P is 0 unset)
+            const float* sl = slopes + j * kColBlock;
+            for (int64_t c = 0; c < qrows; ++c)
+              dsr[c] = pt[j * kColBlock + c] != 0.0f ? dsr[c] * sl[c] : 0.0f;
           }
-          MatMul(pt, kColBlock, Q.vr + i0 * Dvp, Dvp, dv, Dvp, keys, Dvp, qrows, true);
-          MatMul(K.vr + j0 * Dvp, Dvp, Q.vt + i0, Sqp, dpt, kColBlock, keys, cols, Dv, false);
-          for (int64_t j = 0; j < keys; ++j) {
-            ScaledDiffProduct(pt + j * kColBlock, dpt + j * kColBlock, cols, scale, dd + i0);
-            if (capped) {  // through the softcap: dS *= 1 - tanh^2 (P is 0 where unset)
-              float* dsr = dpt + j * kColBlock;
-              const float* sl = slopes + j * kColBlock;
-              for (int64_t c = 0; c < qrows; ++c)
-                dsr[c] = pt[j * kColBlock + c] != 0.0f ? dsr[c] * sl[c] : 0.0f;
-            }
-          }
-          MatMul(dpt, kColBlock, Q.r + i0 * Dkp, Dkp, dk, Dkp, keys, Dkp, qrows, true);
-          // dq^T[:, i0:] += K_blk^T dS^T (rows beyond qrows of dS^T are zero: P^T is).
-          MatMul(K.t + j0, Skp, dpt, kColBlock, dq_t + i0, Sqp, Dk, cols, keys, true);
         }
-      }
-      for (int64_t j = 0; j < keys; ++j) {
-        std::copy_n(dk + j * Dkp, Dk, g.dk.row<float>(b, j0 + j, hk));
-        std::copy_n(dv + j * Dvp, Dv, g.dv.row<float>(b, j0 + j, hk));
+        MatMul(dpt, kColBlock, Q.r + i0 * Dkp, Dkp, dk, Dkp, keys, Dkp, qrows, true);
+        // dq^T[:, i0:] += K_blk^T dS^T (rows beyond qrows of dS^T are zero: P^T is).
+        MatMul(K.t + j0, Skp, dpt, kColBlock, dq_t + i0, Sqp, Dk, cols, keys, true);
       }
     }
-  });
+    for (int64_t j = 0; j < keys; ++j) {
+      std::copy_n(dk + j * Dkp, Dk, g.dk.row<float>(b, j0 + j, hk));
+      std::copy_n(dv + j * Dvp, Dv, g.dv.row<float>(b, j0 + j, hk));
+    }
+  }
 
-  // 3. dq = the partitions' dq^T summed in partition order, transposed.
-  // 16 rows at a time, so each partition is read in runs of 16 contiguous floats.
-  ctx.parallel_for(B * Hq, [&](int64_t bh, int worker) {
-    const int64_t b = bh / Hq, h = bh % Hq;
-    constexpr int64_t kRows = 16;
-    float* acc = ctx.scratch(worker);  // [kRows][Dk]
-    for (int64_t i0 = 0; i0 < Sq; i0 += kRows) {
-      const int64_t n = std::min(kRows, Sq - i0);
-      std::fill(acc, acc + kRows * Dk, 0.0f);
-      for (int64_t part = 0; part < parts; ++part) {
-        const float* src = dqt_of(b, h, part) + i0;
-        for (int64_t d = 0; d < Dk; ++d)
-          for (int64_t r = 0; r < n; ++r) acc[r * Dk + d] += src[d * Sqp + r];
+  // 3. dq = the partitions' dq^T summed in partition order, transposed, 16 rows at a time
+  // (each partition is read in runs of 16 contiguous floats).
+  void ReduceDq(Context& ctx) const {
+    ctx.parallel_for(B * Hq, [&](int64_t bh, int worker) {
+      const int64_t b = bh / Hq, h = bh % Hq;
+      constexpr int64_t kRows = 16;
+      float* acc = ctx.scratch(worker);  // [kRows][Dk]
+      for (int64_t i0 = 0; i0 < Sq; i0 += kRows) {
+        const int64_t n = std::min(kRows, Sq - i0);
+        std::fill(acc, acc + kRows * Dk, 0.0f);
+        for (int64_t part = 0; part < parts; ++part) {
+          const float* src = dq_partial(b, h, part) + i0;
+          for (int64_t d = 0; d < Dk; ++d)
+            for (int64_t r = 0; r < n; ++r) acc[r * Dk + d] += src[d * Sqp + r];
+        }
+        for (int64_t r = 0; r < n; ++r)
+          std::copy_n(acc + r * Dk, Dk, g.dq.row<float>(b, i0 + r, h));
       }
-      for (int64_t r = 0; r < n; ++r) std::copy_n(acc + r * Dk, Dk, g.dq.row<float>(b, i0 + r, h));
-    }
-  });
+    });
+  }
+
+  void Run(Context& ctx) {
+    RowStatistics(ctx);
+    Pack(ctx);
+    dqt = zeros(B * Hq * parts * Dkp * Sqp, "softmax backward dq partials");
+    ctx.reserve_scratch(static_cast<size_t>(kRowBlock * (3 * kColBlock + Dkp + Dvp) + 64));
+    // A task per (batch, kv head, key partition) walks its key blocks.
+    ctx.parallel_for(B * Hk * parts, [&](int64_t task, int worker) {
+      const int64_t part = task % parts, bh = task / parts;
+      for (int64_t kb = part; kb < kblocks; kb += parts)
+        KeyBlock(bh / Hk, bh % Hk, part, kb, ctx.scratch(worker));
+    });
+    ReduceDq(ctx);
+  }
+};
+
+void SoftmaxBackward(const BackwardArgs& g, const Problem& pr, Context& ctx) {
+  SoftmaxBackwardCall(g, pr).Run(ctx);
 }
 
 }  // namespace
