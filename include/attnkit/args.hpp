@@ -1,6 +1,5 @@
-// The arguments of one attention call and of its backward pass, and the visibility rule
-// (causal alignment, padding) that every kernel and reference shares. Kernels and
-// references include this header, not the whole Mechanism interface.
+// The arguments of one attention call and of its backward pass. Kernels and references
+// include this header (and problem.hpp, the resolved call), not the Mechanism interface.
 #pragma once
 
 #include <cstdint>
@@ -27,16 +26,6 @@ struct AttentionArgs {
   ConstTensorView filter;  // optional [Hk, kappa]: memory-write conv filter (memory)
   Mask mask;  // left padding, query positions, varlen, window, ALiBi, softcap, attn_mask
 };
-
-// Keys visible to query row i: j < visible_keys(...), for the kernels that see only right
-// padding and causal (the base class splits the other masks for them; Problem::keys is the
-// general rule). Causal masks are bottom-right aligned (query i is at key position
-// i + Sk - Sq), as in FlashAttention; padding keys (j >= length) are never visible.
-inline int64_t visible_keys(bool causal, int64_t sq, int64_t sk, int64_t length, int64_t i) {
-  int64_t n = length;
-  if (causal && i + 1 + (sk - sq) < n) n = i + 1 + (sk - sq);
-  return n < 0 ? 0 : n;
-}
 
 // Gradients of one attention call: the forward arguments, the upstream gradient dout, and
 // the gradients to write. Shapes as in AttentionArgs.

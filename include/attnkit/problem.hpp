@@ -16,7 +16,7 @@
 
 namespace attnkit {
 
-// Keys [begin, end) of one query row (empty when end <= begin).
+// Keys [begin, end) of one query row; empty when end == begin.
 struct KeyRange {
   int64_t begin = 0, end = 0;
   int64_t size() const { return end > begin ? end - begin : 0; }
@@ -36,19 +36,22 @@ struct Problem {
   static Problem resolve(const AttentionArgs& a, const AttentionOptions& o);
 
   int64_t kv_head(int64_t h) const { return h / group; }
+  // Keys [0, key_length(b)) of sequence b are not right padding.
+  int64_t key_length(int64_t b) const { return key_end.empty() ? Sk : key_end[b]; }
   // Key position of query row i of sequence b (bottom-right aligned by default).
   int64_t query_position(int64_t b, int64_t i) const {
     return (mask.query_positions.empty() ? Sk - Sq : mask.query_positions[b]) + i;
   }
   // Keys query row i of sequence b may see (attn_mask aside, which bias_row applies).
   KeyRange keys(int64_t b, int64_t i) const {
-    KeyRange r{mask.key_begin.empty() ? 0 : mask.key_begin[b], key_end.empty() ? Sk : key_end[b]};
+    KeyRange r{mask.key_begin.empty() ? 0 : mask.key_begin[b], key_length(b)};
     const int64_t p = query_position(b, i);
     if (causal || mask.window_right >= 0) {
       r.end = std::min(r.end, p + 1 + (causal ? 0 : mask.window_right));
     }
     if (mask.window_left >= 0) r.begin = std::max(r.begin, p - mask.window_left);
     r.begin = std::max<int64_t>(r.begin, 0);
+    r.end = std::max(r.end, r.begin);  // empty: end == begin (never negative)
     return r;
   }
   // The union of the key ranges of rows [i0, i1) (non-empty): every bound is monotone in i.

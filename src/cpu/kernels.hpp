@@ -68,7 +68,8 @@ struct LogFeatures {
   int64_t features = 0;
   float sqrt_scale = 1.0f;
 };
-void log_linear_forward(const AttentionArgs& a, const LogFeatures& f, bool causal, Context& ctx);
+void log_linear_forward(const AttentionArgs& a, const Problem& p, const LogFeatures& f,
+                        Context& ctx);
 void log_linear_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
                        const LogFeatures& f, Context& ctx);
 void log_linear_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
@@ -76,17 +77,18 @@ void log_linear_query(LinearState& s, const ConstTensorView& q, const TensorView
 // Gradients of log_linear_forward (dq, dk, dv overwritten), O(N F Dv): a forward sweep over
 // query rows and a reverse sweep over keys, both against running per-feature maxima (no exp
 // argument above 0). One task per (batch, kv head).
-void log_linear_backward(const BackwardArgs& g, const LogFeatures& f, bool causal, Context& ctx);
+void log_linear_backward(const BackwardArgs& g, const Problem& p, const LogFeatures& f,
+                         Context& ctx);
 
 // Gradients of linear_forward (dq, dk, dv and, when gated, dgate overwritten), float32, in
 // O(N D^2): a forward sweep over query rows (dq from the running state) and a reverse sweep
 // over keys (dk, dv, dgate from the running sum of phi(q) dnum^T). One task per
 // (batch, kv head) owns its key rows and its query heads' rows.
-void linear_backward(const BackwardArgs& g, const LinearConfig& c, bool causal, Context& ctx);
+void linear_backward(const BackwardArgs& g, const Problem& p, const LinearConfig& c, Context& ctx);
 
 // de Brebisson & Vincent linear attention with feature maps, gate and normalisers.
 // Causal prefill is chunked (intra-chunk matmul + carried state).
-void linear_forward(const AttentionArgs& a, const LinearConfig& c, bool causal, Context& ctx);
+void linear_forward(const AttentionArgs& a, const Problem& p, const LinearConfig& c, Context& ctx);
 // Streaming (recurrent form); no gate.
 void linear_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
                    const LinearConfig& c, Context& ctx);
@@ -96,9 +98,9 @@ void linear_query(LinearState& s, const ConstTensorView& q, const TensorView& ou
 // Causal Luna (running-average form): per (batch, q head) the state acc = sum_j a_j v_j^T
 // ([L][dvp]) with a_j[l] = softplus_ln2(s k_j . p_l); out_t = softmax_l(s q_t . acc_l / t)
 // acc / t. memory: [B, L, Hq, Dk] float32. LinearState slots are (batch, q head) here.
-void luna_causal_forward(const AttentionArgs& a, float scale, Context& ctx);
+void luna_causal_forward(const AttentionArgs& a, const Problem& p, Context& ctx);
 // Gradients of luna_causal_forward: dq, dk, dv and (when present) dmemory, O(N L D).
-void luna_causal_backward(const BackwardArgs& g, float scale, Context& ctx);
+void luna_causal_backward(const BackwardArgs& g, const Problem& p, Context& ctx);
 void luna_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
                  const ConstTensorView& memory, float scale, Context& ctx);
 void luna_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
@@ -119,19 +121,17 @@ void topk_ff_forward(const ConstTensorView& x, const ConstTensorView& keys,
 // Chunk-wise memory-augmented attention (RMT recurrence + filtered memory write):
 // per (batch, q head) sequentially over chunks; every read and write is a small softmax
 // attention done with the register-tiled matmul. filter: optional [Hk, width] weights.
-void memory_forward(const AttentionArgs& a, const MemoryConfig& c, float scale, bool causal,
-                    Context& ctx);
+void memory_forward(const AttentionArgs& a, const Problem& p, const MemoryConfig& c, Context& ctx);
 // Gradients of memory_forward: dq, dk, dv and (when present) dmemory and dfilter (the conv
 // filter weights' gradient, per task, summed in order). One task per (batch, kv head); keeps
 // the memory before every chunk.
-void memory_backward(const BackwardArgs& g, const MemoryConfig& c, float scale, bool causal,
-                     Context& ctx);
+void memory_backward(const BackwardArgs& g, const Problem& p, const MemoryConfig& c, Context& ctx);
 
 // Randomized Attention (unbiased): the same draws as ref::ra_ref (CounterRng streams
 // (b, h, i); uniform counter t; normal counters 2^40 + t Dk + d); every mask of p but softcap.
 void ra_forward(const AttentionArgs& a, const Problem& p, const RaConfig& c, Context& ctx);
 
 // LARA with 1-D segment-mean landmarks (non-causal), as ref::lara_ref.
-void lara_forward(const AttentionArgs& a, const LaraConfig& c, float scale, Context& ctx);
+void lara_forward(const AttentionArgs& a, const Problem& p, const LaraConfig& c, Context& ctx);
 
 }  // namespace attnkit::cpu

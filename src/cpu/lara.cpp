@@ -54,9 +54,9 @@ struct Sizes {
   }
 };
 
-void LaraForward(const AttentionArgs& a, const LaraConfig& cfg, float s, Context& ctx) {
-  const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
-  const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
+void LaraForward(const AttentionArgs& a, const Problem& pr, const LaraConfig& cfg, Context& ctx) {
+  const int64_t B = pr.B, Sq = pr.Sq, Hq = pr.Hq, Dk = pr.Dk, Sk = pr.Sk, Dv = pr.Dv;
+  const float s = static_cast<float>(pr.scale);
   const int64_t L =
       std::max<int64_t>(1, std::min<int64_t>({cfg.landmarks, Sq, std::max<int64_t>(Sk, 1)}));
   const Sizes z{L,
@@ -69,8 +69,8 @@ void LaraForward(const AttentionArgs& a, const LaraConfig& cfg, float s, Context
   const CounterRng rng(cfg.seed);
   ctx.reserve_scratch(static_cast<size_t>(z.floats()));
   ctx.parallel_for(B * Hq, [&](int64_t task, int worker) {
-    const int64_t b = task / Hq, h = task % Hq, hk = h / (Hq / Hk);
-    const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
+    const int64_t b = task / Hq, h = task % Hq, hk = pr.kv_head(h);
+    const int64_t len = pr.key_length(b);
     const int64_t C = std::min<int64_t>({cfg.landmarks, Sq, len});
     if (C == 0) {
       for (int64_t i = 0; i < Sq; ++i)
@@ -193,8 +193,8 @@ namespace attnkit::cpu {
 
 HWY_EXPORT(LaraForward);
 
-void lara_forward(const AttentionArgs& a, const LaraConfig& c, float scale, Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(LaraForward)(a, c, scale, ctx);
+void lara_forward(const AttentionArgs& a, const Problem& p, const LaraConfig& c, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LaraForward)(a, p, c, ctx);
 }
 
 }  // namespace attnkit::cpu

@@ -53,10 +53,10 @@ HWY_INLINE float GateWeight(const AttentionArgs& a, bool gated, int64_t b, int64
   return u * u;
 }
 
-struct Plan {
-  int64_t B, Sq, Sk, Hq, Hk, Dk, Dkp, Dv, Dvp, T, Tp;
+// The problem plus the padded dims and the chunk (T rows; Tp pending keys padded).
+struct Plan : Problem {
+  int64_t Dkp, Dvp, T, Tp;
   LinearConfig cfg;
-  bool causal;
 };
 
 struct Scratch {
@@ -115,10 +115,9 @@ HWY_INLINE void AddToState(const Plan& n, int64_t cnt, Scratch& sc) {
 int64_t AttendChunk(const AttentionArgs& a, const Plan& n, int64_t b, int64_t h, int64_t i0,
                     int64_t kdone, Scratch& sc) {
   const int64_t hk = h / (n.Hq / n.Hk);
-  const int64_t len = a.key_lengths.empty() ? n.Sk : a.key_lengths[b];
   const int64_t rows = std::min(n.T, n.Sq - i0);
-  const int64_t lo = visible_keys(n.causal, n.Sq, n.Sk, len, i0);
-  const int64_t hi = visible_keys(n.causal, n.Sq, n.Sk, len, i0 + rows - 1);
+  const int64_t lo = n.keys(b, i0).end;
+  const int64_t hi = n.keys(b, i0 + rows - 1).end;
   // 1. Keys every row sees go straight into the state while more than Tp keys are pending
   //    (a long causal offset, or non-causal); since hi - lo < T this leaves at most Tp.
   while (hi - kdone > n.Tp) {
@@ -141,7 +140,7 @@ int64_t AttendChunk(const AttentionArgs& a, const Plan& n, int64_t b, int64_t h,
     LoadKeys(a, n, b, hk, kdone, hi, sc);
     MatMul(sc.fq, n.Dkp, sc.fkt, n.Tp, sc.s, n.Tp, rows, cols, n.Dk, /*accumulate=*/false);
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t vis = visible_keys(n.causal, n.Sq, n.Sk, len, i0 + r) - kdone;
+      const int64_t vis = n.keys(b, i0 + r).end - kdone;
       float* sr = sc.s + r * n.Tp;
       float d = 0;
       for (int64_t j = 0; j < cols; ++j) {
@@ -156,22 +155,20 @@ int64_t AttendChunk(const AttentionArgs& a, const Plan& n, int64_t b, int64_t h,
   }
   // 4. Normalise.
   for (int64_t r = 0; r < rows; ++r) {
-    const float f =
-        Normalise(n.cfg.norm, visible_keys(n.causal, n.Sq, n.Sk, len, i0 + r), sc.den[r]);
+    const float f = Normalise(n.cfg.norm, n.keys(b, i0 + r).end, sc.den[r]);
     float* dst = a.out.row<float>(b, i0 + r, h);
     for (int64_t x = 0; x < n.Dv; ++x) dst[x] = f * sc.acc[r * n.Dvp + x];
   }
   return kdone;
 }
 
-void LinearForward(const AttentionArgs& a, const LinearConfig& cfg, bool causal, Context& ctx) {
+void LinearForward(const AttentionArgs& a, const Problem& p, const LinearConfig& cfg,
+                   Context& ctx) {
   Plan n;
-  n.B = a.q.shape[0], n.Sq = a.q.shape[1], n.Hq = a.q.shape[2], n.Dk = a.q.shape[3];
-  n.Sk = a.k.shape[1], n.Hk = a.k.shape[2], n.Dv = a.v.shape[3];
+  static_cast<Problem&>(n) = p;
   n.Dkp = pad_to_state(n.Dk), n.Dvp = pad_to_state(n.Dv);
   n.T = cfg.chunk, n.Tp = pad_to_state(2 * cfg.chunk);  // pending keys: at most 2 chunks
   n.cfg = cfg;
-  n.causal = causal;
   // A task takes a group of heads chunk by chunk, so it reads neighbouring stretches of
   // each [B, S, H, D] row instead of one head's slice of every row (a page per 2 rows at
   // H * D = 512 floats). Heads are computed independently: the grouping changes no bits.
@@ -259,8 +256,8 @@ HWY_EXPORT(LinearForward);
 HWY_EXPORT(LinearAppend);
 HWY_EXPORT(LinearQuery);
 
-void linear_forward(const AttentionArgs& a, const LinearConfig& c, bool causal, Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(LinearForward)(a, c, causal, ctx);
+void linear_forward(const AttentionArgs& a, const Problem& p, const LinearConfig& c, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LinearForward)(a, p, c, ctx);
 }
 void linear_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
                    const LinearConfig& c, Context& ctx) {

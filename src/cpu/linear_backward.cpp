@@ -73,18 +73,18 @@ struct Buffers {
   }
 };
 
-void LinearBackward(const BackwardArgs& g, const LinearConfig& cfg, bool causal, Context& ctx) {
+void LinearBackward(const BackwardArgs& g, const Problem& pr, const LinearConfig& cfg,
+                    Context& ctx) {
   const AttentionArgs& a = g.forward;
-  const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
-  const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
+  const int64_t B = pr.B, Sq = pr.Sq, Hq = pr.Hq, Dk = pr.Dk, Sk = pr.Sk, Hk = pr.Hk, Dv = pr.Dv;
   const int64_t Dkp = pad_to_state(Dk), Dvp = pad_to_state(Dv), group = Hq / Hk;
   const int64_t T = std::max(1, cfg.chunk), Tp = pad_to_state(T);
   const FeatureMap map = cfg.map;
   ctx.reserve_scratch(static_cast<size_t>(Buffers::floats(Sq, Sk, Dkp, Dvp, Tp)));
   ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
     const int64_t b = task / Hk, hk = task % Hk;
-    const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
-    auto vis = [&](int64_t i) { return visible_keys(causal, Sq, Sk, len, i); };
+    const int64_t len = pr.key_length(b);
+    auto vis = [&](int64_t i) { return pr.keys(b, i).end; };
     Buffers u(ctx.scratch(worker), Sq, Sk, Dkp, Dvp, Tp);
     // Key features and gate weights, shared by the group's query heads.
     for (int64_t j = 0; j < Sk; ++j) {
@@ -261,8 +261,8 @@ namespace attnkit::cpu {
 
 HWY_EXPORT(LinearBackward);
 
-void linear_backward(const BackwardArgs& g, const LinearConfig& c, bool causal, Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(LinearBackward)(g, c, causal, ctx);
+void linear_backward(const BackwardArgs& g, const Problem& p, const LinearConfig& c, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LinearBackward)(g, p, c, ctx);
 }
 
 }  // namespace attnkit::cpu

@@ -58,18 +58,11 @@ HWY_INLINE void QueryRow(const Slot& st, const float* HWY_RESTRICT lq, int64_t f
   for (int64_t x = 0; x < dv; ++x) out[x] = num[x] * inv;
 }
 
-struct Dims {
-  int64_t B, Sq, Sk, Hq, Hk, Dk, Dv, Dvp, Fp;
-  explicit Dims(const AttentionArgs& a, const LogFeatures& f)
-      : B(a.q.shape[0]),
-        Sq(a.q.shape[1]),
-        Sk(a.k.shape[1]),
-        Hq(a.q.shape[2]),
-        Hk(a.k.shape[2]),
-        Dk(a.q.shape[3]),
-        Dv(a.v.shape[3]),
-        Dvp(pad_to_state(Dv)),
-        Fp(pad_to_state(f.omega ? f.features : Dk)) {}
+// The problem plus the padded value and feature dims.
+struct Dims : Problem {
+  int64_t Dvp, Fp;
+  Dims(const Problem& p, const LogFeatures& f)
+      : Problem(p), Dvp(pad_to_state(Dv)), Fp(pad_to_state(f.omega ? f.features : Dk)) {}
 };
 
 // Scratch: slot (fp * dvp + 2 fp) + lk/lq (fp) + padded v (dvp) + tmp (2 fp + dvp) + a
@@ -78,12 +71,12 @@ int64_t ScratchFloats(int64_t fp, int64_t dvp) {
   return fp * dvp + 2 * fp + fp + dvp + 2 * fp + dvp + 1024 + 64;
 }
 
-void LogLinearForward(const AttentionArgs& a, const LogFeatures& f, bool causal, Context& ctx) {
-  const Dims n(a, f);
+void LogLinearForward(const AttentionArgs& a, const Problem& p, const LogFeatures& f,
+                      Context& ctx) {
+  const Dims n(p, f);
   ctx.reserve_scratch(static_cast<size_t>(ScratchFloats(n.Fp, n.Dvp)));
   ctx.parallel_for(n.B * n.Hq, [&](int64_t task, int worker) {
     const int64_t b = task / n.Hq, h = task % n.Hq, hk = h / (n.Hq / n.Hk);
-    const int64_t len = a.key_lengths.empty() ? n.Sk : a.key_lengths[b];
     const float* omega = f.omega ? f.omega + hk * f.features * n.Dk : nullptr;
     float* s = ctx.scratch(worker);
     const Slot st{s, s + n.Fp * n.Dvp, s + n.Fp * n.Dvp + n.Fp};
@@ -96,7 +89,7 @@ void LogLinearForward(const AttentionArgs& a, const LogFeatures& f, bool causal,
     std::fill(vbuf, vbuf + n.Dvp, 0.0f);
     int64_t added = 0;
     for (int64_t i = 0; i < n.Sq; ++i) {
-      for (const int64_t upto = visible_keys(causal, n.Sq, n.Sk, len, i); added < upto; ++added) {
+      for (const int64_t upto = n.keys(b, i).end; added < upto; ++added) {
         if (added + kPrefetchRows < n.Sk) {
           PrefetchRow(a.k.row_address(b, added + kPrefetchRows, hk), n.Dk * dtype_size(a.k.dtype));
           PrefetchRow(a.v.row_address(b, added + kPrefetchRows, hk), n.Dv * dtype_size(a.v.dtype));
@@ -169,8 +162,9 @@ HWY_EXPORT(LogLinearForward);
 HWY_EXPORT(LogLinearAppend);
 HWY_EXPORT(LogLinearQuery);
 
-void log_linear_forward(const AttentionArgs& a, const LogFeatures& f, bool causal, Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(LogLinearForward)(a, f, causal, ctx);
+void log_linear_forward(const AttentionArgs& a, const Problem& p, const LogFeatures& f,
+                        Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LogLinearForward)(a, p, f, ctx);
 }
 void log_linear_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
                        const LogFeatures& f, Context& ctx) {

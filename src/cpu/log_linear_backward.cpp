@@ -55,10 +55,10 @@ HWY_INLINE void ChainLogFeatures(const float* x, const float* dlf, int64_t dk, c
   }
 }
 
-void LogLinearBackward(const BackwardArgs& g, const LogFeatures& f, bool causal, Context& ctx) {
+void LogLinearBackward(const BackwardArgs& g, const Problem& pr, const LogFeatures& f,
+                       Context& ctx) {
   const AttentionArgs& a = g.forward;
-  const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
-  const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], Dv = a.v.shape[3];
+  const int64_t B = pr.B, Sq = pr.Sq, Hq = pr.Hq, Dk = pr.Dk, Sk = pr.Sk, Hk = pr.Hk, Dv = pr.Dv;
   const int64_t F = f.omega ? f.features : Dk, Fp = pad_to_state(F), Dvp = pad_to_state(Dv);
   const int64_t group = Hq / Hk;
   // Scratch: slot c, z, m and dc, dz, mu ([Fp][Dvp] + 2 Fp each); lf, dlf, e [Fp]; v, dout
@@ -68,7 +68,7 @@ void LogLinearBackward(const BackwardArgs& g, const LogFeatures& f, bool causal,
                                           Sq * (2 * Fp + 1) + 64));
   ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
     const int64_t b = task / Hk, hk = task % Hk;
-    const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
+    const int64_t len = pr.key_length(b);
     const float* omega = f.omega ? f.omega + hk * f.features * Dk : nullptr;
     float* s = ctx.scratch(worker);
     const Slot st{s, s + Fp * Dvp, s + Fp * Dvp + Fp};
@@ -95,7 +95,7 @@ void LogLinearBackward(const BackwardArgs& g, const LogFeatures& f, bool causal,
       std::fill(st.m, st.m + Fp, kNegInf);
       int64_t added = 0;
       for (int64_t i = 0; i < Sq; ++i) {
-        const int64_t vis = visible_keys(causal, Sq, Sk, len, i);
+        const int64_t vis = pr.keys(b, i).end;
         for (; added < vis; ++added) {
           ComputeLogFeatures(a.k.row<const float>(b, added, hk), Dk, f, omega, Fp, true, lf);
           CopyPadded(a.v.row<const float>(b, added, hk), Dv, vb, Dvp);
@@ -131,7 +131,7 @@ void LogLinearBackward(const BackwardArgs& g, const LogFeatures& f, bool causal,
       std::fill(mu, mu + Fp, std::numeric_limits<float>::infinity());
       int64_t row = Sq - 1;
       for (int64_t j = len - 1; j >= 0; --j) {
-        for (; row >= 0 && visible_keys(causal, Sq, Sk, len, row) > j; --row) {
+        for (; row >= 0 && pr.keys(b, row).end > j; --row) {
           const float* w = wrows + row * Fp;
           const float* m = mrows + row * Fp;
           CopyPadded(g.dout.row<const float>(b, row, h), Dv, db, Dvp);
@@ -177,8 +177,9 @@ namespace attnkit::cpu {
 
 HWY_EXPORT(LogLinearBackward);
 
-void log_linear_backward(const BackwardArgs& g, const LogFeatures& f, bool causal, Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(LogLinearBackward)(g, f, causal, ctx);
+void log_linear_backward(const BackwardArgs& g, const Problem& p, const LogFeatures& f,
+                         Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LogLinearBackward)(g, p, f, ctx);
 }
 
 }  // namespace attnkit::cpu

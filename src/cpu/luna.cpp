@@ -58,14 +58,15 @@ HWY_INLINE void QueryRow(const float* acc, int64_t t, const float* q, int64_t L,
   }
 }
 
-void LunaCausalForward(const AttentionArgs& a, float s, Context& ctx) {
-  const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], dk = a.q.shape[3];
-  const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], dv = a.v.shape[3], dvp = pad_to_state(dv);
+void LunaCausalForward(const AttentionArgs& a, const Problem& pr, Context& ctx) {
+  const int64_t B = pr.B, Sq = pr.Sq, Hq = pr.Hq, dk = pr.Dk, dv = pr.Dv;
+  const int64_t dvp = pad_to_state(dv);
+  const float s = static_cast<float>(pr.scale);
   const int64_t L = a.memory.shape[1];
   ctx.reserve_scratch(static_cast<size_t>(L * dvp + dvp + L + 64));
   ctx.parallel_for(B * Hq, [&](int64_t task, int worker) {
-    const int64_t b = task / Hq, h = task % Hq, hk = h / (Hq / Hk);
-    const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
+    const int64_t b = task / Hq, h = task % Hq, hk = pr.kv_head(h);
+    const int64_t len = pr.key_length(b);
     float* acc = ctx.scratch(worker);
     float* vb = acc + L * dvp;
     float* w = vb + dvp;
@@ -79,7 +80,7 @@ void LunaCausalForward(const AttentionArgs& a, float s, Context& ctx) {
       }
     };
     for (int64_t i = 0; i < Sq; ++i) {
-      const int64_t t = visible_keys(true, Sq, Sk, len, i);
+      const int64_t t = pr.keys(b, i).end;
       add_upto(t);
       QueryRow(acc, t, a.q.row<const float>(b, i, h), L, dk, dv, dvp, s, w,
                a.out.row<float>(b, i, h));
@@ -101,17 +102,18 @@ void LunaCausalForward(const AttentionArgs& a, float s, Context& ctx) {
 // dY_il / t = (pi_l / t) dout_i + (s dz_l / t) q_i. Reverse sweep over keys: R_l = sum of
 // dY_il / t over the rows that see key j, then dv_j += a_jl R_l, da_jl = R_l . v_j, and the
 // softplus chain to dk_j and dp_l. dmemory may be absent (not written then).
-void LunaCausalBackward(const BackwardArgs& g, float s, Context& ctx) {
+void LunaCausalBackward(const BackwardArgs& g, const Problem& pr, Context& ctx) {
   const AttentionArgs& a = g.forward;
-  const int64_t B = a.q.shape[0], Sq = a.q.shape[1], Hq = a.q.shape[2], dk = a.q.shape[3];
-  const int64_t Sk = a.k.shape[1], Hk = a.k.shape[2], dv = a.v.shape[3], dvp = pad_to_state(dv);
+  const int64_t B = pr.B, Sq = pr.Sq, Hq = pr.Hq, dk = pr.Dk, Sk = pr.Sk, Hk = pr.Hk, dv = pr.Dv;
+  const int64_t dvp = pad_to_state(dv);
+  const float s = static_cast<float>(pr.scale);
   const int64_t L = a.memory.shape[1], group = Hq / Hk;
   const bool with_dmem = g.dmemory.present();
   // Scratch: acc and R [L][dvp]; v, dout, q rows [dvp]; w [L]; per row coefficients [Sq][2L].
   ctx.reserve_scratch(static_cast<size_t>(2 * L * dvp + 3 * dvp + L + 2 * Sq * L + 64));
   ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
     const int64_t b = task / Hk, hk = task % Hk;
-    const int64_t len = a.key_lengths.empty() ? Sk : a.key_lengths[b];
+    const int64_t len = pr.key_length(b);
     float* acc = ctx.scratch(worker);
     float* r_sum = acc + L * dvp;
     float* vb = r_sum + L * dvp;
@@ -133,7 +135,7 @@ void LunaCausalBackward(const BackwardArgs& g, float s, Context& ctx) {
       std::fill(acc, acc + L * dvp, 0.0f);
       int64_t added = 0;
       for (int64_t i = 0; i < Sq; ++i) {
-        const int64_t t = visible_keys(true, Sq, Sk, len, i);
+        const int64_t t = pr.keys(b, i).end;
         for (; added < t; ++added) {
           std::copy_n(a.v.row<const float>(b, added, hk), dv, vb);
           AddKey(acc, a.k.row<const float>(b, added, hk), vb, L, dk, dvp, s, mem);
@@ -172,7 +174,7 @@ void LunaCausalBackward(const BackwardArgs& g, float s, Context& ctx) {
       std::fill(r_sum, r_sum + L * dvp, 0.0f);
       int64_t row = Sq - 1;
       for (int64_t j = len - 1; j >= 0; --j) {
-        for (; row >= 0 && visible_keys(true, Sq, Sk, len, row) > j; --row) {
+        for (; row >= 0 && pr.keys(b, row).end > j; --row) {
           const float* ci = coef + row * 2 * L;
           CopyPadded(g.dout.row<const float>(b, row, h), dv, db, dvp);
           CopyPadded(a.q.row<const float>(b, row, h), dk, qb, dvp);
@@ -252,11 +254,11 @@ HWY_EXPORT(LunaCausalBackward);
 HWY_EXPORT(LunaAppend);
 HWY_EXPORT(LunaQuery);
 
-void luna_causal_forward(const AttentionArgs& a, float scale, Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(LunaCausalForward)(a, scale, ctx);
+void luna_causal_forward(const AttentionArgs& a, const Problem& p, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LunaCausalForward)(a, p, ctx);
 }
-void luna_causal_backward(const BackwardArgs& g, float scale, Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(LunaCausalBackward)(g, scale, ctx);
+void luna_causal_backward(const BackwardArgs& g, const Problem& p, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LunaCausalBackward)(g, p, ctx);
 }
 void luna_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
                  const ConstTensorView& memory, float scale, Context& ctx) {

@@ -84,10 +84,10 @@ void PutKeys(const KRows& rows, int64_t n, int64_t col0, int64_t d, int64_t dp, 
   }
 }
 
-void MemoryForward(const AttentionArgs& a, const MemoryConfig& c, float scale, bool causal,
-                   Context& ctx) {
-  const int64_t B = a.q.shape[0], S = a.q.shape[1], Hq = a.q.shape[2], D = a.q.shape[3];
-  const int64_t Hk = a.k.shape[2], m = a.memory.shape[1];
+void MemoryForward(const AttentionArgs& a, const Problem& pr, const MemoryConfig& c, Context& ctx) {
+  const int64_t B = pr.B, S = pr.Sq, Hq = pr.Hq, D = pr.Dk, Hk = pr.Hk, m = a.memory.shape[1];
+  const float scale = static_cast<float>(pr.scale);
+  const bool causal = pr.causal;
   const int64_t dp = pad_to_state(D), cs = std::min<int64_t>(c.chunk, std::max<int64_t>(S, 1));
   const int64_t ldk = pad_to_state(m + cs);
   const float inv_temp =
@@ -96,7 +96,7 @@ void MemoryForward(const AttentionArgs& a, const MemoryConfig& c, float scale, b
   ctx.reserve_scratch(static_cast<size_t>(Buffers::floats(m, cs, dp, ldk)));
   ctx.parallel_for(B * Hq, [&](int64_t task, int worker) {
     const int64_t b = task / Hq, h = task % Hq, hk = h / (Hq / Hk);
-    const int64_t len = a.key_lengths.empty() ? S : a.key_lengths[b];
+    const int64_t len = pr.key_length(b);
     Buffers buf(ctx.scratch(worker), m, cs, dp, ldk);
     for (int64_t r = 0; r < m; ++r) {
       std::copy_n(a.memory.row<const float>(b, r, h), D, buf.mem + r * dp);
@@ -171,11 +171,12 @@ void FilterRowsBackward(const ConstTensorView& t, const TensorView& dt, int64_t 
 // ([chunks + 1][m][dp]), then chunks are differentiated last to first: the write (queries
 // M, keys [M ; F(K)], values [M ; F(V)]) and the reads (chunk queries over [M ; K], [M ; V]),
 // with dM carried backwards. Row-wise vector ops: the attentions are m + chunk wide.
-void MemoryBackward(const BackwardArgs& g, const MemoryConfig& c, float scale, bool causal,
-                    Context& ctx) {
+void MemoryBackward(const BackwardArgs& g, const Problem& pr, const MemoryConfig& c, Context& ctx) {
   const AttentionArgs& a = g.forward;
-  const int64_t B = a.q.shape[0], S = a.q.shape[1], Hq = a.q.shape[2], D = a.q.shape[3];
-  const int64_t Hk = a.k.shape[2], m = a.memory.shape[1], group = Hq / Hk;
+  const int64_t B = pr.B, S = pr.Sq, D = pr.Dk, Hk = pr.Hk, m = a.memory.shape[1];
+  const int64_t group = pr.group;
+  const float scale = static_cast<float>(pr.scale);
+  const bool causal = pr.causal;
   const int64_t dp = pad_to_state(D), cs = std::min<int64_t>(c.chunk, std::max<int64_t>(S, 1));
   const int64_t chunks = hwy::DivCeil(S, cs), nk_max = m + cs;
   const float inv_temp =
@@ -190,7 +191,7 @@ void MemoryBackward(const BackwardArgs& g, const MemoryConfig& c, float scale, b
   std::vector<float> dfilter_parts(with_dfilter ? B * Hk * c.width : 0, 0.0f);
   ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
     const int64_t b = task / Hk, hk = task % Hk;
-    const int64_t len = a.key_lengths.empty() ? S : a.key_lengths[b];
+    const int64_t len = pr.key_length(b);
     float* dw = with_dfilter ? dfilter_parts.data() + task * c.width : nullptr;
     float* keys = ctx.scratch(worker);
     float* vals = keys + nk_max * dp;
@@ -318,13 +319,11 @@ namespace attnkit::cpu {
 HWY_EXPORT(MemoryForward);
 HWY_EXPORT(MemoryBackward);
 
-void memory_forward(const AttentionArgs& a, const MemoryConfig& c, float scale, bool causal,
-                    Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(MemoryForward)(a, c, scale, causal, ctx);
+void memory_forward(const AttentionArgs& a, const Problem& p, const MemoryConfig& c, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(MemoryForward)(a, p, c, ctx);
 }
-void memory_backward(const BackwardArgs& g, const MemoryConfig& c, float scale, bool causal,
-                     Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(MemoryBackward)(g, c, scale, causal, ctx);
+void memory_backward(const BackwardArgs& g, const Problem& p, const MemoryConfig& c, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(MemoryBackward)(g, p, c, ctx);
 }
 
 }  // namespace attnkit::cpu

@@ -21,11 +21,11 @@ class Heinsen final : public Mechanism {
     validate(g.forward);
     check_backward(g, g.forward.q.dtype);
   }
-  void run_backward(const BackwardArgs& g, const Problem&, Context& ctx) const override {
+  void run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
     if (g.forward.q.dtype == DType::kF64) {
       ref::heinsen_backward_ref(g, options());
     } else {
-      cpu::log_linear_backward(g, cpu::LogFeatures{}, options().causal, ctx);
+      cpu::log_linear_backward(g, p, cpu::LogFeatures{}, ctx);
     }
   }
   // State per kv head: dK x dV sums, dK normaliser and dK running maxima (float32).
@@ -50,7 +50,7 @@ class Heinsen final : public Mechanism {
     if (a.q.dtype == DType::kF64) {
       ref::heinsen_ref(a, options());
     } else {
-      cpu::log_linear_forward(a, cpu::LogFeatures{}, options().causal, ctx);
+      cpu::log_linear_forward(a, p, cpu::LogFeatures{}, ctx);
     }
   }
 };

@@ -24,10 +24,9 @@ class Lara final : public Mechanism {
   void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
       ref::lara_ref(a, options(), c_);
-      return;
+    } else {
+      cpu::lara_forward(a, p, c_, ctx);
     }
-    const float s = logit_scale(options(), a.q.shape[3]);
-    cpu::lara_forward(a, c_, s, ctx);
   }
 
  private:

@@ -35,11 +35,11 @@ class Linear final : public Mechanism {
       throw Error("dgate", "is only for gated=1");
     }
   }
-  void run_backward(const BackwardArgs& g, const Problem&, Context& ctx) const override {
+  void run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
     if (g.forward.q.dtype == DType::kF64) {
       ref::linear_backward_ref(g, options(), c_, g.dgate);
     } else {
-      cpu::linear_backward(g, c_, options().causal, ctx);
+      cpu::linear_backward(g, p, c_, ctx);
     }
   }
 
@@ -87,9 +87,9 @@ class Linear final : public Mechanism {
     if (a.q.dtype == DType::kF64) {
       ref::linear_ref(a, options(), c_);
     } else if (log_space()) {
-      cpu::log_linear_forward(a, cpu::LogFeatures{}, options().causal, ctx);
+      cpu::log_linear_forward(a, p, cpu::LogFeatures{}, ctx);
     } else {
-      cpu::linear_forward(a, c_, options().causal, ctx);
+      cpu::linear_forward(a, p, c_, ctx);
     }
   }
 

@@ -28,16 +28,15 @@ class Luna final : public Mechanism {
     check_backward(g, dt);
     check_input_gradient(g, g.dmemory, "dmemory", g.forward.memory, "memory", dt);
   }
-  void run_backward(const BackwardArgs& g, const Problem&, Context& ctx) const override {
+  void run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
     if (g.forward.q.dtype == DType::kF64) {
       ref::luna_backward_ref(g, options());
       return;
     }
-    const float s = logit_scale(options(), g.forward.q.shape[3]);
-    if (options().causal) {
-      cpu::luna_causal_backward(g, s, ctx);
+    if (p.causal) {
+      cpu::luna_causal_backward(g, p, ctx);
     } else {
-      noncausal_backward(g, s, ctx);
+      noncausal_backward(g, static_cast<float>(p.scale), ctx);
     }
   }
   // Causal running-average state per (batch, q head): L x Dv sums and the step count.
@@ -86,11 +85,11 @@ class Luna final : public Mechanism {
       ref::luna_ref(a, options());
       return;
     }
-    const float s = logit_scale(options(), a.q.shape[3]);
-    if (options().causal) {
-      cpu::luna_causal_forward(a, s, ctx);
+    if (p.causal) {
+      cpu::luna_causal_forward(a, p, ctx);
       return;
     }
+    const float s = static_cast<float>(p.scale);
     // Pack: the memory attends over the sequence.
     Tensor<float> packed;
     AttentionArgs pack;

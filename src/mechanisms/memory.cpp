@@ -33,13 +33,12 @@ class Memory final : public Mechanism {
     check_input_gradient(g, g.dmemory, "dmemory", g.forward.memory, "memory", dt);
     check_input_gradient(g, g.dfilter, "dfilter", g.forward.filter, "filter", dt);
   }
-  void run_backward(const BackwardArgs& g, const Problem&, Context& ctx) const override {
+  void run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
     if (g.forward.q.dtype == DType::kF64) {
       ref::memory_backward_ref(g, options(), c_);
       return;
     }
-    cpu::memory_backward(g, c_, logit_scale(options(), g.forward.q.shape[3]), options().causal,
-                         ctx);
+    cpu::memory_backward(g, p, c_, ctx);
   }
 
  protected:
@@ -62,10 +61,9 @@ class Memory final : public Mechanism {
   void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
     if (a.q.dtype == DType::kF64) {
       ref::memory_ref(a, options(), c_);
-      return;
+    } else {
+      cpu::memory_forward(a, p, c_, ctx);
     }
-    const float s = logit_scale(options(), a.q.shape[3]);
-    cpu::memory_forward(a, c_, s, options().causal, ctx);
   }
 
  private:

@@ -26,13 +26,13 @@ class Rfa final : public Mechanism {
     validate(g.forward);
     check_backward(g, g.forward.q.dtype);
   }
-  void run_backward(const BackwardArgs& g, const Problem&, Context& ctx) const override {
+  void run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
     if (g.forward.q.dtype == DType::kF64) {
       ref::rfa_backward_ref(g, options(), c_);
       return;
     }
     const std::vector<float> omega = projections(g.forward.k.shape[2], g.forward.q.shape[3]);
-    cpu::log_linear_backward(g, features(omega, g.forward.q.shape[3]), options().causal, ctx);
+    cpu::log_linear_backward(g, p, features(omega, g.forward.q.shape[3]), ctx);
   }
   // State per kv head: S x dV sums, S normaliser and S running maxima (float32).
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
@@ -60,7 +60,7 @@ class Rfa final : public Mechanism {
       return;
     }
     const std::vector<float> omega = projections(a.k.shape[2], a.q.shape[3]);
-    cpu::log_linear_forward(a, features(omega, a.q.shape[3]), options().causal, ctx);
+    cpu::log_linear_forward(a, p, features(omega, a.q.shape[3]), ctx);
   }
 
  private:

@@ -7,15 +7,14 @@
 namespace attnkit::ref {
 
 void heinsen_ref(const AttentionArgs& a, const AttentionOptions& o) {
-  const Dims n(a);
+  const Dims n(a, o);
   std::vector<double> logits, sum(n.Dk);
   std::vector<const double*> vrows;
   for (int64_t b = 0; b < n.B; ++b) {
-    const int64_t len = key_length(a, b);
     for (int64_t h = 0; h < n.Hq; ++h) {
       const int64_t hk = n.kv_head(h);
       for (int64_t i = 0; i < n.Sq; ++i) {
-        const int64_t nk = visible_keys(o.causal, n.Sq, n.Sk, len, i);
+        const int64_t nk = n.keys(b, i).end;
         const double* q = row(a.q, b, i, h);
         logits.resize(nk);
         vrows.resize(nk);
@@ -39,16 +38,15 @@ namespace attnkit::ref {
 void lse_logits_backward_ref(const BackwardArgs& g, const AttentionOptions& o, int64_t features,
                              const LogFeatureFn& log_features, const LogFeatureGradFn& chain) {
   const AttentionArgs& a = g.forward;
-  const Dims n(a);
+  const Dims n(a, o);
   zero_rows(g.dq), zero_rows(g.dk), zero_rows(g.dv);
   const int64_t F = features;
   std::vector<double> lq(F), lk, logits, sum(F), dlq(F), dlk(F);
   for (int64_t b = 0; b < n.B; ++b) {
-    const int64_t len = key_length(a, b);
     for (int64_t h = 0; h < n.Hq; ++h) {
       const int64_t hk = n.kv_head(h);
       for (int64_t i = 0; i < n.Sq; ++i) {
-        const int64_t nk = visible_keys(o.causal, n.Sq, n.Sk, len, i);
+        const int64_t nk = n.keys(b, i).end;
         if (nk == 0) continue;
         log_features(b, i, h, /*key=*/false, lq.data());
         lk.resize(nk * F);

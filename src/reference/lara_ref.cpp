@@ -41,7 +41,7 @@ void segment_means(const ConstTensorView& t, int64_t b, int64_t h, const std::ve
 }  // namespace
 
 void lara_ref(const AttentionArgs& a, const AttentionOptions& o, const LaraConfig& cfg) {
-  const Dims n(a);
+  const Dims n(a, o);
   const int64_t D = n.Dk;
   const double s = logit_scale(o, D);
   const CounterRng rng(cfg.seed);
@@ -51,7 +51,7 @@ void lara_ref(const AttentionArgs& a, const AttentionOptions& o, const LaraConfi
   std::vector<double> qbar, kbar, mu, omega, F, lse_k, log_q, bh, t_nc, logits, tmp;
   std::vector<const double*> vrows;
   for (int64_t b = 0; b < n.B; ++b) {
-    const int64_t len = key_length(a, b);
+    const int64_t len = n.key_length(b);
     for (int64_t h = 0; h < n.Hq; ++h) {
       const int64_t hk = n.kv_head(h);
       const int64_t C = std::min<int64_t>({cfg.landmarks, n.Sq, len});

@@ -38,14 +38,13 @@ double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 }  // namespace
 
 void linear_ref(const AttentionArgs& a, const AttentionOptions& o, const LinearConfig& c) {
-  const Dims n(a);
+  const Dims n(a, o);
   std::vector<double> fq(n.Dk), fk(n.Dk);
   for (int64_t b = 0; b < n.B; ++b) {
-    const int64_t len = key_length(a, b);
     for (int64_t h = 0; h < n.Hq; ++h) {
       const int64_t hk = n.kv_head(h);
       for (int64_t i = 0; i < n.Sq; ++i) {
-        const int64_t nk = visible_keys(o.causal, n.Sq, n.Sk, len, i);
+        const int64_t nk = n.keys(b, i).end;
         const double* q = row(a.q, b, i, h);
         for (int64_t d = 0; d < n.Dk; ++d) fq[d] = feature(c.map, q[d]);
         double* out = row(a.out, b, i, h);
@@ -103,7 +102,7 @@ void linear_ref(const AttentionArgs& a, const AttentionOptions& o, const LinearC
 void linear_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const LinearConfig& c,
                          const TensorView& dgate) {
   const AttentionArgs& a = g.forward;
-  const Dims n(a);
+  const Dims n(a, o);
   zero_rows(g.dq), zero_rows(g.dk), zero_rows(g.dv);
   if (c.gated) {
     for (int64_t b = 0; b < n.B; ++b)
@@ -112,11 +111,10 @@ void linear_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const
   }
   std::vector<double> fq(n.Dk), fk(n.Dk), num(n.Dv), a_ij, dfq(n.Dk);
   for (int64_t b = 0; b < n.B; ++b) {
-    const int64_t len = key_length(a, b);
     for (int64_t h = 0; h < n.Hq; ++h) {
       const int64_t hk = n.kv_head(h);
       for (int64_t i = 0; i < n.Sq; ++i) {
-        const int64_t nk = visible_keys(o.causal, n.Sq, n.Sk, len, i);
+        const int64_t nk = n.keys(b, i).end;
         if (nk == 0) continue;
         const double* q = row(a.q, b, i, h);
         const double* dout = row(g.dout, b, i, h);

@@ -32,13 +32,13 @@ void unpack(const double* q, const std::vector<double>& mem, int64_t L, int64_t 
 }  // namespace
 
 void luna_ref(const AttentionArgs& a, const AttentionOptions& o) {
-  const Dims n(a);
+  const Dims n(a, o);
   const int64_t L = a.memory.shape[1];
   const double s = logit_scale(o, n.Dk);
   std::vector<double> packed(L * n.Dv), logits;
   std::vector<const double*> vrows;
   for (int64_t b = 0; b < n.B; ++b) {
-    const int64_t len = key_length(a, b);
+    const int64_t len = n.key_length(b);
     for (int64_t h = 0; h < n.Hq; ++h) {
       const int64_t hk = n.kv_head(h);
       if (!o.causal) {
@@ -70,7 +70,7 @@ void luna_ref(const AttentionArgs& a, const AttentionOptions& o) {
           for (size_t x = 0; x < acc.size(); ++x) packed[x] = upto > 0 ? acc[x] / upto : 0.0;
         };
         for (int64_t i = 0; i < n.Sq; ++i) {
-          const int64_t nk = visible_keys(true, n.Sq, n.Sk, len, i);
+          const int64_t nk = n.keys(b, i).end;
           add_keys(nk);
           double* out = row(a.out, b, i, h);
           if (nk == 0) {
@@ -122,7 +122,7 @@ void luna_noncausal_backward_ref(const BackwardArgs& g, const AttentionOptions& 
 
 void luna_backward_ref(const BackwardArgs& g, const AttentionOptions& o) {
   const AttentionArgs& a = g.forward;
-  const Dims n(a);
+  const Dims n(a, o);
   const int64_t L = a.memory.shape[1];
   Tensor<double> dmem_scratch;
   TensorView dmemory = g.dmemory;
@@ -142,14 +142,13 @@ void luna_backward_ref(const BackwardArgs& g, const AttentionOptions& o) {
   zero_rows(g.dq), zero_rows(g.dk), zero_rows(g.dv), zero_rows(dmemory);
   std::vector<double> y(L * n.Dv), pi(L), dy(L * n.Dv), u;
   for (int64_t b = 0; b < n.B; ++b) {
-    const int64_t len = key_length(a, b);
     for (int64_t h = 0; h < n.Hq; ++h) {
       const int64_t hk = n.kv_head(h);
       auto logit_u = [&](int64_t j, int64_t l) {
         return s * dot(row(a.k, b, j, hk), row(a.memory, b, l, h), n.Dk);
       };
       for (int64_t i = 0; i < n.Sq; ++i) {
-        const int64_t t = visible_keys(true, n.Sq, n.Sk, len, i);
+        const int64_t t = n.keys(b, i).end;
         if (t == 0) continue;
         std::fill(y.begin(), y.end(), 0.0);
         for (int64_t j = 0; j < t; ++j) {

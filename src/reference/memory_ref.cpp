@@ -42,14 +42,14 @@ std::vector<double> filter_rows(const ConstTensorView& t, int64_t b, int64_t hk,
 }  // namespace
 
 void memory_ref(const AttentionArgs& a, const AttentionOptions& o, const MemoryConfig& c) {
-  const Dims n(a);
+  const Dims n(a, o);
   const int64_t m = a.memory.shape[1], D = n.Dk;
   const double s = logit_scale(o, D);
   const double temp = c.temperature > 0 ? c.temperature : std::sqrt(static_cast<double>(D));
   std::vector<double> mem(m * D), next(m * D), w;
   std::vector<const double*> krows, vrows;
   for (int64_t b = 0; b < n.B; ++b) {
-    const int64_t len = key_length(a, b);
+    const int64_t len = n.key_length(b);
     for (int64_t h = 0; h < n.Hq; ++h) {
       const int64_t hk = n.kv_head(h);
       for (int64_t r = 0; r < m; ++r) std::copy_n(row(a.memory, b, r, h), D, &mem[r * D]);
@@ -150,7 +150,7 @@ void filter_rows_backward(const ConstTensorView& t, const TensorView& dt, int64_
 
 void memory_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const MemoryConfig& c) {
   const AttentionArgs& a = g.forward;
-  const Dims n(a);
+  const Dims n(a, o);
   const int64_t m = a.memory.shape[1], D = n.Dk;
   const double s = logit_scale(o, D);
   const double temp = c.temperature > 0 ? c.temperature : std::sqrt(static_cast<double>(D));
@@ -161,7 +161,7 @@ void memory_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const
   }
   const int64_t chunks = (n.Sq + c.chunk - 1) / c.chunk;
   for (int64_t b = 0; b < n.B; ++b) {
-    const int64_t len = key_length(a, b);
+    const int64_t len = n.key_length(b);
     for (int64_t h = 0; h < n.Hq; ++h) {
       const int64_t hk = n.kv_head(h);
       // Forward: the memory before each chunk, mems[tau] (m x D), by the writes of memory_ref.

@@ -9,27 +9,17 @@
 
 #include "attnkit/args.hpp"
 #include "attnkit/options.hpp"
+#include "attnkit/problem.hpp"
 
 namespace attnkit::ref {
 
 inline constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-struct Dims {
-  int64_t B, Sq, Sk, Hq, Hk, Dk, Dv;
-  explicit Dims(const AttentionArgs& a)
-      : B(a.q.shape[0]),
-        Sq(a.q.shape[1]),
-        Sk(a.k.shape[1]),
-        Hq(a.q.shape[2]),
-        Hk(a.k.shape[2]),
-        Dk(a.q.shape[3]),
-        Dv(a.v.shape[3]) {}
-  int64_t kv_head(int64_t h) const { return h / (Hq / Hk); }
+// The resolved problem (sizes, key lengths, causal visibility: Problem::keys), named as the
+// references have always named it.
+struct Dims : Problem {
+  Dims(const AttentionArgs& a, const AttentionOptions& o) : Problem(Problem::resolve(a, o)) {}
 };
-
-inline int64_t key_length(const AttentionArgs& a, int64_t b) {
-  return a.key_lengths.empty() ? a.k.shape[1] : a.key_lengths[b];
-}
 
 inline double logit_scale(const AttentionOptions& o, int64_t dk) {
   return o.scale != 0.0 ? o.scale : 1.0 / std::sqrt(static_cast<double>(dk));

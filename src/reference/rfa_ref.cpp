@@ -20,14 +20,14 @@ void log_features(const double* omega, int64_t features, const double* x, int64_
 }  // namespace
 
 void rfa_ref(const AttentionArgs& a, const AttentionOptions& o, const RfaConfig& c) {
-  const Dims n(a);
+  const Dims n(a, o);
   const double sqrt_s = std::sqrt(logit_scale(o, n.Dk));
   const int64_t S = c.features;
   const std::vector<double> omega = random_features(c.seed, static_cast<int>(n.Hk), c.features,
                                                     static_cast<int>(n.Dk), c.orthogonal);
   std::vector<double> lk, lq(S), kv(S * n.Dv), z(S);
   for (int64_t b = 0; b < n.B; ++b) {
-    const int64_t len = key_length(a, b);
+    const int64_t len = n.key_length(b);
     for (int64_t h = 0; h < n.Hq; ++h) {
       const int64_t hk = n.kv_head(h);
       const double* om = omega.data() + hk * S * n.Dk;
@@ -43,7 +43,7 @@ void rfa_ref(const AttentionArgs& a, const AttentionOptions& o, const RfaConfig&
       std::fill(z.begin(), z.end(), 0.0);
       int64_t added = 0;
       for (int64_t i = 0; i < n.Sq; ++i) {
-        const int64_t nk = visible_keys(o.causal, n.Sq, n.Sk, len, i);
+        const int64_t nk = n.keys(b, i).end;
         for (; added < nk; ++added) {
           const double* v = row(a.v, b, added, hk);
           for (int64_t r = 0; r < S; ++r) {
@@ -71,7 +71,7 @@ void rfa_ref(const AttentionArgs& a, const AttentionOptions& o, const RfaConfig&
 
 void rfa_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const RfaConfig& c) {
   const AttentionArgs& a = g.forward;
-  const Dims n(a);
+  const Dims n(a, o);
   const double sqrt_s = std::sqrt(logit_scale(o, n.Dk));
   const int64_t S = c.features;
   const std::vector<double> omega = random_features(c.seed, static_cast<int>(n.Hk), c.features,

@@ -52,6 +52,13 @@ std::array<int64_t, 4> strides_for(const std::array<int64_t, 4>& s, Layout layou
   return {H * S * pitch + 5, pitch, S * pitch, 1};
 }
 
+// Keys [0, n) query row i sees: right padding and bottom-right causal, written out here
+// so the naive yardsticks do not share the library's rule.
+int64_t naive_visible(bool causal, int64_t sq, int64_t sk, int64_t length, int64_t i) {
+  const int64_t n = causal ? std::min(length, i + 1 + sk - sq) : length;
+  return std::max<int64_t>(n, 0);
+}
+
 }  // namespace
 
 ConstTensorView Operand::view32() const {
@@ -227,7 +234,7 @@ void naive_softmax32(const Problem& p, bool causal, double scale, Operand& out) 
     for (int64_t h = 0; h < d.Hq; ++h) {
       const int64_t hk = h / (d.Hq / d.Hk);
       for (int64_t i = 0; i < d.Sq; ++i) {
-        const int64_t nk = visible_keys(causal, d.Sq, d.Sk, len, i);
+        const int64_t nk = naive_visible(causal, d.Sq, d.Sk, len, i);
         const float* q = p.q.f32.data() + b * p.q.stride[0] + i * p.q.stride[1] + h * p.q.stride[2];
         w.assign(nk, 0.0f);
         float m = -std::numeric_limits<float>::infinity();
@@ -269,7 +276,7 @@ void naive_softmax_backward32(const Problem& p, bool causal, double scale, Grads
     for (int64_t h = 0; h < d.Hq; ++h) {
       const int64_t hk = h / (d.Hq / d.Hk);
       for (int64_t i = 0; i < d.Sq; ++i) {
-        const int64_t nk = visible_keys(causal, d.Sq, d.Sk, len, i);
+        const int64_t nk = naive_visible(causal, d.Sq, d.Sk, len, i);
         if (nk == 0) continue;
         const float* q = &p.q.f32[at(p.q, b, i, h)];
         const float* dout = &g.dout.f32[at(g.dout, b, i, h)];
