@@ -97,4 +97,23 @@ inline void softmax_row_backward(const double* q, const double* dout,
   }
 }
 
+// One (query row i, key j) pair of a softmax backward, head h of sequence b: with P its
+// weight, dp = dout_i . v_j and d = dout_i . out_i, dS = s c' P (dp - d), c' the softcap's
+// slope at s q_i.k_j (1 without one); dq_i += dS k_j, dk_j += dS q_i, dv_j += P dout_i.
+inline void add_pair_gradient(const BackwardArgs& g, const Problem& p, int64_t b, int64_t h,
+                              int64_t i, int64_t j, double P, double dp, double d) {
+  const int64_t hk = p.kv_head(h);
+  const double* q = row(g.forward.q, b, i, h);
+  const double* k = row(g.forward.k, b, j, hk);
+  const double* dout = row(g.dout, b, i, h);
+  const double slope =
+      p.mask.softcap > 0 ? p.softcap_slope(p.softcapped(p.scale * dot(q, k, p.Dk))) : 1.0;
+  const double ds = p.scale * slope * P * (dp - d);
+  double* dq = row(g.dq, b, i, h);
+  double* dk = row(g.dk, b, j, hk);
+  double* dv = row(g.dv, b, j, hk);
+  for (int64_t x = 0; x < p.Dk; ++x) dq[x] += ds * k[x], dk[x] += ds * q[x];
+  for (int64_t x = 0; x < p.Dv; ++x) dv[x] += P * dout[x];
+}
+
 }  // namespace attnkit::ref

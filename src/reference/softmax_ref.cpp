@@ -43,7 +43,6 @@ void softmax_backward_ref(const BackwardArgs& g, const Problem& p) {
       for (int64_t i = 0; i < p.Sq; ++i) {
         masked_logits(a, p, b, h, i, logits);
         softmax_inplace(logits);  // P
-        const double* q = row(a.q, b, i, h);
         const double* dout = row(g.dout, b, i, h);
         dp.assign(p.Sk, 0.0);
         double d = 0;  // dout . out = sum_j P_j dP_j
@@ -53,17 +52,7 @@ void softmax_backward_ref(const BackwardArgs& g, const Problem& p) {
           d += logits[j] * dp[j];
         }
         for (int64_t j = 0; j < p.Sk; ++j) {
-          if (logits[j] == 0.0) continue;
-          const double* k = row(a.k, b, j, hk);
-          // d logit / d (scale q.k): through the softcap, 1 - tanh^2.
-          double slope = 1.0;
-          if (p.mask.softcap > 0) slope = p.softcap_slope(p.softcapped(p.scale * dot(q, k, p.Dk)));
-          const double ds = p.scale * slope * logits[j] * (dp[j] - d);
-          double* dq = row(g.dq, b, i, h);
-          double* dk = row(g.dk, b, j, hk);
-          double* dv = row(g.dv, b, j, hk);
-          for (int64_t x = 0; x < p.Dk; ++x) dq[x] += ds * k[x], dk[x] += ds * q[x];
-          for (int64_t x = 0; x < p.Dv; ++x) dv[x] += logits[j] * dout[x];
+          if (logits[j] != 0.0) add_pair_gradient(g, p, b, h, i, j, logits[j], dp[j], d);
         }
       }
     }

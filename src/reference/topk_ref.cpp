@@ -69,7 +69,6 @@ void topk_backward_ref(const BackwardArgs& g, const Problem& p, const TopkConfig
         kept.resize(top.size());
         for (size_t t = 0; t < top.size(); ++t) kept[t] = logits[top[t]];
         softmax_inplace(kept);
-        const double* q = row(a.q, b, i, h);
         const double* dout = row(g.dout, b, i, h);
         dp.resize(top.size());
         double d = 0;  // dout . out
@@ -77,18 +76,8 @@ void topk_backward_ref(const BackwardArgs& g, const Problem& p, const TopkConfig
           dp[t] = dot(dout, row(a.v, b, r.begin + top[t], hk), p.Dv);
           d += kept[t] * dp[t];
         }
-        for (size_t t = 0; t < top.size(); ++t) {
-          if (kept[t] == 0.0) continue;  // a -inf logit kept for want of others
-          const int64_t j = r.begin + top[t];
-          const double* k = row(a.k, b, j, hk);
-          const double slope =
-              p.mask.softcap > 0 ? p.softcap_slope(p.softcapped(p.scale * dot(q, k, p.Dk))) : 1.0;
-          const double ds = p.scale * slope * kept[t] * (dp[t] - d);
-          double* dq = row(g.dq, b, i, h);
-          double* dk = row(g.dk, b, j, hk);
-          double* dv = row(g.dv, b, j, hk);
-          for (int64_t x = 0; x < p.Dk; ++x) dq[x] += ds * k[x], dk[x] += ds * q[x];
-          for (int64_t x = 0; x < p.Dv; ++x) dv[x] += kept[t] * dout[x];
+        for (size_t t = 0; t < top.size(); ++t) {  // P = 0: a -inf logit kept for want of others
+          if (kept[t] != 0.0) add_pair_gradient(g, p, b, h, i, r.begin + top[t], kept[t], dp[t], d);
         }
       }
     }
