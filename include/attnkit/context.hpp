@@ -51,8 +51,11 @@ class Context {
   // std::bad_alloc (what() names the size) when the memory cannot be had.
   void reserve_scratch(size_t floats_per_worker);
   float* scratch(int worker) const;
-  // One shared buffer (e.g. packed keys), valid until the next call.
-  float* shared_scratch(size_t floats);
+  // A shared buffer (e.g. packed keys) of at least `floats`, valid until the next call for
+  // the same slot. Slot 0 serves kernels; slot 1 a call that runs a kernel inside it (the
+  // softmax backward keeps its operands there while its forward pass uses slot 0).
+  static constexpr int kSharedSlots = 2;
+  float* shared_scratch(size_t floats, int slot = 0);
   // Frees the workspaces when they hold more than keep_bytes (a long-lived Context would
   // otherwise keep the largest scratch any call needed).
   void trim(size_t keep_bytes = 0);

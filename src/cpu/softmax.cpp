@@ -23,6 +23,7 @@
 #include <cmath>
 #include <limits>
 
+#include "src/cpu/arena.hpp"
 #include "src/cpu/kernels.hpp"
 #include "src/cpu/ops/matmul-inl.h"
 
@@ -171,23 +172,37 @@ void PackKv(const AttentionArgs& a, const Plan& p, Context& ctx) {
   });
 }
 
-// Scratch layout per worker: q [kQueryBlock][Dk], s [kQueryBlock][kKeyBlock],
-// o [kQueryBlock][Dvp], m [kQueryBlock], l [kQueryBlock].
-int64_t ScratchFloats(const Plan& p) {
-  return kQueryBlock * (RoundUp(p.Dk, 16) + kKeyBlock + p.Dvp + 2 * 16);
-}
+// Per-worker scratch of a task (Carve layout): scaled queries, scores, output rows and the
+// running max and sum of each row.
+struct TaskScratch {
+  int64_t ldq;
+  float *q, *s, *o, *m, *l;  // [kQueryBlock][ldq], [..][kKeyBlock], [..][Dvp], [..], [..]
+  TaskScratch(Carve& c, const Plan& p)
+      : ldq(RoundUp(p.Dk, 16)),
+        q(c.take(kQueryBlock * ldq)),
+        s(c.take(kQueryBlock * kKeyBlock)),
+        o(c.take(kQueryBlock * p.Dvp)),
+        m(c.take(kQueryBlock)),
+        l(c.take(kQueryBlock)) {}
+};
+
+// Packed operands shared by the tasks (Carve layout, one block per call).
+struct Packed {
+  float *kt, *vp;
+  Packed(Carve& c, const Plan& p)
+      : kt(c.take(p.B * p.Hk * p.key_blocks * kKeyBlock * p.Dk)),
+        vp(c.take(p.B * p.Hk * p.key_blocks * kKeyBlock * p.Dvp)) {}
+};
 
 void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float* scratch) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t qb = task % p.query_blocks, bh = task / p.query_blocks;
   const int64_t b = bh / p.Hq, h = bh % p.Hq, hk = p.kv_head(h);
   const int64_t i0 = qb * kQueryBlock, rows = std::min(kQueryBlock, p.Sq - i0);
-  const int64_t ldq = RoundUp(p.Dk, 16);
-  float* q = scratch;
-  float* s = q + kQueryBlock * ldq;
-  float* o = s + kQueryBlock * kKeyBlock;
-  float* m = o + kQueryBlock * p.Dvp;
-  float* l = m + kQueryBlock;
+  Carve carve(scratch);
+  const TaskScratch w(carve, p);
+  const int64_t ldq = w.ldq;
+  float *q = w.q, *s = w.s, *o = w.o, *m = w.m, *l = w.l;
   KeyRange visible[kQueryBlock];
   for (int64_t r = 0; r < rows; ++r) {
     if (p.bf16_dot) {  // unscaled pairs; the scale is applied to the scores
@@ -253,12 +268,12 @@ void SoftmaxForward(const AttentionArgs& a, const Problem& problem, Context& ctx
   // The bf16 tiles cover 32 keys: only with 16-lane vectors (AVX-512), as kKeyBlock assumes.
   p.bf16_dot = a.q.dtype == DType::kBF16 && N == 16 && bf16::dot_supported();
   p.pairs = (p.Dk + 1) / 2;
-  const int64_t head_keys = p.key_blocks * kKeyBlock;
-  float* packed = ctx.shared_scratch(static_cast<size_t>(p.B * p.Hk * head_keys * (p.Dk + p.Dvp)));
-  p.kt = packed;
-  p.vp = packed + p.B * p.Hk * head_keys * p.Dk;
+  Carve shared(ctx.shared_scratch(Carve::floats<Packed>(p)));
+  const Packed packed(shared, p);
+  p.kt = packed.kt;
+  p.vp = packed.vp;
   PackKv(a, p, ctx);
-  ctx.reserve_scratch(static_cast<size_t>(ScratchFloats(p)));
+  ctx.reserve_scratch(Carve::floats<TaskScratch>(p));
   ctx.parallel_for(p.B * p.Hq * p.query_blocks, [&](int64_t task, int worker) {
     AttendQueryBlock(a, p, task, ctx.scratch(worker));
   });
@@ -279,16 +294,22 @@ void SoftmaxDecode(const AttentionArgs& a, float scale, Context& ctx) {
   const int64_t splits = std::max<int64_t>(1, hwy::DivCeil(Sk, kDecodeSplit));
   const int64_t part = Dvp + 2;  // partial output, max, sum
   float* partials = ctx.shared_scratch(static_cast<size_t>(B * Tq * Hq * splits * part));
-  ctx.reserve_scratch(static_cast<size_t>(kDecodeBlock + Dvp + RoundUp(Dk, N) + 64));
+  // Per worker: the block's scores, the partial output and the scaled query.
+  struct Scratch {
+    float *w, *o, *q;
+    Scratch(Carve& c, int64_t dvp, int64_t dk)
+        : w(c.take(kDecodeBlock)), o(c.take(dvp)), q(c.take(dk)) {}
+  };
+  ctx.reserve_scratch(Carve::floats<Scratch>(Dvp, Dk));
   ctx.parallel_for(
       B * Tq * Hq * splits,
       [&](int64_t task, int worker) {
         const int64_t sp = task % splits, row = task / splits;
         const int64_t h = row % Hq, t = (row / Hq) % Tq, b = row / (Hq * Tq), hk = h / (Hq / Hk);
         const int64_t j0 = sp * kDecodeSplit, j1 = std::min(Sk, j0 + kDecodeSplit);
-        float* w = ctx.scratch(worker);
-        float* o = w + kDecodeBlock;
-        float* q = o + Dvp;
+        Carve carve(ctx.scratch(worker));
+        const Scratch sc(carve, Dvp, Dk);
+        float *w = sc.w, *o = sc.o, *q = sc.q;
         const float* qsrc = a.q.row<const float>(b, t, h);
         for (int64_t x = 0; x < Dk; ++x) q[x] = qsrc[x] * scale;
         std::fill(o, o + Dvp, 0.0f);

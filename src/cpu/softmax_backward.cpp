@@ -15,16 +15,15 @@
 #include <hwy/foreach_target.h>  // IWYU pragma: keep (re-includes this file per target)
 #include <hwy/highway.h>
 // clang-format on
-#include <hwy/aligned_allocator.h>
 #include <hwy/contrib/math/math-inl.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
+#include "src/cpu/arena.hpp"
 #include "src/cpu/kernels.hpp"
 #include "src/cpu/ops/matmul-inl.h"
-#include "src/runtime/memory.hpp"
 
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
@@ -101,11 +100,8 @@ void BiasedColumnProbabilities(const Problem& p, int64_t b, int64_t h, int64_t j
   if (to < cols) std::fill(x + to, x + cols, 0.0f);
 }
 
-// One softmax backward call, in named steps (Run). Workspaces come from detail::allocate:
-//   lse, dsum    [B][Hq][Sqp]        row statistics
-//   kpack        [B][Hk][kside]      Kr [Skp][Dkp], Kt [Dk][Skp], Vr [Skp][Dvp]
-//   qpack        [B][Hq][qside]      Qr [Sqp][Dkp], Qt [Dk][Sqp], dOr [Sqp][Dvp], dOt [Dv][Sqp]
-//   dqt          [B][Hq][parts][Dkp][Sqp]   dq^T partial sums per key partition
+// One softmax backward call, in named steps (Run). Its operands are one Carve layout
+// (Buffers) in the Context's shared slot 1 (its forward pass uses slot 0).
 struct SoftmaxBackwardCall {
   struct Side {
     const float *r, *t, *vr, *vt;  // K: Kr, Kt, Vr (no V^T); Q: Qr, Qt, dOr, dOt
@@ -116,7 +112,24 @@ struct SoftmaxBackwardCall {
   const Problem& pr;
   const int64_t B, Sq, Hq, Dk, Sk, Hk, Dv, Dkp, Dvp, Sqp, Skp, kside, qside, kblocks, parts;
   const float scale;
-  hwy::AlignedFreeUniquePtr<float[]> lse, dsum, kpack, qpack, dqt;
+  // The call's operands, zeroed (padding is read by whole vectors).
+  struct Buffers {
+    float* lse;         // [B][Hq][Sqp] row log-sum-exp
+    float* dsum;        // [B][Hq][Sqp] D = dout . out
+    float* recomputed;  // [B][Sq][Hq][Dv] the forward's out, when lse is not given
+    float* kpack;       // [B][Hk][kside]: Kr [Skp][Dkp], Kt [Dk][Skp], Vr [Skp][Dvp]
+    float* qpack;  // [B][Hq][qside]: Qr [Sqp][Dkp], Qt [Dk][Sqp], dOr [Sqp][Dvp], dOt [Dv][Sqp]
+    float* dqt;    // [B][Hq][parts][Dkp][Sqp] dq^T partial sums per key partition
+    Buffers(Carve& c, const SoftmaxBackwardCall& k)
+        : lse(c.take(k.B * k.Hq * k.Sqp)),
+          dsum(c.take(k.B * k.Hq * k.Sqp)),
+          recomputed(c.take(k.a.lse.present() ? 0 : k.B * k.Sq * k.Hq * k.Dv)),
+          kpack(c.take(k.B * k.Hk * k.kside)),
+          qpack(c.take(k.B * k.Hq * k.qside)),
+          dqt(c.take(k.B * k.Hq * k.parts * k.Dkp * k.Sqp)) {}
+  };
+  float *lse = nullptr, *dsum = nullptr, *recomputed = nullptr, *kpack = nullptr, *qpack = nullptr,
+        *dqt = nullptr;
 
   SoftmaxBackwardCall(const BackwardArgs& g_, const Problem& p)
       : g(g_),
@@ -142,28 +155,29 @@ struct SoftmaxBackwardCall {
         scale(static_cast<float>(p.scale)) {}
 
   Side key_side(int64_t b, int64_t hk) const {
-    const float* p = kpack.get() + (b * Hk + hk) * kside;
+    const float* p = kpack + (b * Hk + hk) * kside;
     return Side{p, p + Skp * Dkp, p + Skp * Dkp + Dk * Skp, nullptr};
   }
   Side query_side(int64_t b, int64_t h) const {
-    const float* p = qpack.get() + (b * Hq + h) * qside;
+    const float* p = qpack + (b * Hq + h) * qside;
     return Side{p, p + Sqp * Dkp, p + Sqp * Dkp + Dk * Sqp, p + Sqp * Dkp + Dk * Sqp + Sqp * Dvp};
   }
   float* dq_partial(int64_t b, int64_t h, int64_t part) const {
-    return dqt.get() + ((b * Hq + h) * parts + part) * Dkp * Sqp;
+    return dqt + ((b * Hq + h) * parts + part) * Dkp * Sqp;
   }
-  static hwy::AlignedFreeUniquePtr<float[]> zeros(int64_t n, const char* what) {
-    auto p = detail::allocate(static_cast<size_t>(n), what);
-    std::fill(p.get(), p.get() + n, 0.0f);  // padding is read by whole vectors
-    return p;
+  void Allocate(Context& ctx) {
+    const size_t floats = Carve::floats<Buffers>(*this);
+    float* block = ctx.shared_scratch(floats, /*slot=*/1);
+    std::fill(block, block + floats, 0.0f);
+    Carve c(block);
+    const Buffers b(c, *this);
+    lse = b.lse, dsum = b.dsum, recomputed = b.recomputed, kpack = b.kpack, qpack = b.qpack;
+    dqt = b.dqt;
   }
 
   // 0. lse: the forward's when the caller kept it (AttentionArgs::lse), else from a forward
   // pass; D = dout . out with the matching out.
   void RowStatistics(Context& ctx) {
-    lse = zeros(B * Hq * Sqp, "softmax backward lse");
-    dsum = zeros(B * Hq * Sqp, "softmax backward row sums");
-    hwy::AlignedFreeUniquePtr<float[]> recomputed;
     ConstTensorView out = a.out;
     if (a.lse.present()) {
       for (int64_t b = 0; b < B; ++b)
@@ -171,11 +185,9 @@ struct SoftmaxBackwardCall {
           for (int64_t i = 0; i < Sq; ++i)
             lse[(b * Hq + h) * Sqp + i] = a.lse.at<const float>(b, h, i);
     } else {
-      recomputed = detail::allocate(static_cast<size_t>(B * Sq * Hq * Dv),
-                                    "softmax backward recomputed out");
       AttentionArgs f = a;
-      f.out = make_view(recomputed.get(), {B, Sq, Hq, Dv});
-      f.lse = make_view(lse.get(), {B, Hq, Sq});
+      f.out = make_view(recomputed, {B, Sq, Hq, Dv});
+      f.lse = make_view(lse, {B, Hq, Sq});
       f.lse.stride = {Hq * Sqp, Sqp, 1, 0};
       softmax_forward(f, pr, ctx);
       out = f.out;
@@ -189,18 +201,16 @@ struct SoftmaxBackwardCall {
 
   // 1. Packed operands, one task per (batch, head) of either side.
   void Pack(Context& ctx) {
-    kpack = zeros(B * Hk * kside, "softmax backward packed keys");
-    qpack = zeros(B * Hq * qside, "softmax backward packed queries");
     ctx.parallel_for(B * (Hk + Hq), [&](int64_t task, int) {
       const int64_t b = task / (Hk + Hq), h = task % (Hk + Hq);
       if (h < Hk) {
-        float* p = kpack.get() + (b * Hk + h) * kside;
+        float* p = kpack + (b * Hk + h) * kside;
         PackBoth(a.k, b, h, Sk, Dk, p, Dkp, p + Skp * Dkp, Skp);
         p += Skp * Dkp + Dk * Skp;
         for (int64_t j = 0; j < Sk; ++j)
           CopyPadded(a.v.row<const float>(b, j, h), Dv, p + j * Dvp, Dvp);
       } else {
-        float* p = qpack.get() + (b * Hq + h - Hk) * qside;
+        float* p = qpack + (b * Hq + h - Hk) * qside;
         PackBoth(a.q, b, h - Hk, Sq, Dk, p, Dkp, p + Sqp * Dkp, Sqp);
         p += Sqp * Dkp + Dk * Sqp;
         PackBoth(g.dout, b, h - Hk, Sq, Dv, p, Dvp, p + Sqp * Dvp, Sqp);
@@ -212,7 +222,7 @@ struct SoftmaxBackwardCall {
   // queries are an interval [from, to) (both nondecreasing in the key).
   void Probabilities(int64_t b, int64_t h, int64_t j0, int64_t keys, int64_t i0, int64_t cols,
                      int64_t qrows, float* pt, float* slopes) const {
-    const float* l = lse.get() + (b * Hq + h) * Sqp + i0;
+    const float* l = lse + (b * Hq + h) * Sqp + i0;
     int64_t from = 0, to = 0;
     for (int64_t j = 0; j < keys; ++j) {
       while (from < qrows && pr.keys(b, i0 + from).end <= j0 + j) ++from;
@@ -230,15 +240,26 @@ struct SoftmaxBackwardCall {
   // 2. One key block of 64 against the query rows [first, last) that see some key of it,
   // for every query head of the group: P^T, dv += P^T dout, dP^T, dS^T, dk += dS^T Q and
   // dq^T += K^T dS^T. scratch: P^T, dP^T, slopes [kRowBlock][kColBlock], dk, dv.
+  // Per-worker scratch of KeyBlock (and ReduceDq's [16][Dk], which fits in pt).
+  struct BlockScratch {
+    float *pt, *dpt, *slopes;  // [kRowBlock][kColBlock]: P^T, dP^T then dS^T, softcap slopes
+    float *dk, *dv;            // [kRowBlock][Dkp], [kRowBlock][Dvp] accumulators
+    BlockScratch(Carve& c, int64_t dkp, int64_t dvp)
+        : pt(c.take(kRowBlock * kColBlock)),
+          dpt(c.take(kRowBlock * kColBlock)),
+          slopes(c.take(kRowBlock * kColBlock)),
+          dk(c.take(kRowBlock * dkp)),
+          dv(c.take(kRowBlock * dvp)) {}
+  };
+
   void KeyBlock(int64_t b, int64_t hk, int64_t part, int64_t kb, float* scratch) const {
-    float* pt = scratch;
-    float* dpt = pt + kRowBlock * kColBlock;
-    float* slopes = dpt + kRowBlock * kColBlock;
-    float* dk = slopes + kRowBlock * kColBlock;
-    float* dv = dk + kRowBlock * Dkp;
+    Carve carve(scratch);
+    const BlockScratch w(carve, Dkp, Dvp);
+    float *pt = w.pt, *dpt = w.dpt, *slopes = w.slopes, *dk = w.dk, *dv = w.dv;
     const Side K = key_side(b, hk);
     const int64_t j0 = kb * kRowBlock, keys = std::min(kRowBlock, Sk - j0);
-    std::fill(dk, dk + kRowBlock * (Dkp + Dvp), 0.0f);
+    std::fill(dk, dk + kRowBlock * Dkp, 0.0f);
+    std::fill(dv, dv + kRowBlock * Dvp, 0.0f);
     // Both bounds of a row's key range are monotone in the row, so the rows that see the
     // block are an interval: a sliding window visits N x window pairs, not N^2.
     int64_t first = 0, last = Sq;
@@ -246,7 +267,7 @@ struct SoftmaxBackwardCall {
     while (last > first && pr.keys(b, last - 1).begin >= j0 + keys) --last;
     for (int64_t h = hk * pr.group; h < (hk + 1) * pr.group; ++h) {
       const Side Q = query_side(b, h);
-      const float* dd = dsum.get() + (b * Hq + h) * Sqp;
+      const float* dd = dsum + (b * Hq + h) * Sqp;
       float* dq_t = dq_partial(b, h, part);
       for (int64_t i0 = first - first % kColBlock; i0 < last; i0 += kColBlock) {
         const int64_t cols = std::min(kColBlock, pad_to_state(Sq - i0)),
@@ -297,10 +318,10 @@ struct SoftmaxBackwardCall {
   }
 
   void Run(Context& ctx) {
+    Allocate(ctx);
     RowStatistics(ctx);
     Pack(ctx);
-    dqt = zeros(B * Hq * parts * Dkp * Sqp, "softmax backward dq partials");
-    ctx.reserve_scratch(static_cast<size_t>(kRowBlock * (3 * kColBlock + Dkp + Dvp) + 64));
+    ctx.reserve_scratch(Carve::floats<BlockScratch>(Dkp, Dvp));
     // A task per (batch, kv head, key partition) walks its key blocks.
     ctx.parallel_for(B * Hk * parts, [&](int64_t task, int worker) {
       const int64_t part = task % parts, bh = task / parts;

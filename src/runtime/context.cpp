@@ -99,8 +99,8 @@ struct Context::Impl {
 
   std::vector<hwy::AlignedFreeUniquePtr<float[]>> scratch;
   size_t scratch_floats = 0;
-  hwy::AlignedFreeUniquePtr<float[]> shared;
-  size_t shared_floats = 0;
+  hwy::AlignedFreeUniquePtr<float[]> shared[kSharedSlots];
+  size_t shared_floats[kSharedSlots] = {};
 
   Pool& current_pool() {
     if (pid != getpid()) {
@@ -193,15 +193,15 @@ void Context::reserve_scratch(size_t floats) {
 
 float* Context::scratch(int worker) const { return impl_->scratch[worker].get(); }
 
-float* Context::shared_scratch(size_t floats) {
+float* Context::shared_scratch(size_t floats, int slot) {
   Impl& p = *impl_;
-  if (floats > p.shared_floats) {
-    p.shared_floats = 0;
-    p.shared.reset();
-    p.shared = detail::allocate(floats, "workspace (shared scratch)");
-    p.shared_floats = floats;
+  if (floats > p.shared_floats[slot]) {
+    p.shared_floats[slot] = 0;
+    p.shared[slot].reset();
+    p.shared[slot] = detail::allocate(floats, "workspace (shared scratch)");
+    p.shared_floats[slot] = floats;
   }
-  return p.shared.get();
+  return p.shared[slot].get();
 }
 
 void Context::trim(size_t keep_bytes) {
@@ -209,12 +209,13 @@ void Context::trim(size_t keep_bytes) {
   if (workspace_bytes() <= keep_bytes) return;
   for (auto& s : p.scratch) s.reset();
   p.scratch_floats = 0;
-  p.shared.reset();
-  p.shared_floats = 0;
+  for (int s = 0; s < kSharedSlots; ++s) p.shared[s].reset(), p.shared_floats[s] = 0;
 }
 
 size_t Context::workspace_bytes() const {
-  return (impl_->scratch_floats * impl_->threads + impl_->shared_floats) * sizeof(float);
+  return (impl_->scratch_floats * impl_->threads + impl_->shared_floats[0] +
+          impl_->shared_floats[1]) *
+         sizeof(float);
 }
 
 std::string Context::cpu_report() {
