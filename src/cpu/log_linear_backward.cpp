@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "src/cpu/arena.hpp"
 #include "src/cpu/kernels.hpp"
 #include "src/cpu/ops/log_features-inl.h"
 #include "src/cpu/ops/matmul-inl.h"
@@ -61,37 +62,49 @@ void LogLinearBackward(const BackwardArgs& g, const Problem& pr, const LogFeatur
   const int64_t B = pr.B, Sq = pr.Sq, Hq = pr.Hq, Dk = pr.Dk, Sk = pr.Sk, Hk = pr.Hk, Dv = pr.Dv;
   const int64_t F = f.omega ? f.features : Dk, Fp = pad_to_state(F), Dvp = pad_to_state(Dv);
   const int64_t group = Hq / Hk;
-  // Scratch: slot c, z, m and dc, dz, mu ([Fp][Dvp] + 2 Fp each); lf, dlf, e [Fp]; v, dout
-  // rows [Dvp]; tmp (AddKey's 2 Fp, or a [Dvp] row); per row w [Sq][Fp], m [Sq][Fp], delta [Sq].
-  const int64_t tmp_floats = std::max(2 * Fp, Dvp);
-  ctx.reserve_scratch(static_cast<size_t>(2 * (Fp * Dvp + 2 * Fp) + 3 * Fp + 2 * Dvp + tmp_floats +
-                                          Sq * (2 * Fp + 1) + 64));
+  // Per worker (Carve layout): the slot c [Fp][Dvp], z, m [Fp] and its adjoint dc, dz, mu;
+  // lf, dlf, e [Fp]; v, dout rows [Dvp]; tmp (AddKey's 2 Fp, or a [Dvp] row); per row
+  // w [Sq][Fp], m [Sq][Fp], delta [Sq].
+  struct Scratch {
+    float *c, *z, *m, *dc, *dz, *mu, *lf, *dlf, *e, *vb, *db, *tmp, *wrows, *mrows, *delta;
+    Scratch(Carve& k, int64_t Fp, int64_t Dvp, int64_t Sq)
+        : c(k.take(Fp * Dvp)),
+          z(k.take(Fp)),
+          m(k.take(Fp)),
+          dc(k.take(Fp * Dvp)),
+          dz(k.take(Fp)),
+          mu(k.take(Fp)),
+          lf(k.take(Fp)),
+          dlf(k.take(Fp)),
+          e(k.take(Fp)),
+          vb(k.take(Dvp)),
+          db(k.take(Dvp)),
+          tmp(k.take(std::max(2 * Fp, Dvp))),
+          wrows(k.take(Sq * Fp)),
+          mrows(k.take(Sq * Fp)),
+          delta(k.take(Sq)) {}
+  };
+  ctx.reserve_scratch(Carve::floats<Scratch>(Fp, Dvp, Sq));
   ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
     const int64_t b = task / Hk, hk = task % Hk;
     const int64_t len = pr.key_length(b);
     const float* omega = f.omega ? f.omega + hk * f.features * Dk : nullptr;
-    float* s = ctx.scratch(worker);
-    const Slot st{s, s + Fp * Dvp, s + Fp * Dvp + Fp};
-    float* dc = st.m + Fp;
-    float* dz = dc + Fp * Dvp;
-    float* mu = dz + Fp;
-    float* lf = mu + Fp;
-    float* dlf = lf + Fp;
-    float* e = dlf + Fp;
-    float* vb = e + Fp;
-    float* db = vb + Dvp;
-    float* tmp = db + Dvp;
-    float* wrows = tmp + tmp_floats;
-    float* mrows = wrows + Sq * Fp;
-    float* delta = mrows + Sq * Fp;
-    std::fill(vb, vb + 2 * Dvp, 0.0f);
+    Carve carve(ctx.scratch(worker));
+    const Scratch sc(carve, Fp, Dvp, Sq);
+    const Slot st{sc.c, sc.z, sc.m};
+    float *dc = sc.dc, *dz = sc.dz, *mu = sc.mu, *lf = sc.lf, *dlf = sc.dlf, *e = sc.e;
+    float *vb = sc.vb, *db = sc.db, *tmp = sc.tmp, *wrows = sc.wrows, *mrows = sc.mrows;
+    float* delta = sc.delta;
+    std::fill(vb, vb + Dvp, 0.0f);
+    std::fill(db, db + Dvp, 0.0f);
     for (int64_t j = 0; j < Sk; ++j) {
       std::fill_n(g.dk.row<float>(b, j, hk), Dk, 0.0f);
       std::fill_n(g.dv.row<float>(b, j, hk), Dv, 0.0f);
     }
     for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
       // Forward sweep: dq, and w, m, delta per row for the reverse sweep.
-      std::fill(st.c, st.c + Fp * Dvp + Fp, 0.0f);
+      std::fill(st.c, st.c + Fp * Dvp, 0.0f);
+      std::fill(st.z, st.z + Fp, 0.0f);
       std::fill(st.m, st.m + Fp, kNegInf);
       int64_t added = 0;
       for (int64_t i = 0; i < Sq; ++i) {
@@ -127,7 +140,8 @@ void LogLinearBackward(const BackwardArgs& g, const Problem& pr, const LogFeatur
         ChainLogFeatures(q, dlf, Dk, f, omega, false, dq);
       }
       // Reverse sweep over the valid keys; rows join while they see the key.
-      std::fill(dc, dc + Fp * Dvp + Fp, 0.0f);
+      std::fill(dc, dc + Fp * Dvp, 0.0f);
+      std::fill(dz, dz + Fp, 0.0f);
       std::fill(mu, mu + Fp, std::numeric_limits<float>::infinity());
       int64_t row = Sq - 1;
       for (int64_t j = len - 1; j >= 0; --j) {

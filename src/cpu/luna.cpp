@@ -16,6 +16,7 @@
 #include <cmath>
 #include <limits>
 
+#include "src/cpu/arena.hpp"
 #include "src/cpu/kernels.hpp"
 #include "src/cpu/ops/matmul-inl.h"
 
@@ -63,14 +64,21 @@ void LunaCausalForward(const AttentionArgs& a, const Problem& pr, Context& ctx) 
   const int64_t dvp = pad_to_state(dv);
   const float s = static_cast<float>(pr.scale);
   const int64_t L = a.memory.shape[1];
-  ctx.reserve_scratch(static_cast<size_t>(L * dvp + dvp + L + 64));
+  // Per worker (Carve layout): acc [L][dvp], a value row [dvp], weights [L].
+  struct Scratch {
+    float *acc, *vb, *w;
+    Scratch(Carve& c, int64_t L, int64_t dvp)
+        : acc(c.take(L * dvp)), vb(c.take(dvp)), w(c.take(L)) {}
+  };
+  ctx.reserve_scratch(Carve::floats<Scratch>(L, dvp));
   ctx.parallel_for(B * Hq, [&](int64_t task, int worker) {
     const int64_t b = task / Hq, h = task % Hq, hk = pr.kv_head(h);
     const int64_t len = pr.key_length(b);
-    float* acc = ctx.scratch(worker);
-    float* vb = acc + L * dvp;
-    float* w = vb + dvp;
-    std::fill(acc, acc + L * dvp + dvp, 0.0f);
+    Carve carve(ctx.scratch(worker));
+    const Scratch sc(carve, L, dvp);
+    float *acc = sc.acc, *vb = sc.vb, *w = sc.w;
+    std::fill(acc, acc + L * dvp, 0.0f);
+    std::fill(vb, vb + dvp, 0.0f);
     auto mem = [&](int64_t l) { return a.memory.row<const float>(b, l, h); };
     int64_t added = 0;
     auto add_upto = [&](int64_t upto) {
@@ -109,19 +117,28 @@ void LunaCausalBackward(const BackwardArgs& g, const Problem& pr, Context& ctx) 
   const float s = static_cast<float>(pr.scale);
   const int64_t L = a.memory.shape[1], group = Hq / Hk;
   const bool with_dmem = g.dmemory.present();
-  // Scratch: acc and R [L][dvp]; v, dout, q rows [dvp]; w [L]; per row coefficients [Sq][2L].
-  ctx.reserve_scratch(static_cast<size_t>(2 * L * dvp + 3 * dvp + L + 2 * Sq * L + 64));
+  // Per worker (Carve layout): acc and R [L][dvp]; v, dout, q rows [dvp]; w [L]; per row
+  // coefficients [Sq][2L].
+  struct Scratch {
+    float *acc, *r_sum, *vb, *db, *qb, *w, *coef;
+    Scratch(Carve& c, int64_t L, int64_t dvp, int64_t Sq)
+        : acc(c.take(L * dvp)),
+          r_sum(c.take(L * dvp)),
+          vb(c.take(dvp)),
+          db(c.take(dvp)),
+          qb(c.take(dvp)),
+          w(c.take(L)),
+          coef(c.take(2 * Sq * L)) {}
+  };
+  ctx.reserve_scratch(Carve::floats<Scratch>(L, dvp, Sq));
   ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
     const int64_t b = task / Hk, hk = task % Hk;
     const int64_t len = pr.key_length(b);
-    float* acc = ctx.scratch(worker);
-    float* r_sum = acc + L * dvp;
-    float* vb = r_sum + L * dvp;
-    float* db = vb + dvp;
-    float* qb = db + dvp;
-    float* w = qb + dvp;
-    float* coef = w + L;
-    std::fill(vb, vb + 3 * dvp, 0.0f);
+    Carve carve(ctx.scratch(worker));
+    const Scratch sc(carve, L, dvp, Sq);
+    float *acc = sc.acc, *r_sum = sc.r_sum, *vb = sc.vb, *db = sc.db, *qb = sc.qb, *w = sc.w,
+          *coef = sc.coef;
+    for (float* row : {vb, db, qb}) std::fill(row, row + dvp, 0.0f);
     for (int64_t j = 0; j < Sk; ++j) {
       std::fill_n(g.dk.row<float>(b, j, hk), dk, 0.0f);
       std::fill_n(g.dv.row<float>(b, j, hk), dv, 0.0f);

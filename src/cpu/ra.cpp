@@ -15,6 +15,7 @@
 #include <cmath>
 
 #include "attnkit/random.hpp"
+#include "src/cpu/arena.hpp"
 #include "src/cpu/kernels.hpp"
 #include "src/cpu/ops/attend-inl.h"
 #include "src/cpu/ops/matmul-inl.h"
@@ -73,7 +74,21 @@ void RaForward(const AttentionArgs& a, const Problem& p, const RaConfig& cfg, Co
   });
   const int64_t blocks = hwy::DivCeil(Sq, kRows);
   const bool biased = p.biased();  // ALiBi, attn_mask: a bias row per query row
-  ctx.reserve_scratch(static_cast<size_t>(kRows * (Dkp + 3 * Skp + 2 * Dvp) + 64));
+  // Per worker (Carve layout), for kRows query rows.
+  struct Scratch {
+    float* w;     // [rows][Dkp]: scaled queries, then samples
+    float* pi;    // [rows][Skp]
+    float* f;     // [rows][Skp]
+    float* acc;   // [rows][Dvp]
+    float* bias;  // [rows][Skp] when biased
+    Scratch(Carve& c, int64_t dkp, int64_t skp, int64_t dvp, bool biased)
+        : w(c.take(kRows * dkp)),
+          pi(c.take(kRows * skp)),
+          f(c.take(kRows * skp)),
+          acc(c.take(kRows * dvp)),
+          bias(c.take(biased ? kRows * skp : 0)) {}
+  };
+  ctx.reserve_scratch(Carve::floats<Scratch>(Dkp, Skp, Dvp, biased));
   const CounterRng rng(cfg.seed);
   ctx.parallel_for(B * Hq * blocks, [&](int64_t task, int worker) {
     const int64_t blk = task % blocks, bh = task / blocks, b = bh / Hq, h = bh % Hq,
@@ -82,12 +97,9 @@ void RaForward(const AttentionArgs& a, const Problem& p, const RaConfig& cfg, Co
     const float* kt = shared + (b * Hk + hk) * per_head;
     const float* vp = kt + Dk * Skp;
     const float* half_norm = vp + Skp * Dvp;
-    float* w = ctx.scratch(worker);   // [rows][Dkp]: scaled queries, then samples
-    float* pi = w + kRows * Dkp;      // [rows][Skp]
-    float* f = pi + kRows * Skp;      // [rows][Skp]
-    float* mix = f + kRows * Skp;     // [rows][Dvp]
-    float* acc = mix + kRows * Dvp;   // [rows][Dvp]
-    float* bias = acc + kRows * Dvp;  // [rows][Skp] when biased
+    Carve carve(ctx.scratch(worker));
+    const Scratch sc(carve, Dkp, Skp, Dvp, biased);
+    float *w = sc.w, *pi = sc.pi, *f = sc.f, *acc = sc.acc, *bias = sc.bias;
     KeyRange range[kRows];
     bool live[kRows];
     for (int64_t r = 0; r < rows; ++r) {

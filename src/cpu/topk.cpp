@@ -15,6 +15,7 @@
 #include <functional>
 #include <limits>
 
+#include "src/cpu/arena.hpp"
 #include "src/cpu/kernels.hpp"
 #include "src/cpu/ops/matmul-inl.h"
 
@@ -128,6 +129,24 @@ HWY_INLINE int64_t SelectRow(const Problem& p, int64_t b, int64_t h, int64_t i, 
   return m == -std::numeric_limits<float>::infinity() ? 0 : c;  // all kept masked: none
 }
 
+// Per-worker scratch of a task of `rows` query rows (Carve layout): scaled q rows, scores,
+// the selection's heap and indices (2k: ties after the k slots), probabilities and an
+// accumulator row (forward) or the packed keys (backward: a task owns its kv head).
+struct TaskScratch {
+  float *kt, *q, *s, *heap;
+  int32_t* idx;
+  float *p, *acc;
+  TaskScratch(Carve& c, int64_t rows, int64_t kk, int64_t Dk, int64_t Dkp, int64_t Skp, int64_t Dv,
+              bool own_keys)
+      : kt(c.take(own_keys ? Dk * Skp : 0)),
+        q(c.take(rows * Dkp)),
+        s(c.take(rows * Skp)),
+        heap(c.take(kk)),
+        idx(c.take_int32(2 * kk)),
+        p(c.take(kk)),
+        acc(c.take(Dv)) {}
+};
+
 void TopkForward(const AttentionArgs& a, const Problem& p, int k, int query_chunk, Context& ctx) {
   const int64_t B = p.B, Sq = p.Sq, Hq = p.Hq, Dk = p.Dk, Sk = p.Sk, Hk = p.Hk, Dv = p.Dv;
   const float scale = static_cast<float>(p.scale);
@@ -140,18 +159,17 @@ void TopkForward(const AttentionArgs& a, const Problem& p, int k, int query_chun
     PackTransposed([&](int64_t r) { return a.k.row<const float>(b, r, hk); }, Sk, Dk, Skp,
                    kt + bh * Dk * Skp);
   });
-  // Scratch: q rows [rows][Dkp], scores [rows][Skp], heap [k], indices [k], accumulator [Dv].
   const int64_t kk = std::min<int64_t>(k, Sk);
-  ctx.reserve_scratch(static_cast<size_t>(rows_per_task * (Dkp + Skp) + 3 * kk + Dv + 64));
+  ctx.reserve_scratch(
+      Carve::floats<TaskScratch>(rows_per_task, kk, Dk, Dkp, Skp, Dv, /*own_keys=*/false));
   ctx.parallel_for(B * Hq * blocks, [&](int64_t task, int worker) {
     const int64_t blk = task % blocks, bh = task / blocks, b = bh / Hq, h = bh % Hq,
                   hk = p.kv_head(h);
     const int64_t i0 = blk * rows_per_task, rows = std::min(rows_per_task, Sq - i0);
-    float* q = ctx.scratch(worker);
-    float* s = q + rows_per_task * Dkp;
-    float* heap = s + rows_per_task * Skp;
-    int32_t* idx = reinterpret_cast<int32_t*>(heap + kk);
-    float* acc = heap + 3 * kk;
+    Carve carve(ctx.scratch(worker));
+    const TaskScratch w(carve, rows_per_task, kk, Dk, Dkp, Skp, Dv, false);
+    float *q = w.q, *s = w.s, *heap = w.heap, *acc = w.acc;
+    int32_t* idx = w.idx;
     ScoreRows(a.q, b, h, i0, rows, scale, kt + (b * Hk + hk) * Dk * Skp, Skp,
               p.keys(b, i0, i0 + rows), q, s);
     for (int64_t r = 0; r < rows; ++r) {
@@ -216,19 +234,16 @@ void TopkBackward(const BackwardArgs& g, const Problem& pr, int k, int query_chu
   const int64_t Skp = RoundUp(std::max<int64_t>(Sk, 1), kStatePad), Dkp = pad_to_state(Dk);
   const int64_t rows_per_task = std::min<int64_t>(query_chunk, std::max<int64_t>(Sq, 1));
   const int64_t kk = std::min<int64_t>(k, Sk), group = pr.group;
-  // Scratch: packed keys [Dk][Skp], q rows [rows][Dkp], scores [rows][Skp], heap [k],
-  // indices [2k], probabilities [k].
-  ctx.reserve_scratch(static_cast<size_t>(Dk * Skp + rows_per_task * (Dkp + Skp) + 4 * kk + 64));
+  ctx.reserve_scratch(
+      Carve::floats<TaskScratch>(rows_per_task, kk, Dk, Dkp, Skp, 0, /*own_keys=*/true));
   ctx.parallel_for(
       B * Hk,
       [&](int64_t task, int worker) {
         const int64_t b = task / Hk, hk = task % Hk;
-        float* kt = ctx.scratch(worker);
-        float* q = kt + Dk * Skp;
-        float* s = q + rows_per_task * Dkp;
-        float* heap = s + rows_per_task * Skp;
-        int32_t* idx = reinterpret_cast<int32_t*>(heap + kk);
-        float* p = heap + 3 * kk;
+        Carve carve(ctx.scratch(worker));
+        const TaskScratch w(carve, rows_per_task, kk, Dk, Dkp, Skp, 0, true);
+        float *kt = w.kt, *q = w.q, *s = w.s, *heap = w.heap, *p = w.p;
+        int32_t* idx = w.idx;
         PackTransposed([&](int64_t r) { return a.k.row<const float>(b, r, hk); }, Sk, Dk, Skp, kt);
         for (int64_t j = 0; j < Sk; ++j) {
           std::fill_n(g.dk.row<float>(b, j, hk), Dk, 0.0f);
@@ -265,13 +280,13 @@ void TopkFfForward(const ConstTensorView& x, const ConstTensorView& keys,
                  kt);
   const int64_t kk = std::min<int64_t>(k, F);
   const int64_t blocks = hwy::DivCeil(T, kRowsPerTask);
-  ctx.reserve_scratch(static_cast<size_t>(kRowsPerTask * (Dmp + Fp) + 3 * kk + 64));
+  ctx.reserve_scratch(Carve::floats<TaskScratch>(kRowsPerTask, kk, Dm, Dmp, Fp, 0, false));
   ctx.parallel_for(blocks, [&](int64_t blk, int worker) {
     const int64_t t0 = blk * kRowsPerTask, rows = std::min(kRowsPerTask, T - t0);
-    float* q = ctx.scratch(worker);
-    float* s = q + kRowsPerTask * Dmp;
-    float* heap = s + kRowsPerTask * Fp;
-    int32_t* idx = reinterpret_cast<int32_t*>(heap + kk);
+    Carve carve(ctx.scratch(worker));
+    const TaskScratch w(carve, kRowsPerTask, kk, Dm, Dmp, Fp, 0, false);
+    float *q = w.q, *s = w.s, *heap = w.heap;
+    int32_t* idx = w.idx;
     for (int64_t r = 0; r < rows; ++r)
       std::copy_n(x.ptr<const float>() + (t0 + r) * x.stride[0], Dm, q + r * Dmp);
     MatMul(q, Dmp, kt, Fp, s, Fp, rows, Fp, Dm, /*accumulate=*/false);
