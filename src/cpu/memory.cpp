@@ -18,6 +18,7 @@
 #include <tuple>
 #include <vector>
 
+#include "src/cpu/arena.hpp"
 #include "src/cpu/kernels.hpp"
 #include "src/cpu/ops/attend-inl.h"
 #include "src/cpu/ops/matmul-inl.h"
@@ -29,21 +30,41 @@ namespace HWY_NAMESPACE {
 // HWY_EXPORT tables below name the entry points through the enclosing namespace).
 namespace {
 
+// The forward's per-worker scratch (Carve layout): memory before and after a chunk
+// [m][dp], keys transposed [dp][ldk], values [ldk][dp], scores [max(m, c)][ldk], a read's
+// output and the filtered keys and values of a chunk [c][dp].
 struct Buffers {
   float *mem, *next, *kt, *vals, *s, *obuf, *fk, *fv;
-  static int64_t floats(int64_t m, int64_t c, int64_t dp, int64_t ldk) {
-    return 2 * m * dp + dp * ldk + ldk * dp + std::max(m, c) * ldk + 3 * c * dp + 64;
-  }
-  Buffers(float* p, int64_t m, int64_t c, int64_t dp, int64_t ldk) {
-    mem = p;
-    next = mem + m * dp;
-    kt = next + m * dp;
-    vals = kt + dp * ldk;
-    s = vals + ldk * dp;
-    obuf = s + std::max(m, c) * ldk;
-    fk = obuf + c * dp;
-    fv = fk + c * dp;
-  }
+  Buffers(Carve& k, int64_t m, int64_t c, int64_t dp, int64_t ldk)
+      : mem(k.take(m * dp)),
+        next(k.take(m * dp)),
+        kt(k.take(dp * ldk)),
+        vals(k.take(ldk * dp)),
+        s(k.take(std::max(m, c) * ldk)),
+        obuf(k.take(c * dp)),
+        fk(k.take(c * dp)),
+        fv(k.take(c * dp)) {}
+};
+
+// The backward's (Carve layout): a chunk's keys, values and their gradients [m + c][dp];
+// q, dout, dq rows and filtered keys, values [c][dp]; the memory before every chunk
+// [chunks + 1][m][dp], its gradient and the previous one [m][dp]; probabilities [2 (m + c)].
+struct BackwardBuffers {
+  float *keys, *vals, *dkeys, *dvals, *qb, *db, *dqb, *fk, *fv, *mems, *dmem, *dprev, *p;
+  BackwardBuffers(Carve& k, int64_t nk_max, int64_t cs, int64_t chunks, int64_t m, int64_t dp)
+      : keys(k.take(nk_max * dp)),
+        vals(k.take(nk_max * dp)),
+        dkeys(k.take(nk_max * dp)),
+        dvals(k.take(nk_max * dp)),
+        qb(k.take(cs * dp)),
+        db(k.take(cs * dp)),
+        dqb(k.take(cs * dp)),
+        fk(k.take(cs * dp)),
+        fv(k.take(cs * dp)),
+        mems(k.take((chunks + 1) * m * dp)),
+        dmem(k.take(m * dp)),
+        dprev(k.take(m * dp)),
+        p(k.take(2 * nk_max)) {}
 };
 
 // Filtered rows [t0, t1) of t at (b, hk) into out [t1 - t0][dp]: 'same' padding inside
@@ -93,11 +114,12 @@ void MemoryForward(const AttentionArgs& a, const Problem& pr, const MemoryConfig
   const float inv_temp =
       1.0f /
       static_cast<float>(c.temperature > 0 ? c.temperature : std::sqrt(static_cast<double>(D)));
-  ctx.reserve_scratch(static_cast<size_t>(Buffers::floats(m, cs, dp, ldk)));
+  ctx.reserve_scratch(Carve::floats<Buffers>(m, cs, dp, ldk));
   ctx.parallel_for(B * Hq, [&](int64_t task, int worker) {
     const int64_t b = task / Hq, h = task % Hq, hk = h / (Hq / Hk);
     const int64_t len = pr.key_length(b);
-    Buffers buf(ctx.scratch(worker), m, cs, dp, ldk);
+    Carve carve(ctx.scratch(worker));
+    Buffers buf(carve, m, cs, dp, ldk);  // mem and next swap after each chunk
     for (int64_t r = 0; r < m; ++r) {
       std::copy_n(a.memory.row<const float>(b, r, h), D, buf.mem + r * dp);
       std::fill(buf.mem + r * dp + D, buf.mem + (r + 1) * dp, 0.0f);
@@ -184,8 +206,7 @@ void MemoryBackward(const BackwardArgs& g, const Problem& pr, const MemoryConfig
       static_cast<float>(c.temperature > 0 ? c.temperature : std::sqrt(static_cast<double>(D)));
   // Scratch: keys, vals, dkeys, dvals [nk_max][dp]; q, dout, dq, fk, fv [cs][dp]; mems
   // [chunks + 1][m][dp]; dM, dprev [m][dp]; p [2 nk_max].
-  ctx.reserve_scratch(
-      static_cast<size_t>(4 * nk_max * dp + 5 * cs * dp + (chunks + 3) * m * dp + 2 * nk_max + 64));
+  ctx.reserve_scratch(Carve::floats<BackwardBuffers>(nk_max, cs, chunks, m, dp));
   // The filter's gradient per (batch, kv head) task, summed over batches in order after.
   const bool with_dfilter = g.dfilter.present();
   std::vector<float> dfilter_parts(with_dfilter ? B * Hk * c.width : 0, 0.0f);
@@ -193,19 +214,11 @@ void MemoryBackward(const BackwardArgs& g, const Problem& pr, const MemoryConfig
     const int64_t b = task / Hk, hk = task % Hk;
     const int64_t len = pr.key_length(b);
     float* dw = with_dfilter ? dfilter_parts.data() + task * c.width : nullptr;
-    float* keys = ctx.scratch(worker);
-    float* vals = keys + nk_max * dp;
-    float* dkeys = vals + nk_max * dp;
-    float* dvals = dkeys + nk_max * dp;
-    float* qb = dvals + nk_max * dp;
-    float* db = qb + cs * dp;
-    float* dqb = db + cs * dp;
-    float* fk = dqb + cs * dp;
-    float* fv = fk + cs * dp;
-    float* mems = fv + cs * dp;
-    float* dmem = mems + (chunks + 1) * m * dp;
-    float* dprev = dmem + m * dp;
-    float* p = dprev + m * dp;
+    Carve carve(ctx.scratch(worker));
+    const BackwardBuffers w(carve, nk_max, cs, chunks, m, dp);
+    float *keys = w.keys, *vals = w.vals, *dkeys = w.dkeys, *dvals = w.dvals, *qb = w.qb;
+    float *db = w.db, *dqb = w.dqb, *fk = w.fk, *fv = w.fv, *mems = w.mems, *dmem = w.dmem;
+    float *dprev = w.dprev, *p = w.p;
     for (int64_t j = 0; j < S; ++j) {
       std::fill_n(g.dk.row<float>(b, j, hk), D, 0.0f);
       std::fill_n(g.dv.row<float>(b, j, hk), D, 0.0f);
