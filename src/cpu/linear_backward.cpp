@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "src/cpu/arena.hpp"
 #include "src/cpu/kernels.hpp"
 #include "src/cpu/ops/features-inl.h"
 #include "src/cpu/ops/matmul-inl.h"
@@ -47,207 +48,264 @@ inline void Transpose(const float* src, int64_t lds, int64_t rows, int64_t cols,
     for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
 }
 
+// Per-worker scratch of one (batch, kv head) task (Carve layout).
 struct Buffers {
   float *phik, *w, *fq, *dnum, *dden;              // per key / per query row of the head
   float *c, *z, *ct, *dc, *dz;                     // states
   float *fkb, *fkt, *vb, *vt, *fqt;                // one block's operands
   float *s, *g, *st, *gt, *num, *dfq, *dfk, *dvb;  // one block's products
-  static int64_t floats(int64_t sq, int64_t sk, int64_t dkp, int64_t dvp, int64_t tp) {
-    return sk * (dkp + 1) + sq * (dkp + dvp + 1) + 3 * dkp * dvp + 2 * dkp +
-           tp * (dkp + dkp + dvp + dvp + dkp) + 4 * tp * tp + tp * (dvp + dkp + dkp + dvp) + 64;
+  Buffers(Carve& k, int64_t sq, int64_t sk, int64_t dkp, int64_t dvp, int64_t tp)
+      : phik(k.take(sk * dkp)),
+        w(k.take(sk)),
+        fq(k.take(sq * dkp)),
+        dnum(k.take(sq * dvp)),
+        dden(k.take(sq)),
+        c(k.take(dkp * dvp)),
+        z(k.take(dkp)),
+        ct(k.take(dvp * dkp)),
+        dc(k.take(dkp * dvp)),
+        dz(k.take(dkp)),
+        fkb(k.take(tp * dkp)),
+        fkt(k.take(dkp * tp)),
+        vb(k.take(tp * dvp)),
+        vt(k.take(dvp * tp)),
+        fqt(k.take(dkp * tp)),
+        s(k.take(tp * tp)),
+        g(k.take(tp * tp)),
+        st(k.take(tp * tp)),
+        gt(k.take(tp * tp)),
+        num(k.take(tp * dvp)),
+        dfq(k.take(tp * dkp)),
+        dfk(k.take(tp * dkp)),
+        dvb(k.take(tp * dvp)) {}
+};
+
+// The normaliser f of a row that sees n keys with denominator den (kernel), and the
+// gradient of out . dout with respect to den (dd; kernel only).
+inline void Normaliser(LinearNorm norm, int64_t n, float den, const float* dout, const float* num,
+                       int64_t Dv, float& f, float& dd) {
+  f = dd = 0.0f;
+  switch (norm) {
+    case LinearNorm::kNone:
+      f = n > 0 ? 1.0f : 0.0f;
+      break;
+    case LinearNorm::kLength:
+      f = n > 0 ? 1.0f / static_cast<float>(n) : 0.0f;
+      break;
+    case LinearNorm::kFixed1000:
+      f = n > 0 ? 1000.0f / static_cast<float>(n) : 0.0f;
+      break;
+    case LinearNorm::kKernel:
+      f = den > 0.0f ? 1.0f / den : 0.0f;
+      dd = den > 0.0f ? -Dot(dout, num, Dv) / (den * den) : 0.0f;
+      break;
   }
-  Buffers(float* p, int64_t sq, int64_t sk, int64_t dkp, int64_t dvp, int64_t tp) {
-    float* x = p;
-    auto take = [&](int64_t n) {
-      float* r = x;
-      x += n;
-      return r;
-    };
-    phik = take(sk * dkp), w = take(sk), fq = take(sq * dkp), dnum = take(sq * dvp),
-    dden = take(sq);
-    c = take(dkp * dvp), z = take(dkp), ct = take(dvp * dkp), dc = take(dkp * dvp), dz = take(dkp);
-    fkb = take(tp * dkp), fkt = take(dkp * tp), vb = take(tp * dvp), vt = take(dvp * tp),
-    fqt = take(dkp * tp);
-    s = take(tp * tp), g = take(tp * tp), st = take(tp * tp), gt = take(tp * tp);
-    num = take(tp * dvp), dfq = take(tp * dkp), dfk = take(tp * dkp), dvb = take(tp * dvp);
+}
+
+// One (batch b, kv head hk) task: for each query head of the group, a forward sweep over
+// blocks of T query rows (dq, and dnum, dden per row), then a reverse sweep over key blocks
+// (dk, dv, dgate). The task owns its key rows and its query heads' rows.
+struct LinearBackwardTask {
+  const BackwardArgs& g;
+  const AttentionArgs& a;
+  const Problem& pr;
+  const LinearConfig& cfg;
+  const Buffers& u;
+  const int64_t b, hk, Sq, Dk, Dv, Dkp, Dvp, T, Tp, len, blocks;
+
+  int64_t Vis(int64_t i) const { return pr.keys(b, i).end; }
+
+  // Key features and gate weights, shared by the group's query heads; zeroed gradients.
+  void PrepareKeys() const {
+    for (int64_t j = 0; j < pr.Sk; ++j) {
+      std::fill_n(g.dk.row<float>(b, j, hk), Dk, 0.0f);
+      std::fill_n(g.dv.row<float>(b, j, hk), Dv, 0.0f);
+      if (cfg.gated) g.dgate.at<float>(b, j, hk) = 0.0f;
+      if (j >= len) continue;
+      FeatureRow(a.k.row<const float>(b, j, hk), Dk, Dkp, cfg.map, u.phik + j * Dkp);
+      u.w[j] = cfg.gated ? std::pow(Sigmoid(a.gate.at<const float>(b, j, hk)), 2.0f) : 1.0f;
+    }
+  }
+
+  // Keys [j0, j0 + n) into fkb (weighted features, rows), fkt (transposed), vb, vt.
+  void LoadKeys(int64_t j0, int64_t n) const {
+    std::fill(u.fkt, u.fkt + Dkp * Tp, 0.0f);
+    std::fill(u.vt, u.vt + Dvp * Tp, 0.0f);
+    for (int64_t x = 0; x < n; ++x) {
+      const float* ph = u.phik + (j0 + x) * Dkp;
+      float* f = u.fkb + x * Dkp;
+      for (int64_t r = 0; r < Dkp; ++r) f[r] = u.w[j0 + x] * ph[r];
+      CopyPadded(a.v.row<const float>(b, j0 + x, hk), Dv, u.vb + x * Dvp, Dvp);
+    }
+    Transpose(u.fkb, Dkp, n, Dk, u.fkt, Tp);
+    Transpose(u.vb, Dvp, n, Dv, u.vt, Tp);
+  }
+
+  // Masked block products for rows [i0, i0 + rows) against keys [j0, j0 + n):
+  // s = M * (A F^T), g = M * (dnum V^T + dden) (both [rows][Tp]).
+  void BlockProducts(int64_t i0, int64_t rows, int64_t j0, int64_t n) const {
+    MatMul(u.fq + i0 * Dkp, Dkp, u.fkt, Tp, u.s, Tp, rows, Tp, Dk, false);
+    MatMul(u.dnum + i0 * Dvp, Dvp, u.vt, Tp, u.g, Tp, rows, Tp, Dv, false);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t seen = std::clamp<int64_t>(Vis(i0 + r) - j0, 0, n);
+      float* sr = u.s + r * Tp;
+      float* gr = u.g + r * Tp;
+      for (int64_t x = 0; x < seen; ++x) gr[x] += u.dden[i0 + r];
+      std::fill(sr + seen, sr + Tp, 0.0f);
+      std::fill(gr + seen, gr + Tp, 0.0f);
+    }
+  }
+
+  // dF, dv of keys [j0, j0 + n) loaded by LoadKeys: the later rows' part (dC, dz), plus
+  // the masked block of rows [i0, i0 + rows) (rows may be 0); then dk, dv, dgate.
+  void KeyGrads(int64_t j0, int64_t n, int64_t i0, int64_t rows) const {
+    std::fill(u.ct, u.ct + Dvp * Dkp, 0.0f);
+    Transpose(u.dc, Dvp, Dk, Dvp, u.ct, Dkp);  // dC^T [Dvp][Dkp]
+    MatMul(u.vb, Dvp, u.ct, Dkp, u.dfk, Dkp, n, Dkp, Dv, false);
+    MatMul(u.fkb, Dkp, u.dc, Dvp, u.dvb, Dvp, n, Dvp, Dk, false);
+    if (rows > 0) {
+      BlockProducts(i0, rows, j0, n);
+      Transpose(u.g, Tp, rows, n, u.gt, Tp);
+      Transpose(u.s, Tp, rows, n, u.st, Tp);
+      MatMul(u.gt, Tp, u.fq + i0 * Dkp, Dkp, u.dfk, Dkp, n, Dkp, rows, true);
+      MatMul(u.st, Tp, u.dnum + i0 * Dvp, Dvp, u.dvb, Dvp, n, Dvp, rows, true);
+    }
+    for (int64_t x = 0; x < n; ++x) {
+      const int64_t j = j0 + x;
+      float* dfk = u.dfk + x * Dkp;
+      for (int64_t r = 0; r < Dk; ++r) dfk[r] += u.dz[r];
+      std::fill(dfk + Dk, dfk + Dkp, 0.0f);
+      if (cfg.gated) {
+        const float sg = Sigmoid(a.gate.at<const float>(b, j, hk));
+        g.dgate.at<float>(b, j, hk) +=
+            Dot(u.phik + j * Dkp, dfk, Dkp) * 2.0f * sg * sg * (1.0f - sg);
+      }
+      for (int64_t r = 0; r < Dk; ++r) dfk[r] *= u.w[j];
+      FeatureGradRow(a.k.row<const float>(b, j, hk), dfk, Dk, Dkp, cfg.map, u.num);
+      float* dk = g.dk.row<float>(b, j, hk);
+      float* dv = g.dv.row<float>(b, j, hk);
+      for (int64_t r = 0; r < Dk; ++r) dk[r] += u.num[r];
+      for (int64_t r = 0; r < Dv; ++r) dv[r] += u.dvb[x * Dvp + r];
+    }
+  }
+
+  // The keys block blk's rows see beyond the previous block's: [E_{b-1}, E_b).
+  std::pair<int64_t, int64_t> BlockKeys(int64_t blk) const {
+    const int64_t i0 = blk * T, i1 = std::min(Sq, i0 + T);
+    const int64_t from = blk == 0 ? Vis(0) : Vis(i0 - 1);
+    return {from, std::max(from, Vis(i1 - 1))};
+  }
+
+  // Forward sweep, block blk of head h: the state C, z takes the keys before the block
+  // (in_state advances), then num, den, dnum, dden per row and dq.
+  void ForwardBlock(int64_t h, int64_t blk, int64_t& in_state) const {
+    const int64_t i0 = blk * T, rows = std::min(T, Sq - i0);
+    const auto [j0, j1] = BlockKeys(blk);
+    while (in_state < j0) {  // C += F^T V, z += sum F over keys [in_state, j0)
+      const int64_t n = std::min(Tp, j0 - in_state);
+      LoadKeys(in_state, n);
+      MatMul(u.fkt, Tp, u.vb, Dvp, u.c, Dvp, Dk, Dvp, n, true);
+      for (int64_t x = 0; x < n; ++x) Axpy(1.0f, u.fkb + x * Dkp, u.z, Dkp);
+      in_state += n;
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      FeatureRow(a.q.row<const float>(b, i0 + r, h), Dk, Dkp, cfg.map, u.fq + (i0 + r) * Dkp);
+    MatMul(u.fq + i0 * Dkp, Dkp, u.c, Dvp, u.num, Dvp, rows, Dvp, Dk, false);
+    LoadKeys(j0, j1 - j0);
+    MatMul(u.fq + i0 * Dkp, Dkp, u.fkt, Tp, u.s, Tp, rows, Tp, Dk, false);
+    for (int64_t r = 0; r < rows; ++r) {  // mask the block, then num, den, dnum, dden
+      const int64_t i = i0 + r, seen = std::clamp<int64_t>(Vis(i) - j0, 0, j1 - j0);
+      float* sr = u.s + r * Tp;
+      std::fill(sr + seen, sr + Tp, 0.0f);
+      float den = Dot(u.fq + i * Dkp, u.z, Dkp);
+      for (int64_t x = 0; x < seen; ++x) den += sr[x];
+      MatMulRows<1>(sr, Tp, u.vb, Dvp, seen, Dvp, u.num + r * Dvp, Dvp, true);
+      const float* dout = g.dout.row<const float>(b, i, h);
+      float f = 0.0f, dd = 0.0f;
+      Normaliser(cfg.norm, Vis(i), den, dout, u.num + r * Dvp, Dv, f, dd);
+      float* dn = u.dnum + i * Dvp;
+      for (int64_t x = 0; x < Dv; ++x) dn[x] = f * dout[x];
+      std::fill(dn + Dv, dn + Dvp, 0.0f);
+      u.dden[i] = dd;
+    }
+    // dA = dnum C^T + dden z^T + (M * (dnum V^T + dden)) F_blk.
+    std::fill(u.ct, u.ct + Dvp * Dkp, 0.0f);
+    Transpose(u.c, Dvp, Dk, Dvp, u.ct, Dkp);
+    MatMul(u.dnum + i0 * Dvp, Dvp, u.ct, Dkp, u.dfq, Dkp, rows, Dkp, Dv, false);
+    BlockProducts(i0, rows, j0, j1 - j0);
+    MatMul(u.g, Tp, u.fkb, Dkp, u.dfq, Dkp, rows, Dkp, j1 - j0, true);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* dfq = u.dfq + r * Dkp;
+      if (u.dden[i0 + r] != 0.0f) Axpy(u.dden[i0 + r], u.z, dfq, Dkp);
+      FeatureGradRow(a.q.row<const float>(b, i0 + r, h), dfq, Dk, Dkp, cfg.map, u.num);
+      std::copy_n(u.num, Dk, g.dq.row<float>(b, i0 + r, h));
+    }
+  }
+
+  // Reverse sweep of head h: dk, dv, dgate from the running dC, dz of the later rows.
+  void ReverseSweep() const {
+    std::fill(u.dc, u.dc + Dkp * Dvp, 0.0f);
+    std::fill(u.dz, u.dz + Dkp, 0.0f);
+    for (int64_t blk = blocks - 1; blk >= 0; --blk) {
+      const int64_t i0 = blk * T, rows = std::min(T, Sq - i0);
+      const auto [j0, j1] = BlockKeys(blk);
+      if (j1 > j0) {
+        LoadKeys(j0, j1 - j0);
+        KeyGrads(j0, j1 - j0, i0, rows);
+      }
+      // The block's rows join dC += A^T dnum, dz += A^T dden.
+      std::fill(u.fqt, u.fqt + Dkp * Tp, 0.0f);
+      Transpose(u.fq + i0 * Dkp, Dkp, rows, Dk, u.fqt, Tp);
+      MatMul(u.fqt, Tp, u.dnum + i0 * Dvp, Dvp, u.dc, Dvp, Dk, Dvp, rows, true);
+      for (int64_t r = 0; r < rows; ++r)
+        if (u.dden[i0 + r] != 0.0f) Axpy(u.dden[i0 + r], u.fq + (i0 + r) * Dkp, u.dz, Dkp);
+    }
+    // Keys every row sees.
+    for (int64_t j0 = 0, end = std::min(Vis(0), len); j0 < end; j0 += Tp) {
+      const int64_t n = std::min(Tp, end - j0);
+      LoadKeys(j0, n);
+      KeyGrads(j0, n, 0, 0);
+    }
+  }
+
+  void Run() const {
+    PrepareKeys();
+    for (int64_t h = hk * pr.group; h < (hk + 1) * pr.group; ++h) {
+      std::fill(u.c, u.c + Dkp * Dvp, 0.0f);
+      std::fill(u.z, u.z + Dkp, 0.0f);
+      int64_t in_state = 0;
+      for (int64_t blk = 0; blk < blocks; ++blk) ForwardBlock(h, blk, in_state);
+      ReverseSweep();
+    }
   }
 };
 
 void LinearBackward(const BackwardArgs& g, const Problem& pr, const LinearConfig& cfg,
                     Context& ctx) {
-  const AttentionArgs& a = g.forward;
-  const int64_t B = pr.B, Sq = pr.Sq, Hq = pr.Hq, Dk = pr.Dk, Sk = pr.Sk, Hk = pr.Hk, Dv = pr.Dv;
-  const int64_t Dkp = pad_to_state(Dk), Dvp = pad_to_state(Dv), group = Hq / Hk;
+  const int64_t Dkp = pad_to_state(pr.Dk), Dvp = pad_to_state(pr.Dv);
   const int64_t T = std::max(1, cfg.chunk), Tp = pad_to_state(T);
-  const FeatureMap map = cfg.map;
-  ctx.reserve_scratch(static_cast<size_t>(Buffers::floats(Sq, Sk, Dkp, Dvp, Tp)));
-  ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
-    const int64_t b = task / Hk, hk = task % Hk;
-    const int64_t len = pr.key_length(b);
-    auto vis = [&](int64_t i) { return pr.keys(b, i).end; };
-    Buffers u(ctx.scratch(worker), Sq, Sk, Dkp, Dvp, Tp);
-    // Key features and gate weights, shared by the group's query heads.
-    for (int64_t j = 0; j < Sk; ++j) {
-      std::fill_n(g.dk.row<float>(b, j, hk), Dk, 0.0f);
-      std::fill_n(g.dv.row<float>(b, j, hk), Dv, 0.0f);
-      if (cfg.gated) g.dgate.at<float>(b, j, hk) = 0.0f;
-      if (j >= len) continue;
-      FeatureRow(a.k.row<const float>(b, j, hk), Dk, Dkp, map, u.phik + j * Dkp);
-      u.w[j] = cfg.gated ? std::pow(Sigmoid(a.gate.at<const float>(b, j, hk)), 2.0f) : 1.0f;
-    }
-    // Keys [j0, j0 + n) into fkb (weighted features, rows), fkt (transposed), vb, vt.
-    auto load_keys = [&](int64_t j0, int64_t n) {
-      std::fill(u.fkt, u.fkt + Dkp * Tp, 0.0f);
-      std::fill(u.vt, u.vt + Dvp * Tp, 0.0f);
-      for (int64_t x = 0; x < n; ++x) {
-        const float* ph = u.phik + (j0 + x) * Dkp;
-        float* f = u.fkb + x * Dkp;
-        for (int64_t r = 0; r < Dkp; ++r) f[r] = u.w[j0 + x] * ph[r];
-        CopyPadded(a.v.row<const float>(b, j0 + x, hk), Dv, u.vb + x * Dvp, Dvp);
-      }
-      Transpose(u.fkb, Dkp, n, Dk, u.fkt, Tp);
-      Transpose(u.vb, Dvp, n, Dv, u.vt, Tp);
-    };
-    // Masked block products for rows [i0, i0 + rows) against keys [j0, j0 + n):
-    // s = M * (A F^T), g = M * (dnum V^T + dden) (both [rows][Tp]).
-    auto block_products = [&](int64_t i0, int64_t rows, int64_t j0, int64_t n) {
-      MatMul(u.fq + i0 * Dkp, Dkp, u.fkt, Tp, u.s, Tp, rows, Tp, Dk, false);
-      MatMul(u.dnum + i0 * Dvp, Dvp, u.vt, Tp, u.g, Tp, rows, Tp, Dv, false);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t seen = std::clamp<int64_t>(vis(i0 + r) - j0, 0, n);
-        float* sr = u.s + r * Tp;
-        float* gr = u.g + r * Tp;
-        for (int64_t x = 0; x < seen; ++x) gr[x] += u.dden[i0 + r];
-        std::fill(sr + seen, sr + Tp, 0.0f);
-        std::fill(gr + seen, gr + Tp, 0.0f);
-      }
-    };
-    // dF, dv of keys [j0, j0 + n) loaded by load_keys: the later rows' part (dC, dz), plus
-    // the masked block of rows [i0, i0 + rows) (rows may be 0); then dk, dv, dgate.
-    auto key_grads = [&](int64_t j0, int64_t n, int64_t i0, int64_t rows) {
-      std::fill(u.ct, u.ct + Dvp * Dkp, 0.0f);
-      Transpose(u.dc, Dvp, Dk, Dvp, u.ct, Dkp);  // dC^T [Dvp][Dkp]
-      MatMul(u.vb, Dvp, u.ct, Dkp, u.dfk, Dkp, n, Dkp, Dv, false);
-      MatMul(u.fkb, Dkp, u.dc, Dvp, u.dvb, Dvp, n, Dvp, Dk, false);
-      if (rows > 0) {
-        block_products(i0, rows, j0, n);
-        Transpose(u.g, Tp, rows, n, u.gt, Tp);
-        Transpose(u.s, Tp, rows, n, u.st, Tp);
-        MatMul(u.gt, Tp, u.fq + i0 * Dkp, Dkp, u.dfk, Dkp, n, Dkp, rows, true);
-        MatMul(u.st, Tp, u.dnum + i0 * Dvp, Dvp, u.dvb, Dvp, n, Dvp, rows, true);
-      }
-      for (int64_t x = 0; x < n; ++x) {
-        const int64_t j = j0 + x;
-        float* dfk = u.dfk + x * Dkp;
-        for (int64_t r = 0; r < Dk; ++r) dfk[r] += u.dz[r];
-        std::fill(dfk + Dk, dfk + Dkp, 0.0f);
-        if (cfg.gated) {
-          const float sg = Sigmoid(a.gate.at<const float>(b, j, hk));
-          g.dgate.at<float>(b, j, hk) +=
-              Dot(u.phik + j * Dkp, dfk, Dkp) * 2.0f * sg * sg * (1.0f - sg);
-        }
-        for (int64_t r = 0; r < Dk; ++r) dfk[r] *= u.w[j];
-        FeatureGradRow(a.k.row<const float>(b, j, hk), dfk, Dk, Dkp, map, u.num);
-        float* dk = g.dk.row<float>(b, j, hk);
-        float* dv = g.dv.row<float>(b, j, hk);
-        for (int64_t r = 0; r < Dk; ++r) dk[r] += u.num[r];
-        for (int64_t r = 0; r < Dv; ++r) dv[r] += u.dvb[x * Dvp + r];
-      }
-    };
-    const int64_t blocks = hwy::DivCeil(Sq, T);
-    auto block_keys = [&](int64_t blk) {  // [E_{b-1}, E_b)
-      const int64_t i0 = blk * T, i1 = std::min(Sq, i0 + T);
-      const int64_t from = blk == 0 ? vis(0) : vis(i0 - 1);
-      return std::pair{from, std::max(from, vis(i1 - 1))};
-    };
-    for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-      // Forward pass: dq, and dnum, dden per row.
-      std::fill(u.c, u.c + Dkp * Dvp, 0.0f);
-      std::fill(u.z, u.z + Dkp, 0.0f);
-      int64_t in_state = 0;
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t i0 = blk * T, rows = std::min(T, Sq - i0);
-        const auto [j0, j1] = block_keys(blk);
-        while (in_state < j0) {  // C += F^T V, z += sum F over keys [in_state, j0)
-          const int64_t n = std::min(Tp, j0 - in_state);
-          load_keys(in_state, n);
-          MatMul(u.fkt, Tp, u.vb, Dvp, u.c, Dvp, Dk, Dvp, n, true);
-          for (int64_t x = 0; x < n; ++x) Axpy(1.0f, u.fkb + x * Dkp, u.z, Dkp);
-          in_state += n;
-        }
-        for (int64_t r = 0; r < rows; ++r)
-          FeatureRow(a.q.row<const float>(b, i0 + r, h), Dk, Dkp, map, u.fq + (i0 + r) * Dkp);
-        MatMul(u.fq + i0 * Dkp, Dkp, u.c, Dvp, u.num, Dvp, rows, Dvp, Dk, false);
-        load_keys(j0, j1 - j0);
-        MatMul(u.fq + i0 * Dkp, Dkp, u.fkt, Tp, u.s, Tp, rows, Tp, Dk, false);
-        for (int64_t r = 0; r < rows; ++r) {  // mask the block, then num, den, dnum, dden
-          const int64_t i = i0 + r, seen = std::clamp<int64_t>(vis(i) - j0, 0, j1 - j0);
-          float* sr = u.s + r * Tp;
-          std::fill(sr + seen, sr + Tp, 0.0f);
-          float den = Dot(u.fq + i * Dkp, u.z, Dkp);
-          for (int64_t x = 0; x < seen; ++x) den += sr[x];
-          MatMulRows<1>(sr, Tp, u.vb, Dvp, seen, Dvp, u.num + r * Dvp, Dvp, true);
-          const float* dout = g.dout.row<const float>(b, i, h);
-          float f = 0.0f, dd = 0.0f;
-          const int64_t n = vis(i);
-          switch (cfg.norm) {
-            case LinearNorm::kNone:
-              f = n > 0 ? 1.0f : 0.0f;
-              break;
-            case LinearNorm::kLength:
-              f = n > 0 ? 1.0f / static_cast<float>(n) : 0.0f;
-              break;
-            case LinearNorm::kFixed1000:
-              f = n > 0 ? 1000.0f / static_cast<float>(n) : 0.0f;
-              break;
-            case LinearNorm::kKernel:
-              f = den > 0.0f ? 1.0f / den : 0.0f;
-              dd = den > 0.0f ? -Dot(dout, u.num + r * Dvp, Dv) / (den * den) : 0.0f;
-              break;
-          }
-          float* dn = u.dnum + i * Dvp;
-          for (int64_t x = 0; x < Dv; ++x) dn[x] = f * dout[x];
-          std::fill(dn + Dv, dn + Dvp, 0.0f);
-          u.dden[i] = dd;
-        }
-        // dA = dnum C^T + dden z^T + (M * (dnum V^T + dden)) F_blk.
-        std::fill(u.ct, u.ct + Dvp * Dkp, 0.0f);
-        Transpose(u.c, Dvp, Dk, Dvp, u.ct, Dkp);
-        MatMul(u.dnum + i0 * Dvp, Dvp, u.ct, Dkp, u.dfq, Dkp, rows, Dkp, Dv, false);
-        block_products(i0, rows, j0, j1 - j0);
-        MatMul(u.g, Tp, u.fkb, Dkp, u.dfq, Dkp, rows, Dkp, j1 - j0, true);
-        for (int64_t r = 0; r < rows; ++r) {
-          float* dfq = u.dfq + r * Dkp;
-          if (u.dden[i0 + r] != 0.0f) Axpy(u.dden[i0 + r], u.z, dfq, Dkp);
-          const int64_t i = i0 + r;
-          FeatureGradRow(a.q.row<const float>(b, i, h), dfq, Dk, Dkp, map, u.num);
-          std::copy_n(u.num, Dk, g.dq.row<float>(b, i, h));
-        }
-      }
-      // Reverse pass: dk, dv, dgate.
-      std::fill(u.dc, u.dc + Dkp * Dvp, 0.0f);
-      std::fill(u.dz, u.dz + Dkp, 0.0f);
-      for (int64_t blk = blocks - 1; blk >= 0; --blk) {
-        const int64_t i0 = blk * T, rows = std::min(T, Sq - i0);
-        const auto [j0, j1] = block_keys(blk);
-        if (j1 > j0) {
-          load_keys(j0, j1 - j0);
-          key_grads(j0, j1 - j0, i0, rows);
-        }
-        // The block's rows join dC += A^T dnum, dz += A^T dden.
-        std::fill(u.fqt, u.fqt + Dkp * Tp, 0.0f);
-        Transpose(u.fq + i0 * Dkp, Dkp, rows, Dk, u.fqt, Tp);
-        MatMul(u.fqt, Tp, u.dnum + i0 * Dvp, Dvp, u.dc, Dvp, Dk, Dvp, rows, true);
-        for (int64_t r = 0; r < rows; ++r)
-          if (u.dden[i0 + r] != 0.0f) Axpy(u.dden[i0 + r], u.fq + (i0 + r) * Dkp, u.dz, Dkp);
-      }
-      // Keys every row sees.
-      for (int64_t j0 = 0, end = std::min(vis(0), len); j0 < end; j0 += Tp) {
-        const int64_t n = std::min(Tp, end - j0);
-        load_keys(j0, n);
-        key_grads(j0, n, 0, 0);
-      }
-    }
+  ctx.reserve_scratch(Carve::floats<Buffers>(pr.Sq, pr.Sk, Dkp, Dvp, Tp));
+  ctx.parallel_for(pr.B * pr.Hk, [&](int64_t task, int worker) {
+    const int64_t b = task / pr.Hk, hk = task % pr.Hk;
+    Carve carve(ctx.scratch(worker));
+    const Buffers u(carve, pr.Sq, pr.Sk, Dkp, Dvp, Tp);
+    const LinearBackwardTask t{g,
+                               g.forward,
+                               pr,
+                               cfg,
+                               u,
+                               b,
+                               hk,
+                               pr.Sq,
+                               pr.Dk,
+                               pr.Dv,
+                               Dkp,
+                               Dvp,
+                               T,
+                               Tp,
+                               pr.key_length(b),
+                               hwy::DivCeil(pr.Sq, T)};
+    t.Run();
   });
 }
 
