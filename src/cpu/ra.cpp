@@ -50,28 +50,41 @@ HWY_INLINE bool SoftmaxRange(float* HWY_RESTRICT x, int64_t cols, const KeyRange
   return true;
 }
 
+// One kv head's packed keys (Carve layout, one per (batch, kv head) in the shared block):
+// keys transposed [Dk][Skp], values [Skp][Dvp], s |k|^2 / 2 [Skp].
+struct PackedHead {
+  float *kt, *vp, *half_norm;
+  PackedHead(Carve& c, int64_t Dk, int64_t Skp, int64_t Dvp)
+      : kt(c.take(Dk * Skp)), vp(c.take(Skp * Dvp)), half_norm(c.take(Skp)) {}
+};
+
+// Packs every (batch, kv head) into shared (heads of per_head floats, zero padded).
+void PackHeads(const AttentionArgs& a, const Problem& p, int64_t Skp, int64_t Dvp, float* shared,
+               int64_t per_head, Context& ctx) {
+  const float scale = static_cast<float>(p.scale);
+  ctx.parallel_for(p.B * p.Hk, [&](int64_t bh, int) {
+    const int64_t b = bh / p.Hk, hk = bh % p.Hk;
+    std::fill(shared + bh * per_head, shared + (bh + 1) * per_head, 0.0f);
+    Carve carve(shared + bh * per_head);
+    const PackedHead ph(carve, p.Dk, Skp, Dvp);
+    for (int64_t j = 0; j < p.Sk; ++j) {
+      const float* k = a.k.row<const float>(b, j, hk);
+      for (int64_t x = 0; x < p.Dk; ++x) ph.kt[x * Skp + j] = k[x];
+      ph.half_norm[j] = 0.5f * scale * Dot(k, k, p.Dk);
+      std::copy_n(a.v.row<const float>(b, j, hk), p.Dv, ph.vp + j * Dvp);
+    }
+  });
+}
+
 void RaForward(const AttentionArgs& a, const Problem& p, const RaConfig& cfg, Context& ctx) {
   const int64_t B = p.B, Sq = p.Sq, Hq = p.Hq, Dk = p.Dk, Sk = p.Sk, Hk = p.Hk, Dv = p.Dv;
   const float scale = static_cast<float>(p.scale);
   const int64_t Skp = pad_to_state(std::max<int64_t>(Sk, 1)), Dkp = pad_to_state(Dk),
                 Dvp = pad_to_state(Dv);
   const float sqrt_s = std::sqrt(scale);
-  // Shared: per (b, hk) keys transposed [Dk][Skp], values [Skp][Dvp], s |k|^2 / 2 [Skp].
-  const int64_t per_head = Dk * Skp + Skp * Dvp + Skp;
+  const int64_t per_head = static_cast<int64_t>(Carve::floats<PackedHead>(Dk, Skp, Dvp));
   float* shared = ctx.shared_scratch(static_cast<size_t>(B * Hk * per_head));
-  ctx.parallel_for(B * Hk, [&](int64_t bh, int) {
-    const int64_t b = bh / Hk, hk = bh % Hk;
-    float* kt = shared + bh * per_head;
-    float* vp = kt + Dk * Skp;
-    float* half_norm = vp + Skp * Dvp;
-    std::fill(kt, kt + per_head, 0.0f);
-    for (int64_t j = 0; j < Sk; ++j) {
-      const float* k = a.k.row<const float>(b, j, hk);
-      for (int64_t x = 0; x < Dk; ++x) kt[x * Skp + j] = k[x];
-      half_norm[j] = 0.5f * scale * Dot(k, k, Dk);
-      std::copy_n(a.v.row<const float>(b, j, hk), Dv, vp + j * Dvp);
-    }
-  });
+  PackHeads(a, p, Skp, Dvp, shared, per_head, ctx);
   const int64_t blocks = hwy::DivCeil(Sq, kRows);
   const bool biased = p.biased();  // ALiBi, attn_mask: a bias row per query row
   // Per worker (Carve layout), for kRows query rows.
@@ -94,9 +107,9 @@ void RaForward(const AttentionArgs& a, const Problem& p, const RaConfig& cfg, Co
     const int64_t blk = task % blocks, bh = task / blocks, b = bh / Hq, h = bh % Hq,
                   hk = p.kv_head(h);
     const int64_t i0 = blk * kRows, rows = std::min(kRows, Sq - i0);
-    const float* kt = shared + (b * Hk + hk) * per_head;
-    const float* vp = kt + Dk * Skp;
-    const float* half_norm = vp + Skp * Dvp;
+    Carve head(shared + (b * Hk + hk) * per_head);
+    const PackedHead ph(head, Dk, Skp, Dvp);
+    const float *kt = ph.kt, *vp = ph.vp, *half_norm = ph.half_norm;
     Carve carve(ctx.scratch(worker));
     const Scratch sc(carve, Dkp, Skp, Dvp, biased);
     float *w = sc.w, *pi = sc.pi, *f = sc.f, *acc = sc.acc, *bias = sc.bias;
