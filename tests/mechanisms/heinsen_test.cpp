@@ -26,8 +26,11 @@ TEST(Heinsen, NoOverflowAtMagnitudeOneThousand) {
     make_mechanism("heinsen", {.causal = causal})->forward(p.args32(), ctx);
     ref::heinsen_ref(r.args64(), {.causal = causal});
     for (float x : p.out.f32) ASSERT_TRUE(std::isfinite(x));
-    // Logits of size ~2e3 carry float32 rounding of ~2e3 * 6e-8 = 1.2e-4 in the exponent.
-    EXPECT_LE(compare(p.out, true, r.out).max_abs, 2e-3) << (causal ? "causal" : "");
+    // Logits of size ~2e3 carry float32 rounding of ~2e3 eps in the exponent: the rule's c
+    // scales with the logit magnitude.
+    const Report rep = compare(p.out, true, r.out);
+    EXPECT_LE(rep.max_abs, allowed(Budget{.c = 8 * 2048}, 0.0, rep.ref_max))
+        << (causal ? "causal " : "") << rep.str();
   }
 }
 

@@ -1,8 +1,8 @@
 // luna: the fast paths (two softmax-kernel calls; the causal running-average kernel)
 // against the float64 reference, and streaming against causal.
 #include "src/reference/reference.hpp"
-#include "tests/testing/sweep.hpp"
 #include "tests/testing/gradients.hpp"
+#include "tests/testing/sweep.hpp"
 
 namespace attnkit::testing {
 namespace {
@@ -46,7 +46,8 @@ TEST(Luna, BackwardWithoutMemoryGradientAndValidation) {
     m->backward(a, ctx);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()), "dmemory: shape [1, 3, 2, 8] must equal memory shape [1, 4, 2, 8]");
+    EXPECT_EQ(std::string(e.what()),
+              "dmemory: shape [1, 3, 2, 8] must equal memory shape [1, 4, 2, 8]");
   }
 }
 

@@ -34,8 +34,10 @@ TEST(Memory, ExplicitConvWeights) {
   a64.filter = w64.cview();
   make_mechanism("memory", {.causal = true}, "chunk=8,width=3")->forward(a, ctx);
   ref::memory_ref(a64, {.causal = true}, {.chunk = 8, .width = 3});
-  EXPECT_LE(compare(p.out, true, r.out).max_abs, 1e-5);
-  EXPECT_LE(compare(p.memory_out, true, r.memory_out).max_abs, 1e-5);
+  for (auto [got, want] : {std::pair{&p.out, &r.out}, {&p.memory_out, &r.memory_out}}) {
+    const Report rep = compare(*got, true, *want);
+    EXPECT_LE(rep.max_abs, allowed(Budget{.c = 64}, 0.0, rep.ref_max)) << rep.str();
+  }
 }
 
 TEST(Memory, BackwardKernelMatchesReference) {

@@ -73,7 +73,8 @@ TEST(Registry, Float32ForwardMatchesReference) {
       EXPECT_LE(rep.max_abs, allowed(Budget{}, 0.0, rep.ref_max))
           << name << (causal ? " causal " : " ") << rep.str();
       if (mem) {
-        EXPECT_LE(compare(p.memory_out, true, r.memory_out).max_abs, 1e-5) << name;
+        const Report mrep = compare(p.memory_out, true, r.memory_out);
+        EXPECT_LE(mrep.max_abs, allowed(Budget{}, 0.0, mrep.ref_max)) << name << " memory_out";
       }
     }
   }
@@ -92,7 +93,8 @@ TEST(Registry, ExtremeHeadDimsAndSingleTokens) {
       m->forward(p.args32(), ctx);
       c.second(r.args64(), {});
       const Report rep = compare(p.out, true, r.out);
-      EXPECT_LE(rep.max_abs, 1e-4 * std::max(rep.ref_max, 1.0))
+      // Head dims to 1024: a float32 dot product rounds up to Dk times.
+      EXPECT_LE(rep.max_abs, allowed(Budget{.c = static_cast<double>(d.Dk)}, 0.0, rep.ref_max))
           << name << " " << to_string(d) << " " << rep.str();
     }
   }

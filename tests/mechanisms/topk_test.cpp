@@ -1,7 +1,7 @@
 // topk: the fast kernel against the float64 reference; top-k feed-forward.
 #include "src/reference/reference.hpp"
-#include "tests/testing/sweep.hpp"
 #include "tests/testing/gradients.hpp"
+#include "tests/testing/sweep.hpp"
 
 namespace attnkit::testing {
 namespace {
