@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "src/cpu/arena.hpp"
 #include "src/cpu/kernels.hpp"
 #include "src/cpu/ops/features-inl.h"
 #include "src/cpu/ops/matmul-inl.h"
@@ -59,25 +60,33 @@ struct Plan : Problem {
   LinearConfig cfg;
 };
 
+// Per-worker scratch of a task (Carve layout): the states of its group of heads, then one
+// chunk's operands. c [Dkp][Dvp] and z [Dkp] point at the state of the head being processed.
 struct Scratch {
-  float *c, *z, *fq, *fkt, *vb, *s, *acc, *den, *w, *row, *wide;
-  // c [Dkp][Dvp] and z [Dkp] point at the state of the head being processed.
-  Scratch(float* p, const Plan& n) {
-    c = z = nullptr;
-    fq = p;                   // [T][Dkp]
-    fkt = fq + n.T * n.Dkp;   // [Dkp][Tp]
-    vb = fkt + n.Dkp * n.Tp;  // [Tp][Dvp]
-    s = vb + n.Tp * n.Dvp;    // [T][Tp]
-    acc = s + n.T * n.Tp;     // [T][Dvp]
-    den = acc + n.T * n.Dvp;  // [T]
-    w = den + n.Tp;           // [Tp]
-    row = w + n.Tp;           // [Dkp]
-    wide = row + n.Dkp;       // [max(Dkp, Dvp)]: bfloat16 rows widened
-  }
-  static int64_t floats(const Plan& n) {
-    return n.T * n.Dkp + n.Dkp * n.Tp + n.Tp * n.Dvp + n.T * n.Tp + n.T * n.Dvp + 2 * n.Tp +
-           2 * n.Dkp + n.Dvp + 64;
-  }
+  float* states;  // [per_group][Dkp * Dvp + Dkp]
+  float *c, *z;
+  float* fq;    // [T][Dkp]
+  float* fkt;   // [Dkp][Tp]
+  float* vb;    // [Tp][Dvp]
+  float* s;     // [T][Tp]
+  float* acc;   // [T][Dvp]
+  float* den;   // [Tp]
+  float* w;     // [Tp]
+  float* row;   // [Dkp]
+  float* wide;  // [max(Dkp, Dvp)]: bfloat16 rows widened
+  Scratch(Carve& k, const Plan& n, int64_t per_group)
+      : states(k.take(per_group * (n.Dkp * n.Dvp + n.Dkp))),
+        c(nullptr),
+        z(nullptr),
+        fq(k.take(n.T * n.Dkp)),
+        fkt(k.take(n.Dkp * n.Tp)),
+        vb(k.take(n.Tp * n.Dvp)),
+        s(k.take(n.T * n.Tp)),
+        acc(k.take(n.T * n.Dvp)),
+        den(k.take(n.Tp)),
+        w(k.take(n.Tp)),
+        row(k.take(n.Dkp)),
+        wide(k.take(std::max(n.Dkp, n.Dvp))) {}
 };
 
 // Keys [j0, j1) (at most Tp) into sc.fkt (features, transposed), sc.vb (values) and sc.w
@@ -177,13 +186,14 @@ void LinearForward(const AttentionArgs& a, const Problem& p, const LinearConfig&
   const int64_t per_group = hwy::DivCeil(n.Hq, std::min<int64_t>(n.Hq, ctx.num_threads()));
   const int64_t groups = hwy::DivCeil(n.Hq, per_group);
   const int64_t state = n.Dkp * n.Dvp + n.Dkp;
-  ctx.reserve_scratch(static_cast<size_t>(Scratch::floats(n) + per_group * state));
+  ctx.reserve_scratch(Carve::floats<Scratch>(n, per_group));
   ctx.parallel_for(n.B * groups, [&](int64_t task, int worker) {
     const int64_t b = task / groups, h0 = (task % groups) * per_group;
     const int64_t h1 = std::min(n.Hq, h0 + per_group);
-    float* states = ctx.scratch(worker);
+    Carve carve(ctx.scratch(worker));
+    Scratch sc(carve, n, per_group);
+    float* states = sc.states;
     std::fill(states, states + (h1 - h0) * state, 0.0f);
-    Scratch sc(states + per_group * state, n);
     for (int64_t i0 = 0, kdone = 0; i0 < n.Sq; i0 += n.T) {
       int64_t next = kdone;
       for (int64_t h = h0; h < h1; ++h) {

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <limits>
 
+#include "src/cpu/arena.hpp"
 #include "src/cpu/kernels.hpp"
 #include "src/cpu/ops/log_features-inl.h"
 #include "src/cpu/ops/matmul-inl.h"
@@ -65,26 +66,34 @@ struct Dims : Problem {
       : Problem(p), Dvp(pad_to_state(Dv)), Fp(pad_to_state(f.omega ? f.features : Dk)) {}
 };
 
-// Scratch: slot (fp * dvp + 2 fp) + lk/lq (fp) + padded v (dvp) + tmp (2 fp + dvp) + a
-// widened bfloat16 row (head dims <= 1024).
-int64_t ScratchFloats(int64_t fp, int64_t dvp) {
-  return fp * dvp + 2 * fp + fp + dvp + 2 * fp + dvp + 1024 + 64;
-}
+// Per-worker scratch (Carve layout): a slot c [fp][dvp], z, m [fp] (prefill only: streams
+// keep theirs in the LinearState), log-features [fp], a padded value row [dvp], tmp
+// (AddKey's 2 fp, QueryRow's dvp) and a widened bfloat16 row (head dims <= 1024).
+struct Scratch {
+  float *c, *z, *m, *lf, *vbuf, *tmp, *wide;
+  Scratch(Carve& k, int64_t fp, int64_t dvp, bool slot)
+      : c(k.take(slot ? fp * dvp : 0)),
+        z(k.take(slot ? fp : 0)),
+        m(k.take(slot ? fp : 0)),
+        lf(k.take(fp)),
+        vbuf(k.take(dvp)),
+        tmp(k.take(2 * fp + dvp)),
+        wide(k.take(1024)) {}
+};
 
 void LogLinearForward(const AttentionArgs& a, const Problem& p, const LogFeatures& f,
                       Context& ctx) {
   const Dims n(p, f);
-  ctx.reserve_scratch(static_cast<size_t>(ScratchFloats(n.Fp, n.Dvp)));
+  ctx.reserve_scratch(Carve::floats<Scratch>(n.Fp, n.Dvp, true));
   ctx.parallel_for(n.B * n.Hq, [&](int64_t task, int worker) {
     const int64_t b = task / n.Hq, h = task % n.Hq, hk = h / (n.Hq / n.Hk);
     const float* omega = f.omega ? f.omega + hk * f.features * n.Dk : nullptr;
-    float* s = ctx.scratch(worker);
-    const Slot st{s, s + n.Fp * n.Dvp, s + n.Fp * n.Dvp + n.Fp};
-    float* lf = st.m + n.Fp;
-    float* vbuf = lf + n.Fp;
-    float* tmp = vbuf + n.Dvp;
-    float* wide = tmp + 2 * n.Fp + n.Dvp;
-    std::fill(st.c, st.c + n.Fp * n.Dvp + n.Fp, 0.0f);
+    Carve carve(ctx.scratch(worker));
+    const Scratch sc(carve, n.Fp, n.Dvp, true);
+    const Slot st{sc.c, sc.z, sc.m};
+    float *lf = sc.lf, *vbuf = sc.vbuf, *tmp = sc.tmp, *wide = sc.wide;
+    std::fill(st.c, st.c + n.Fp * n.Dvp, 0.0f);
+    std::fill(st.z, st.z + n.Fp, 0.0f);
     std::fill(st.m, st.m + n.Fp, kNegInf);
     std::fill(vbuf, vbuf + n.Dvp, 0.0f);
     int64_t added = 0;
@@ -109,16 +118,16 @@ void LogLinearForward(const AttentionArgs& a, const Problem& p, const LogFeature
 void LogLinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
                      const LogFeatures& f, Context& ctx) {
   const int64_t T = k.shape[1], dk = k.shape[3];
-  ctx.reserve_scratch(static_cast<size_t>(ScratchFloats(s.features, s.dvp)));
+  ctx.reserve_scratch(Carve::floats<Scratch>(s.features, s.dvp, false));
   ctx.parallel_for(
       s.batch * s.kv_heads,
       [&](int64_t slot, int worker) {
         const int64_t b = slot / s.kv_heads, hk = slot % s.kv_heads;
         const float* omega = f.omega ? f.omega + hk * f.features * dk : nullptr;
         const Slot st{s.c_slot(slot), s.z_slot(slot), s.m_slot(slot)};
-        float* lf = ctx.scratch(worker);
-        float* vbuf = lf + s.features;
-        float* tmp = vbuf + s.dvp;
+        Carve carve(ctx.scratch(worker));
+        const Scratch sc(carve, s.features, s.dvp, false);
+        float *lf = sc.lf, *vbuf = sc.vbuf, *tmp = sc.tmp;
         std::fill(vbuf, vbuf + s.dvp, 0.0f);
         for (int64_t t = 0; t < T; ++t) {
           ComputeLogFeatures(k.row<const float>(b, t, hk), dk, f, omega, s.features, true, lf);
@@ -132,7 +141,7 @@ void LogLinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensor
 void LogLinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out,
                     const LogFeatures& f, Context& ctx) {
   const int64_t T = q.shape[1], hq = q.shape[2], dk = q.shape[3];
-  ctx.reserve_scratch(static_cast<size_t>(ScratchFloats(s.features, s.dvp)));
+  ctx.reserve_scratch(Carve::floats<Scratch>(s.features, s.dvp, false));
   ctx.parallel_for(
       s.batch * hq,
       [&](int64_t task, int worker) {
@@ -140,8 +149,9 @@ void LogLinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& 
                       slot = b * s.kv_heads + hk;
         const float* omega = f.omega ? f.omega + hk * f.features * dk : nullptr;
         const Slot st{s.c_slot(slot), s.z_slot(slot), s.m_slot(slot)};
-        float* lf = ctx.scratch(worker);
-        float* tmp = lf + s.features;
+        Carve carve(ctx.scratch(worker));
+        const Scratch sc(carve, s.features, s.dvp, false);
+        float *lf = sc.lf, *tmp = sc.tmp;
         for (int64_t t = 0; t < T; ++t) {
           ComputeLogFeatures(q.row<const float>(b, t, h), dk, f, omega, s.features, false, lf);
           QueryRow(st, lf, s.features, s.dv, s.dvp, tmp, out.row<float>(b, t, h));
