@@ -110,115 +110,143 @@ void LunaCausalForward(const AttentionArgs& a, const Problem& pr, Context& ctx) 
 // dY_il / t = (pi_l / t) dout_i + (s dz_l / t) q_i. Reverse sweep over keys: R_l = sum of
 // dY_il / t over the rows that see key j, then dv_j += a_jl R_l, da_jl = R_l . v_j, and the
 // softplus chain to dk_j and dp_l. dmemory may be absent (not written then).
+// Per worker of the causal backward (Carve layout): acc and R [L][dvp]; v, dout, q rows
+// [dvp]; w [L]; per row coefficients [Sq][2L].
+struct BackwardScratch {
+  float *acc, *r_sum, *vb, *db, *qb, *w, *coef;
+  BackwardScratch(Carve& c, int64_t L, int64_t dvp, int64_t Sq)
+      : acc(c.take(L * dvp)),
+        r_sum(c.take(L * dvp)),
+        vb(c.take(dvp)),
+        db(c.take(dvp)),
+        qb(c.take(dvp)),
+        w(c.take(L)),
+        coef(c.take(2 * Sq * L)) {}
+};
+
+// One (batch b, kv head hk) task of the causal backward: per query head, a forward sweep
+// (dq, and each row's coefficients) and a reverse sweep over keys (dk, dv, dmemory).
+struct LunaBackwardTask {
+  const BackwardArgs& g;
+  const AttentionArgs& a;
+  const Problem& pr;
+  const BackwardScratch& w;
+  const int64_t b, hk, L, dvp, len;
+  const float s;
+
+  const float* mem(int64_t h, int64_t l) const { return a.memory.row<const float>(b, l, h); }
+
+  // Row i of head h, which sees t keys (already in acc): dq and its coefficients.
+  void ForwardRow(int64_t h, int64_t i, int64_t t) const {
+    const int64_t dk = pr.Dk, dv = pr.Dv;
+    float* dq = g.dq.row<float>(b, i, h);
+    std::fill_n(dq, dk, 0.0f);
+    float* ci = w.coef + i * 2 * L;
+    if (t == 0) {
+      std::fill(ci, ci + 2 * L, 0.0f);
+      return;
+    }
+    const float inv_t = 1.0f / static_cast<float>(t);
+    const float* q = a.q.row<const float>(b, i, h);
+    CopyPadded(g.dout.row<const float>(b, i, h), dv, w.db, dvp);
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t l = 0; l < L; ++l)
+      m = std::max(m, w.w[l] = s * inv_t * Dot(q, w.acc + l * dvp, dk));
+    float sum = 0.0f;
+    for (int64_t l = 0; l < L; ++l) sum += (w.w[l] = std::exp(w.w[l] - m));
+    float dout_o = 0.0f;  // dout . out = sum_l pi_l dout . Y_l
+    for (int64_t l = 0; l < L; ++l) {
+      w.w[l] /= sum;
+      ci[l] = inv_t * Dot(w.db, w.acc + l * dvp, dvp);  // dout . Y_l, for now
+      dout_o += w.w[l] * ci[l];
+    }
+    for (int64_t l = 0; l < L; ++l) {
+      const float dz = w.w[l] * (ci[l] - dout_o);
+      const float* al = w.acc + l * dvp;
+      const float c = s * dz * inv_t;  // dq += s dz Y_l
+      for (int64_t x = 0; x < dk; ++x) dq[x] += c * al[x];
+      ci[l] = w.w[l] * inv_t;      // coefficient of dout_i in dY_il / t
+      ci[L + l] = s * dz * inv_t;  // coefficient of q_i
+    }
+  }
+
+  void ForwardSweep(int64_t h) const {
+    std::fill(w.acc, w.acc + L * dvp, 0.0f);
+    int64_t added = 0;
+    for (int64_t i = 0; i < pr.Sq; ++i) {
+      const int64_t t = pr.keys(b, i).end;
+      for (; added < t; ++added) {
+        std::copy_n(a.v.row<const float>(b, added, hk), pr.Dv, w.vb);
+        AddKey(w.acc, a.k.row<const float>(b, added, hk), w.vb, L, pr.Dk, dvp, s,
+               [&](int64_t l) { return mem(h, l); });
+      }
+      ForwardRow(h, i, t);
+    }
+  }
+
+  // Reverse sweep over the valid keys: rows join R while they see the key.
+  void ReverseSweep(int64_t h) const {
+    const int64_t dk = pr.Dk, dv = pr.Dv;
+    const bool with_dmem = g.dmemory.present();
+    std::fill(w.r_sum, w.r_sum + L * dvp, 0.0f);
+    int64_t row = pr.Sq - 1;
+    for (int64_t j = len - 1; j >= 0; --j) {
+      for (; row >= 0 && pr.keys(b, row).end > j; --row) {
+        const float* ci = w.coef + row * 2 * L;
+        CopyPadded(g.dout.row<const float>(b, row, h), dv, w.db, dvp);
+        CopyPadded(a.q.row<const float>(b, row, h), dk, w.qb, dvp);
+        for (int64_t l = 0; l < L; ++l) {
+          Axpy(ci[l], w.db, w.r_sum + l * dvp, dvp);
+          Axpy(ci[L + l], w.qb, w.r_sum + l * dvp, dvp);
+        }
+      }
+      const float* k = a.k.row<const float>(b, j, hk);
+      CopyPadded(a.v.row<const float>(b, j, hk), dv, w.vb, dvp);
+      float* dkj = g.dk.row<float>(b, j, hk);
+      float* dvj = g.dv.row<float>(b, j, hk);
+      for (int64_t l = 0; l < L; ++l) {
+        const float* rl = w.r_sum + l * dvp;
+        const float u = s * Dot(k, mem(h, l), dk);
+        const float aj = SoftplusLn2(u);
+        for (int64_t x = 0; x < dv; ++x) dvj[x] += aj * rl[x];
+        const float gu = s * Dot(rl, w.vb, dvp) / (1.0f + std::exp2(-u));  // * sigmoid(u ln 2)
+        const float* p = mem(h, l);
+        for (int64_t x = 0; x < dk; ++x) dkj[x] += gu * p[x];
+        if (with_dmem) {
+          float* dp = g.dmemory.row<float>(b, l, h);
+          for (int64_t x = 0; x < dk; ++x) dp[x] += gu * k[x];
+        }
+      }
+    }
+  }
+
+  void Run() const {
+    for (float* row : {w.vb, w.db, w.qb}) std::fill(row, row + dvp, 0.0f);
+    for (int64_t j = 0; j < pr.Sk; ++j) {
+      std::fill_n(g.dk.row<float>(b, j, hk), pr.Dk, 0.0f);
+      std::fill_n(g.dv.row<float>(b, j, hk), pr.Dv, 0.0f);
+    }
+    for (int64_t h = hk * pr.group; h < (hk + 1) * pr.group; ++h) {
+      if (g.dmemory.present()) {
+        for (int64_t l = 0; l < L; ++l) std::fill_n(g.dmemory.row<float>(b, l, h), pr.Dk, 0.0f);
+      }
+      ForwardSweep(h);
+      ReverseSweep(h);
+    }
+  }
+};
+
+// Gradients of the causal running-average form; dmemory may be absent (not written then).
 void LunaCausalBackward(const BackwardArgs& g, const Problem& pr, Context& ctx) {
-  const AttentionArgs& a = g.forward;
-  const int64_t B = pr.B, Sq = pr.Sq, Hq = pr.Hq, dk = pr.Dk, Sk = pr.Sk, Hk = pr.Hk, dv = pr.Dv;
-  const int64_t dvp = pad_to_state(dv);
-  const float s = static_cast<float>(pr.scale);
-  const int64_t L = a.memory.shape[1], group = Hq / Hk;
-  const bool with_dmem = g.dmemory.present();
-  // Per worker (Carve layout): acc and R [L][dvp]; v, dout, q rows [dvp]; w [L]; per row
-  // coefficients [Sq][2L].
-  struct Scratch {
-    float *acc, *r_sum, *vb, *db, *qb, *w, *coef;
-    Scratch(Carve& c, int64_t L, int64_t dvp, int64_t Sq)
-        : acc(c.take(L * dvp)),
-          r_sum(c.take(L * dvp)),
-          vb(c.take(dvp)),
-          db(c.take(dvp)),
-          qb(c.take(dvp)),
-          w(c.take(L)),
-          coef(c.take(2 * Sq * L)) {}
-  };
-  ctx.reserve_scratch(Carve::floats<Scratch>(L, dvp, Sq));
-  ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
-    const int64_t b = task / Hk, hk = task % Hk;
-    const int64_t len = pr.key_length(b);
+  const int64_t dvp = pad_to_state(pr.Dv), L = g.forward.memory.shape[1];
+  ctx.reserve_scratch(Carve::floats<BackwardScratch>(L, dvp, pr.Sq));
+  ctx.parallel_for(pr.B * pr.Hk, [&](int64_t task, int worker) {
+    const int64_t b = task / pr.Hk, hk = task % pr.Hk;
     Carve carve(ctx.scratch(worker));
-    const Scratch sc(carve, L, dvp, Sq);
-    float *acc = sc.acc, *r_sum = sc.r_sum, *vb = sc.vb, *db = sc.db, *qb = sc.qb, *w = sc.w,
-          *coef = sc.coef;
-    for (float* row : {vb, db, qb}) std::fill(row, row + dvp, 0.0f);
-    for (int64_t j = 0; j < Sk; ++j) {
-      std::fill_n(g.dk.row<float>(b, j, hk), dk, 0.0f);
-      std::fill_n(g.dv.row<float>(b, j, hk), dv, 0.0f);
-    }
-    for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-      auto mem = [&](int64_t l) { return a.memory.row<const float>(b, l, h); };
-      if (with_dmem) {
-        for (int64_t l = 0; l < L; ++l) std::fill_n(g.dmemory.row<float>(b, l, h), dk, 0.0f);
-      }
-      // Forward sweep.
-      std::fill(acc, acc + L * dvp, 0.0f);
-      int64_t added = 0;
-      for (int64_t i = 0; i < Sq; ++i) {
-        const int64_t t = pr.keys(b, i).end;
-        for (; added < t; ++added) {
-          std::copy_n(a.v.row<const float>(b, added, hk), dv, vb);
-          AddKey(acc, a.k.row<const float>(b, added, hk), vb, L, dk, dvp, s, mem);
-        }
-        float* dq = g.dq.row<float>(b, i, h);
-        std::fill_n(dq, dk, 0.0f);
-        float* ci = coef + i * 2 * L;
-        if (t == 0) {
-          std::fill(ci, ci + 2 * L, 0.0f);
-          continue;
-        }
-        const float inv_t = 1.0f / static_cast<float>(t);
-        const float* q = a.q.row<const float>(b, i, h);
-        CopyPadded(g.dout.row<const float>(b, i, h), dv, db, dvp);
-        float m = -std::numeric_limits<float>::infinity();
-        for (int64_t l = 0; l < L; ++l)
-          m = std::max(m, w[l] = s * inv_t * Dot(q, acc + l * dvp, dk));
-        float sum = 0.0f;
-        for (int64_t l = 0; l < L; ++l) sum += (w[l] = std::exp(w[l] - m));
-        float dout_o = 0.0f;  // dout . out = sum_l pi_l dout . Y_l
-        for (int64_t l = 0; l < L; ++l) {
-          w[l] /= sum;
-          ci[l] = inv_t * Dot(db, acc + l * dvp, dvp);  // dout . Y_l, for now
-          dout_o += w[l] * ci[l];
-        }
-        for (int64_t l = 0; l < L; ++l) {
-          const float dz = w[l] * (ci[l] - dout_o);
-          const float* al = acc + l * dvp;
-          const float c = s * dz * inv_t;  // dq += s dz Y_l
-          for (int64_t x = 0; x < dk; ++x) dq[x] += c * al[x];
-          ci[l] = w[l] * inv_t;        // coefficient of dout_i in dY_il / t
-          ci[L + l] = s * dz * inv_t;  // coefficient of q_i
-        }
-      }
-      // Reverse sweep over the valid keys.
-      std::fill(r_sum, r_sum + L * dvp, 0.0f);
-      int64_t row = Sq - 1;
-      for (int64_t j = len - 1; j >= 0; --j) {
-        for (; row >= 0 && pr.keys(b, row).end > j; --row) {
-          const float* ci = coef + row * 2 * L;
-          CopyPadded(g.dout.row<const float>(b, row, h), dv, db, dvp);
-          CopyPadded(a.q.row<const float>(b, row, h), dk, qb, dvp);
-          for (int64_t l = 0; l < L; ++l) {
-            Axpy(ci[l], db, r_sum + l * dvp, dvp);
-            Axpy(ci[L + l], qb, r_sum + l * dvp, dvp);
-          }
-        }
-        const float* k = a.k.row<const float>(b, j, hk);
-        CopyPadded(a.v.row<const float>(b, j, hk), dv, vb, dvp);
-        float* dkj = g.dk.row<float>(b, j, hk);
-        float* dvj = g.dv.row<float>(b, j, hk);
-        for (int64_t l = 0; l < L; ++l) {
-          const float* rl = r_sum + l * dvp;
-          const float u = s * Dot(k, mem(l), dk);
-          const float aj = SoftplusLn2(u);
-          for (int64_t x = 0; x < dv; ++x) dvj[x] += aj * rl[x];
-          const float gu = s * Dot(rl, vb, dvp) / (1.0f + std::exp2(-u));  // * sigmoid(u ln 2)
-          const float* p = mem(l);
-          for (int64_t x = 0; x < dk; ++x) dkj[x] += gu * p[x];
-          if (with_dmem) {
-            float* dp = g.dmemory.row<float>(b, l, h);
-            for (int64_t x = 0; x < dk; ++x) dp[x] += gu * k[x];
-          }
-        }
-      }
-    }
+    const BackwardScratch w(carve, L, dvp, pr.Sq);
+    const LunaBackwardTask t{
+        g, g.forward, pr, w, b, hk, L, dvp, pr.key_length(b), static_cast<float>(pr.scale)};
+    t.Run();
   });
 }
 
