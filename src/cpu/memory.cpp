@@ -193,130 +193,168 @@ void FilterRowsBackward(const ConstTensorView& t, const TensorView& dt, int64_t 
 // ([chunks + 1][m][dp]), then chunks are differentiated last to first: the write (queries
 // M, keys [M ; F(K)], values [M ; F(V)]) and the reads (chunk queries over [M ; K], [M ; V]),
 // with dM carried backwards. Row-wise vector ops: the attentions are m + chunk wide.
+// One (batch b, kv head hk) task of the backward: per query head, the memory before every
+// chunk is replayed, then chunks are differentiated last to first (the write, then the
+// reads), through the filter's adjoint (dw: this task's filter gradient, or null).
+struct MemoryBackwardTask {
+  const BackwardArgs& g;
+  const AttentionArgs& a;
+  const Problem& pr;
+  const MemoryConfig& c;
+  const BackwardBuffers& w;
+  float* dw;
+  const int64_t b, hk, m, dp, cs, chunks, nk_max, len;
+  const float inv_temp;
+
+  // Chunk tau's rows [t0, t1) and its valid count nv.
+  std::tuple<int64_t, int64_t, int64_t> Span(int64_t tau) const {
+    const int64_t t0 = tau * cs, t1 = std::min(pr.Sq, t0 + cs);
+    return {t0, t1, std::clamp(len, t0, t1) - t0};
+  }
+
+  // [M ; F(K)] and [M ; F(V)] of chunk tau into keys, vals (the write's operands).
+  void WriteOperands(int64_t tau) const {
+    const auto [t0, t1, nv] = Span(tau);
+    FilterRows(a.k, b, hk, t0, t0 + nv, pr.Dk, dp, c, a.filter, w.fk);
+    FilterRows(a.v, b, hk, t0, t0 + nv, pr.Dk, dp, c, a.filter, w.fv);
+    std::copy_n(w.mems + tau * m * dp, m * dp, w.keys);
+    std::copy_n(w.mems + tau * m * dp, m * dp, w.vals);
+    std::copy_n(w.fk, nv * dp, w.keys + m * dp);
+    std::copy_n(w.fv, nv * dp, w.vals + m * dp);
+  }
+
+  void ClearKeyGradients() const {
+    std::fill(w.dkeys, w.dkeys + nk_max * dp, 0.0f);
+    std::fill(w.dvals, w.dvals + nk_max * dp, 0.0f);
+  }
+
+  // Forward replay of head h: mems[tau] is the memory before chunk tau.
+  void ReplayMemories(int64_t h) const {
+    for (int64_t r = 0; r < m; ++r)
+      CopyPadded(a.memory.row<const float>(b, r, h), pr.Dk, w.mems + r * dp, dp);
+    for (int64_t tau = 0; tau < chunks; ++tau) {
+      const int64_t nv = std::get<2>(Span(tau));
+      float* next = w.mems + (tau + 1) * m * dp;
+      if (nv == 0) {
+        std::copy_n(w.mems + tau * m * dp, m * dp, next);
+        continue;
+      }
+      WriteOperands(tau);
+      std::fill(next, next + m * dp, 0.0f);
+      for (int64_t r = 0; r < m; ++r) {
+        SoftmaxRow(w.keys + r * dp, w.keys, m + nv, dp, inv_temp, w.p);
+        for (int64_t j = 0; j < m + nv; ++j) Axpy(w.p[j], w.vals + j * dp, next + r * dp, dp);
+      }
+    }
+  }
+
+  // The write of chunk tau: dmem (after it) into dprev (before it) and the filtered rows'
+  // gradients into dk, dv (and dw).
+  void WriteBackward(int64_t tau, const float* dmem, float* dprev) const {
+    const auto [t0, t1, nv] = Span(tau);
+    const float* mem = w.mems + tau * m * dp;
+    WriteOperands(tau);
+    ClearKeyGradients();
+    AttendBackwardRows(
+        mem, dmem, m, w.keys, w.vals, m + nv, dp, inv_temp, [&](int64_t) { return m + nv; }, w.p,
+        dprev, w.dkeys, w.dvals);
+    for (int64_t x = 0; x < m * dp; ++x) dprev[x] += w.dkeys[x] + w.dvals[x];
+    FilterRowsBackward(a.k, g.dk, b, hk, t0, t0 + nv, pr.Dk, dp, c, a.filter, w.dkeys + m * dp, dw);
+    FilterRowsBackward(a.v, g.dv, b, hk, t0, t0 + nv, pr.Dv, dp, c, a.filter, w.dvals + m * dp, dw);
+  }
+
+  // The reads of chunk tau by head h's queries over [M ; K, V of the chunk]: dq, and the
+  // gradients of the memory (into dprev) and of the chunk's keys and values.
+  void ReadsBackward(int64_t h, int64_t tau, float* dprev) const {
+    // Plain variables, not a structured binding: the lambda below captures nv (C++20
+    // allows capturing bindings, clang 14 does not).
+    int64_t t0, t1, nv;
+    std::tie(t0, t1, nv) = Span(tau);
+    const int64_t D = pr.Dk, rows = t1 - t0;
+    const float* mem = w.mems + tau * m * dp;
+    std::copy_n(mem, m * dp, w.keys);
+    std::copy_n(mem, m * dp, w.vals);
+    for (int64_t j = 0; j < nv; ++j) {
+      CopyPadded(a.k.row<const float>(b, t0 + j, hk), D, w.keys + (m + j) * dp, dp);
+      CopyPadded(a.v.row<const float>(b, t0 + j, hk), D, w.vals + (m + j) * dp, dp);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      CopyPadded(a.q.row<const float>(b, t0 + r, h), D, w.qb + r * dp, dp);
+      CopyPadded(g.dout.row<const float>(b, t0 + r, h), D, w.db + r * dp, dp);
+    }
+    std::fill(w.dqb, w.dqb + rows * dp, 0.0f);
+    ClearKeyGradients();
+    const bool causal = pr.causal;
+    AttendBackwardRows(
+        w.qb, w.db, rows, w.keys, w.vals, m + nv, dp, static_cast<float>(pr.scale),
+        [&](int64_t r) { return m + (causal ? std::min(nv, r + 1) : nv); }, w.p, w.dqb, w.dkeys,
+        w.dvals);
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy_n(w.dqb + r * dp, D, g.dq.row<float>(b, t0 + r, h));
+    for (int64_t x = 0; x < m * dp; ++x) dprev[x] += w.dkeys[x] + w.dvals[x];
+    for (int64_t j = 0; j < nv; ++j) {
+      float* dk = g.dk.row<float>(b, t0 + j, hk);
+      float* dv = g.dv.row<float>(b, t0 + j, hk);
+      for (int64_t x = 0; x < D; ++x) {
+        dk[x] += w.dkeys[(m + j) * dp + x];
+        dv[x] += w.dvals[(m + j) * dp + x];
+      }
+    }
+  }
+
+  void Run() const {
+    for (int64_t j = 0; j < pr.Sq; ++j) {
+      std::fill_n(g.dk.row<float>(b, j, hk), pr.Dk, 0.0f);
+      std::fill_n(g.dv.row<float>(b, j, hk), pr.Dv, 0.0f);
+    }
+    for (int64_t h = hk * pr.group; h < (hk + 1) * pr.group; ++h) {
+      ReplayMemories(h);
+      float *dmem = w.dmem, *dprev = w.dprev;  // the memory's gradient after / before a chunk
+      std::fill(dmem, dmem + m * dp, 0.0f);
+      for (int64_t tau = chunks - 1; tau >= 0; --tau) {
+        std::fill(dprev, dprev + m * dp, 0.0f);
+        if (std::get<2>(Span(tau)) > 0) {
+          WriteBackward(tau, dmem, dprev);
+        } else {
+          std::copy_n(dmem, m * dp, dprev);
+        }
+        ReadsBackward(h, tau, dprev);
+        std::swap(dmem, dprev);
+      }
+      if (g.dmemory.present()) {
+        for (int64_t r = 0; r < m; ++r)
+          std::copy_n(dmem + r * dp, pr.Dk, g.dmemory.row<float>(b, r, h));
+      }
+    }
+  }
+};
+
 void MemoryBackward(const BackwardArgs& g, const Problem& pr, const MemoryConfig& c, Context& ctx) {
-  const AttentionArgs& a = g.forward;
-  const int64_t B = pr.B, S = pr.Sq, D = pr.Dk, Hk = pr.Hk, m = a.memory.shape[1];
-  const int64_t group = pr.group;
-  const float scale = static_cast<float>(pr.scale);
-  const bool causal = pr.causal;
+  const int64_t B = pr.B, S = pr.Sq, D = pr.Dk, Hk = pr.Hk, m = g.forward.memory.shape[1];
   const int64_t dp = pad_to_state(D), cs = std::min<int64_t>(c.chunk, std::max<int64_t>(S, 1));
   const int64_t chunks = hwy::DivCeil(S, cs), nk_max = m + cs;
   const float inv_temp =
       1.0f /
       static_cast<float>(c.temperature > 0 ? c.temperature : std::sqrt(static_cast<double>(D)));
-  // Scratch: keys, vals, dkeys, dvals [nk_max][dp]; q, dout, dq, fk, fv [cs][dp]; mems
-  // [chunks + 1][m][dp]; dM, dprev [m][dp]; p [2 nk_max].
   ctx.reserve_scratch(Carve::floats<BackwardBuffers>(nk_max, cs, chunks, m, dp));
   // The filter's gradient per (batch, kv head) task, summed over batches in order after.
   const bool with_dfilter = g.dfilter.present();
   std::vector<float> dfilter_parts(with_dfilter ? B * Hk * c.width : 0, 0.0f);
   ctx.parallel_for(B * Hk, [&](int64_t task, int worker) {
     const int64_t b = task / Hk, hk = task % Hk;
-    const int64_t len = pr.key_length(b);
-    float* dw = with_dfilter ? dfilter_parts.data() + task * c.width : nullptr;
     Carve carve(ctx.scratch(worker));
     const BackwardBuffers w(carve, nk_max, cs, chunks, m, dp);
-    float *keys = w.keys, *vals = w.vals, *dkeys = w.dkeys, *dvals = w.dvals, *qb = w.qb;
-    float *db = w.db, *dqb = w.dqb, *fk = w.fk, *fv = w.fv, *mems = w.mems, *dmem = w.dmem;
-    float *dprev = w.dprev, *p = w.p;
-    for (int64_t j = 0; j < S; ++j) {
-      std::fill_n(g.dk.row<float>(b, j, hk), D, 0.0f);
-      std::fill_n(g.dv.row<float>(b, j, hk), D, 0.0f);
-    }
-    auto span = [&](int64_t tau) {
-      const int64_t t0 = tau * cs, t1 = std::min(S, t0 + cs);
-      return std::tuple{t0, t1, std::clamp(len, t0, t1) - t0};
-    };
-    // [M ; F(K)] and [M ; F(V)] of chunk tau into keys, vals (the write's operands).
-    auto write_operands = [&](int64_t tau) {
-      const auto [t0, t1, nv] = span(tau);
-      FilterRows(a.k, b, hk, t0, t0 + nv, D, dp, c, a.filter, fk);
-      FilterRows(a.v, b, hk, t0, t0 + nv, D, dp, c, a.filter, fv);
-      std::copy_n(mems + tau * m * dp, m * dp, keys);
-      std::copy_n(mems + tau * m * dp, m * dp, vals);
-      std::copy_n(fk, nv * dp, keys + m * dp);
-      std::copy_n(fv, nv * dp, vals + m * dp);
-    };
-    for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-      for (int64_t r = 0; r < m; ++r)
-        CopyPadded(a.memory.row<const float>(b, r, h), D, mems + r * dp, dp);
-      for (int64_t tau = 0; tau < chunks; ++tau) {  // forward: the memory before each chunk
-        const int64_t nv = std::get<2>(span(tau));
-        float* next = mems + (tau + 1) * m * dp;
-        if (nv == 0) {
-          std::copy_n(mems + tau * m * dp, m * dp, next);
-          continue;
-        }
-        write_operands(tau);
-        std::fill(next, next + m * dp, 0.0f);
-        for (int64_t r = 0; r < m; ++r) {
-          SoftmaxRow(keys + r * dp, keys, m + nv, dp, inv_temp, p);
-          for (int64_t j = 0; j < m + nv; ++j) Axpy(p[j], vals + j * dp, next + r * dp, dp);
-        }
-      }
-      std::fill(dmem, dmem + m * dp, 0.0f);
-      for (int64_t tau = chunks - 1; tau >= 0; --tau) {
-        // Plain variables, not a structured binding: lambdas below capture nv (C++20 allows
-        // capturing bindings, clang 14 does not).
-        int64_t t0, t1, nv;
-        std::tie(t0, t1, nv) = span(tau);
-        const float* mem = mems + tau * m * dp;
-        std::fill(dprev, dprev + m * dp, 0.0f);
-        if (nv > 0) {  // the write
-          write_operands(tau);
-          std::fill(dkeys, dkeys + 2 * nk_max * dp, 0.0f);  // dkeys and dvals
-          AttendBackwardRows(
-              mem, dmem, m, keys, vals, m + nv, dp, inv_temp, [&](int64_t) { return m + nv; }, p,
-              dprev, dkeys, dvals);
-          for (int64_t x = 0; x < m * dp; ++x) dprev[x] += dkeys[x] + dvals[x];
-          FilterRowsBackward(a.k, g.dk, b, hk, t0, t0 + nv, D, dp, c, a.filter, dkeys + m * dp, dw);
-          FilterRowsBackward(a.v, g.dv, b, hk, t0, t0 + nv, D, dp, c, a.filter, dvals + m * dp, dw);
-        } else {
-          std::copy_n(dmem, m * dp, dprev);
-        }
-        // The reads.
-        const int64_t rows = t1 - t0;
-        std::copy_n(mem, m * dp, keys);
-        std::copy_n(mem, m * dp, vals);
-        for (int64_t j = 0; j < nv; ++j) {
-          CopyPadded(a.k.row<const float>(b, t0 + j, hk), D, keys + (m + j) * dp, dp);
-          CopyPadded(a.v.row<const float>(b, t0 + j, hk), D, vals + (m + j) * dp, dp);
-        }
-        for (int64_t r = 0; r < rows; ++r) {
-          CopyPadded(a.q.row<const float>(b, t0 + r, h), D, qb + r * dp, dp);
-          CopyPadded(g.dout.row<const float>(b, t0 + r, h), D, db + r * dp, dp);
-        }
-        std::fill(dqb, dqb + rows * dp, 0.0f);
-        std::fill(dkeys, dkeys + 2 * nk_max * dp, 0.0f);
-        AttendBackwardRows(
-            qb, db, rows, keys, vals, m + nv, dp, scale,
-            [&](int64_t r) { return m + (causal ? std::min(nv, r + 1) : nv); }, p, dqb, dkeys,
-            dvals);
-        for (int64_t r = 0; r < rows; ++r)
-          std::copy_n(dqb + r * dp, D, g.dq.row<float>(b, t0 + r, h));
-        for (int64_t x = 0; x < m * dp; ++x) dprev[x] += dkeys[x] + dvals[x];
-        for (int64_t j = 0; j < nv; ++j) {
-          float* dk = g.dk.row<float>(b, t0 + j, hk);
-          float* dv = g.dv.row<float>(b, t0 + j, hk);
-          for (int64_t x = 0; x < D; ++x) {
-            dk[x] += dkeys[(m + j) * dp + x];
-            dv[x] += dvals[(m + j) * dp + x];
-          }
-        }
-        std::swap(dmem, dprev);
-      }
-      if (g.dmemory.present()) {
-        for (int64_t r = 0; r < m; ++r)
-          std::copy_n(dmem + r * dp, D, g.dmemory.row<float>(b, r, h));
-      }
-    }
+    float* dw = with_dfilter ? dfilter_parts.data() + task * c.width : nullptr;
+    const MemoryBackwardTask t{
+        g, g.forward, pr, c, w, dw, b, hk, m, dp, cs, chunks, nk_max, pr.key_length(b), inv_temp};
+    t.Run();
   });
   if (with_dfilter) {
     for (int64_t hk = 0; hk < Hk; ++hk)
-      for (int64_t w = 0; w < c.width; ++w) {
+      for (int64_t x = 0; x < c.width; ++x) {
         float sum = 0.0f;
-        for (int64_t b = 0; b < B; ++b) sum += dfilter_parts[(b * Hk + hk) * c.width + w];
-        g.dfilter.at<float>(hk, w) = sum;
+        for (int64_t b = 0; b < B; ++b) sum += dfilter_parts[(b * Hk + hk) * c.width + x];
+        g.dfilter.at<float>(hk, x) = sum;
       }
   }
 }
