@@ -314,13 +314,8 @@ class PyMechanism {
 
 }  // namespace
 
-NB_MODULE(_core, m) {
-  m.doc() = "attnkit C++ kernels (use the attnkit package, not this module)";
-  nb::exception<Error>(m, "Error", PyExc_ValueError);
-  // Mechanisms held by autograd graphs or module globals can outlive the module at
-  // interpreter exit; nanobind would report those as leaks, which they are not.
-  nb::set_leak_warnings(false);
-
+// The module-level functions: registry, threads, version, config keys, top-k FF.
+void bind_functions(nb::module_& m) {
   m.def("mechanism_names", &attnkit::mechanism_names);
   m.def("cpu_report", &attnkit::Context::cpu_report);
   m.def(
@@ -371,7 +366,10 @@ NB_MODULE(_core, m) {
             [&](attnkit::Context& ctx) { attnkit::topk_feed_forward(xv, kv, vv, ov, k, ctx); });
       },
       "x"_a.noconvert(), "keys"_a.noconvert(), "values"_a.noconvert(), "out"_a.noconvert(), "k"_a);
+}
 
+// The classes: Mask (a call's masks), Stream, Mechanism.
+void bind_classes(nb::module_& m) {
   using OptIn = std::optional<InArray>;
   nb::class_<PyMask>(m, "Mask").def(
       "__init__",
@@ -425,4 +423,15 @@ NB_MODULE(_core, m) {
            "filter"_a.noconvert() = nb::none(), "dgate"_a.noconvert() = nb::none(),
            "dmemory"_a.noconvert() = nb::none(), "dfilter"_a.noconvert() = nb::none(),
            "lse"_a.noconvert() = nb::none(), "mask"_a = nb::none());
+}
+
+NB_MODULE(_core, m) {
+  m.doc() = "attnkit C++ kernels (use the attnkit package, not this module)";
+  nb::exception<Error>(m, "Error", PyExc_ValueError);
+  // Mechanisms held by autograd graphs or module globals can outlive the module at
+  // interpreter exit; nanobind would report those as leaks, which they are not.
+  nb::set_leak_warnings(false);
+
+  bind_functions(m);
+  bind_classes(m);
 }

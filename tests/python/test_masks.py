@@ -158,3 +158,16 @@ def test_torch_masked_gradients_match_finite_differences():
     f32(q32, k32, v32).square().sum().backward()
     for a, b in ((q32, q), (k32, k), (v32, v)):
         torch.testing.assert_close(a.grad.double(), b.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_windowed_stream_is_a_ring_matching_the_windowed_forward(rng):
+    q, k, v = (t.astype(np.float32) for t in inputs(rng, b=1, sq=20, sk=20))
+    m = attnkit.Mechanism("softmax", causal=True)
+    s = m.stream(batch=1, heads=4, head_dim=8, kv_heads=2, window=5)
+    full = m.forward(q, k, v, window_size=(5, 0))
+    for t in range(20):
+        s.append(k[:, t:t + 1], v[:, t:t + 1])
+        np.testing.assert_allclose(s.query(q[:, t:t + 1])[:, 0], full[:, t], atol=2e-6)
+    assert s.length == 20 and s.state_bytes == 6 * 2 * 8 * 2 * 4  # 6 tokens, k and v
+    with pytest.raises(attnkit.Error, match="window: only a softmax stream"):
+        attnkit.Mechanism("linear").stream(batch=1, heads=1, head_dim=4, window=3)
