@@ -146,6 +146,74 @@ void filter_rows_backward(const ConstTensorView& t, const TensorView& dt, int64_
   }
 }
 
+// The memory before each chunk of (b, h), mems[tau] (m x D), by the writes of memory_ref.
+std::vector<std::vector<double>> memories_before_chunks(const AttentionArgs& a,
+                                                        const MemoryConfig& c, int64_t b, int64_t h,
+                                                        int64_t hk, int64_t len, double temp) {
+  const int64_t m = a.memory.shape[1], D = a.q.shape[3], Sq = a.q.shape[1];
+  const int64_t chunks = (Sq + c.chunk - 1) / c.chunk;
+  std::vector<std::vector<double>> mems(chunks + 1, std::vector<double>(m * D));
+  for (int64_t r = 0; r < m; ++r) std::copy_n(row(a.memory, b, r, h), D, &mems[0][r * D]);
+  for (int64_t tau = 0; tau < chunks; ++tau) {
+    const int64_t t0 = tau * c.chunk, t1 = std::min(Sq, t0 + c.chunk);
+    const int64_t valid_end = std::clamp(len, t0, t1);
+    const std::vector<double>& mem = mems[tau];
+    std::vector<double>& next = mems[tau + 1];
+    if (valid_end == t0) {
+      next = mem;
+      continue;
+    }
+    const std::vector<double> fk = filter_rows(a.k, b, hk, t0, valid_end, D, c, a.filter);
+    const std::vector<double> fv = filter_rows(a.v, b, hk, t0, valid_end, D, c, a.filter);
+    std::vector<double> w(m + valid_end - t0);
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t j = 0; j < static_cast<int64_t>(w.size()); ++j)
+        w[j] = dot(&mem[r * D], j < m ? &mem[j * D] : &fk[(j - m) * D], D) / temp;
+      softmax_inplace(w);
+      for (int64_t x = 0; x < D; ++x) {
+        double acc = 0;
+        for (int64_t j = 0; j < static_cast<int64_t>(w.size()); ++j)
+          acc += w[j] * (j < m ? mem[j * D + x] : fv[(j - m) * D + x]);
+        next[r * D + x] = acc;
+      }
+    }
+  }
+  return mems;
+}
+
+// The write of chunk [t0, valid_end) of (b, hk): queries M, keys [M ; F(K)], values
+// [M ; F(V)], scale 1 / temp. From dmem (the gradient after the write) adds the gradient of
+// the memory before it to dprev and the filtered rows' gradients to dk, dv (and dfilter).
+void write_backward(const BackwardArgs& g, const MemoryConfig& c, int64_t b, int64_t hk, int64_t t0,
+                    int64_t valid_end, const std::vector<const double*>& mrows,
+                    const std::vector<double>& dmem, double temp, std::vector<double>& dprev) {
+  const AttentionArgs& a = g.forward;
+  const int64_t m = static_cast<int64_t>(mrows.size()), D = a.q.shape[3], nv = valid_end - t0;
+  const std::vector<double> fk = filter_rows(a.k, b, hk, t0, valid_end, D, c, a.filter);
+  const std::vector<double> fv = filter_rows(a.v, b, hk, t0, valid_end, D, c, a.filter);
+  std::vector<double> dfk(nv * D, 0.0), dfv(nv * D, 0.0), dk_m(m * D, 0.0), dv_m(m * D, 0.0);
+  std::vector<const double*> keys = mrows, vals = mrows, dnext(m);
+  std::vector<double*> dkeys, dvals, dprev_rows(m);
+  for (int64_t r = 0; r < m; ++r) {
+    dnext[r] = &dmem[r * D];
+    dprev_rows[r] = &dprev[r * D];
+    dkeys.push_back(&dk_m[r * D]);
+    dvals.push_back(&dv_m[r * D]);
+  }
+  for (int64_t j = 0; j < nv; ++j) {
+    keys.push_back(&fk[j * D]);
+    vals.push_back(&fv[j * D]);
+    dkeys.push_back(&dfk[j * D]);
+    dvals.push_back(&dfv[j * D]);
+  }
+  attend_backward(
+      mrows, keys, vals, [&](size_t) { return m + nv; }, 1.0 / temp, dnext, D, dprev_rows, dkeys,
+      dvals);
+  for (int64_t x = 0; x < m * D; ++x) dprev[x] += dk_m[x] + dv_m[x];
+  filter_rows_backward(a.k, g.dk, b, hk, t0, valid_end, D, c, a.filter, dfk, g.dfilter);
+  filter_rows_backward(a.v, g.dv, b, hk, t0, valid_end, D, c, a.filter, dfv, g.dfilter);
+}
+
 }  // namespace
 
 void memory_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const MemoryConfig& c) {
@@ -164,36 +232,11 @@ void memory_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const
     const int64_t len = n.key_length(b);
     for (int64_t h = 0; h < n.Hq; ++h) {
       const int64_t hk = n.kv_head(h);
-      // Forward: the memory before each chunk, mems[tau] (m x D), by the writes of memory_ref.
-      std::vector<std::vector<double>> mems(chunks + 1, std::vector<double>(m * D));
-      for (int64_t r = 0; r < m; ++r) std::copy_n(row(a.memory, b, r, h), D, &mems[0][r * D]);
+      std::vector<std::vector<double>> mems = memories_before_chunks(a, c, b, h, hk, len, temp);
       auto chunk_span = [&](int64_t tau) {
         const int64_t t0 = tau * c.chunk, t1 = std::min(n.Sq, t0 + c.chunk);
         return std::tuple{t0, t1, std::clamp(len, t0, t1)};
       };
-      for (int64_t tau = 0; tau < chunks; ++tau) {
-        const auto [t0, t1, valid_end] = chunk_span(tau);
-        const std::vector<double>& mem = mems[tau];
-        std::vector<double>& next = mems[tau + 1];
-        if (valid_end == t0) {
-          next = mem;
-          continue;
-        }
-        const std::vector<double> fk = filter_rows(a.k, b, hk, t0, valid_end, D, c, a.filter);
-        const std::vector<double> fv = filter_rows(a.v, b, hk, t0, valid_end, D, c, a.filter);
-        std::vector<double> w(m + valid_end - t0);
-        for (int64_t r = 0; r < m; ++r) {
-          for (int64_t j = 0; j < static_cast<int64_t>(w.size()); ++j)
-            w[j] = dot(&mem[r * D], j < m ? &mem[j * D] : &fk[(j - m) * D], D) / temp;
-          softmax_inplace(w);
-          for (int64_t x = 0; x < D; ++x) {
-            double acc = 0;
-            for (int64_t j = 0; j < static_cast<int64_t>(w.size()); ++j)
-              acc += w[j] * (j < m ? mem[j * D + x] : fv[(j - m) * D + x]);
-            next[r * D + x] = acc;
-          }
-        }
-      }
       // Backward through the chunks, last first; dmem is the gradient of the memory after
       // the chunk (zero after the last: the loss reads out only).
       std::vector<double> dmem(m * D, 0.0);
@@ -207,30 +250,7 @@ void memory_backward_ref(const BackwardArgs& g, const AttentionOptions& o, const
         std::vector<double*> dprev_rows(m);
         for (int64_t r = 0; r < m; ++r) dprev_rows[r] = &dprev[r * D];
         if (nv > 0) {
-          // The write: queries M, keys [M ; F(K)], values [M ; F(V)], scale 1 / T.
-          const std::vector<double> fk = filter_rows(a.k, b, hk, t0, valid_end, D, c, a.filter);
-          const std::vector<double> fv = filter_rows(a.v, b, hk, t0, valid_end, D, c, a.filter);
-          std::vector<double> dfk(nv * D, 0.0), dfv(nv * D, 0.0), dk_m(m * D, 0.0),
-              dv_m(m * D, 0.0);
-          std::vector<const double*> keys = mrows, vals = mrows, dnext(m);
-          std::vector<double*> dkeys, dvals;
-          for (int64_t r = 0; r < m; ++r) {
-            dnext[r] = &dmem[r * D];
-            dkeys.push_back(&dk_m[r * D]);
-            dvals.push_back(&dv_m[r * D]);
-          }
-          for (int64_t j = 0; j < nv; ++j) {
-            keys.push_back(&fk[j * D]);
-            vals.push_back(&fv[j * D]);
-            dkeys.push_back(&dfk[j * D]);
-            dvals.push_back(&dfv[j * D]);
-          }
-          attend_backward(
-              mrows, keys, vals, [&](size_t) { return m + nv; }, 1.0 / temp, dnext, D, dprev_rows,
-              dkeys, dvals);
-          for (int64_t x = 0; x < m * D; ++x) dprev[x] += dk_m[x] + dv_m[x];
-          filter_rows_backward(a.k, g.dk, b, hk, t0, valid_end, D, c, a.filter, dfk, g.dfilter);
-          filter_rows_backward(a.v, g.dv, b, hk, t0, valid_end, D, c, a.filter, dfv, g.dfilter);
+          write_backward(g, c, b, hk, t0, valid_end, mrows, dmem, temp, dprev);
         } else {
           dprev = dmem;  // the memory passed through unchanged
         }
