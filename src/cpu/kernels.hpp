@@ -2,6 +2,7 @@
 // best Highway target compiled in; callers have validated the arguments.
 #pragma once
 
+#include <algorithm>
 #include <vector>
 
 #include "attnkit/args.hpp"
@@ -35,6 +36,17 @@ void scores(const uint32_t* q2, int64_t ldq, int64_t rows, const uint32_t* kt2, 
 // Non-causal attention of a few queries over a long KV cache, streamed without packing
 // (split over keys, merged by log-sum-exp in a fixed order). No padding.
 void softmax_decode(const AttentionArgs& a, float scale, Context& ctx);
+
+// Zeroes the dk, dv rows of (batch b, kv head hk): a backward task that owns a kv head's
+// key rows starts from these and accumulates its query heads' contributions.
+inline void zero_key_gradients(const BackwardArgs& g, int64_t b, int64_t hk) {
+  for (int64_t j = 0; j < g.dk.shape[1]; ++j) {
+    float* dk = g.dk.row<float>(b, j, hk);
+    float* dv = g.dv.row<float>(b, j, hk);
+    std::fill(dk, dk + g.dk.shape[3], 0.0f);
+    std::fill(dv, dv + g.dv.shape[3], 0.0f);
+  }
+}
 
 // Head-dim padding of every fixed-size state: a multiple of every target's lane count.
 inline constexpr int64_t kStatePad = 16;

@@ -182,10 +182,7 @@ struct LogLinearBackwardTask {
   void Run() const {
     std::fill(w.vb, w.vb + Dvp, 0.0f);
     std::fill(w.db, w.db + Dvp, 0.0f);
-    for (int64_t j = 0; j < pr.Sk; ++j) {
-      std::fill_n(g.dk.row<float>(b, j, hk), pr.Dk, 0.0f);
-      std::fill_n(g.dv.row<float>(b, j, hk), pr.Dv, 0.0f);
-    }
+    zero_key_gradients(g, b, hk);
     for (int64_t h = hk * pr.group; h < (hk + 1) * pr.group; ++h) {
       ForwardSweep(h);
       ReverseSweep(h);

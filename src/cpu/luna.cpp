@@ -222,10 +222,7 @@ struct LunaBackwardTask {
 
   void Run() const {
     for (float* row : {w.vb, w.db, w.qb}) std::fill(row, row + dvp, 0.0f);
-    for (int64_t j = 0; j < pr.Sk; ++j) {
-      std::fill_n(g.dk.row<float>(b, j, hk), pr.Dk, 0.0f);
-      std::fill_n(g.dv.row<float>(b, j, hk), pr.Dv, 0.0f);
-    }
+    zero_key_gradients(g, b, hk);
     for (int64_t h = hk * pr.group; h < (hk + 1) * pr.group; ++h) {
       if (g.dmemory.present()) {
         for (int64_t l = 0; l < L; ++l) std::fill_n(g.dmemory.row<float>(b, l, h), pr.Dk, 0.0f);

@@ -303,10 +303,7 @@ struct MemoryBackwardTask {
   }
 
   void Run() const {
-    for (int64_t j = 0; j < pr.Sq; ++j) {
-      std::fill_n(g.dk.row<float>(b, j, hk), pr.Dk, 0.0f);
-      std::fill_n(g.dv.row<float>(b, j, hk), pr.Dv, 0.0f);
-    }
+    zero_key_gradients(g, b, hk);
     for (int64_t h = hk * pr.group; h < (hk + 1) * pr.group; ++h) {
       ReplayMemories(h);
       float *dmem = w.dmem, *dprev = w.dprev;  // the memory's gradient after / before a chunk

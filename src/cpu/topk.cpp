@@ -229,7 +229,7 @@ HWY_INLINE void RowBackward(const BackwardArgs& g, const Problem& pr, int64_t b,
 // query heads' dq rows, and packs its keys into its own scratch.
 void TopkBackward(const BackwardArgs& g, const Problem& pr, int k, int query_chunk, Context& ctx) {
   const AttentionArgs& a = g.forward;
-  const int64_t B = pr.B, Sq = pr.Sq, Hq = pr.Hq, Dk = pr.Dk, Sk = pr.Sk, Hk = pr.Hk, Dv = pr.Dv;
+  const int64_t B = pr.B, Sq = pr.Sq, Hq = pr.Hq, Dk = pr.Dk, Sk = pr.Sk, Hk = pr.Hk;
   const float scale = static_cast<float>(pr.scale);
   const int64_t Skp = RoundUp(std::max<int64_t>(Sk, 1), kStatePad), Dkp = pad_to_state(Dk);
   const int64_t rows_per_task = std::min<int64_t>(query_chunk, std::max<int64_t>(Sq, 1));
@@ -245,10 +245,7 @@ void TopkBackward(const BackwardArgs& g, const Problem& pr, int k, int query_chu
         float *kt = w.kt, *q = w.q, *s = w.s, *heap = w.heap, *p = w.p;
         int32_t* idx = w.idx;
         PackTransposed([&](int64_t r) { return a.k.row<const float>(b, r, hk); }, Sk, Dk, Skp, kt);
-        for (int64_t j = 0; j < Sk; ++j) {
-          std::fill_n(g.dk.row<float>(b, j, hk), Dk, 0.0f);
-          std::fill_n(g.dv.row<float>(b, j, hk), Dv, 0.0f);
-        }
+        zero_key_gradients(g, b, hk);
         for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
           for (int64_t i0 = 0; i0 < Sq; i0 += rows_per_task) {
             const int64_t rows = std::min(rows_per_task, Sq - i0);
