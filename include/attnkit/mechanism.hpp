@@ -109,14 +109,18 @@ class Mechanism {
 
  protected:
   virtual void validate(const AttentionArgs& args) const = 0;  // throws Error
-  // Computes out (lse, memory_out) of validated args; p = problem(args). float64 runs the
-  // reference, other dtypes the kernel. Never sees a packed batch, nor (unless masks has
+  // Compute out (lse, memory_out) of validated args with p = problem(args): float64 views run
+  // the double-precision reference (src/reference/, from SPEC.md), other dtypes the fast
+  // kernel; the base class dispatches. Neither sees a packed batch, nor (unless masks has
   // kMaskQueryPositions) left padding.
-  virtual void run(const AttentionArgs& args, const Problem& p, Context& ctx) const = 0;
+  virtual void run_reference(const AttentionArgs& args, const Problem& p) const = 0;
+  virtual void run_kernel(const AttentionArgs& args, const Problem& p, Context& ctx) const = 0;
   // Validates backward's arguments (throws Error); the default says there is no backward.
   virtual void validate_backward(const BackwardArgs& args) const;
-  // Writes the gradients of validated args, split as run's.
-  virtual void run_backward(const BackwardArgs& args, const Problem& p, Context& ctx) const;
+  // The gradients of validated args, split and dispatched as forward's; the defaults say
+  // there is no backward pass.
+  virtual void backward_reference(const BackwardArgs& args, const Problem& p) const;
+  virtual void backward_kernel(const BackwardArgs& args, const Problem& p, Context& ctx) const;
 
  private:
   friend std::unique_ptr<Mechanism> make_mechanism(std::string_view, const AttentionOptions&,
@@ -130,6 +134,9 @@ class Mechanism {
   // run / run_backward on each sub-problem a packed batch or left padding splits into.
   void run_split(const AttentionArgs& args, Context& ctx) const;
   void run_backward_split(const BackwardArgs& args, Context& ctx) const;
+  // float64: the reference; other dtypes: the kernel.
+  void run(const AttentionArgs& args, const Problem& p, Context& ctx) const;
+  void run_backward(const BackwardArgs& args, const Problem& p, Context& ctx) const;
   AttentionOptions options_;
   std::vector<ConfigKey> config_;
 };

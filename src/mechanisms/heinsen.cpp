@@ -21,12 +21,11 @@ class Heinsen final : public Mechanism {
     validate(g.forward);
     check_backward(g, g.forward.q.dtype);
   }
-  void run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
-    if (g.forward.q.dtype == DType::kF64) {
-      ref::heinsen_backward_ref(g, options());
-    } else {
-      cpu::log_linear_backward(g, p, cpu::LogFeatures{}, ctx);
-    }
+  void backward_reference(const BackwardArgs& g, const Problem&) const override {
+    ref::heinsen_backward_ref(g, options());
+  }
+  void backward_kernel(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
+    cpu::log_linear_backward(g, p, cpu::LogFeatures{}, ctx);
   }
   // State per kv head: dK x dV sums, dK normaliser and dK running maxima (float32).
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
@@ -46,12 +45,11 @@ class Heinsen final : public Mechanism {
 
  protected:
   void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
-  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
-    if (a.q.dtype == DType::kF64) {
-      ref::heinsen_ref(a, options());
-    } else {
-      cpu::log_linear_forward(a, p, cpu::LogFeatures{}, ctx);
-    }
+  void run_reference(const AttentionArgs& a, const Problem&) const override {
+    ref::heinsen_ref(a, options());
+  }
+  void run_kernel(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
+    cpu::log_linear_forward(a, p, cpu::LogFeatures{}, ctx);
   }
 };
 

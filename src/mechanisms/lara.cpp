@@ -21,12 +21,11 @@ class Lara final : public Mechanism {
 
  protected:
   void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
-  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
-    if (a.q.dtype == DType::kF64) {
-      ref::lara_ref(a, options(), c_);
-    } else {
-      cpu::lara_forward(a, p, c_, ctx);
-    }
+  void run_reference(const AttentionArgs& a, const Problem&) const override {
+    ref::lara_ref(a, options(), c_);
+  }
+  void run_kernel(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
+    cpu::lara_forward(a, p, c_, ctx);
   }
 
  private:

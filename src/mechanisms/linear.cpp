@@ -35,12 +35,11 @@ class Linear final : public Mechanism {
       throw Error("dgate", "is only for gated=1");
     }
   }
-  void run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
-    if (g.forward.q.dtype == DType::kF64) {
-      ref::linear_backward_ref(g, options(), c_, g.dgate);
-    } else {
-      cpu::linear_backward(g, p, c_, ctx);
-    }
+  void backward_reference(const BackwardArgs& g, const Problem&) const override {
+    ref::linear_backward_ref(g, options(), c_, g.dgate);
+  }
+  void backward_kernel(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
+    cpu::linear_backward(g, p, c_, ctx);
   }
 
   // State per kv head: C (Dk x Dv) and z (Dk) float32, plus the token count.
@@ -83,10 +82,11 @@ class Linear final : public Mechanism {
       }
     }
   }
-  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
-    if (a.q.dtype == DType::kF64) {
-      ref::linear_ref(a, options(), c_);
-    } else if (log_space()) {
+  void run_reference(const AttentionArgs& a, const Problem&) const override {
+    ref::linear_ref(a, options(), c_);
+  }
+  void run_kernel(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
+    if (log_space()) {
       cpu::log_linear_forward(a, p, cpu::LogFeatures{}, ctx);
     } else {
       cpu::linear_forward(a, p, c_, ctx);

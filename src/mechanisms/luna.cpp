@@ -28,11 +28,10 @@ class Luna final : public Mechanism {
     check_backward(g, dt);
     check_input_gradient(g, g.dmemory, "dmemory", g.forward.memory, "memory", dt);
   }
-  void run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
-    if (g.forward.q.dtype == DType::kF64) {
-      ref::luna_backward_ref(g, options());
-      return;
-    }
+  void backward_reference(const BackwardArgs& g, const Problem&) const override {
+    ref::luna_backward_ref(g, options());
+  }
+  void backward_kernel(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
     if (p.causal) {
       cpu::luna_causal_backward(g, p, ctx);
     } else {
@@ -80,11 +79,10 @@ class Luna final : public Mechanism {
     const Shape sh = check_qkv(a, dt);
     check_memory_args(a, sh, dt);
   }
-  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
-    if (a.q.dtype == DType::kF64) {
-      ref::luna_ref(a, options());
-      return;
-    }
+  void run_reference(const AttentionArgs& a, const Problem&) const override {
+    ref::luna_ref(a, options());
+  }
+  void run_kernel(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
     if (p.causal) {
       cpu::luna_causal_forward(a, p, ctx);
       return;

@@ -78,8 +78,28 @@ void Mechanism::validate_backward(const BackwardArgs&) const {
   throw Error("backward", std::string(name()) + " has no backward pass yet");
 }
 
-void Mechanism::run_backward(const BackwardArgs&, const Problem&, Context&) const {
+void Mechanism::backward_reference(const BackwardArgs&, const Problem&) const {
   throw Error("backward", std::string(name()) + " has no backward pass yet");
+}
+
+void Mechanism::backward_kernel(const BackwardArgs&, const Problem&, Context&) const {
+  throw Error("backward", std::string(name()) + " has no backward pass yet");
+}
+
+void Mechanism::run(const AttentionArgs& args, const Problem& p, Context& ctx) const {
+  if (args.q.dtype == DType::kF64) {
+    run_reference(args, p);
+  } else {
+    run_kernel(args, p, ctx);
+  }
+}
+
+void Mechanism::run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const {
+  if (g.forward.q.dtype == DType::kF64) {
+    backward_reference(g, p);
+  } else {
+    backward_kernel(g, p, ctx);
+  }
 }
 
 }  // namespace attnkit

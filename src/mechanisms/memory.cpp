@@ -33,11 +33,10 @@ class Memory final : public Mechanism {
     check_input_gradient(g, g.dmemory, "dmemory", g.forward.memory, "memory", dt);
     check_input_gradient(g, g.dfilter, "dfilter", g.forward.filter, "filter", dt);
   }
-  void run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
-    if (g.forward.q.dtype == DType::kF64) {
-      ref::memory_backward_ref(g, options(), c_);
-      return;
-    }
+  void backward_reference(const BackwardArgs& g, const Problem&) const override {
+    ref::memory_backward_ref(g, options(), c_);
+  }
+  void backward_kernel(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
     cpu::memory_backward(g, p, c_, ctx);
   }
 
@@ -58,12 +57,11 @@ class Memory final : public Mechanism {
       check_finite(a.filter, "filter");
     }
   }
-  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
-    if (a.q.dtype == DType::kF64) {
-      ref::memory_ref(a, options(), c_);
-    } else {
-      cpu::memory_forward(a, p, c_, ctx);
-    }
+  void run_reference(const AttentionArgs& a, const Problem&) const override {
+    ref::memory_ref(a, options(), c_);
+  }
+  void run_kernel(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
+    cpu::memory_forward(a, p, c_, ctx);
   }
 
  private:

@@ -21,12 +21,11 @@ class Ra final : public Mechanism {
 
  protected:
   void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
-  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
-    if (a.q.dtype == DType::kF64) {
-      ref::ra_ref(a, p, c_);
-    } else {
-      cpu::ra_forward(a, p, c_, ctx);
-    }
+  void run_reference(const AttentionArgs& a, const Problem& p) const override {
+    ref::ra_ref(a, p, c_);
+  }
+  void run_kernel(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
+    cpu::ra_forward(a, p, c_, ctx);
   }
 
  private:

@@ -26,11 +26,10 @@ class Rfa final : public Mechanism {
     validate(g.forward);
     check_backward(g, g.forward.q.dtype);
   }
-  void run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
-    if (g.forward.q.dtype == DType::kF64) {
-      ref::rfa_backward_ref(g, options(), c_);
-      return;
-    }
+  void backward_reference(const BackwardArgs& g, const Problem&) const override {
+    ref::rfa_backward_ref(g, options(), c_);
+  }
+  void backward_kernel(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
     const std::vector<float> omega = projections(g.forward.k.shape[2], g.forward.q.shape[3]);
     cpu::log_linear_backward(g, p, features(omega, g.forward.q.shape[3]), ctx);
   }
@@ -54,11 +53,10 @@ class Rfa final : public Mechanism {
 
  protected:
   void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
-  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
-    if (a.q.dtype == DType::kF64) {
-      ref::rfa_ref(a, options(), c_);
-      return;
-    }
+  void run_reference(const AttentionArgs& a, const Problem&) const override {
+    ref::rfa_ref(a, options(), c_);
+  }
+  void run_kernel(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
     const std::vector<float> omega = projections(a.k.shape[2], a.q.shape[3]);
     cpu::log_linear_forward(a, p, features(omega, a.q.shape[3]), ctx);
   }

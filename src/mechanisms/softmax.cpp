@@ -148,13 +148,11 @@ class Softmax final : public Mechanism {
           }
     }
   }
-  void run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
-    if (p.Sq == 0 && p.Sk == 0) return;
-    if (g.forward.q.dtype == DType::kF64) {
-      ref::softmax_backward_ref(g, p);
-    } else {
-      cpu::softmax_backward(g, p, ctx);
-    }
+  void backward_reference(const BackwardArgs& g, const Problem& p) const override {
+    ref::softmax_backward_ref(g, p);
+  }
+  void backward_kernel(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
+    if (p.Sq > 0 || p.Sk > 0) cpu::softmax_backward(g, p, ctx);
   }
 
  protected:
@@ -162,12 +160,11 @@ class Softmax final : public Mechanism {
     const DType in = input_dtype_bf16(a);
     check_qkv(a, in, in == DType::kBF16 ? DType::kF32 : in);  // bfloat16 in, float32 out
   }
-  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
-    if (a.q.dtype == DType::kF64) {
-      ref::softmax_ref(a, p);
-    } else {
-      cpu::softmax_forward(a, p, ctx);
-    }
+  void run_reference(const AttentionArgs& a, const Problem& p) const override {
+    ref::softmax_ref(a, p);
+  }
+  void run_kernel(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
+    cpu::softmax_forward(a, p, ctx);
   }
 };
 

@@ -22,22 +22,20 @@ class Topk final : public Mechanism {
     validate(g.forward);
     check_backward(g, g.forward.q.dtype);
   }
-  void run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
-    if (g.forward.q.dtype == DType::kF64) {
-      ref::topk_backward_ref(g, p, c_);
-    } else {
-      cpu::topk_backward(g, p, c_.k, c_.query_chunk, ctx);
-    }
+  void backward_reference(const BackwardArgs& g, const Problem& p) const override {
+    ref::topk_backward_ref(g, p, c_);
+  }
+  void backward_kernel(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
+    cpu::topk_backward(g, p, c_.k, c_.query_chunk, ctx);
   }
 
  protected:
   void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
-  void run(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
-    if (a.q.dtype == DType::kF64) {
-      ref::topk_ref(a, p, c_);
-    } else {
-      cpu::topk_forward(a, p, c_.k, c_.query_chunk, ctx);
-    }
+  void run_reference(const AttentionArgs& a, const Problem& p) const override {
+    ref::topk_ref(a, p, c_);
+  }
+  void run_kernel(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
+    cpu::topk_forward(a, p, c_.k, c_.query_chunk, ctx);
   }
 
  private:
