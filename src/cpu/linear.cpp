@@ -206,16 +206,25 @@ void LinearForward(const AttentionArgs& a, const Problem& p, const LinearConfig&
   });
 }
 
+// A stream step's per-worker scratch (Carve layout): a feature row [features] and a value or
+// numerator row [dvp].
+struct StreamScratch {
+  float *features, *row;
+  StreamScratch(Carve& c, const LinearState& s)
+      : features(c.take(s.features)), row(c.take(s.dvp)) {}
+};
+
 void LinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
                   const LinearConfig& cfg, Context& ctx) {
   const int64_t T = k.shape[1], dk = k.shape[3];
-  ctx.reserve_scratch(static_cast<size_t>(2 * s.features + s.dvp));
+  ctx.reserve_scratch(Carve::floats<StreamScratch>(s));
   ctx.parallel_for(
       s.batch * s.kv_heads,
       [&](int64_t slot, int worker) {
         const int64_t b = slot / s.kv_heads, hk = slot % s.kv_heads;
-        float* fk = ctx.scratch(worker);
-        float* vb = fk + s.features;
+        Carve carve(ctx.scratch(worker));
+        const StreamScratch sc(carve, s);
+        float *fk = sc.features, *vb = sc.row;
         std::fill(vb, vb + s.dvp, 0.0f);
         float* c = s.c_slot(slot);
         float* z = s.z_slot(slot);
@@ -235,13 +244,14 @@ void LinearQuery(LinearState& s, const ConstTensorView& q, const TensorView& out
                  const LinearConfig& cfg, Context& ctx) {
   const int64_t T = q.shape[1], hq = q.shape[2], dk = q.shape[3];
   const int64_t tokens = s.tokens;
-  ctx.reserve_scratch(static_cast<size_t>(s.features + s.dvp));
+  ctx.reserve_scratch(Carve::floats<StreamScratch>(s));
   ctx.parallel_for(
       s.batch * hq,
       [&](int64_t task, int worker) {
         const int64_t b = task / hq, h = task % hq, slot = b * s.kv_heads + h / (hq / s.kv_heads);
-        float* fq = ctx.scratch(worker);
-        float* num = fq + s.features;
+        Carve carve(ctx.scratch(worker));
+        const StreamScratch sc(carve, s);
+        float *fq = sc.features, *num = sc.row;
         for (int64_t t = 0; t < T; ++t) {
           FeatureRow(q.row<const float>(b, t, h), dk, s.features, cfg.map, fq);
           MatMulRows<1>(fq, s.features, s.c_slot(slot), s.dvp, dk, s.dvp, num, s.dvp,

@@ -270,7 +270,7 @@ void LunaAppend(LinearState& st, const ConstTensorView& k, const ConstTensorView
 void LunaQuery(LinearState& st, const ConstTensorView& q, const TensorView& out,
                const ConstTensorView& memory, float s, Context& ctx) {
   const int64_t T = q.shape[1], Hq = q.shape[2], dk = q.shape[3], L = memory.shape[1];
-  ctx.reserve_scratch(static_cast<size_t>(L + 16));
+  ctx.reserve_scratch(static_cast<size_t>(L));  // QueryRow's weights [L]
   ctx.parallel_for(
       st.batch * Hq,
       [&](int64_t slot, int worker) {
