@@ -53,6 +53,13 @@ struct StreamSpec {
   // a fixed ring buffer, so a decode step at any length equals the last row of a causal
   // forward with Mask::window_left = window. -1: every appended token.
   int64_t window = -1;
+  // Logit masks of a softmax stream, as Mask's: softcap > 0 caps the logits; alibi_slopes
+  // ([Hq] or [B, Hq] float32, copied) subtracts slope |p_q - p_k| with the query rows of a
+  // query() call at the last positions (Tq rows: positions length - Tq .. length - 1; each
+  // sees every cached token). A decode step (one row) equals the last row of a causal forward
+  // with the same masks. ALiBi needs every token's position, so no window's ring with it.
+  double softcap = 0.0;
+  ConstTensorView alibi_slopes;
 };
 
 // Incremental attention: append key/value tokens, query against all appended.

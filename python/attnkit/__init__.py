@@ -346,15 +346,20 @@ class Mechanism:
 
     def stream(self, batch: int, heads: int, head_dim: int, *, kv_heads: Optional[int] = None,
                value_dim: Optional[int] = None, max_tokens: int = 0,
-               memory: Any = None, window: int = -1) -> Stream:
+               memory: Any = None, window: int = -1, softcap: float = 0.0,
+               alibi_slopes: Any = None) -> Stream:
         """A streaming state for this mechanism (causal by nature: a query sees every token
         appended before it). memory [B, L, Hq, Dk] float32 for luna (copied). window >= 0
         (softmax): a query sees the last window + 1 tokens, kept in a fixed ring buffer (a
-        decode step equals the last row of forward(..., causal, window_size=(window, 0)))."""
+        decode step equals the last row of forward(..., causal, window_size=(window, 0))).
+        softcap, alibi_slopes ([Hq] or [B, Hq] float32, copied; not with a window): the
+        softmax logit masks, with a query's rows at the last positions."""
         value_dim = head_dim if value_dim is None else value_dim
         core = self._m.new_stream(int(batch), int(heads), int(kv_heads or heads), int(head_dim),
                                   int(value_dim), int(max_tokens),
-                                  memory=_array(memory, "memory"), window=int(window))
+                                  memory=_array(memory, "memory"), window=int(window),
+                                  softcap=float(softcap),
+                                  alibi_slopes=_array(alibi_slopes, "alibi_slopes"))
         return Stream(core, value_dim)
 
     def backward(self, q: Any, k: Any, v: Any, out: Any, dout: Any, *, key_lengths: Any = None,

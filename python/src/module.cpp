@@ -235,7 +235,8 @@ class PyMechanism {
 
   PyStream new_stream(int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
                       int64_t value_dim, int64_t max_tokens, const std::optional<InArray>& memory,
-                      int64_t window) const {
+                      int64_t window, double softcap,
+                      const std::optional<InArray>& alibi_slopes) const {
     attnkit::StreamSpec spec{.batch = batch,
                              .heads = heads,
                              .kv_heads = kv_heads,
@@ -243,7 +244,9 @@ class PyMechanism {
                              .value_dim = value_dim,
                              .max_tokens = max_tokens,
                              .memory = in_view(memory, "memory"),
-                             .window = window};
+                             .window = window,
+                             .softcap = softcap,
+                             .alibi_slopes = in_view(alibi_slopes, "alibi_slopes")};
     return PyStream(m_->new_stream(spec));
   }
 
@@ -406,7 +409,8 @@ void bind_classes(nb::module_& m) {
       .def("describe", &PyMechanism::describe)
       .def("capabilities", &PyMechanism::capabilities)
       .def("new_stream", &PyMechanism::new_stream, "batch"_a, "heads"_a, "kv_heads"_a, "head_dim"_a,
-           "value_dim"_a, "max_tokens"_a, "memory"_a.noconvert() = nb::none(), "window"_a = -1)
+           "value_dim"_a, "max_tokens"_a, "memory"_a.noconvert() = nb::none(), "window"_a = -1,
+           "softcap"_a = 0.0, "alibi_slopes"_a.noconvert() = nb::none())
       .def("check_inputs", &PyMechanism::check_inputs, "q"_a.noconvert(), "k"_a.noconvert(),
            "v"_a.noconvert(), "key_lengths"_a.noconvert() = nb::none(),
            "memory"_a.noconvert() = nb::none(), "gate"_a.noconvert() = nb::none(),

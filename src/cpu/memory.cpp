@@ -251,7 +251,8 @@ struct MemoryBackwardTask {
   // The write of chunk tau: dmem (after it) into dprev (before it) and the filtered rows'
   // gradients into dk, dv (and dw).
   void WriteBackward(int64_t tau, const float* dmem, float* dprev) const {
-    const auto [t0, t1, nv] = Span(tau);
+    int64_t t0, t1, nv;  // not a structured binding: the lambda below captures nv (clang 14)
+    std::tie(t0, t1, nv) = Span(tau);
     const float* mem = w.mems + tau * m * dp;
     WriteOperands(tau);
     ClearKeyGradients();

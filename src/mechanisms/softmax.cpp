@@ -22,6 +22,17 @@ class KvCache final : public StreamingState {
  public:
   KvCache(const StreamSpec& spec, float scale) : spec_(spec), scale_(scale) {
     reserve(ring() ? spec.window + 1 : std::max<int64_t>(spec.max_tokens, 16));
+    if (spec.alibi_slopes.present()) {  // copied: the caller's array need not outlive us
+      const ConstTensorView& t = spec.alibi_slopes;
+      const int64_t rows = t.rank == 2 ? t.shape[0] : 1;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t h = 0; h < spec.heads; ++h)
+          slopes_.push_back(static_cast<const float*>(
+              t.data)[t.rank == 2 ? r * t.stride[0] + h * t.stride[1] : h * t.stride[0]]);
+      spec_.alibi_slopes =
+          make_view(slopes_.data(), t.rank == 2 ? std::initializer_list<int64_t>{rows, spec.heads}
+                                                : std::initializer_list<int64_t>{spec.heads});
+    }
   }
 
   void append(const ConstTensorView& k, const ConstTensorView& v, Context&) override {
@@ -52,8 +63,18 @@ class KvCache final : public StreamingState {
     a.k = cache_view(keys_.data(), spec_.head_dim);
     a.v = cache_view(values_.data(), spec_.value_dim);
     if (q.shape[1] == 0) return;
-    // A few queries read the cache once (bandwidth-bound); many are a prefill.
-    if (q.shape[1] <= kDecodeQueries) {
+    // Logit masks: the query rows sit at the last positions (the cache is in order).
+    std::vector<int32_t> positions;
+    const bool biased = spec_.softcap > 0 || spec_.alibi_slopes.present();
+    if (biased) {
+      a.mask.softcap = spec_.softcap;
+      a.mask.alibi_slopes = spec_.alibi_slopes;
+      positions.assign(spec_.batch, static_cast<int32_t>(len_ - q.shape[1]));
+      a.mask.query_positions = positions;
+    }
+    // A few queries read the cache once (bandwidth-bound); many are a prefill (and the
+    // logit masks run there: the decode kernel has none).
+    if (q.shape[1] <= kDecodeQueries && !biased) {
       cpu::softmax_decode(a, scale_, ctx);
     } else {
       cpu::softmax_forward(a, Problem::resolve(a, {.scale = scale_}), ctx);
@@ -114,6 +135,7 @@ class KvCache final : public StreamingState {
   float scale_;
   int64_t len_ = 0, cap_ = 0;
   std::vector<float> keys_, values_;
+  std::vector<float> slopes_;  // the copied ALiBi slopes spec_.alibi_slopes views
 };
 
 class Softmax final : public Mechanism {

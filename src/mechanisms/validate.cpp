@@ -366,6 +366,22 @@ void check_memory_args(const AttentionArgs& a, const Shape& sh, DType dtype) {
 void check_stream_spec(const StreamSpec& sp, bool window_ok) {
   if (sp.window != -1 && !window_ok)
     throw Error("window", "only a softmax stream keeps a sliding window");
+  if ((sp.softcap != 0.0 || sp.alibi_slopes.present()) && !window_ok)
+    throw Error("stream", "softcap and alibi_slopes are only for a softmax stream");
+  if (!(sp.softcap >= 0.0) || !std::isfinite(sp.softcap))
+    throw Error("softcap", "must be finite and >= 0 (0: off)");
+  if (sp.alibi_slopes.present()) {
+    const ConstTensorView& t = sp.alibi_slopes;
+    if (sp.window != -1)
+      throw Error("alibi_slopes", "needs every token's position; a window's ring has none");
+    const bool ok = t.dtype == DType::kF32 &&
+                    ((t.rank == 1 && t.shape[0] == sp.heads) ||
+                     (t.rank == 2 && t.shape[0] == sp.batch && t.shape[1] == sp.heads));
+    if (!ok || t.data == nullptr) {
+      throw Error("alibi_slopes", "must be float32 [heads] or [batch, heads] = [" + s(sp.batch) +
+                                      ", " + s(sp.heads) + "]");
+    }
+  }
   if (sp.window < -1 || sp.window >= kMaxDim - 1)
     throw Error("window", "must be -1 (every token) or in [0, 2^31 - 1), got " + s(sp.window));
   if (sp.batch < 1 || sp.heads < 1 || sp.kv_heads < 1 || sp.head_dim < 1 || sp.value_dim < 1) {

@@ -171,3 +171,14 @@ def test_windowed_stream_is_a_ring_matching_the_windowed_forward(rng):
     assert s.length == 20 and s.state_bytes == 6 * 2 * 8 * 2 * 4  # 6 tokens, k and v
     with pytest.raises(attnkit.Error, match="window: only a softmax stream"):
         attnkit.Mechanism("linear").stream(batch=1, heads=1, head_dim=4, window=3)
+
+
+def test_stream_softcap_and_alibi_decode_as_the_masked_forward(rng):
+    q, k, v = (t.astype(np.float32) for t in inputs(rng, b=1, sq=12, sk=12))
+    slopes = np.array([0.5, 0.25, 0.125, 0.0625], np.float32)
+    m = attnkit.Mechanism("softmax", causal=True)
+    s = m.stream(batch=1, heads=4, head_dim=8, kv_heads=2, softcap=2.0, alibi_slopes=slopes)
+    full = m.forward(q, k, v, softcap=2.0, alibi_slopes=slopes)
+    for t in range(12):
+        s.append(k[:, t:t + 1], v[:, t:t + 1])
+        np.testing.assert_allclose(s.query(q[:, t:t + 1])[:, 0], full[:, t], atol=2e-6)
