@@ -131,6 +131,45 @@ TEST_F(Cli, BenchAndDecodeRowsSayWhatTheyMeasure) {
   EXPECT_NE(r.output.find("filter_type"), std::string::npos) << "config keys listed";
 }
 
+// --window and --softcap reach every command: rows and JSON say so, GFLOP/s counts the
+// window's pairs, a mechanism that cannot honour them is an error (bench) or a skipped row
+// (compare), and run's output equals the masked library call.
+TEST_F(Cli, MaskOptionsRunBenchAndCompare) {
+  Result r = cli("bench -m softmax -n 256 --heads 2 -d 16 --reps 1 --causal --window 32 "
+                 "--softcap 5 -f json");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("window=(32,-1) softcap=5"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"window\": ["), std::string::npos) << r.output;
+  r = cli("bench -m linear -n 64 --heads 2 -d 16 --reps 1 --window 8");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("window_size: is not supported by linear"), std::string::npos)
+      << r.output;
+  r = cli("compare -n 64 --heads 2 -d 16 --reps 1 --causal --window 8 -m softmax,linear");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("skipped: window_size: is not supported by linear"), std::string::npos)
+      << r.output;
+  r = cli("bench -m softmax -n 64 --window 1,2,3");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--window: must be L or L,R"), std::string::npos) << r.output;
+  r = cli("bench -m softmax -n 300 --decode --heads 2 -d 16 --reps 2 --window 15 -f csv");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find(",decode step (append 1 + query 1),300,"), std::string::npos)
+      << r.output;
+  // run: the output file equals the library's masked call.
+  ASSERT_EQ(cli("run --causal --window 7 --softcap 2 " + qkv() + " -o " + dir + "/o.npy").code, 0);
+  Problem want = p;
+  AttentionArgs a = want.args32();
+  a.mask.window_left = 7, a.mask.softcap = 2.0;
+  Context ctx(1);
+  make_mechanism("softmax", {.causal = true})->forward(a, ctx);
+  const Tensor<float> got = io::read_npy(dir + "/o.npy");
+  ASSERT_EQ(got.size(), want.out.f32.size());
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    worst = std::max(worst, static_cast<double>(std::abs(got[i] - want.out.f32[i])));
+  EXPECT_LE(worst, 1e-6);
+}
+
 // compare goes on past a mechanism that rejects the shape, and says why.
 TEST_F(Cli, CompareReportsSkippedRows) {
   const Result r = cli("compare -n 40 --heads 2 -d 16 --reps 1 --causal -m softmax,lara,linear");

@@ -22,12 +22,17 @@ double max_abs_diff(const Tensor<float>& a, const Tensor<float>& b) {
   return m;
 }
 
-// Multiply-adds of exact attention (QK^T and PV), counting only visible pairs.
-double softmax_flops(const Shape& s, bool causal) {
+// Multiply-adds of exact attention (QK^T and PV), counting only visible pairs (causal and
+// the sliding window: query i at key position i + Sk - Sq).
+double softmax_flops(const Shape& s, bool causal, std::pair<int64_t, int64_t> window) {
   double pairs = 0;
-  for (int64_t i = 0; i < s.seq; ++i)
-    pairs += static_cast<double>(causal ? std::clamp<int64_t>(i + 1 + s.sk() - s.seq, 0, s.sk())
-                                        : s.sk());
+  for (int64_t i = 0; i < s.seq; ++i) {
+    const int64_t p = i + s.sk() - s.seq;
+    int64_t lo = window.first >= 0 ? p - window.first : 0, hi = s.sk();
+    if (causal) hi = std::min(hi, p + 1);
+    if (window.second >= 0) hi = std::min(hi, p + window.second + 1);
+    pairs += static_cast<double>(std::max<int64_t>(0, hi - std::max<int64_t>(lo, 0)));
+  }
   return 4.0 * s.dim * pairs * s.batch * s.heads;
 }
 
@@ -38,7 +43,8 @@ Row compare_row(const Common& c, const CompareArgs& args, const Workload& w,
                 const std::string& name, const Mechanism& m, const Tensor<float>& base,
                 double base_scale, double& base_time) {
   Tensor<float> out, mem_out;
-  const AttentionArgs a = w.args(m, out, mem_out);
+  AttentionArgs a = w.args(m, out, mem_out);
+  apply_masks(c, a);
   Context ctx(c.threads);
   const int64_t peak = peak_memory_growth([&] { m.forward(a, ctx); });
   const Timing t = time_runs(args.warmup, args.reps, [&] { m.forward(a, ctx); });
@@ -50,7 +56,7 @@ Row compare_row(const Common& c, const CompareArgs& args, const Workload& w,
           peak < 0 ? nlohmann::json() : nlohmann::json(peak / 1048576.0),
           err,
           err / base_scale,
-          m.describe(),
+          m.describe() + mask_text(c),
           "ok"};
 }
 
@@ -79,7 +85,9 @@ int cmd_compare(const Common& c, const CompareArgs& args) {
   {
     Context ctx(c.threads);
     const auto softmax = make(c, "softmax");
-    softmax->forward(w.args(*softmax, base, base_mem), ctx);
+    AttentionArgs a = w.args(*softmax, base, base_mem);
+    apply_masks(c, a);
+    softmax->forward(a, ctx);
   }
   const double base_scale = std::max(max_abs(base), 1e-30);
   double base_time = 0;
@@ -104,6 +112,7 @@ int cmd_compare(const Common& c, const CompareArgs& args) {
   }
   table.meta = run_meta("compare", threads_of(c));
   table.meta["shape"] = shape_json(args.shape, c.causal);
+  add_mask_meta(c, table.meta);
   table.meta["reps"] = args.reps;
   std::cout << table.render(c.format);
   if (c.format == "table") {
@@ -134,7 +143,10 @@ void bench_decode(const Common& c, const BenchArgs& args, const std::string& nam
       .kv_heads = s.hk(),
       .head_dim = s.dim,
       .value_dim = s.dim,
-      .memory = m->capabilities().needs_memory ? w.memory.cview() : ConstTensorView{}};
+      .memory = m->capabilities().needs_memory ? w.memory.cview() : ConstTensorView{},
+      // A decode step is causal: --window's left side is the stream's ring.
+      .window = window_of(c).first,
+      .softcap = c.softcap};
   Tensor<float> out({s.batch, 1, s.heads, s.dim});
   auto rows = [](const Tensor<float>& t, int64_t from, int64_t count) {
     ConstTensorView v = t.cview();
@@ -158,12 +170,14 @@ void bench_decode(const Common& c, const BenchArgs& args, const std::string& nam
       stream->query(rows(w.q, i, 1), out.view(), ctx);
     });
     // Bytes a step reads: the whole fixed-size state, or for a KV cache its filled part.
-    const double bytes = name == "softmax" ? static_cast<double>(stream->length()) * s.batch *
-                                                 s.hk() * 2 * s.dim * sizeof(float)
-                                           : static_cast<double>(stream->state_bytes());
-    table.rows.push_back({m->describe(), "decode step (append 1 + query 1)", n, t.median_s * 1e6,
-                          t.min_s * 1e6, static_cast<int64_t>(stream->state_bytes()),
-                          bytes / t.median_s / 1e9});
+    // (a windowed softmax stream's ring is its state).
+    const double bytes =
+        name == "softmax" && spec.window < 0
+            ? static_cast<double>(stream->length()) * s.batch * s.hk() * 2 * s.dim * sizeof(float)
+            : static_cast<double>(stream->state_bytes());
+    table.rows.push_back({m->describe() + mask_text(c), "decode step (append 1 + query 1)", n,
+                          t.median_s * 1e6, t.min_s * 1e6,
+                          static_cast<int64_t>(stream->state_bytes()), bytes / t.median_s / 1e9});
   }
 }
 
@@ -176,6 +190,7 @@ Timing time_pass(const Common& c, const BenchArgs& args, const Mechanism& m, int
   const Workload w(s, 1);
   Tensor<float> out, mem_out;
   AttentionArgs a = w.args(m, out, mem_out);
+  apply_masks(c, a);
   // --bf16: the same inputs stored as bfloat16 (softmax and linear widen them on load).
   std::vector<bfloat16> q16, k16, v16;
   if (args.bf16) {
@@ -233,9 +248,10 @@ int cmd_bench(const Common& c, const BenchArgs& args) {
         s.kv_seq = 0;
         // FlashAttention's convention: a backward is 2.5 forwards (5 matmul-sized products
         // against 2). GFLOP/s is defined for exact softmax only (others do other work).
-        const double flops = softmax_flops(s, c.causal) * (args.backward ? 2.5 : 1.0);
+        const double flops = softmax_flops(s, c.causal, window_of(c)) * (args.backward ? 2.5 : 1.0);
         table.rows.push_back(
-            {m->describe() + (args.bf16 ? " bf16" : ""), what, n, t.median_s * 1e3, t.min_s * 1e3,
+            {m->describe() + mask_text(c) + (args.bf16 ? " bf16" : ""), what, n, t.median_s * 1e3,
+             t.min_s * 1e3,
              name == "softmax" ? nlohmann::json(flops / t.median_s / 1e9) : nlohmann::json(),
              static_cast<double>(s.batch * n) / t.median_s / 1e6});
       }
@@ -243,6 +259,7 @@ int cmd_bench(const Common& c, const BenchArgs& args) {
   }
   table.meta = run_meta(args.decode ? "bench --decode" : "bench", ctx.num_threads());
   table.meta["shape"] = shape_json(args.shape, c.causal);
+  add_mask_meta(c, table.meta);
   table.meta["shape"].erase("seq_q");
   table.meta["shape"].erase("seq_k");
   table.meta["warmup"] = args.warmup;

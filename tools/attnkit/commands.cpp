@@ -119,6 +119,38 @@ void check_configs(const Common& c, const std::vector<std::string>& used) {
   }
 }
 
+std::pair<int64_t, int64_t> window_of(const Common& c) {
+  if (c.window.empty()) return {-1, -1};
+  const std::vector<int64_t> w = parse_int_list(c.window, "--window", -1, (int64_t{1} << 31) - 1);
+  if (w.size() > 2)
+    throw Error("--window", "must be L or L,R (keys before, after; -1 = unbounded)");
+  return {w[0], w.size() == 2 ? w[1] : -1};
+}
+
+void apply_masks(const Common& c, AttentionArgs& a) {
+  std::tie(a.mask.window_left, a.mask.window_right) = window_of(c);
+  a.mask.softcap = c.softcap;
+}
+
+std::string mask_text(const Common& c) {
+  std::string s;
+  const auto [left, right] = window_of(c);
+  if (left != -1 || right != -1)
+    s.append(" window=(")
+        .append(std::to_string(left))
+        .append(",")
+        .append(std::to_string(right))
+        .append(")");
+  if (c.softcap > 0) s.append(" softcap=").append(fmt(c.softcap));
+  return s;
+}
+
+void add_mask_meta(const Common& c, nlohmann::json& meta) {
+  const auto [left, right] = window_of(c);
+  if (left != -1 || right != -1) meta["window"] = {left, right};
+  if (c.softcap > 0) meta["softcap"] = c.softcap;
+}
+
 int cmd_run(const Common& c, const RunArgs& r) {
   check_configs(c, {r.mechanism});
   const auto m = make(c, r.mechanism);
@@ -144,6 +176,7 @@ int cmd_run(const Common& c, const RunArgs& r) {
     a.key_lengths = lengths;
   }
   if (!r.memory_out.empty() && r.memory.empty()) throw Error("--memory-out", "needs --memory");
+  apply_masks(c, a);
   // Every rule is checked before the outputs (sized from the inputs) are allocated.
   m->validate_inputs(a);
   Tensor<float> out = output_like(q.shape(), a.v.shape[3]), memory_out;

@@ -15,8 +15,19 @@ struct Common {
   double scale = 0.0;
   std::vector<std::string> configs;  // "name:key=value,..."
   std::string format = "table";
-  std::string simd;  // force one compiled SIMD target ("": the best this CPU supports)
+  std::string simd;      // force one compiled SIMD target ("": the best this CPU supports)
+  std::string window;    // "L" or "L,R": sliding window (Mask::window_left / right)
+  double softcap = 0.0;  // logit soft-cap (Mask::softcap)
 };
+
+// The sliding window of --window: {left, right} (-1 = unbounded; "L" leaves right at -1).
+std::pair<int64_t, int64_t> window_of(const Common& c);
+// Sets the masks --window and --softcap ask for on a call's arguments.
+void apply_masks(const Common& c, AttentionArgs& a);
+// " window=(L,R) softcap=x" for the masks given ("" for none), after a row's mechanism.
+std::string mask_text(const Common& c);
+// meta["window"], meta["softcap"] when given.
+void add_mask_meta(const Common& c, nlohmann::json& meta);
 
 struct RunArgs {
   std::string mechanism = "softmax", q, k, v, out, memory, memory_out, gate, key_lengths;

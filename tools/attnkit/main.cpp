@@ -22,6 +22,11 @@ void add_run_options(CLI::App* sub, Common& c) {
   sub->add_option(
       "--simd", c.simd,
       "run on this compiled SIMD target (`attnkit list` names them; default: the best)");
+  sub->add_option("--window", c.window,
+                  "sliding window L[,R]: keys at most L before and R after each query (-1: "
+                  "unbounded; with --causal, L alone is Mistral's)");
+  sub->add_option("--softcap", c.softcap, "logit soft-cap (Gemma 2; 0: off)")
+      ->check(CLI::Range(0.0, 1e30));
 }
 
 void add_format(CLI::App* sub, Common& c) {
