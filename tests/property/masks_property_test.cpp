@@ -25,6 +25,12 @@ const Case kCases[] = {{"softmax", ""},
 
 constexpr int64_t kMemory = 3;
 
+// The case's mechanism, or null when it has no causal form and causal is asked.
+std::unique_ptr<Mechanism> mechanism_for(const Case& c, bool causal) {
+  if (causal && !make_mechanism(c.name, {}, c.config)->capabilities().causal) return nullptr;
+  return make_mechanism(c.name, {.causal = causal}, c.config);
+}
+
 // Rows [r0, r0 + n) of dimension 1 of batch row b of an operand, as a [1, n, H, D] copy.
 Operand rows_of(const Operand& o, int64_t b, int64_t r0, int64_t n) {
   Operand c;
@@ -92,8 +98,8 @@ TEST(MasksProperty, PackedBatchEqualsEachSequenceAlone) {
   const std::vector<int64_t> lengths = {5, 0, 13, 9};
   for (const Case& c : kCases)
     for (bool causal : {false, true}) {
-      if (causal && !make_mechanism(c.name, {}, c.config)->capabilities().causal) continue;
-      const auto m = make_mechanism(c.name, {.causal = causal}, c.config);
+      const auto m = mechanism_for(c, causal);
+      if (!m) continue;
       SCOPED_TRACE(m->describe());
       const bool memory = m->capabilities().needs_memory;
       std::vector<Problem> alone;
@@ -149,8 +155,8 @@ TEST(MasksProperty, LeftPaddedBatchEqualsUnpaddedRunsForwardAndBackward) {
   const std::vector<int32_t> begin = {3, 0, 12};  // the last row is all padding
   for (const Case& c : kCases)
     for (bool causal : {false, true}) {
-      if (causal && !make_mechanism(c.name, {}, c.config)->capabilities().causal) continue;
-      const auto m = make_mechanism(c.name, {.causal = causal}, c.config);
+      const auto m = mechanism_for(c, causal);
+      if (!m) continue;
       SCOPED_TRACE(m->describe());
       const bool memory = m->capabilities().needs_memory;
       const Dims d{3, S, S, 2, 1, 8, 8};

@@ -225,6 +225,17 @@ double allowed(const Budget& b, double naive32_err, double ref_max) {
   return b.k * naive32_err + b.c * std::numeric_limits<float>::epsilon() * std::max(ref_max, 1.0);
 }
 
+void expect_lse_matches(const std::vector<float>& got, const std::vector<double>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isinf(want[i])) {
+      ASSERT_TRUE(std::isinf(got[i]) && got[i] < 0) << "lse " << i;
+    } else {
+      ASSERT_NEAR(got[i], want[i], 1e-5 * std::max(1.0, std::abs(want[i]))) << "lse " << i;
+    }
+  }
+}
+
 void naive_softmax32(const Problem& p, bool causal, double scale, Operand& out) {
   const Dims& d = p.d;
   const float s = static_cast<float>(scale);

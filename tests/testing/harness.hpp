@@ -91,6 +91,10 @@ struct Budget {
 };
 double allowed(const Budget& b, double naive32_err, double ref_max);
 
+// The float32 kernel's lse [B, Hq, Sq] against the reference's: -inf where the reference
+// has a row with no visible key, else within 1e-5 relative.
+void expect_lse_matches(const std::vector<float>& got, const std::vector<double>& want);
+
 // Naive float32 softmax attention (no tiling, no online softmax): the yardstick for the budget.
 void naive_softmax32(const Problem& p, bool causal, double scale, Operand& out);
 // Naive float32 softmax backward (materialised P per row, llm.c style) into g's dq, dk, dv
