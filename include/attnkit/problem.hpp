@@ -1,7 +1,7 @@
 // The resolved description of one attention call: sizes, head grouping, scale, causal
 // alignment and the mask policy, built once after validation (Problem::resolve) and passed
 // to every kernel and reference, as FlashAttention's Flash_fwd_params. Kernels ask it which
-// keys a query row sees (keys) and what a logit becomes (logit / bias_row); none of them
+// keys a query row sees (keys) and what a logit becomes (bias_row / add_bias); none of them
 // re-derives a size or a visibility rule.
 #pragma once
 
@@ -79,7 +79,8 @@ struct Problem {
     const T t = capped / static_cast<T>(mask.softcap);
     return T(1) - t * t;
   }
-  // ALiBi and attn_mask on one (already softcapped) logit x of key j, query row i.
+  // ALiBi and attn_mask on one (already softcapped) logit x of key j, query row i (broadcast
+  // dimensions of attn_mask have stride 0: resolve sets them).
   template <typename T>
   T add_bias(int64_t b, int64_t h, int64_t i, int64_t j, T x) const {
     if (mask.alibi_slopes.present())
@@ -103,31 +104,9 @@ struct Problem {
 
 template <typename T>
 void Problem::bias_row(int64_t b, int64_t h, int64_t i, int64_t j0, T* s, int64_t n) const {
-  if (mask.softcap > 0) {
-    for (int64_t j = 0; j < n; ++j) s[j] = softcapped(s[j]);
-  }
-  if (mask.alibi_slopes.present()) {
-    const T slope = static_cast<T>(alibi_slope(b, h));
-    const int64_t p = query_position(b, i);
-    for (int64_t j = 0; j < n; ++j) s[j] -= slope * static_cast<T>(std::abs(p - (j0 + j)));
-  }
-  const ConstTensorView& m = mask.attn_mask;
-  if (m.present()) {
-    // Broadcast dimensions have stride 0 (resolve sets them).
-    const int64_t row = b * m.stride[0] + h * m.stride[1] + i * m.stride[2];
-    const int64_t st = m.stride[3];
-    if (m.dtype == DType::kBool) {
-      const uint8_t* x = static_cast<const uint8_t*>(m.data) + row;
-      for (int64_t j = 0; j < n; ++j)
-        if (!x[(j0 + j) * st]) s[j] = -std::numeric_limits<T>::infinity();
-    } else if (m.dtype == DType::kF64) {
-      const double* x = static_cast<const double*>(m.data) + row;
-      for (int64_t j = 0; j < n; ++j) s[j] += static_cast<T>(x[(j0 + j) * st]);
-    } else {
-      const float* x = static_cast<const float*>(m.data) + row;
-      for (int64_t j = 0; j < n; ++j) s[j] += static_cast<T>(x[(j0 + j) * st]);
-    }
-  }
+  // One definition of the logit masks (add_bias), which the backward passes use per key.
+  for (int64_t j = 0; j < n; ++j)
+    s[j] = add_bias(b, h, i, j0 + j, mask.softcap > 0 ? softcapped(s[j]) : s[j]);
 }
 
 inline Problem Problem::resolve(const AttentionArgs& a, const AttentionOptions& o) {
