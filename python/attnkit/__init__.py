@@ -127,21 +127,9 @@ def _result_shape(q: Any, v: Any) -> tuple:
     return qs[:3] + vs[3:] if len(qs) == 4 and len(vs) == 4 else (1, 1, 1, 1)
 
 
-def _key_lengths(lengths: Any) -> Optional[np.ndarray]:
-    if lengths is None:
-        return None
-    if _is_torch(lengths):
-        lengths = lengths.detach().cpu().numpy()
-    a = np.asarray(lengths)
-    if a.dtype.kind not in "iu":
-        raise Error(f"key_lengths: must be integers (got {a.dtype})")
-    if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
-        raise Error("key_lengths: values must fit in int32")
-    return np.ascontiguousarray(a, dtype=np.int32)
-
-
 def _int32s(x: Any, name: str) -> Optional[np.ndarray]:
-    """A 1-D int32 array (a copy only when x is another integer type or a list)."""
+    """x as a contiguous int32 array for the extension (key_lengths, key_begin, cu_seqlens,
+    ...; it checks the rank); a copy only when x is another integer type or a list."""
     if x is None:
         return None
     if _is_torch(x):
@@ -317,7 +305,7 @@ class Mechanism:
         _check_filter(filter)
         memory, gate, filter = _array(memory, "memory"), _array(gate, "gate"), _array(
             filter, "filter")
-        lengths = _key_lengths(key_lengths)
+        lengths = _int32s(key_lengths, "key_lengths")
         # Every input rule first: outputs sized from a bad input are never allocated.
         self._m.check_inputs(q, k, v, key_lengths=lengths, memory=memory, gate=gate,
                              filter=filter, mask=mask)
@@ -380,7 +368,7 @@ class Mechanism:
         dgate = None if gate is None else _empty(gate, _shape(gate), gate.dtype)
         dmemory = None if memory is None else _empty(memory, _shape(memory), memory.dtype)
         dfilter = None if filter is None else _empty(filter, _shape(filter), filter.dtype)
-        self._m.backward(*args, dq, dk, dv, key_lengths=_key_lengths(key_lengths),
+        self._m.backward(*args, dq, dk, dv, key_lengths=_int32s(key_lengths, "key_lengths"),
                          memory=memory, gate=gate, filter=filter, dgate=dgate, dmemory=dmemory,
                          dfilter=dfilter, lse=_array(lse, "lse"), mask=mask)
         return Gradients(dq, dk, dv, dgate, dmemory, dfilter)
