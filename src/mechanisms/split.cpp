@@ -62,13 +62,17 @@ std::vector<Piece> pieces(const AttentionArgs& a, const Capabilities& c, bool ca
   return out;
 }
 
+// Rows [r0, r0 + n) of t's batch row p.b ([B, S, ...] views of q, k, v, gate and gradients).
+template <typename View>
+View piece_rows(const View& t, const Piece& p, int64_t r0, int64_t n) {
+  return slice(slice(t, 0, p.b, 1), 1, r0, n);
+}
+
 AttentionArgs slice(const AttentionArgs& a, const Piece& p) {
   AttentionArgs s = a;
-  const auto rows = [&](auto t, int64_t r0, int64_t n) {
-    return slice(slice(t, 0, p.b, 1), 1, r0, n);
-  };
-  s.q = rows(a.q, p.q0, p.nq), s.out = rows(a.out, p.q0, p.nq);
-  s.k = rows(a.k, p.k0, p.nk), s.v = rows(a.v, p.k0, p.nk), s.gate = rows(a.gate, p.k0, p.nk);
+  s.q = piece_rows(a.q, p, p.q0, p.nq), s.out = piece_rows(a.out, p, p.q0, p.nq);
+  s.k = piece_rows(a.k, p, p.k0, p.nk), s.v = piece_rows(a.v, p, p.k0, p.nk),
+  s.gate = piece_rows(a.gate, p, p.k0, p.nk);
   s.lse = slice(slice(a.lse, 0, p.b, 1), 2, p.q0, p.nq);
   s.memory = slice(a.memory, 0, p.seq, 1), s.memory_out = slice(a.memory_out, 0, p.seq, 1);
   if (a.mask.alibi_slopes.rank == 2) s.mask.alibi_slopes = slice(a.mask.alibi_slopes, 0, p.seq, 1);
@@ -174,12 +178,9 @@ void Mechanism::run_backward_split(const BackwardArgs& g, Context& ctx) const {
     s.forward = slice(a, p);
     const int32_t len = p.key_length;
     if (len >= 0) s.forward.key_lengths = {&len, 1};
-    const auto rows = [&](auto t, int64_t r0, int64_t n) {
-      return slice(slice(t, 0, p.b, 1), 1, r0, n);
-    };
-    s.dout = rows(g.dout, p.q0, p.nq), s.dq = rows(g.dq, p.q0, p.nq);
-    s.dk = rows(g.dk, p.k0, p.nk), s.dv = rows(g.dv, p.k0, p.nk);
-    s.dgate = rows(g.dgate, p.k0, p.nk);
+    s.dout = piece_rows(g.dout, p, p.q0, p.nq), s.dq = piece_rows(g.dq, p, p.q0, p.nq);
+    s.dk = piece_rows(g.dk, p, p.k0, p.nk), s.dv = piece_rows(g.dv, p, p.k0, p.nk);
+    s.dgate = piece_rows(g.dgate, p, p.k0, p.nk);
     s.dmemory = slice(g.dmemory, 0, p.seq, 1);
     if (g.dfilter.present()) s.dfilter = dfilter_piece;
     if (p.nq == 0 || p.nk == 0 || len == 0) {  // nothing attends: zero gradients
