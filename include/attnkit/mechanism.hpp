@@ -29,10 +29,10 @@ struct Capabilities {
   bool uses_filter = false;   // AttentionArgs::filter (memory filter_type=conv)
   bool emits_lse = false;     // AttentionArgs::lse (softmax)
   // The masks its math admits (MaskKind bits). Every mechanism takes right padding
-  // (key_lengths) and causal natively. The base class runs packed batches (varlen) as one
-  // call per sequence, and, for a mechanism without kMaskQueryPositions, left padding as
-  // one call per batch row on its keys [key_begin, Sk): so the padding tokens do not exist
-  // for it, and a left-padded row equals the unpadded run.
+  // (key_lengths) natively, and causal when `causal` says so. The base class runs packed batches
+  // (varlen) as one call per sequence, and, for a mechanism without kMaskQueryPositions, left
+  // padding as one call per batch row on its keys [key_begin, Sk): so the padding tokens do not
+  // exist for it, and a left-padded row equals the unpadded run.
   uint32_t masks = kMaskKeyRanges | kMaskVarlen;
   // Queries and keys are positions of one sequence whose query rows are pooled (memory's
   // chunks, lara's landmarks): left padding drops the query rows before the first valid
