@@ -1,9 +1,15 @@
-"""attnkit.torch: attnkit mechanisms as PyTorch autograd Functions and nn.Module layers.
+"""attnkit.torch: attnkit mechanisms as PyTorch operators, functions and nn.Module layers.
 
 Tensors go to the C++ kernels through DLPack without copies (a tensor whose last dimension is
-not contiguous is made contiguous first, since the kernels read rows). Gradients come from
-each mechanism's backward pass: float32 runs the kernels, float64 the double-precision
-references, so ``torch.autograd.gradcheck`` checks them against finite differences.
+not contiguous is made contiguous first, since the kernels read rows). With torch >= 2.4 every
+mechanism is a custom operator, ``torch.ops.attnkit.<name>`` with ``<name>_backward``, which
+torch.compile(fullgraph=True) traces and torch.export keeps; older torch (Debian's 1.13) runs
+the same code in an autograd.Function (``backend()`` says which). Gradients come from each
+mechanism's backward pass. dtypes: float32 runs the kernels; float64 the double-precision
+references (so ``torch.autograd.gradcheck`` checks them against finite differences);
+bfloat16 and float16 give outputs and gradients in the input dtype, computed with float32
+accumulation and states (bfloat16 kernels where the mechanism has them, float32 kernels on
+the exactly widened inputs otherwise).
 
     import torch, attnkit.torch as ak
     q, k, v = (torch.randn(2, 8, 512, 64, requires_grad=True) for _ in range(3))  # [B, H, S, D]
@@ -17,86 +23,144 @@ import torch
 from torch import nn
 
 import attnkit as _ak
+from attnkit import _torch_ops as _ops
 
-__all__ = ["Attention", "AttentionFunction", "MultiheadAttention", "attention",
+__all__ = ["Attention", "AttentionFunction", "MultiheadAttention", "attention", "backend",
            "scaled_dot_product_attention"]
 
 _LAYOUTS = ("bshd", "bhsd")
 
 
-def _rows(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """t detached (DLPack exports no autograd state) with a contiguous last dimension."""
-    if t is None:
+def _int32s(x: Any, name: str) -> Optional[torch.Tensor]:
+    """An index argument (key_lengths, key_begin, cu_seqlens, ...) as an int32 tensor (the
+    operator checks the values)."""
+    if x is None:
         return None
-    t = t.detach()
-    return t if t.dim() == 0 or t.stride(-1) == 1 or t.size(-1) <= 1 else t.contiguous()
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise _ak.Error(f"{name}: must be integers ({e})") from None
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise _ak.Error(f"{name}: must be integers (got {x.dtype})")
+    return x.detach().to(torch.int32)
+
+
+def _flat(spec: _ops.Spec, key_lengths: Any, masks: dict) -> dict:
+    """The operator's flat mask and mechanism arguments (attnkit._torch_ops.MASK_SCHEMA)."""
+    flat = _ops.defaults()
+    flat.update(causal=spec.causal, scale=spec.scale, config=spec.config,
+                key_lengths=_int32s(key_lengths, "key_lengths"))
+    for n in ("key_begin", "query_positions", "cu_seqlens_q", "cu_seqlens_k"):
+        flat[n] = _int32s(masks.get(n), n)
+    for n in ("max_seqlen_q", "max_seqlen_k"):
+        if masks.get(n) is not None:
+            flat[n] = int(masks[n])
+    window = masks.get("window_size", (-1, -1))
+    try:
+        flat["window_left"], flat["window_right"] = (int(w) for w in window)
+    except (TypeError, ValueError):
+        raise _ak.Error(f"window_size: must be a pair (left, right), -1 = unbounded "
+                        f"(got {window!r})") from None
+    flat["softcap"] = float(masks.get("softcap", 0.0) or 0.0)
+    for n in ("alibi_slopes", "attn_mask"):
+        m = masks.get(n)
+        if m is None:
+            continue
+        if not isinstance(m, torch.Tensor):
+            m = torch.as_tensor(m)
+        if m.requires_grad:
+            raise _ak.Error(f"{n}: is a constant here (no gradient); pass {n}.detach()")
+        flat[n] = m
+    return flat
 
 
 class AttentionFunction(torch.autograd.Function):
-    """out = mechanism(q, k, v; gate, memory, filter) with attnkit's backward pass.
+    """out = mechanism(q, k, v; gate, memory, filter) with attnkit's backward pass: the path
+    for torch < 2.4, which has no torch.library.custom_op (the same attnkit._torch_ops.forward
+    and backward the custom operators run).
 
     q [B, Sq, Hq, Dk], k [B, Sk, Hk, Dk], v [B, Sk, Hk, Dv], gate [B, Sk, Hk] or None,
     memory [B, L, Hq, Dk] or None, filter [Hk, width] or None -> out [B, Sq, Hq, Dv].
-    Gradients flow to q, k, v, gate, memory and filter; key_lengths and the masks (a dict of
-    Mechanism.forward's mask keywords) are constants.
+    Gradients flow to q, k, v, gate, memory and filter; flat (the masks, a dict of
+    attnkit._torch_ops.MASK_NAMES) holds constants.
     """
 
     @staticmethod
-    def forward(ctx: Any, mechanism: _ak.Mechanism, key_lengths: Any, masks: dict,
-                q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: Optional[torch.Tensor],
-                memory: Optional[torch.Tensor], filter: Optional[torch.Tensor]) -> torch.Tensor:
-        q, k, v, gate, memory, filter = (_rows(t) for t in (q, k, v, gate, memory, filter))
-        masks = {n: _rows(m) if isinstance(m, torch.Tensor) else m for n, m in masks.items()}
-        lse = None
-        if mechanism.name == "softmax" and q.dtype == torch.float32:
-            # The backward reuses the forward's log-sum-exp instead of a forward pass.
-            out, lse = mechanism.forward(q, k, v, key_lengths=key_lengths, return_lse=True,
-                                         **masks)
-        else:
-            out = mechanism.forward(q, k, v, key_lengths=key_lengths, memory=memory, gate=gate,
-                                    filter=filter, **masks)
-        ctx.mechanism, ctx.key_lengths, ctx.masks = mechanism, key_lengths, masks
-        ctx.save_for_backward(q, k, v, out, gate, memory, filter, lse)
+    def forward(ctx: Any, name: str, flat: dict, q: torch.Tensor, k: torch.Tensor,
+                v: torch.Tensor, gate: Optional[torch.Tensor], memory: Optional[torch.Tensor],
+                filter: Optional[torch.Tensor]) -> torch.Tensor:
+        args = [flat[n] for n in _ops.MASK_NAMES]
+        out, lse = _ops.forward(name, q, k, v, gate, memory, filter, *args)
+        ctx.name, ctx.args = name, args
+        ctx.save_for_backward(q, k, v, out, lse, gate, memory, filter)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, dout: torch.Tensor) -> tuple:
-        # The saved output is the Function's own output, which now carries autograd state.
-        q, k, v, out, gate, memory, filter, lse = (_rows(t) for t in ctx.saved_tensors)
-        g = ctx.mechanism.backward(q, k, v, out, _rows(dout), key_lengths=ctx.key_lengths,
-                                   memory=memory, gate=gate, filter=filter, lse=lse, **ctx.masks)
-        return None, None, None, g.dq, g.dk, g.dv, g.dgate, g.dmemory, g.dfilter
+        q, k, v, out, lse, gate, memory, filter = ctx.saved_tensors
+        g = _ops.backward(ctx.name, dout, q, k, v, out, lse, gate, memory, filter, *ctx.args)
+        extra = (d if t is not None else None for d, t in zip(g[3:], (gate, memory, filter)))
+        return (None, None, *g[:3], *extra)
+
+    @staticmethod
+    def symbolic(g: Any, name: str, flat: dict, q: Any, k: Any, v: Any, gate: Any, memory: Any,
+                 filter: Any) -> Any:
+        """ONNX (TorchScript exporter): one node attnkit::<name> in the custom domain
+        "attnkit", instead of the constants the trace would otherwise record."""
+        return _onnx_node(g, name, flat, q, k, v, gate, memory, filter)
 
 
-def _apply(mechanism: _ak.Mechanism, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+def _onnx_node(g: Any, name: str, flat: dict, *tensors: Any) -> Any:
+    inputs = [t for t in tensors if t is not None and not _is_none_value(t)]
+    arrays = [n for n in _ops.MASK_NAMES if isinstance(flat.get(n), torch.Tensor)]
+    if arrays:
+        raise _ak.Error(f"onnx: attnkit.{name} exports without mask arrays only (got "
+                        f"{', '.join(arrays)})")
+    present = ",".join(n for n, t in zip(("q", "k", "v", "gate", "memory", "filter"), tensors)
+                       if t is not None and not _is_none_value(t))
+    return g.op(f"attnkit::{name}", *inputs, inputs_s=present, causal_i=int(flat["causal"]),
+                scale_f=float(flat["scale"]), config_s=flat["config"],
+                window_left_i=int(flat["window_left"]), window_right_i=int(flat["window_right"]),
+                softcap_f=float(flat["softcap"]))
+
+
+def _is_none_value(t: Any) -> bool:
+    return hasattr(t, "node") and t.node().mustBeNone()
+
+
+def _apply(spec: _ops.Spec, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
            layout: str, key_lengths: Any, gate: Optional[torch.Tensor],
            memory: Optional[torch.Tensor], filter: Optional[torch.Tensor],
            masks: dict) -> torch.Tensor:
     if layout not in _LAYOUTS:
         raise _ak.Error(f"layout: must be one of {_LAYOUTS} (got {layout!r})")
     _ak._mask_kwargs(masks)
-    for name in ("attn_mask", "alibi_slopes"):
-        m = masks.get(name)
-        if isinstance(m, torch.Tensor) and m.requires_grad:
-            raise _ak.Error(f"{name}: is a constant here (no gradient); pass {name}.detach()")
     _ak._check_filter(filter)
     for t, name in ((q, "q"), (k, "k"), (v, "v"), (gate, "gate"), (memory, "memory"),
                     (filter, "filter")):
         if t is not None and not isinstance(t, torch.Tensor):
             raise _ak.Error(f"{name}: must be a torch.Tensor (got {type(t).__name__})")
+    flat = _flat(spec, key_lengths, masks)
     if layout == "bhsd":  # views, not copies: the kernels take any batch/sequence/head strides
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     tracked = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, gate, memory, filter))
-    if tracked and not mechanism.capabilities["backward"]:
-        raise _ak.Error(f"backward: {mechanism.name} has no backward pass; call it under "
+    if tracked and not _ops.has_backward(*spec):
+        raise _ak.Error(f"backward: {spec.name} has no backward pass; call it under "
                         "torch.no_grad() or detach its inputs")
-    if tracked and q.dtype == torch.bfloat16:
-        raise _ak.Error("q: bfloat16 inputs have no backward pass; use float32 (bfloat16 "
-                        "runs forward only, under torch.no_grad())")
-    out = AttentionFunction.apply(mechanism, key_lengths, masks, q, k, v, gate, memory, filter)
+    if _ops.AVAILABLE:
+        out = _ops.call(spec.name, q, k, v, gate, memory, filter, flat)[0]
+    else:
+        out = AttentionFunction.apply(spec.name, flat, q, k, v, gate, memory, filter)
     return out.transpose(1, 2) if layout == "bhsd" else out
+
+
+def backend() -> str:
+    """Which path attnkit.torch runs: "custom_op" (torch >= 2.4: torch.ops.attnkit.*, traced by
+    torch.compile and torch.export) or "autograd.Function" (older torch: eager only)."""
+    return "custom_op" if _ops.AVAILABLE else "autograd.Function"
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, /,
@@ -112,33 +176,67 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, /,
     query_positions, cu_seqlens_q/k, max_seqlen_q/k) as attnkit.Mechanism.forward takes
     them, whatever the layout; the rest is the mechanism's config."""
     masks = {k: config_and_masks.pop(k) for k in _ak._MASK_KEYS if k in config_and_masks}
-    m = _ak.Mechanism(mechanism, causal=causal, scale=scale, **config_and_masks)
-    return _apply(m, q, k, v, layout, key_lengths, gate, memory, filter, masks)
+    spec = _ops.spec(mechanism, causal, scale, config_and_masks)
+    return _apply(spec, q, k, v, layout, key_lengths, gate, memory, filter, masks)
 
 
 def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                                 attn_mask: Optional[torch.Tensor] = None,
-                                 dropout_p: float = 0.0, is_causal: bool = False,
-                                 scale: Optional[float] = None, enable_gqa: bool = False, *,
-                                 mechanism: str = "softmax", **config: Any) -> torch.Tensor:
-    """torch.nn.functional.scaled_dot_product_attention's signature ([..., H, L, E] with
-    one batch dimension: [B, H, L, E]) computed by an attnkit mechanism, with gradients.
-    Key/value heads may divide query heads (GQA) whatever enable_gqa says. attn_mask: bool
-    (True attends) or float added to the logits, broadcastable to [B, H, L, S] (a constant:
-    no gradient). is_causal aligns the mask top-left as PyTorch does (query i sees keys
-    j <= i, also for L != S); attnkit.torch.attention's causal aligns it bottom-right.
-    dropout_p > 0 is an error (attnkit has no dropout)."""
+                                 attn_mask: Any = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: Optional[float] = None,
+                                 enable_gqa: bool = False, *, mechanism: str = "softmax",
+                                 **config: Any) -> torch.Tensor:
+    """torch.nn.functional.scaled_dot_product_attention's signature and semantics, computed by
+    an attnkit mechanism, with gradients: query [B, H, L, E] (or [B, L, E]: one head), key
+    [B, Hk, S, E], value [B, Hk, S, Ev] -> [B, H, L, Ev]. Hk != H needs enable_gqa=True (H a
+    multiple of Hk), as in PyTorch. attn_mask: bool (True attends) or float added to the logits,
+    broadcastable to [B, H, L, S] (a constant: no gradient), or a
+    torch.nn.attention.bias.CausalBias: causal_upper_left / causal_lower_right. is_causal aligns
+    the mask top-left as PyTorch does (query i sees keys j <= i, also for L != S);
+    causal_lower_right(L, S) aligns it bottom-right (the last query sees every key: a KV-cache
+    decode step), as attnkit.torch.attention's causal=True does. scale: the logit scale
+    (default 1/sqrt(E)). dropout_p > 0 is an error (attnkit has no dropout)."""
     if dropout_p != 0.0:
         raise _ak.Error(f"dropout_p: must be 0 (got {dropout_p}); attnkit has no dropout")
+    if query.dim() == 3:  # [B, L, E]: one head
+        out = scaled_dot_product_attention(
+            query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1),
+            _unsqueeze_mask(attn_mask), dropout_p, is_causal, scale, enable_gqa,
+            mechanism=mechanism, **config)
+        return out.squeeze(1)
     if query.dim() != 4:
-        raise _ak.Error(f"query: must be [B, H, L, E] (got {query.dim()} dimensions)")
-    masks = {}
+        raise _ak.Error(f"query: must be [B, H, L, E] or [B, L, E] (got {query.dim()} "
+                        "dimensions)")
+    if not enable_gqa and key.dim() == 4 and key.shape[1] != query.shape[1]:
+        raise _ak.Error(f"enable_gqa: key has {key.shape[1]} heads and query {query.shape[1]}; "
+                        "pass enable_gqa=True for grouped-query attention (as PyTorch's SDPA)")
+    masks: dict = {}
+    causal = bool(is_causal)
+    top_left = causal
+    variant = _causal_variant(attn_mask)
+    if variant is not None:
+        if causal:
+            raise _ak.Error("is_causal: must be False when attn_mask is a CausalBias")
+        causal, top_left, attn_mask = True, variant == "upper_left", None
     if attn_mask is not None:
         masks["attn_mask"] = attn_mask
-    if is_causal and query.shape[-2] != key.shape[-2]:  # top-left: row 0 at key position 0
+    if top_left and query.shape[-2] != key.shape[-2]:  # row 0 at key position 0
         masks["query_positions"] = torch.zeros(query.shape[0], dtype=torch.int32)
-    return attention(query, key, value, mechanism, causal=is_causal, scale=scale, layout="bhsd",
+    return attention(query, key, value, mechanism, causal=causal, scale=scale, layout="bhsd",
                      **masks, **config)
+
+
+def _causal_variant(mask: Any) -> Optional[str]:
+    """"upper_left" / "lower_right" for a torch.nn.attention.bias.CausalBias, else None."""
+    if type(mask).__name__ != "CausalBias" or not hasattr(mask, "variant"):
+        return None
+    return "upper_left" if "UPPER_LEFT" in str(mask.variant) else "lower_right"
+
+
+def _unsqueeze_mask(mask: Any) -> Any:
+    """A 3-D query's mask [B|1, L, S] as the 4-D call's [B|1, 1, L, S]."""
+    if isinstance(mask, torch.Tensor) and mask.dim() == 3:
+        return mask.unsqueeze(1)
+    return mask
 
 
 class Attention(nn.Module):
@@ -157,6 +255,7 @@ class Attention(nn.Module):
                  kv_heads: int = 0, **config: Any) -> None:
         super().__init__()
         self.mechanism = _ak.Mechanism(mechanism, causal=causal, scale=scale, **config)
+        self._spec = _ops.spec(mechanism, causal, scale, config)
         if layout not in _LAYOUTS:
             raise _ak.Error(f"layout: must be one of {_LAYOUTS} (got {layout!r})")
         self.layout = layout
@@ -183,7 +282,7 @@ class Attention(nn.Module):
         if self.memory is not None:  # [L, H, D] -> [B, L, H, D], a stride-0 view
             memory = self.memory.unsqueeze(0).expand(q.shape[0], -1, -1, -1).to(q.dtype)
         filter = None if self.filter is None else self.filter.to(q.dtype)
-        return _apply(self.mechanism, q, k, v, self.layout, key_lengths, gate, memory, filter,
+        return _apply(self._spec, q, k, v, self.layout, key_lengths, gate, memory, filter,
                       masks)
 
 

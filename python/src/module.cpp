@@ -225,6 +225,7 @@ class PyMechanism {
     d["uses_gate"] = c.uses_gate;
     d["uses_filter"] = c.uses_filter;
     d["emits_lse"] = c.emits_lse;
+    d["bfloat16"] = c.bfloat16;
     nb::list masks;  // the mask keywords it takes (key_lengths and causal: every mechanism)
     for (uint32_t bit = 1; bit < attnkit::kAllMasks; bit <<= 1) {
       if (c.masks & bit) masks.append(std::string(attnkit::mask_name(attnkit::MaskKind(bit))));

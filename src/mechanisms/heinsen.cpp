@@ -56,7 +56,9 @@ class Heinsen final : public Mechanism {
 }  // namespace
 
 std::unique_ptr<Mechanism> make_heinsen(const AttentionOptions& o, KeyValues&) {
-  if (o.scale != 0.0) throw Error("scale", "heinsen attention has no logit scale; leave it 0");
+  if (o.scale != 0.0)
+    throw Error("scale",
+                "heinsen attention has no logit scale; leave it unset (0, or None in Python)");
   return std::make_unique<Heinsen>(o);
 }
 

@@ -22,7 +22,11 @@ class Linear final : public Mechanism {
   Linear(const AttentionOptions& o, const LinearConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "linear"; }
   Capabilities capabilities() const override {
-    return {.causal = true, .streaming = !c_.gated, .backward = true, .uses_gate = c_.gated};
+    return {.causal = true,
+            .streaming = !c_.gated,
+            .backward = true,
+            .uses_gate = c_.gated,
+            .bfloat16 = true};
   }
   void validate_backward(const BackwardArgs& g) const override {
     validate(g.forward);
@@ -117,7 +121,9 @@ class Linear final : public Mechanism {
 }  // namespace
 
 std::unique_ptr<Mechanism> make_linear(const AttentionOptions& o, KeyValues& kv) {
-  if (o.scale != 0.0) throw Error("scale", "linear attention has no logit scale; leave it 0");
+  if (o.scale != 0.0)
+    throw Error("scale",
+                "linear attention has no logit scale; leave it unset (0, or None in Python)");
   LinearConfig c;
   c.map = static_cast<FeatureMap>(kv.get_choice("map", 0, kMaps, "feature map phi of q and k"));
   c.norm = static_cast<LinearNorm>(

@@ -143,8 +143,12 @@ class Softmax final : public Mechanism {
   using Mechanism::Mechanism;
   std::string_view name() const override { return "softmax"; }
   Capabilities capabilities() const override {
-    return {
-        .causal = true, .streaming = true, .backward = true, .emits_lse = true, .masks = kAllMasks};
+    return {.causal = true,
+            .streaming = true,
+            .backward = true,
+            .emits_lse = true,
+            .bfloat16 = true,
+            .masks = kAllMasks};
   }
 
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {

@@ -100,6 +100,32 @@ TEST(Registry, ExtremeHeadDimsAndSingleTokens) {
   }
 }
 
+// Capabilities::bfloat16 tells the truth: a mechanism that claims bfloat16 inputs runs them
+// (float32 out, near the float64 reference); one that does not refuses them by naming q.
+TEST(Registry, Bfloat16CapabilityMatchesWhatForwardAccepts) {
+  Context ctx(1);
+  for (const auto& [name, c] : cases()) {
+    const auto m = make_mechanism(name, {}, c.first);
+    Problem p({1, 8, 8, 2, 2, 16, 16}, 3, Layout::kContiguous,
+              m->capabilities().needs_memory ? 2 : 0);
+    const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k),
+                                v = round_to_bf16(p.v);
+    Problem r = p;
+    AttentionArgs a = p.args32();
+    a.q = bf16_view(q, p.q);
+    a.k = bf16_view(k, p.k);
+    a.v = bf16_view(v, p.v);
+    if (!m->capabilities().bfloat16) {
+      EXPECT_EQ(m->check(a).rfind("q: ", 0), 0u) << name << ": " << m->check(a);
+      continue;
+    }
+    m->forward(a, ctx);
+    m->forward(r.args64(), ctx);  // the float64 reference on the same rounded inputs
+    const Report rep = compare(p.out, true, r.out);
+    EXPECT_LE(rep.max_abs, 0.05 * rep.ref_max + 1e-6) << name << " " << rep.str();
+  }
+}
+
 TEST(Registry, ConfigErrorsNameTheKey) {
   auto message = [](std::string_view name, std::string_view cfg, AttentionOptions o = {}) {
     try {
@@ -125,7 +151,7 @@ TEST(Registry, ConfigErrorsNameTheKey) {
   EXPECT_EQ(message("softmax", "", {.scale = -1.0}),
             "scale: must be finite and >= 0 (0 means 1/sqrt(head_dim))");
   EXPECT_EQ(message("heinsen", "", {.scale = 0.5}),
-            "scale: heinsen attention has no logit scale; leave it 0");
+            "scale: heinsen attention has no logit scale; leave it unset (0, or None in Python)");
 }
 
 // describe() and config_keys() come from what the factory parsed: every key, with the value

@@ -193,10 +193,21 @@ def test_scaled_dot_product_attention_drop_in():
         torch.testing.assert_close(out[:, :, 19:], full, atol=2e-5, rtol=1e-4)
 
 
-def test_bfloat16_runs_forward_only():
-    q, k, v = (t.detach().bfloat16().requires_grad_() for t in inputs(dtype=torch.float32))
-    with pytest.raises(ValueError, match="bfloat16"):
-        ak.attention(q, k, v)
-    with torch.no_grad():
-        out = ak.attention(q, k, v)
-    assert out.dtype == torch.float32
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["softmax", "linear", "topk"])
+def test_low_precision_in_is_low_precision_out_with_gradients(dtype, name):
+    """bfloat16 / float16 in -> the same dtype out and in the gradients, equal to the float32
+    run on the same (exactly widened) values to the dtype's rounding."""
+    config = CONFIGS.get(name, {})
+    q, k, v = (t.detach().to(dtype).requires_grad_() for t in inputs(s=9, d=8, dtype=torch.float32))
+    out = ak.attention(q, k, v, name, causal=True, **config)
+    assert out.dtype == dtype
+    out.float().square().sum().backward()
+    assert all(t.grad.dtype == dtype for t in (q, k, v))
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = ak.attention(q32, k32, v32, name, causal=True, **config)
+    ref.square().sum().backward()
+    tol = dict(atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(out.float(), ref.detach(), **tol)
+    for t, r in ((q, q32), (k, k32), (v, v32)):
+        torch.testing.assert_close(t.grad.float(), r.grad, **tol)
