@@ -229,7 +229,7 @@ def _causal_variant(mask: Any) -> Optional[str]:
     """"upper_left" / "lower_right" for a torch.nn.attention.bias.CausalBias, else None."""
     if type(mask).__name__ != "CausalBias" or not hasattr(mask, "variant"):
         return None
-    return "upper_left" if "UPPER_LEFT" in str(mask.variant) else "lower_right"
+    return "upper_left" if getattr(mask.variant, "name", "") == "UPPER_LEFT" else "lower_right"
 
 
 def _unsqueeze_mask(mask: Any) -> Any:

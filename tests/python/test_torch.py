@@ -211,3 +211,39 @@ def test_low_precision_in_is_low_precision_out_with_gradients(dtype, name):
     torch.testing.assert_close(out.float(), ref.detach(), **tol)
     for t, r in ((q, q32), (k, k32), (v, v32)):
         torch.testing.assert_close(t.grad.float(), r.grad, **tol)
+
+
+def test_sdpa_scale_gqa_and_both_causal_alignments():
+    sdpa = getattr(torch.nn.functional, "scaled_dot_product_attention", None)
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 4, 7, 8, generator=g)
+    k, v = (torch.randn(2, 2, 11, 8, generator=g) for _ in range(2))
+    with pytest.raises(ValueError, match="enable_gqa"):
+        ak.scaled_dot_product_attention(q, k, v)
+    kr, vr = (t.repeat_interleave(2, dim=1) for t in (k, v))  # GQA as repeated heads
+    with torch.no_grad():
+        out = ak.scaled_dot_product_attention(q, k, v, scale=0.3, enable_gqa=True)
+        ref = torch_softmax_attention(*(t.transpose(1, 2) for t in (q * 0.3 * 8 ** 0.5, kr, vr)),
+                                      False).transpose(1, 2)
+        torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+        # Bottom-right causal (torch.nn.attention.bias.causal_lower_right): query i sees keys
+        # j <= i + S - L, attnkit.torch.attention's causal=True.
+        bottom = torch_softmax_attention(*(t.transpose(1, 2) for t in (q, kr, vr)),
+                                         True).transpose(1, 2)
+        bias = pytest.importorskip("torch.nn.attention.bias") if sdpa is not None else None
+        if bias is not None:
+            out = ak.scaled_dot_product_attention(q, k, v, bias.causal_lower_right(7, 11),
+                                                  enable_gqa=True)
+            torch.testing.assert_close(out, bottom, atol=2e-5, rtol=1e-4)
+            out = ak.scaled_dot_product_attention(q, k, v, bias.causal_upper_left(7, 11),
+                                                  enable_gqa=True)
+            top = ak.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            torch.testing.assert_close(out, top)
+            torch.testing.assert_close(top, sdpa(q, kr, vr, is_causal=True), atol=2e-5,
+                                       rtol=1e-4)
+        torch.testing.assert_close(ak.attention(q, k, v, causal=True, layout="bhsd"), bottom,
+                                   atol=2e-5, rtol=1e-4)
+        # [B, L, E]: one head.
+        out = ak.scaled_dot_product_attention(q[:, 0], kr[:, 0], vr[:, 0], is_causal=True)
+        torch.testing.assert_close(out, sdpa(q[:, 0], kr[:, 0], vr[:, 0], is_causal=True)
+                                   if sdpa else out, atol=2e-5, rtol=1e-4)

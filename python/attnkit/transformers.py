@@ -1,0 +1,176 @@
+"""attnkit.transformers: attnkit mechanisms as Hugging Face transformers attention
+implementations (``attn_implementation="attnkit"``, ``"attnkit_topk"``, ...).
+
+    import attnkit.transformers
+    attnkit.transformers.register()
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="attnkit_topk")
+    model.config.attnkit_options = {"k": 64}       # or: with attnkit.transformers.options(k=64):
+    model.generate(**tokenizer(texts, return_tensors="pt", padding=True))
+
+Every model whose attention goes through transformers' ``AttentionInterface`` (Llama, GPT-2,
+BERT, Qwen, Mistral, ...) then runs its inner product in attnkit: GQA natively (no repeated
+key/value heads), the model's ``scaling`` (mechanisms without a logit scale, linear and
+heinsen, ignore it), its causal flag and sliding window, and the KV cache's decode steps (a
+query of length 1 against the cache, bottom-right aligned). The masks come from transformers'
+own SDPA mask function (registered for each name); this module turns the boolean mask back
+into the structure it encodes, per batch row: left / right padding (``key_begin``,
+``key_lengths``), causal, sliding window. A mask with other structure (packed sequences,
+arbitrary patterns) goes to the mechanism as a dense ``attn_mask`` when it takes one (softmax,
+topk, ra) and is an error naming the mechanism otherwise: never dropped. Padded query rows
+(before a left-padded row's first token) give zeros.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+from typing import Any, Iterator, Optional
+
+import torch
+
+import attnkit as _ak
+import attnkit.torch as _akt
+
+__all__ = ["implementations", "options", "register"]
+
+_OPTIONS: contextvars.ContextVar = contextvars.ContextVar("attnkit_options", default=None)
+
+
+def implementations() -> dict:
+    """attn_implementation name -> mechanism: "attnkit" is exact softmax attention."""
+    names = {"attnkit": "softmax"}
+    names.update({f"attnkit_{m}": m for m in _ak.mechanisms()})
+    return names
+
+
+@contextlib.contextmanager
+def options(**config: Any) -> Iterator[None]:
+    """Mechanism config keys for the attnkit attention calls inside the block (they override
+    ``model.config.attnkit_options``), e.g. ``with options(k=32): model(**batch)``."""
+    token = _OPTIONS.set(dict(config))
+    try:
+        yield
+    finally:
+        _OPTIONS.reset(token)
+
+
+def register() -> list[str]:
+    """Adds every attnkit mechanism to transformers' AttentionInterface and the SDPA mask
+    function to its AttentionMaskInterface under the same names; returns the names."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    for impl, mechanism in implementations().items():
+        AttentionInterface.register(impl, functools.partial(_forward, mechanism))
+        AttentionMaskInterface.register(impl, sdpa_mask)
+    return list(implementations())
+
+
+@functools.lru_cache(maxsize=None)
+def _has_scale(mechanism: str) -> bool:
+    """Whether the mechanism has a logit scale (linear and heinsen have none)."""
+    try:
+        _ak.Mechanism(mechanism, scale=1.0)
+    except _ak.Error:
+        return False
+    return True
+
+
+def _config(module: torch.nn.Module) -> dict:
+    config = dict(getattr(getattr(module, "config", None), "attnkit_options", None) or {})
+    config.update(_OPTIONS.get() or {})
+    return config
+
+
+def _structure(mask: torch.Tensor, causal: bool, window: int) -> Optional[dict]:
+    """The masks keywords that select the same keys as a boolean mask [B, 1, L, S] on every
+    row that sees a key (rows of padding queries give zeros instead), or None when padding
+    plus causal plus window do not explain it."""
+    b, _, length, s = mask.shape
+    if mask.shape[1] != 1:
+        return None
+    m = mask[:, 0]
+    seen = m.any(dim=1)  # [B, S]: keys some query sees
+    cols = torch.arange(s, device=m.device)
+    begin = torch.where(seen, cols, s).amin(dim=1)
+    end = torch.where(seen, cols + 1, 0).amax(dim=1)
+    end = torch.maximum(end, begin)
+    keys = (cols >= begin[:, None]) & (cols < end[:, None])  # [B, S]
+    if not torch.equal(keys, seen):  # holes: packed sequences or an arbitrary pattern
+        return None
+    want = keys[:, None, :].expand(b, length, s)
+    pos = torch.arange(length, device=m.device) + (s - length)  # bottom-right query positions
+    if causal:
+        want = want & (cols[None, :] <= pos[:, None])
+    if window >= 0:
+        want = want & (cols[None, :] >= pos[:, None] - window)
+    live = want.any(dim=-1, keepdim=True)
+    if not torch.equal(torch.where(live, m, False), want):
+        return None
+    # A query row that sees no key under the structure (padding before a left-padded row's
+    # first token) must see none or, as transformers' fix for fully masked rows, all of them.
+    if bool((~live & m.any(-1, keepdim=True) & ~m.all(-1, keepdim=True)).any()):
+        return None
+    out: dict = {"key_lengths": end.to(torch.int32)}
+    if bool((begin > 0).any()):
+        out["key_begin"] = torch.minimum(begin, end).to(torch.int32)
+    return out
+
+
+def _masks(mechanism: str, mask: Optional[torch.Tensor], causal: bool, window: int,
+           lengths: tuple) -> dict:
+    """attnkit mask keywords for transformers' SDPA mask (bool [B, 1, L, S], float additive,
+    or None: no padding, causal by the module's flag)."""
+    if mask is None:
+        return {}
+    if mask.dtype != torch.bool:  # an additive float mask (custom code paths)
+        mask = mask > torch.finfo(mask.dtype).min / 2
+    if mask.dim() != 4 or tuple(mask.shape[-2:]) != lengths:
+        raise _ak.Error(f"attention_mask: must be [B, 1|H, L, S] with L, S = {lengths} (got "
+                        f"{tuple(mask.shape)})")
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+    if not compiling():
+        for c in ((causal, False) if causal else (False,)):
+            found = _structure(mask, c, window if c else -1)
+            if found is not None:
+                return dict(found, _causal=c)
+    if "attn_mask" not in _ak.Mechanism(mechanism).capabilities["masks"]:
+        raise _ak.Error(f"attention_mask: this mask is not padding + causal + window, and "
+                        f"{mechanism} takes no dense attn_mask (softmax, topk and ra do)")
+    return {"attn_mask": mask, "_causal": False}
+
+
+def _forward(mechanism: str, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+             value: torch.Tensor, attention_mask: Optional[torch.Tensor],
+             dropout: float = 0.0, scaling: Optional[float] = None,
+             is_causal: Optional[bool] = None, **kwargs: Any) -> tuple:
+    """transformers' attention function signature: query [B, H, L, D], key / value
+    [B, Hk, S, D] -> ([B, L, H, Dv], None)."""
+    if dropout:
+        raise _ak.Error(f"dropout: attnkit has no attention dropout (got {dropout}); set the "
+                        "model config's attention dropout to 0 to train with attnkit")
+    if kwargs.get("output_attentions"):
+        raise _ak.Error("output_attentions: attnkit does not form the attention matrix")
+    if kwargs.get("position_bias") is not None or kwargs.get("s_aux") is not None:
+        raise _ak.Error("position_bias / s_aux: attnkit.transformers does not take them")
+    causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    window = kwargs.get("sliding_window")
+    window = int(window) - 1 if window else -1
+    length, s = query.shape[2], key.shape[2]
+    masks = _masks(mechanism, attention_mask, causal, window, (length, s))
+    causal = masks.pop("_causal", causal)
+    if attention_mask is None and causal and 1 < length < s:
+        # transformers' no-mask prefill into a static cache: the queries are the first keys
+        key, value = key[:, :, :length], value[:, :, :length]
+    if causal and window >= 0:
+        masks["window_size"] = (window, 0)
+    if kwargs.get("softcap"):
+        masks["softcap"] = float(kwargs["softcap"])
+    config = _config(module)
+    scale = scaling if scaling and _has_scale(mechanism) else None
+    memory = getattr(module, "attnkit_memory", None)
+    if memory is not None:  # [L, H, D] learnable (see attnkit.torch.Attention)
+        memory = memory.unsqueeze(0).expand(query.shape[0], -1, -1, -1).to(query.dtype)
+    out = _akt.attention(query, key, value, mechanism, causal=causal, scale=scale,
+                         layout="bhsd", memory=memory, **config, **masks)
+    return out.transpose(1, 2), None
