@@ -23,6 +23,7 @@ namespace attnkit {
 struct Capabilities {
   bool causal = false;
   bool streaming = false;
+  bool kv_cache = false;  // its stream keeps every token (state grows with the length)
   bool backward = false;
   bool needs_memory = false;  // AttentionArgs::memory is required (and memory_out allowed)
   bool uses_gate = false;     // AttentionArgs::gate (linear gated=1)

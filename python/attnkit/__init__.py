@@ -280,8 +280,9 @@ class Mechanism:
     @property
     def capabilities(self) -> dict:
         """causal, streaming, backward, needs_memory, uses_gate, uses_filter, emits_lse (every
-        mechanism has a non-causal forward), and masks: the mask keywords it takes
-        (key_lengths and causal: every mechanism)."""
+        mechanism has a non-causal forward), bfloat16 (bfloat16 kernels), aligned (queries and
+        keys are one sequence, Sq == Sk: memory's chunks and lara's landmarks pool queries),
+        and masks: the mask keywords it takes (key_lengths and causal: every mechanism)."""
         return self._m.capabilities()
 
     def describe(self) -> str:

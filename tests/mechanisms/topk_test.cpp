@@ -14,6 +14,13 @@ TEST(Topk, MatchesReferenceOverTheSweep) {
   }
 }
 
+// The KV-cache stream: top-k over the cached tokens; each decode step equals the causal
+// forward's row (a window's ring and the logit masks: tests/property/streaming_test.cpp).
+TEST(Topk, StreamingMatchesCausal) {
+  check_streaming_matches_causal("topk", "k=7", 1e-6);
+  check_streaming_matches_causal("topk", "k=200", 1e-6);  // k >= every length: softmax
+}
+
 TEST(Topk, KAtLeastKeysEqualsSoftmax) {
   Context ctx(2);
   for (bool causal : {false, true}) {

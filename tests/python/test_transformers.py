@@ -93,14 +93,18 @@ def test_batched_left_padded_generate_gives_sdpa_tokens(kind):
 
 
 @pytest.mark.parametrize("mechanism", [m for m in attnkit.mechanisms()
-                                       if attnkit.Mechanism(m).capabilities["causal"]
-                                       and not attnkit.Mechanism(m).capabilities["needs_memory"]])
+                                       if attnkit.Mechanism(m).capabilities["causal"]])
 def test_every_causal_mechanism_decodes_inside_generate(mechanism):
     """Each decode step (one query against the KV cache) equals the last row of the full
     forward over the generated sequence: generate's tokens are the forward's argmaxes."""
     ids, mask = batch("left")
     model = tiny("llama", f"attnkit_{mechanism}")
-    with akt.options(**({"samples": 64} if mechanism == "ra" else {})):
+    if attnkit.Mechanism(mechanism).capabilities["needs_memory"]:
+        with pytest.raises(ValueError, match="add_memory"):
+            model(input_ids=ids, attention_mask=mask)
+        assert akt.add_memory(model, slots=3) == 2
+    config = {"ra": {"samples": 64}, "memory": {"chunk": 4, "width": 2}}.get(mechanism, {})
+    with akt.options(**config):
         out = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False,
                              pad_token_id=0)
         full_mask = torch.cat([mask, torch.ones(3, 4, dtype=mask.dtype)], dim=1)
