@@ -51,6 +51,7 @@ struct StreamSpec {
   int64_t value_dim = 0;   // Dv
   int64_t max_tokens = 0;  // capacity hint for growing states (KV cache); 0: grow as needed
   ConstTensorView memory;  // [B, L, Hq, Dk] float32 for mechanisms that need memory (copied)
+  ConstTensorView filter;  // [Hk, width] float32 memory-write filter weights (memory; copied)
   // >= 0: sliding window (softmax): a query sees the last window + 1 appended tokens, kept in
   // a fixed ring buffer, so a decode step at any length equals the last row of a causal
   // forward with Mask::window_left = window. -1: every appended token.
@@ -71,6 +72,10 @@ class StreamingState {
   virtual ~StreamingState() = default;
   // k: [B, T, Hk, Dk], v: [B, T, Hk, Dv] float32.
   virtual void append(const ConstTensorView& k, const ConstTensorView& v, Context& ctx) = 0;
+  // Gated mechanisms (linear gated=1): k, v as append's, gate [B, T, Hk] float32 logits, one
+  // per token and kv head. Streams of ungated mechanisms refuse it (Error "gate").
+  virtual void append_gated(const ConstTensorView& k, const ConstTensorView& v,
+                            const ConstTensorView& gate, Context& ctx);
   // q: [B, Tq, Hq, Dk] -> out: [B, Tq, Hq, Dv]; every query sees every appended token.
   virtual void query(const ConstTensorView& q, const TensorView& out, Context& ctx) = 0;
   virtual size_t state_bytes() const = 0;

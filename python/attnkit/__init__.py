@@ -336,19 +336,23 @@ class Mechanism:
     def stream(self, batch: int, heads: int, head_dim: int, *, kv_heads: Optional[int] = None,
                value_dim: Optional[int] = None, max_tokens: int = 0,
                memory: Any = None, window: int = -1, softcap: float = 0.0,
-               alibi_slopes: Any = None) -> Stream:
+               alibi_slopes: Any = None, filter: Any = None) -> Stream:
         """A streaming state for this mechanism (causal by nature: a query sees every token
-        appended before it). memory [B, L, Hq, Dk] float32 for luna (copied). window >= 0
-        (softmax): a query sees the last window + 1 tokens, kept in a fixed ring buffer (a
-        decode step equals the last row of forward(..., causal, window_size=(window, 0))).
-        softcap, alibi_slopes ([Hq] or [B, Hq] float32, copied; not with a window): the
-        softmax logit masks, with a query's rows at the last positions."""
+        appended before it; a decode step equals the last row of the causal forward).
+        softmax and topk keep a KV cache (top-k over it per query); memory its memory and one
+        chunk's buffer; the others a fixed-size state. memory [B, L, Hq, Dk] float32 for luna
+        and memory (copied); filter [Hk, width] float32: memory's conv weights (copied).
+        window >= 0 (softmax, topk): a query sees the last window + 1 tokens, kept in a fixed
+        ring buffer (equal to forward(..., causal, window_size=(window, 0))). softcap,
+        alibi_slopes ([Hq] or [B, Hq] float32, copied; not with a window): the logit masks,
+        with a query's rows at the last positions. linear gated=1: append takes the gate."""
         value_dim = head_dim if value_dim is None else value_dim
         core = self._m.new_stream(int(batch), int(heads), int(kv_heads or heads), int(head_dim),
                                   int(value_dim), int(max_tokens),
                                   memory=_array(memory, "memory"), window=int(window),
                                   softcap=float(softcap),
-                                  alibi_slopes=_array(alibi_slopes, "alibi_slopes"))
+                                  alibi_slopes=_array(alibi_slopes, "alibi_slopes"),
+                                  filter=_array(filter, "filter"))
         return Stream(core, value_dim)
 
     def backward(self, q: Any, k: Any, v: Any, out: Any, dout: Any, *, key_lengths: Any = None,
@@ -376,16 +380,17 @@ class Mechanism:
 
 
 class Stream:
-    """Incremental attention (decoding): ``append`` keys/values [B, T, Hk, D] (float32),
-    ``query`` [B, Tq, Hq, Dk] against every appended token. Fixed-size states (linear,
-    heinsen, rfa, performer, luna) keep ``state_bytes`` constant; softmax keeps a KV cache.
-    Made by ``Mechanism.stream``."""
+    """Incremental attention (decoding): ``append`` keys/values [B, T, Hk, D] (float32; gated
+    linear also the gate logits [B, T, Hk]), ``query`` [B, Tq, Hq, Dk] against every
+    appended token. Fixed-size states (linear, heinsen, rfa, performer, luna, memory) keep
+    ``state_bytes`` constant; softmax and topk keep a KV cache. Made by ``Mechanism.stream``."""
 
     def __init__(self, core: Any, value_dim: int) -> None:
         self._s, self._value_dim = core, value_dim
 
-    def append(self, k: Any, v: Any) -> None:
-        self._s.append(_array(k, "k", required=True), _array(v, "v", required=True))
+    def append(self, k: Any, v: Any, gate: Any = None) -> None:
+        self._s.append(_array(k, "k", required=True), _array(v, "v", required=True),
+                       gate=_array(gate, "gate"))
 
     def query(self, q: Any, out: Any = None) -> Any:
         q = _array(q, "q", required=True)

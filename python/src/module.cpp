@@ -189,10 +189,17 @@ TensorView read_only(const ConstTensorView& c) {
 class PyStream {
  public:
   explicit PyStream(std::unique_ptr<attnkit::StreamingState> s) : s_(std::move(s)) {}
-  void append(const InArray& k, const InArray& v) {
+  void append(const InArray& k, const InArray& v, const std::optional<InArray>& gate) {
     const auto kv = to_view<ConstTensorView>(k, "k");
     const auto vv = to_view<ConstTensorView>(v, "v");
-    run_released([&](attnkit::Context& ctx) { s_->append(kv, vv, ctx); });
+    const auto gv = in_view(gate, "gate");
+    run_released([&](attnkit::Context& ctx) {
+      if (gate) {
+        s_->append_gated(kv, vv, gv, ctx);
+      } else {
+        s_->append(kv, vv, ctx);
+      }
+    });
   }
   void query(const InArray& q, const OutArray& out) {
     const auto qv = to_view<ConstTensorView>(q, "q");
@@ -238,8 +245,8 @@ class PyMechanism {
 
   PyStream new_stream(int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
                       int64_t value_dim, int64_t max_tokens, const std::optional<InArray>& memory,
-                      int64_t window, double softcap,
-                      const std::optional<InArray>& alibi_slopes) const {
+                      int64_t window, double softcap, const std::optional<InArray>& alibi_slopes,
+                      const std::optional<InArray>& filter) const {
     attnkit::StreamSpec spec{.batch = batch,
                              .heads = heads,
                              .kv_heads = kv_heads,
@@ -247,6 +254,7 @@ class PyMechanism {
                              .value_dim = value_dim,
                              .max_tokens = max_tokens,
                              .memory = in_view(memory, "memory"),
+                             .filter = in_view(filter, "filter"),
                              .window = window,
                              .softcap = softcap,
                              .alibi_slopes = in_view(alibi_slopes, "alibi_slopes")};
@@ -398,7 +406,8 @@ void bind_classes(nb::module_& m) {
       "softcap"_a = 0.0, "attn_mask"_a.noconvert() = nb::none());
 
   nb::class_<PyStream>(m, "Stream")
-      .def("append", &PyStream::append, "k"_a.noconvert(), "v"_a.noconvert())
+      .def("append", &PyStream::append, "k"_a.noconvert(), "v"_a.noconvert(),
+           "gate"_a.noconvert() = nb::none())
       .def("query", &PyStream::query, "q"_a.noconvert(), "out"_a.noconvert())
       .def_prop_ro("state_bytes", &PyStream::state_bytes)
       .def_prop_ro("length", &PyStream::length);
@@ -413,7 +422,8 @@ void bind_classes(nb::module_& m) {
       .def("capabilities", &PyMechanism::capabilities)
       .def("new_stream", &PyMechanism::new_stream, "batch"_a, "heads"_a, "kv_heads"_a, "head_dim"_a,
            "value_dim"_a, "max_tokens"_a, "memory"_a.noconvert() = nb::none(), "window"_a = -1,
-           "softcap"_a = 0.0, "alibi_slopes"_a.noconvert() = nb::none())
+           "softcap"_a = 0.0, "alibi_slopes"_a.noconvert() = nb::none(),
+           "filter"_a.noconvert() = nb::none())
       .def("check_inputs", &PyMechanism::check_inputs, "q"_a.noconvert(), "k"_a.noconvert(),
            "v"_a.noconvert(), "key_lengths"_a.noconvert() = nb::none(),
            "memory"_a.noconvert() = nb::none(), "gate"_a.noconvert() = nb::none(),

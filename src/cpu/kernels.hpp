@@ -101,9 +101,10 @@ void linear_backward(const BackwardArgs& g, const Problem& p, const LinearConfig
 // de Brebisson & Vincent linear attention with feature maps, gate and normalisers.
 // Causal prefill is chunked (intra-chunk matmul + carried state).
 void linear_forward(const AttentionArgs& a, const Problem& p, const LinearConfig& c, Context& ctx);
-// Streaming (recurrent form); no gate.
+// Streaming (recurrent form). gate [B, T, Hk] float32 logits (gated=1) or absent: token t
+// adds sigmoid(gate)^2 phi(k_t) v_t^T to C and sigmoid(gate)^2 phi(k_t) to z.
 void linear_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
-                   const LinearConfig& c, Context& ctx);
+                   const ConstTensorView& gate, const LinearConfig& c, Context& ctx);
 void linear_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
                   const LinearConfig& c, Context& ctx);
 

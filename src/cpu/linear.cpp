@@ -215,7 +215,7 @@ struct StreamScratch {
 };
 
 void LinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
-                  const LinearConfig& cfg, Context& ctx) {
+                  const ConstTensorView& gate, const LinearConfig& cfg, Context& ctx) {
   const int64_t T = k.shape[1], dk = k.shape[3];
   ctx.reserve_scratch(Carve::floats<StreamScratch>(s));
   ctx.parallel_for(
@@ -230,6 +230,10 @@ void LinearAppend(LinearState& s, const ConstTensorView& k, const ConstTensorVie
         float* z = s.z_slot(slot);
         for (int64_t t = 0; t < T; ++t) {
           FeatureRow(k.row<const float>(b, t, hk), dk, s.features, cfg.map, fk);
+          if (gate.present()) {  // the gated update weight sigmoid(g)^2
+            const float u = 1.0f / (1.0f + std::exp(-gate.at<const float>(b, t, hk)));
+            for (int64_t r = 0; r < dk; ++r) fk[r] *= u * u;
+          }
           CopyPadded(v.row<const float>(b, t, hk), s.dv, vb, s.dvp);
           for (int64_t r = 0; r < dk; ++r) {
             if (fk[r] != 0.0f) Axpy(fk[r], vb, c + r * s.dvp, s.dvp);
@@ -280,8 +284,8 @@ void linear_forward(const AttentionArgs& a, const Problem& p, const LinearConfig
   HWY_DYNAMIC_DISPATCH(LinearForward)(a, p, c, ctx);
 }
 void linear_append(LinearState& s, const ConstTensorView& k, const ConstTensorView& v,
-                   const LinearConfig& c, Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(LinearAppend)(s, k, v, c, ctx);
+                   const ConstTensorView& gate, const LinearConfig& c, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(LinearAppend)(s, k, v, gate, c, ctx);
   s.tokens += k.shape[1];
 }
 void linear_query(LinearState& s, const ConstTensorView& q, const TensorView& out,

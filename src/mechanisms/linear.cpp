@@ -23,7 +23,7 @@ class Linear final : public Mechanism {
   std::string_view name() const override { return "linear"; }
   Capabilities capabilities() const override {
     return {.causal = true,
-            .streaming = !c_.gated,
+            .streaming = true,
             .backward = true,
             .uses_gate = c_.gated,
             .bfloat16 = true};
@@ -46,19 +46,21 @@ class Linear final : public Mechanism {
     cpu::linear_backward(g, p, c_, ctx);
   }
 
-  // State per kv head: C (Dk x Dv) and z (Dk) float32, plus the token count.
+  // State per kv head: C (Dk x Dv) and z (Dk) float32, plus the token count. gated=1: each
+  // append takes the tokens' gate logits (append_gated).
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
-    if (c_.gated)
-      throw Error("stream", "gated linear attention needs a gate per token; append(k, v) has none");
     check_stream_spec(s);
     const LinearConfig c = c_;
     return make_state([&] {
       return std::make_unique<FixedStateStream>(
           s, cpu::LinearState(s.batch, s.kv_heads, s.head_dim, s.value_dim, /*log_space=*/false),
-          [c](auto& st, auto& k, auto& v, Context& ctx) { cpu::linear_append(st, k, v, c, ctx); },
+          [c](auto& st, auto& k, auto& v, auto& gate, Context& ctx) {
+            cpu::linear_append(st, k, v, gate, c, ctx);
+          },
           [c](auto& st, auto& q, auto& out, Context& ctx) {
             cpu::linear_query(st, q, out, c, ctx);
-          });
+          },
+          nullptr, c.gated);
     });
   }
 

@@ -43,27 +43,14 @@ class Luna final : public Mechanism {
     check_stream_spec(s);
     if (s.head_dim != s.value_dim)
       throw Error("stream", "luna needs head_dim == value_dim (tied unpack)");
-    check_tensor(s.memory, "memory", 4, DType::kF32);
-    if (s.memory.shape[0] != s.batch || s.memory.shape[2] != s.heads ||
-        s.memory.shape[3] != s.head_dim || s.memory.shape[1] < 1) {
-      throw Error("memory", "shape " + shape_string(s.memory) + " must be [B, L >= 1, Hq, Dk]");
-    }
-    check_finite(s.memory, "memory");
-    // The stream keeps its own contiguous copy of the memory.
-    auto mem = std::make_shared<Tensor<float>>(
-        std::vector<int64_t>(s.memory.shape.begin(), s.memory.shape.end()));
-    for (int64_t b = 0; b < s.batch; ++b)
-      for (int64_t l = 0; l < s.memory.shape[1]; ++l)
-        for (int64_t h = 0; h < s.heads; ++h)
-          std::copy_n(s.memory.row<const float>(b, l, h), s.head_dim,
-                      mem->view().row<float>(b, l, h));
+    const auto mem = copy_stream_memory(s);
     const float sc = logit_scale(options(), s.head_dim);
     const ConstTensorView mv = mem->cview();
     return make_state([&] {
       return std::make_unique<FixedStateStream>(
           s,
           cpu::LinearState(s.batch, s.heads, s.memory.shape[1], s.value_dim, /*log_space=*/false),
-          [mv, sc](auto& st, auto& k, auto& v, Context& ctx) {
+          [mv, sc](auto& st, auto& k, auto& v, auto&, Context& ctx) {
             cpu::luna_append(st, k, v, mv, sc, ctx);
           },
           [mv, sc](auto& st, auto& q, auto& out, Context& ctx) {

@@ -7,6 +7,11 @@
 
 namespace attnkit {
 
+void StreamingState::append_gated(const ConstTensorView&, const ConstTensorView&,
+                                  const ConstTensorView&, Context&) {
+  throw Error("gate", "this stream takes no gate (only linear gated=1 does); use append(k, v)");
+}
+
 std::string Mechanism::describe() const {
   std::string s(name());
   for (size_t i = 0; i < config_.size(); ++i) {

@@ -41,7 +41,7 @@ class Rfa final : public Mechanism {
     return make_state([&] {
       return std::make_unique<FixedStateStream>(
           s, cpu::LinearState(s.batch, s.kv_heads, c_.features, s.value_dim, /*log_space=*/true),
-          [f](auto& st, auto& k, auto& v, Context& ctx) {
+          [f](auto& st, auto& k, auto& v, auto&, Context& ctx) {
             cpu::log_linear_append(st, k, v, f, ctx);
           },
           [f](auto& st, auto& q, auto& out, Context& ctx) {

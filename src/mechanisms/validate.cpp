@@ -363,7 +363,9 @@ void check_memory_args(const AttentionArgs& a, const Shape& sh, DType dtype) {
   }
 }
 
-void check_stream_spec(const StreamSpec& sp, bool window_ok) {
+void check_stream_spec(const StreamSpec& sp, bool window_ok, bool filter_ok) {
+  if (sp.filter.present() && !filter_ok)
+    throw Error("filter", "only a memory stream takes filter weights");
   if (sp.window != -1 && !window_ok)
     throw Error("window", "only a softmax stream keeps a sliding window");
   if ((sp.softcap != 0.0 || sp.alibi_slopes.present()) && !window_ok)
@@ -428,6 +430,33 @@ void check_stream_append(const StreamSpec& s, const ConstTensorView& k, const Co
   check_stream_tensor(k, "k", s, s.kv_heads, s.head_dim);
   check_stream_tensor(v, "v", s, s.kv_heads, s.value_dim);
   if (v.shape[1] != k.shape[1]) throw Error("v", "seq must equal k seq");
+}
+
+std::shared_ptr<Tensor<float>> copy_stream_memory(const StreamSpec& s) {
+  check_tensor(s.memory, "memory", 4, DType::kF32);
+  if (s.memory.shape[0] != s.batch || s.memory.shape[2] != s.heads ||
+      s.memory.shape[3] != s.head_dim || s.memory.shape[1] < 1) {
+    throw Error("memory", "shape " + shape_string(s.memory) + " must be [B, L >= 1, Hq, Dk]");
+  }
+  check_finite(s.memory, "memory");
+  auto mem = std::make_shared<Tensor<float>>(
+      std::vector<int64_t>(s.memory.shape.begin(), s.memory.shape.end()));
+  for (int64_t b = 0; b < s.batch; ++b)
+    for (int64_t l = 0; l < s.memory.shape[1]; ++l)
+      for (int64_t h = 0; h < s.heads; ++h)
+        std::copy_n(s.memory.row<const float>(b, l, h), s.head_dim,
+                    mem->view().row<float>(b, l, h));
+  return mem;
+}
+
+void check_stream_gate(const StreamSpec& sp, const ConstTensorView& k,
+                       const ConstTensorView& gate) {
+  check_tensor(gate, "gate", 3, DType::kF32);
+  if (gate.shape[0] != sp.batch || gate.shape[1] != k.shape[1] || gate.shape[2] != sp.kv_heads) {
+    throw Error("gate", "shape " + shape_string(gate) + " must be [B, T, Hk] = [" + s(sp.batch) +
+                            ", " + s(k.shape[1]) + ", " + s(sp.kv_heads) + "]");
+  }
+  check_finite(gate, "gate");
 }
 
 void check_stream_query(const StreamSpec& s, const ConstTensorView& q, const TensorView& out) {

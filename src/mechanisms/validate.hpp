@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <memory>
 #include <string_view>
 
 #include "attnkit/error.hpp"
@@ -66,7 +67,7 @@ void check_backward(const BackwardArgs& g, DType dtype);
 // Streaming: the spec, appended k [B, T, Hk, Dk] / v [B, T, Hk, Dv], and queries
 // q [B, Tq, Hq, Dk] with out [B, Tq, Hq, Dv] (float32, finite).
 // window_ok: the mechanism keeps a sliding window (softmax); others refuse StreamSpec::window.
-void check_stream_spec(const StreamSpec& s, bool window_ok = false);
+void check_stream_spec(const StreamSpec& s, bool window_ok = false, bool filter_ok = false);
 // Builds a stream's state; std::bad_alloc becomes OutOfMemory naming the stream.
 template <typename Make>
 auto make_state(Make&& make) {
@@ -77,6 +78,10 @@ auto make_state(Make&& make) {
   }
 }
 void check_stream_append(const StreamSpec& s, const ConstTensorView& k, const ConstTensorView& v);
+// A stream's own contiguous copy of StreamSpec::memory, checked: [B, L >= 1, Hq, Dk] float32.
+std::shared_ptr<Tensor<float>> copy_stream_memory(const StreamSpec& s);
+// gate [B, T, Hk] float32 and finite, T = k's.
+void check_stream_gate(const StreamSpec& s, const ConstTensorView& k, const ConstTensorView& gate);
 void check_stream_query(const StreamSpec& s, const ConstTensorView& q, const TensorView& out);
 // The gradient of a learnable input (dgate of gate, dmemory of memory, dfilter of filter):
 // when present (or required), the input's rank and shape, dtype, and no memory shared with

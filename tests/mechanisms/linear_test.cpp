@@ -48,6 +48,51 @@ TEST(Linear, ChunkLengthsAndGate) {
   }
 }
 
+// The gated stream: append_gated adds each token with its gate; a decode step (1 token, or 3
+// appended at once) equals the causal gated forward's row. Appending without a gate, or a
+// gate to an ungated stream, is an error.
+TEST(Linear, GatedStreamMatchesTheCausalGatedForward) {
+  Context ctx(2);
+  const Dims d{2, 30, 30, 4, 2, 8, 8};
+  Problem p(d, 13);
+  Tensor<float> gate({d.B, d.Sk, d.Hk});
+  for (size_t i = 0; i < gate.size(); ++i) gate[i] = static_cast<float>(std::sin(0.37 * i));
+  const auto m = make_mechanism("linear", {.causal = true}, "map=elu1,norm=kernel,gated=1");
+  AttentionArgs a = p.args32();
+  a.gate = gate.cview();
+  m->forward(a, ctx);
+  const StreamSpec spec{
+      .batch = d.B, .heads = d.Hq, .kv_heads = d.Hk, .head_dim = d.Dk, .value_dim = d.Dv};
+  auto s = m->new_stream(spec);
+  std::vector<float> got(d.B * d.Hq * d.Dv);
+  for (int64_t t = 0; t < d.Sk;) {
+    const int64_t n = std::min<int64_t>(t % 2 ? 3 : 1, d.Sk - t);  // 1 or 3 per append
+    ConstTensorView k = p.k.view32(), v = p.v.view32(), q = p.q.view32(), g = gate.cview();
+    k.shape[1] = v.shape[1] = g.shape[1] = n, q.shape[1] = 1;
+    k.data = k.row<const float>(0, t, 0), v.data = v.row<const float>(0, t, 0);
+    g.data = &g.at<const float>(0, t, 0);
+    q.data = q.row<const float>(0, t + n - 1, 0);
+    s->append_gated(k, v, g, ctx);
+    t += n;
+    s->query(q, make_view(got.data(), {d.B, 1, d.Hq, d.Dv}), ctx);
+    for (int64_t b = 0; b < d.B; ++b)
+      for (int64_t h = 0; h < d.Hq; ++h)
+        for (int64_t x = 0; x < d.Dv; ++x)
+          ASSERT_NEAR(got[(b * d.Hq + h) * d.Dv + x], a.out.row<float>(b, t - 1, h)[x], 2e-6)
+              << "token " << t;
+  }
+  ConstTensorView k1 = p.k.view32(), v1 = p.v.view32();
+  k1.shape[1] = v1.shape[1] = 1;
+  EXPECT_EQ(error_of([&] { s->append(k1, v1, ctx); }),
+            "gate: gated linear attention's stream needs a gate per token: append_gated(k, v, "
+            "gate)");
+  auto plain = make_mechanism("linear")->new_stream(spec);
+  EXPECT_EQ(error_of([&] { plain->append_gated(k1, v1, gate.cview(), ctx); }),
+            "gate: this stream takes no gate (only linear gated=1 does); use append(k, v)");
+  EXPECT_EQ(error_of([&] { s->append_gated(k1, v1, gate.cview(), ctx); }),
+            "gate: shape [2, 30, 2] must be [B, T, Hk] = [2, 1, 2]");
+}
+
 TEST(Linear, ExpMapOverflowIsAnErrorUnlessLogSpace) {
   Context ctx(1);
   Problem p({1, 4, 4, 1, 1, 8, 8}, 5);

@@ -6,6 +6,14 @@
 namespace attnkit::testing {
 namespace {
 
+// The fixed-size stream (memory + one chunk's buffer): each decode step equals the causal
+// forward's row, across chunk boundaries, for the box conv filter and max-pool.
+TEST(Memory, StreamingMatchesCausal) {
+  check_streaming_matches_causal("memory", "chunk=8,width=3", 2e-6, 3);
+  check_streaming_matches_causal("memory", "chunk=5,width=2,filter_type=maxpool", 2e-6, 2);
+  check_streaming_matches_causal("memory", "chunk=1", 2e-6, 1);
+}
+
 TEST(Memory, MatchesReferenceOverTheSweep) {
   for (const auto& entry : std::vector<std::pair<std::string, MemoryConfig>>{
            {"chunk=16", {.chunk = 16}},
@@ -38,6 +46,46 @@ TEST(Memory, ExplicitConvWeights) {
     const Report rep = compare(*got, true, *want);
     EXPECT_LE(rep.max_abs, allowed(Budget{.c = 64}, 0.0, rep.ref_max)) << rep.str();
   }
+}
+
+// A stream with explicit conv weights (StreamSpec::filter, copied) decodes as the forward with
+// the same filter array; filter weights for another mechanism's stream, or of the wrong
+// shape, are errors.
+TEST(Memory, StreamWithConvWeightsMatchesTheForward) {
+  Context ctx(2);
+  const Dims d{1, 30, 30, 2, 1, 8, 8};
+  Problem p(d, 5, Layout::kContiguous, 3);
+  Tensor<float> w({1, 3});
+  const float taps[3] = {0.25f, -0.5f, 1.5f};
+  for (int i = 0; i < 3; ++i) w[i] = taps[i];
+  const auto m = make_mechanism("memory", {.causal = true}, "chunk=4,width=3");
+  AttentionArgs a = p.args32();
+  a.filter = w.cview();
+  m->forward(a, ctx);
+  StreamSpec spec{.batch = 1, .heads = 2, .kv_heads = 1, .head_dim = 8, .value_dim = 8};
+  spec.memory = p.memory.view32();
+  spec.filter = w.cview();
+  auto s = m->new_stream(spec);
+  w[0] = 7.0f;  // the stream holds its own copy
+  std::vector<float> got(2 * 8);
+  for (int64_t t = 0; t < d.Sk; ++t) {
+    ConstTensorView k = p.k.view32(), v = p.v.view32(), q = p.q.view32();
+    k.shape[1] = v.shape[1] = q.shape[1] = 1;
+    k.data = k.row<const float>(0, t, 0), v.data = v.row<const float>(0, t, 0);
+    q.data = q.row<const float>(0, t, 0);
+    s->append(k, v, ctx);
+    s->query(q, make_view(got.data(), {1, 1, 2, 8}), ctx);
+    for (int64_t h = 0; h < 2; ++h)
+      for (int64_t x = 0; x < 8; ++x)
+        ASSERT_NEAR(got[h * 8 + x], a.out.row<float>(0, t, h)[x], 2e-6) << "token " << t;
+  }
+  StreamSpec plain{.batch = 1, .heads = 2, .kv_heads = 1, .head_dim = 8, .value_dim = 8};
+  plain.filter = w.cview();
+  EXPECT_EQ(error_of([&] { make_mechanism("linear")->new_stream(plain); }),
+            "filter: only a memory stream takes filter weights");
+  spec.filter = w.cview();
+  EXPECT_EQ(error_of([&] { make_mechanism("memory", {}, "width=2")->new_stream(spec); }),
+            "filter: shape [1, 3] must be [Hk, width] = [1, 2]");
 }
 
 TEST(Memory, BackwardKernelMatchesReference) {

@@ -26,7 +26,9 @@ TEST(StreamingProperty, FixedStatesStayConstantTo100kTokens) {
     s->query(q1, make_view(out.data(), {1, 1, 2, D}), ctx);
     for (float x : out) EXPECT_TRUE(std::isfinite(x));
     EXPECT_EQ(s->length(), 100000);
-    EXPECT_LT(bytes, 64u * 1024u) << "a fixed state, not a cache";
+    // A KV cache of the 100k tokens would take 25.6 MB; memory's (one chunk's buffer) is the
+    // largest fixed state, ~100 kB at its default chunk.
+    EXPECT_LT(bytes, 256u * 1024u) << "a fixed state, not a cache";
   }
 }
 

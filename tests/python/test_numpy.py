@@ -209,26 +209,45 @@ def test_concurrent_calls_from_python_threads_give_sequential_results(rng):
         np.testing.assert_array_equal(g, w)
 
 
-@pytest.mark.parametrize("name", ["softmax", "linear", "heinsen", "performer", "luna"])
+STREAM_CONFIGS = {"topk": {"k": 5}, "memory": {"chunk": 6, "width": 3},
+                  "linear": {"map": "elu1", "norm": "kernel", "gated": 1}}
+
+
+@pytest.mark.parametrize("name", ["softmax", "topk", "linear", "heinsen", "performer", "luna",
+                                  "memory"])
 def test_stream_matches_causal_forward(rng, name):
+    """Every streaming mechanism (all but ra and lara): each decode step equals the causal
+    forward's row; gated linear appends the gate, memory its conv weights."""
     q, k, v = qkv(rng, b=1, sq=40, sk=40, hq=2, hk=2, dk=16, dv=16)
-    m = attnkit.Mechanism(name, causal=True)
-    memory = rng.standard_normal((1, 4, 2, 16)).astype(np.float32) if name == "luna" else None
-    want = m(q, k, v, memory=memory)
-    s = m.stream(1, 2, 16, memory=memory)
+    m = attnkit.Mechanism(name, causal=True, **STREAM_CONFIGS.get(name, {}))
+    caps = m.capabilities
+    assert caps["streaming"]
+    memory = rng.standard_normal((1, 4, 2, 16)).astype(np.float32) if caps[
+        "needs_memory"] else None
+    gate = rng.standard_normal((1, 40, 2)).astype(np.float32) if caps["uses_gate"] else None
+    weights = rng.standard_normal((2, 3)).astype(np.float32) if caps["uses_filter"] else None
+    want = m(q, k, v, memory=memory, gate=gate, filter=weights)
+    s = m.stream(1, 2, 16, memory=memory, filter=weights)
     sizes = []
     for t in range(40):
-        s.append(k[:, t:t + 1], v[:, t:t + 1])
+        s.append(k[:, t:t + 1], v[:, t:t + 1],
+                 gate=None if gate is None else gate[:, t:t + 1])
         close(s.query(q[:, t:t + 1])[:, 0], want[:, t].astype(np.float64), 1e-5)
         sizes.append(s.state_bytes)
     assert s.length == 40
-    if name != "softmax":
-        assert len(set(sizes)) == 1  # fixed-size state
+    assert caps["kv_cache"] == (len(set(sizes)) > 1)  # else a fixed-size state
 
 
 def test_stream_errors(rng):
     with pytest.raises(ValueError, match="stream|streaming"):
-        attnkit.Mechanism("topk", causal=True).stream(1, 2, 16)
+        attnkit.Mechanism("ra", causal=True).stream(1, 2, 16)
+    with pytest.raises(ValueError, match="append_gated|gate"):
+        attnkit.Mechanism("linear", gated=1).stream(1, 2, 16).append(
+            np.zeros((1, 1, 2, 16), np.float32), np.zeros((1, 1, 2, 16), np.float32))
+    with pytest.raises(ValueError, match="takes no gate"):
+        attnkit.Mechanism("linear").stream(1, 2, 16).append(
+            np.zeros((1, 1, 2, 16), np.float32), np.zeros((1, 1, 2, 16), np.float32),
+            gate=np.zeros((1, 1, 2), np.float32))
     s = attnkit.Mechanism("linear", causal=True).stream(1, 2, 16)
     with pytest.raises(ValueError, match="k"):
         s.append(np.zeros((1, 3, 2, 8), np.float32), np.zeros((1, 3, 2, 16), np.float32))

@@ -154,25 +154,34 @@ void bench_decode(const Common& c, const BenchArgs& args, const std::string& nam
     v.shape[1] = count;
     return v;
   };
+  // Gated linear appends with the workload's gate logits [B, 4096, Hk].
+  const bool gated = m->capabilities().uses_gate;
+  auto append = [&](StreamingState& st, int64_t from, int64_t count) {
+    if (!gated) return st.append(rows(w.k, from, count), rows(w.v, from, count), ctx);
+    ConstTensorView g = w.gate.cview();
+    g.data = w.gate.data() + from * g.stride[1];
+    g.shape[1] = count;
+    st.append_gated(rows(w.k, from, count), rows(w.v, from, count), g, ctx);
+  };
   Progress progress(static_cast<int>(seqs.size()));
   for (int64_t n : seqs) {
     progress.step(name + " decode context=" + std::to_string(n));
     auto stream = m->new_stream(spec);
     for (int64_t done = 0; done < n;) {
       const int64_t t = std::min<int64_t>(4096, n - done);
-      stream->append(rows(w.k, 0, t), rows(w.v, 0, t), ctx);
+      append(*stream, 0, t);
       done += t;
     }
     int64_t step = 0;
     const Timing t = time_runs(args.warmup, args.reps, [&] {
       const int64_t i = step++ % 4096;
-      stream->append(rows(w.k, i, 1), rows(w.v, i, 1), ctx);
+      append(*stream, i, 1);
       stream->query(rows(w.q, i, 1), out.view(), ctx);
     });
     // Bytes a step reads: the whole fixed-size state, or for a KV cache its filled part.
-    // (a windowed softmax stream's ring is its state).
+    // (a windowed stream's ring is its state).
     const double bytes =
-        name == "softmax" && spec.window < 0
+        m->capabilities().kv_cache && spec.window < 0
             ? static_cast<double>(stream->length()) * s.batch * s.hk() * 2 * s.dim * sizeof(float)
             : static_cast<double>(stream->state_bytes());
     table.rows.push_back({m->describe() + mask_text(c), "decode step (append 1 + query 1)", n,
