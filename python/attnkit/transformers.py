@@ -1,10 +1,10 @@
 """attnkit.transformers: attnkit mechanisms as Hugging Face transformers attention
 implementations (``attn_implementation="attnkit"``, ``"attnkit_topk"``, ...).
 
-    import attnkit.transformers
-    attnkit.transformers.register()
+    import attnkit.transformers as akt
+    akt.register()
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="attnkit_topk")
-    model.config.attnkit_options = {"k": 64}       # or: with attnkit.transformers.options(k=64):
+    model.config.attnkit_options = {"topk": {"k": 64}}   # or: with akt.options(k=64):
     model.generate(**tokenizer(texts, return_tensors="pt", padding=True))
 
 Every model whose attention goes through transformers' ``AttentionInterface`` (Llama, GPT-2,
@@ -46,7 +46,8 @@ def implementations() -> dict:
 @contextlib.contextmanager
 def options(**config: Any) -> Iterator[None]:
     """Mechanism config keys for the attnkit attention calls inside the block (they override
-    ``model.config.attnkit_options``), e.g. ``with options(k=32): model(**batch)``."""
+    ``model.config.attnkit_options``), flat or per mechanism: ``with options(k=32):
+    model(**batch)``, ``with options(topk={"k": 32}, linear={"map": "elu1"}): ...``."""
     token = _OPTIONS.set(dict(config))
     try:
         yield
@@ -103,9 +104,18 @@ def _has_scale(mechanism: str) -> bool:
     return True
 
 
-def _config(module: torch.nn.Module) -> dict:
-    config = dict(getattr(getattr(module, "config", None), "attnkit_options", None) or {})
-    config.update(_OPTIONS.get() or {})
+def _config(module: torch.nn.Module, mechanism: str) -> dict:
+    """The mechanism's config: ``model.config.attnkit_options`` then ``options(...)``, each
+    either flat ({"k": 64}: for whichever mechanism runs) or per mechanism
+    ({"topk": {"k": 64}, "linear": {"map": "elu1"}})."""
+    config: dict = {}
+    names = set(_ak.mechanisms())
+    for source in (getattr(getattr(module, "config", None), "attnkit_options", None),
+                   _OPTIONS.get()):
+        for key, value in (source or {}).items():
+            if key not in names:
+                config[key] = value
+        config.update((source or {}).get(mechanism, {}))
     return config
 
 
@@ -193,7 +203,7 @@ def _forward(mechanism: str, module: torch.nn.Module, query: torch.Tensor, key: 
         masks["window_size"] = (window, 0)
     if kwargs.get("softcap"):
         masks["softcap"] = float(kwargs["softcap"])
-    config = _config(module)
+    config = _config(module, mechanism)
     scale = scaling if scaling and _has_scale(mechanism) else None
     memory = getattr(module, "attnkit_memory", None)
     if memory is not None:  # [L, H, D] learnable (see add_memory)

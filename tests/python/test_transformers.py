@@ -19,6 +19,7 @@ def tiny(kind: str, impl: str, seed: int = 0):
         cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2,
                                       n_head=4, attn_pdrop=0.0, resid_pdrop=0.0,
                                       embd_pdrop=0.0, scale_attn_by_inverse_layer_idx=True)
+        cfg.bos_token_id = cfg.eos_token_id = None  # GPT-2's 50256 is outside the tiny vocab
         cls = transformers.GPT2LMHeadModel
     elif kind == "llama":
         cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
@@ -141,3 +142,20 @@ def test_masks_a_mechanism_cannot_honour_are_errors():
     # A sliding window a mechanism does not take is refused by name, not dropped.
     with pytest.raises(ValueError, match="window_size"):
         akt._forward("linear", module, q, k, v, None, sliding_window=2)
+
+
+def test_options_flat_or_per_mechanism_from_config_and_context():
+    ids, mask = batch("left")
+    model = tiny("llama", "attnkit_topk")
+    model.config.attnkit_options = {"topk": {"k": 1}, "linear": {"map": "elu1"}}
+    with torch.no_grad():
+        k1 = outputs(model, ids, mask)
+        with akt.options(k=64):  # the call's flat keys win: exact attention again
+            exact = outputs(model, ids, mask)
+        model.set_attn_implementation("attnkit")  # softmax: topk's keys do not reach it
+        ref = outputs(model, ids, mask)
+    keep = mask.bool()
+    torch.testing.assert_close(exact[keep], ref[keep], atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(k1[keep], ref[keep], atol=1e-3)
+    with akt.options(kk=3), pytest.raises(ValueError, match="unknown key 'kk'"):
+        outputs(model, ids, mask)
