@@ -9,8 +9,9 @@ functions, ``forward`` and ``backward`` below, inside an autograd.Function inste
 Every operator takes q [B, Sq, Hq, Dk], k [B, Sk, Hk, Dk], v [B, Sk, Hk, Dv] (any strides),
 gate [B, Sk, Hk]?, memory [B, L, Hq, Dk]?, filter [Hk, width]?, the masks as flat arguments
 (``MASK_SCHEMA``: Tensor? for the arrays, -1 / 0 for "none" in the numbers) and the mechanism
-(causal, scale with 0 = the default, config "key=value,...") and returns (out [B, Sq, Hq, Dv] in
-q's dtype, lse [B, Hq, Sq] float32 or [0] when the call has none).
+(causal, scale with 0 = the default, config "key=value,...", save_lse: a backward may
+follow) and returns (out [B, Sq, Hq, Dv] in q's dtype, lse [B, Hq, Sq] float32 or [0] when
+the call keeps none).
 
 dtypes: float32 runs the kernels, float64 the references; bfloat16 runs the bfloat16 kernels
 where the mechanism has them (``capabilities["bfloat16"]``), otherwise bfloat16 and float16 are
@@ -30,7 +31,7 @@ AVAILABLE = hasattr(torch.library, "custom_op") and hasattr(torch.library, "regi
 MASK_SCHEMA = ("Tensor? key_lengths, Tensor? key_begin, Tensor? query_positions, "
                "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, "
                "int window_left, int window_right, Tensor? alibi_slopes, float softcap, "
-               "Tensor? attn_mask, bool causal, float scale, str config")
+               "Tensor? attn_mask, bool causal, float scale, str config, bool save_lse")
 MASK_NAMES = tuple(a.split()[-1] for a in MASK_SCHEMA.split(", "))
 _FORWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, Tensor? gate, Tensor? memory, "
                    f"Tensor? filter, {MASK_SCHEMA}) -> (Tensor, Tensor)")
@@ -45,7 +46,7 @@ def defaults() -> dict:
     return dict(key_lengths=None, key_begin=None, query_positions=None, cu_seqlens_q=None,
                 cu_seqlens_k=None, max_seqlen_q=-1, max_seqlen_k=-1, window_left=-1,
                 window_right=-1, alibi_slopes=None, softcap=0.0, attn_mask=None, causal=False,
-                scale=0.0, config="")
+                scale=0.0, config="", save_lse=False)
 
 
 class Spec(NamedTuple):
@@ -119,9 +120,11 @@ def _work_dtype(m: _ak.Mechanism, dtype: torch.dtype, backward: bool) -> Optiona
     return None
 
 
-def _has_lse(m: _ak.Mechanism, dtype: torch.dtype) -> bool:
-    """Whether the forward saves lse for the backward: softmax computing in float32."""
-    return m.capabilities["emits_lse"] and (dtype == torch.float32 or
+def _has_lse(m: _ak.Mechanism, dtype: torch.dtype, save: bool) -> bool:
+    """Whether the forward saves lse for the backward: softmax computing in float32, when a
+    backward may follow (save_lse: an inference call keeps the decode kernel, which has no
+    lse; a backward without lse recomputes it)."""
+    return save and m.capabilities["emits_lse"] and (dtype == torch.float32 or
                                             dtype == torch.float16 or
                                             (dtype == torch.bfloat16 and
                                              not m.capabilities["bfloat16"]))
@@ -137,7 +140,7 @@ def forward(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     work = _work_dtype(m, dtype, backward=False)
     q, k, v, gate, memory, filter = (_rows(t, work) for t in (q, k, v, gate, memory, filter))
     lengths, kw = _keywords(a, q.dtype)
-    if _has_lse(m, dtype):
+    if _has_lse(m, dtype, a["save_lse"]):
         out, lse = m.forward(q, k, v, key_lengths=lengths, memory=memory, gate=gate,
                              filter=filter, return_lse=True, **kw)
     else:
@@ -169,7 +172,7 @@ def _fake_forward(name: str, q: torch.Tensor, v: torch.Tensor, a: dict) -> tuple
     m = mechanism(name, a["causal"], a["scale"], a["config"])
     b, sq, hq = q.shape[:3] if q.dim() == 4 else (1, 1, 1)
     out = q.new_empty((b, sq, hq, v.shape[-1] if v.dim() == 4 else 1))
-    lse_shape = (b, hq, sq) if _has_lse(m, q.dtype) else (0,)
+    lse_shape = (b, hq, sq) if _has_lse(m, q.dtype, a["save_lse"]) else (0,)
     return out, q.new_empty(lse_shape, dtype=torch.float32)
 
 

@@ -150,6 +150,7 @@ def _apply(spec: _ops.Spec, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if tracked and not _ops.has_backward(*spec):
         raise _ak.Error(f"backward: {spec.name} has no backward pass; call it under "
                         "torch.no_grad() or detach its inputs")
+    flat["save_lse"] = tracked
     if _ops.AVAILABLE:
         out = _ops.call(spec.name, q, k, v, gate, memory, filter, flat)[0]
     else:

@@ -57,6 +57,30 @@ TEST(Softmax, MatchesReferenceAcrossTileEdges) {
         check_case({{1, sq, sk, 2, 2, 32, 32}, causal, Layout::kContiguous, false}, ctx, seed++);
 }
 
+// Up to 8 rows without lse or masks that see every key (one causal row, or non-causal rows)
+// run the decode kernel (keys read once, split past 2048 keys): the same budget, strided GQA
+// views included.
+TEST(Softmax, DecodeShapedCallsMatchTheReference) {
+  Context ctx(2);
+  uint32_t seed = 100;
+  for (int64_t sq : {1, 3, 8})
+    for (int64_t sk : {1, 7, 300, 5000})
+      for (bool causal : {false, true})
+        for (Layout layout : {Layout::kContiguous, Layout::kHeadMajorPadded}) {
+          const Dims d{2, sq, sk, 4, 2, 40, 24};
+          SCOPED_TRACE(to_string(d) + (causal ? " causal" : ""));
+          Problem p(d, seed++, layout), r = p;
+          const AttentionOptions o{.causal = causal};
+          make_mechanism("softmax", o)->forward(p.args32(), ctx);
+          ref::softmax_ref(r.args64(), o);
+          Operand naive = make_zero_operand(p.out.shape, layout);
+          naive_softmax32(p, causal, 1.0 / std::sqrt(40.0), naive);
+          const Report naive_err = compare(naive, true, r.out);
+          const Report rep = compare(p.out, true, r.out);
+          EXPECT_LE(rep.max_abs, allowed(Budget{}, naive_err.max_abs, rep.ref_max)) << rep.str();
+        }
+}
+
 TEST(Softmax, MatchesReferenceAcrossHeadDims) {
   Context ctx(2);
   uint32_t seed = 100;
