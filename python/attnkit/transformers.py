@@ -89,12 +89,6 @@ def add_memory(model: torch.nn.Module, slots: int = 16) -> int:
     return count
 
 
-@functools.lru_cache(maxsize=None)
-def _capabilities(mechanism: str) -> dict:
-    return _ak.Mechanism(mechanism).capabilities
-
-
-@functools.lru_cache(maxsize=None)
 def _has_scale(mechanism: str) -> bool:
     """Whether the mechanism has a logit scale (linear and heinsen have none)."""
     try:
@@ -104,16 +98,21 @@ def _has_scale(mechanism: str) -> bool:
     return True
 
 
+# Read once at import: plain dicts, so torch.compile traces the glue without calling into the
+# extension.
+_CAPABILITIES = {m: _ak.Mechanism(m).capabilities for m in _ak.mechanisms()}
+_HAS_SCALE = {m: _has_scale(m) for m in _ak.mechanisms()}
+
+
 def _config(module: torch.nn.Module, mechanism: str) -> dict:
     """The mechanism's config: ``model.config.attnkit_options`` then ``options(...)``, each
     either flat ({"k": 64}: for whichever mechanism runs) or per mechanism
     ({"topk": {"k": 64}, "linear": {"map": "elu1"}})."""
     config: dict = {}
-    names = set(_ak.mechanisms())
     for source in (getattr(getattr(module, "config", None), "attnkit_options", None),
                    _OPTIONS.get()):
         for key, value in (source or {}).items():
-            if key not in names:
+            if key not in _CAPABILITIES:
                 config[key] = value
         config.update((source or {}).get(mechanism, {}))
     return config
@@ -171,7 +170,7 @@ def _masks(mechanism: str, mask: Optional[torch.Tensor], causal: bool, window: i
             found = _structure(mask, c, window if c else -1)
             if found is not None:
                 return dict(found, _causal=c)
-    if "attn_mask" not in _ak.Mechanism(mechanism).capabilities["masks"]:
+    if "attn_mask" not in _CAPABILITIES[mechanism]["masks"]:
         raise _ak.Error(f"attention_mask: this mask is not padding + causal + window, and "
                         f"{mechanism} takes no dense attn_mask (softmax, topk and ra do)")
     return {"attn_mask": mask, "_causal": False}
@@ -204,14 +203,14 @@ def _forward(mechanism: str, module: torch.nn.Module, query: torch.Tensor, key: 
     if kwargs.get("softcap"):
         masks["softcap"] = float(kwargs["softcap"])
     config = _config(module, mechanism)
-    scale = scaling if scaling and _has_scale(mechanism) else None
+    scale = scaling if scaling and _HAS_SCALE[mechanism] else None
     memory = getattr(module, "attnkit_memory", None)
     if memory is not None:  # [L, H, D] learnable (see add_memory)
         memory = memory.unsqueeze(0).expand(query.shape[0], -1, -1, -1).to(query.dtype)
-    elif _capabilities(mechanism)["needs_memory"]:
+    elif _CAPABILITIES[mechanism]["needs_memory"]:
         raise _ak.Error(f"memory: {mechanism} reads a learned memory; give the model one with "
                         "attnkit.transformers.add_memory(model, slots)")
-    pad = key.shape[2] - length if causal and _capabilities(mechanism)["aligned"] else 0
+    pad = key.shape[2] - length if causal and _CAPABILITIES[mechanism]["aligned"] else 0
     if pad > 0:
         # A decode step of a mechanism whose queries and keys are one sequence (memory's
         # chunks): the cached positions get zero queries. A token's output depends on its own

@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 import attnkit  # noqa: E402
+import attnkit.torch  # noqa: E402
 import attnkit.transformers as akt  # noqa: E402
 
 akt.register()
@@ -159,3 +160,19 @@ def test_options_flat_or_per_mechanism_from_config_and_context():
     assert not torch.allclose(k1[keep], ref[keep], atol=1e-3)
     with akt.options(kk=3), pytest.raises(ValueError, match="unknown key 'kk'"):
         outputs(model, ids, mask)
+
+
+@pytest.mark.skipif(attnkit.torch.backend() != "custom_op", reason="needs torch >= 2.4")
+def test_compiled_model_fullgraph_matches_eager():
+    """torch.compile(fullgraph=True) of a Llama with attnkit attention: without padding (the
+    causal flag) and with left padding (under compile the mask goes to softmax as a dense
+    attn_mask: the structure search branches on values)."""
+    model = tiny("llama", "attnkit")
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    plain = torch.randint(1, VOCAB, (2, 9), generator=torch.Generator().manual_seed(4))
+    ids, mask = batch("left")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(input_ids=plain).logits, model(input_ids=plain).logits)
+        got = compiled(input_ids=ids, attention_mask=mask).logits
+        ref = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got[mask.bool()], ref[mask.bool()])
