@@ -16,8 +16,9 @@ own SDPA mask function (registered for each name); this module turns the boolean
 into the structure it encodes, per batch row: left / right padding (``key_begin``,
 ``key_lengths``), causal, sliding window. A mask with other structure (packed sequences,
 arbitrary patterns) goes to the mechanism as a dense ``attn_mask`` when it takes one (softmax,
-topk, ra) and is an error naming the mechanism otherwise: never dropped. Padded query rows
-(before a left-padded row's first token) give zeros.
+topk, ra) and is an error naming the mechanism otherwise: never dropped; so does every mask
+under torch.compile (the structure search branches on values). Padded query rows (before a
+left-padded row's first token) give zeros.
 """
 from __future__ import annotations
 

@@ -125,6 +125,11 @@ def test_bad_options_raise_value_error(rng):
         attnkit.Mechanism("nosuch")
     with pytest.raises(ValueError, match="scale"):
         attnkit.Mechanism("softmax", scale=-1.0)
+    # The message says what Python accepts: leave the scale None.
+    for name in ("linear", "heinsen"):
+        with pytest.raises(ValueError, match=r"no logit scale; leave it unset \(0, or None in"):
+            attnkit.Mechanism(name, scale=0.5)
+        attnkit.Mechanism(name, scale=None)
     with pytest.raises(ValueError, match="key_lengths"):
         attnkit.attention(q, k, v, key_lengths=[37, 99])
     with pytest.raises(ValueError, match="key_lengths: must be integers"):
