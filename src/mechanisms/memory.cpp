@@ -15,54 +15,45 @@ namespace {
 // constexpr, not a std::vector: factories run during other files' static initialisation.
 constexpr std::string_view kFilters[] = {"conv", "maxpool"};
 
-// The memory stream, of fixed size: the memory after the last full chunk M_tau
-// [B, L, Hq, D] and the current chunk's keys and values (at most `chunk` tokens). Both
-// steps run the forward kernel on the buffer, so the stream is the causal forward by
-// construction: a query is the last row of the forward over the buffered chunk from M_tau,
-// with zero queries before it (a token's output reads only its own query; the memory write
-// reads keys and memory); when a token arrives after a full chunk, that chunk writes
-// M_tau+1 (the forward's memory_out) and the buffer empties. The write's conv filter is
-// StreamSpec::filter's weights, or the box filter without them, as in the forward.
+// The memory stream, of fixed size: per q head, `keys_` and `values_` [B, L + chunk, Hq, D]
+// hold the memory after the last full chunk M_tau in their first L rows (memory rows are keys
+// and values alike) and the current chunk's tokens (at most `chunk`, their kv head's) after
+// them. A query reads [M_tau ; the chunk's tokens] as the causal forward's last token does:
+// softmax attention over those rows by the softmax kernels, O((L + chunk) D) per query. When a
+// token arrives after a full chunk, that chunk writes M_tau+1: the forward kernel over it,
+// with zero queries (the write reads only keys and memory), gives it as memory_out. The
+// write's conv filter is StreamSpec::filter's weights, or the box filter without them, as in
+// the forward.
 class MemoryStream final : public StreamingState {
  public:
   MemoryStream(const StreamSpec& s, const MemoryConfig& c, const AttentionOptions& o)
       : spec_(s),
         c_(c),
         o_(o),
-        memory_(copy_stream_memory(s)),
-        next_(std::make_shared<Tensor<float>>(memory_->shape())),
-        keys_({s.batch, c.chunk, s.kv_heads, s.head_dim}),
-        values_({s.batch, c.chunk, s.kv_heads, s.value_dim}),
-        queries_({s.batch, c.chunk, s.heads, s.head_dim}),
+        slots_(s.memory.present() ? s.memory.shape[1] : 0),
+        keys_({s.batch, slots_ + c.chunk, s.heads, s.head_dim}),
+        values_({s.batch, slots_ + c.chunk, s.heads, s.value_dim}),
+        next_({s.batch, slots_, s.heads, s.head_dim}),
+        zeros_({s.batch, c.chunk, s.heads, s.head_dim}),
         out_({s.batch, c.chunk, s.heads, s.value_dim}) {
     if (s.value_dim != s.head_dim) {
       throw Error("value_dim", "must equal head_dim: memory rows serve as keys and values");
     }
-    if (s.filter.present()) {
-      check_tensor(s.filter, "filter", 2, DType::kF32);
-      if (s.filter.shape[0] != s.kv_heads || s.filter.shape[1] != c.width) {
-        throw Error("filter", "shape " + shape_string(s.filter) + " must be [Hk, width] = [" +
-                                  std::to_string(s.kv_heads) + ", " + std::to_string(c.width) +
-                                  "]");
-      }
-      check_finite(s.filter, "filter");
-      filter_ = Tensor<float>({s.kv_heads, c.width});
-      for (int64_t h = 0; h < s.kv_heads; ++h)
-        for (int64_t w = 0; w < c.width; ++w)
-          filter_.view().at<float>(h, w) = s.filter.at<const float>(h, w);
-    }
+    if (s.filter.present()) copy_filter(s.filter);
+    load_memory(copy_stream_memory(s)->cview());
   }
 
   void append(const ConstTensorView& k, const ConstTensorView& v, Context& ctx) override {
     check_stream_append(spec_, k, v);
+    const int64_t group = spec_.heads / spec_.kv_heads;
     for (int64_t t = 0; t < k.shape[1]; ++t) {
       if (count_ == c_.chunk) write_memory(ctx);
       for (int64_t b = 0; b < spec_.batch; ++b)
-        for (int64_t h = 0; h < spec_.kv_heads; ++h) {
-          std::copy_n(k.row<const float>(b, t, h), spec_.head_dim,
-                      keys_.view().row<float>(b, count_, h));
-          std::copy_n(v.row<const float>(b, t, h), spec_.value_dim,
-                      values_.view().row<float>(b, count_, h));
+        for (int64_t h = 0; h < spec_.heads; ++h) {
+          std::copy_n(k.row<const float>(b, t, h / group), spec_.head_dim,
+                      keys_.view().row<float>(b, slots_ + count_, h));
+          std::copy_n(v.row<const float>(b, t, h / group), spec_.value_dim,
+                      values_.view().row<float>(b, slots_ + count_, h));
         }
       ++count_, ++length_;
     }
@@ -70,72 +61,87 @@ class MemoryStream final : public StreamingState {
 
   void query(const ConstTensorView& q, const TensorView& out, Context& ctx) override {
     check_stream_query(spec_, q, out);
-    const int64_t last = count_ - 1;
-    for (int64_t r = 0; r < q.shape[1]; ++r) {
-      if (count_ == 0) {  // nothing appended: no token to read
-        for (int64_t b = 0; b < spec_.batch; ++b)
-          for (int64_t h = 0; h < spec_.heads; ++h)
-            std::fill_n(out.row<float>(b, r, h), spec_.value_dim, 0.0f);
-        continue;
-      }
-      for (int64_t b = 0; b < spec_.batch; ++b)
-        for (int64_t h = 0; h < spec_.heads; ++h)
-          std::copy_n(q.row<const float>(b, r, h), spec_.head_dim,
-                      queries_.view().row<float>(b, last, h));
-      run(TensorView{}, ctx);
-      for (int64_t b = 0; b < spec_.batch; ++b)
-        for (int64_t h = 0; h < spec_.heads; ++h)
-          std::copy_n(out_.view().row<float>(b, last, h), spec_.value_dim, out.row<float>(b, r, h));
+    if (q.shape[1] == 0) return;
+    AttentionArgs a;
+    a.q = q;
+    a.k = rows(keys_.cview(), 0, slots_ + count_);
+    a.v = rows(values_.cview(), 0, slots_ + count_);
+    a.out = out;
+    const Problem p = Problem::resolve(a, {.scale = o_.scale});
+    if (q.shape[1] <= 8) {
+      cpu::softmax_decode(a, static_cast<float>(p.scale), ctx);
+    } else {
+      cpu::softmax_forward(a, p, ctx);
     }
-    clear_row(last);
     check_result(as_const(out), "out", AttentionArgs{.q = q});
   }
 
   size_t state_bytes() const override {
-    return (memory_->size() + next_->size() + keys_.size() + values_.size() + queries_.size() +
-            out_.size() + filter_.size()) *
+    return (keys_.size() + values_.size() + next_.size() + zeros_.size() + out_.size() +
+            filter_.size()) *
            sizeof(float);
   }
   int64_t length() const override { return length_; }
 
  private:
-  // The causal forward over the buffered tokens from the current memory (memory_out: the
-  // written memory, or absent).
-  void run(const TensorView& memory_out, Context& ctx) {
+  // Rows [from, from + n) of t; with every_group, only each kv head's first q head: the
+  // chunk's tokens as the forward's k, v [B, n, Hk, D].
+  ConstTensorView rows(ConstTensorView t, int64_t from, int64_t n, bool every_group = false) const {
+    t.data = static_cast<const float*>(t.data) + from * t.stride[1];
+    t.shape[1] = n;
+    if (every_group) {
+      t.shape[2] = spec_.kv_heads;
+      t.stride[2] *= spec_.heads / spec_.kv_heads;
+    }
+    return t;
+  }
+  void copy_filter(const ConstTensorView& f) {
+    check_tensor(f, "filter", 2, DType::kF32);
+    if (f.shape[0] != spec_.kv_heads || f.shape[1] != c_.width) {
+      throw Error("filter", "shape " + shape_string(f) + " must be [Hk, width] = [" +
+                                std::to_string(spec_.kv_heads) + ", " + std::to_string(c_.width) +
+                                "]");
+    }
+    check_finite(f, "filter");
+    filter_ = Tensor<float>({spec_.kv_heads, c_.width});
+    for (int64_t h = 0; h < spec_.kv_heads; ++h)
+      for (int64_t w = 0; w < c_.width; ++w)
+        filter_.view().at<float>(h, w) = f.at<const float>(h, w);
+  }
+  // The first L rows of keys_ and values_: memory m [B, L, Hq, D].
+  void load_memory(const ConstTensorView& m) {
+    for (int64_t b = 0; b < spec_.batch; ++b)
+      for (int64_t l = 0; l < slots_; ++l)
+        for (int64_t h = 0; h < spec_.heads; ++h) {
+          std::copy_n(m.row<const float>(b, l, h), spec_.head_dim,
+                      keys_.view().row<float>(b, l, h));
+          std::copy_n(m.row<const float>(b, l, h), spec_.head_dim,
+                      values_.view().row<float>(b, l, h));
+        }
+  }
+  // The full chunk writes M_tau+1 (the causal forward's memory_out over it); the buffer
+  // empties.
+  void write_memory(Context& ctx) {
     AttentionArgs a;
-    a.q = prefix(queries_.cview());
-    a.k = prefix(keys_.cview());
-    a.v = prefix(values_.cview());
+    a.q = zeros_.cview();
+    a.k = rows(keys_.cview(), slots_, count_, /*every_group=*/true);
+    a.v = rows(values_.cview(), slots_, count_, /*every_group=*/true);
     a.out = out_.view();
-    a.out.shape[1] = count_;
-    a.memory = memory_->cview();
-    a.memory_out = memory_out;
+    a.memory = rows(keys_.cview(), 0, slots_);
+    a.memory_out = next_.view();
     if (filter_.size()) a.filter = filter_.cview();
     AttentionOptions o = o_;
     o.causal = true;
     cpu::memory_forward(a, Problem::resolve(a, o), c_, ctx);
-  }
-  void write_memory(Context& ctx) {
-    run(next_->view(), ctx);
-    std::swap(memory_, next_);
+    load_memory(next_.cview());
     count_ = 0;
-  }
-  ConstTensorView prefix(ConstTensorView t) const {
-    t.shape[1] = count_;
-    return t;
-  }
-  void clear_row(int64_t row) {
-    if (row < 0) return;
-    for (int64_t b = 0; b < spec_.batch; ++b)
-      for (int64_t h = 0; h < spec_.heads; ++h)
-        std::fill_n(queries_.view().row<float>(b, row, h), spec_.head_dim, 0.0f);
   }
 
   StreamSpec spec_;
   MemoryConfig c_;
   AttentionOptions o_;
-  std::shared_ptr<Tensor<float>> memory_, next_;
-  Tensor<float> keys_, values_, queries_, out_, filter_;
+  int64_t slots_;
+  Tensor<float> keys_, values_, next_, zeros_, out_, filter_;
   int64_t count_ = 0, length_ = 0;
 };
 
