@@ -137,7 +137,8 @@ def _int32s(x: Any, name: str) -> Optional[np.ndarray]:
     a = np.asarray(x)
     if a.dtype.kind not in "iu":
         raise Error(f"{name}: must be integers (got {a.dtype})")
-    if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
+    if a.dtype != np.int32 and a.size and (a.min() < np.iinfo(np.int32).min or
+                                           a.max() > np.iinfo(np.int32).max):
         raise Error(f"{name}: values must fit in int32")
     return np.ascontiguousarray(a, dtype=np.int32)
 

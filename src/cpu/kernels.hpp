@@ -33,9 +33,10 @@ void scores(const uint32_t* q2, int64_t ldq, int64_t rows, const uint32_t* kt2, 
             int64_t ldk, int64_t keys, float* s, int64_t lds);
 }  // namespace bf16
 
-// Non-causal attention of a few queries over a long KV cache, streamed without packing
-// (split over keys, merged by log-sum-exp in a fixed order). No padding.
-void softmax_decode(const AttentionArgs& a, float scale, Context& ctx);
+// Attention of a few queries over a long KV cache, streamed without packing (split over
+// keys, merged by log-sum-exp in a fixed order). Each row reads its keys p.keys(b, i)
+// (padding, causal position, window); no logit masks (p.biased()) and no lse.
+void softmax_decode(const AttentionArgs& a, const Problem& p, Context& ctx);
 
 // Zeroes the dk, dv rows of (batch b, kv head hk): a backward task that owns a kv head's
 // key rows starts from these and accumulates its query heads' contributions.

@@ -286,7 +286,8 @@ void SoftmaxForward(const AttentionArgs& a, const Problem& problem, Context& ctx
 constexpr int64_t kDecodeSplit = 2048;
 constexpr int64_t kDecodeBlock = 256;
 
-void SoftmaxDecode(const AttentionArgs& a, float scale, Context& ctx) {
+void SoftmaxDecode(const AttentionArgs& a, const Problem& p, Context& ctx) {
+  const float scale = static_cast<float>(p.scale);
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t B = a.q.shape[0], Tq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
@@ -306,7 +307,10 @@ void SoftmaxDecode(const AttentionArgs& a, float scale, Context& ctx) {
       [&](int64_t task, int worker) {
         const int64_t sp = task % splits, row = task / splits;
         const int64_t h = row % Hq, t = (row / Hq) % Tq, b = row / (Hq * Tq), hk = h / (Hq / Hk);
-        const int64_t j0 = sp * kDecodeSplit, j1 = std::min(Sk, j0 + kDecodeSplit);
+        // The split's share of the row's keys (padding, causal position, window).
+        const KeyRange r = p.keys(b, t);
+        const int64_t j0 = std::max(r.begin, sp * kDecodeSplit);
+        const int64_t j1 = std::min({r.end, Sk, (sp + 1) * kDecodeSplit});
         Carve carve(ctx.scratch(worker));
         const Scratch sc(carve, Dvp, Dk);
         float *w = sc.w, *o = sc.o, *q = sc.q;
@@ -372,8 +376,8 @@ namespace attnkit::cpu {
 HWY_EXPORT(SoftmaxForward);
 HWY_EXPORT(SoftmaxDecode);
 
-void softmax_decode(const AttentionArgs& a, float scale, Context& ctx) {
-  HWY_DYNAMIC_DISPATCH(SoftmaxDecode)(a, scale, ctx);
+void softmax_decode(const AttentionArgs& a, const Problem& p, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(SoftmaxDecode)(a, p, ctx);
 }
 
 void softmax_forward(const AttentionArgs& a, const Problem& p, Context& ctx) {

@@ -69,7 +69,7 @@ class MemoryStream final : public StreamingState {
     a.out = out;
     const Problem p = Problem::resolve(a, {.scale = o_.scale});
     if (q.shape[1] <= 8) {
-      cpu::softmax_decode(a, static_cast<float>(p.scale), ctx);
+      cpu::softmax_decode(a, p, ctx);
     } else {
       cpu::softmax_forward(a, p, ctx);
     }

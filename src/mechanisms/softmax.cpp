@@ -21,7 +21,7 @@ constexpr int64_t kDecodeQueries = 8;
 // none).
 void softmax_stream_query(const AttentionArgs& a, const Problem& p, Context& ctx) {
   if (a.q.shape[1] <= kDecodeQueries && !p.biased()) {
-    cpu::softmax_decode(a, static_cast<float>(p.scale), ctx);
+    cpu::softmax_decode(a, p, ctx);
   } else {
     cpu::softmax_forward(a, p, ctx);
   }
@@ -81,23 +81,20 @@ class Softmax final : public Mechanism {
     ref::softmax_ref(a, p);
   }
   void run_kernel(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
-    if (reads_every_key(a, p)) {
-      cpu::softmax_decode(a, static_cast<float>(p.scale), ctx);
+    if (decode_shaped(a, p)) {
+      cpu::softmax_decode(a, p, ctx);
     } else {
       cpu::softmax_forward(a, p, ctx);
     }
   }
 
  private:
-  // A few float32 rows that each see every key (a decode step: one causal row, bottom-right,
-  // or non-causal rows) with no masks or lse: the decode kernel, which reads the keys once
-  // (the tiled kernel would pack them all for a 128-row tile).
-  static bool reads_every_key(const AttentionArgs& a, const Problem& p) {
-    const Mask& m = a.mask;
-    return a.q.dtype == DType::kF32 && a.k.dtype == DType::kF32 && a.k.shape[1] > 0 &&
-           a.q.shape[1] <= kDecodeQueries && (a.q.shape[1] == 1 || !p.causal) &&
-           a.key_lengths.empty() && m.key_begin.empty() && m.query_positions.empty() &&
-           !m.varlen() && !m.has_window() && !p.biased() && !a.lse.present();
+  // A few float32 rows (a decode step) with key-range masks only (padding, causal position,
+  // window) and no lse: the decode kernel, which reads each row's keys once (the tiled kernel
+  // would pack them all for a 128-row tile).
+  static bool decode_shaped(const AttentionArgs& a, const Problem& p) {
+    return a.q.dtype == DType::kF32 && a.k.dtype == DType::kF32 && a.q.shape[1] <= kDecodeQueries &&
+           !a.mask.varlen() && !p.biased() && !a.lse.present();
   }
 };
 

@@ -57,28 +57,36 @@ TEST(Softmax, MatchesReferenceAcrossTileEdges) {
         check_case({{1, sq, sk, 2, 2, 32, 32}, causal, Layout::kContiguous, false}, ctx, seed++);
 }
 
-// Up to 8 rows without lse or masks that see every key (one causal row, or non-causal rows)
-// run the decode kernel (keys read once, split past 2048 keys): the same budget, strided GQA
-// views included.
+// Up to 8 rows without lse or logit masks run the decode kernel (keys read once, split past
+// 2048 keys), each row over its own key range: the same budget, strided GQA views, causal
+// rows, right and left padding and a window included.
 TEST(Softmax, DecodeShapedCallsMatchTheReference) {
   Context ctx(2);
   uint32_t seed = 100;
   for (int64_t sq : {1, 3, 8})
     for (int64_t sk : {1, 7, 300, 5000})
       for (bool causal : {false, true})
-        for (Layout layout : {Layout::kContiguous, Layout::kHeadMajorPadded}) {
-          const Dims d{2, sq, sk, 4, 2, 40, 24};
-          SCOPED_TRACE(to_string(d) + (causal ? " causal" : ""));
-          Problem p(d, seed++, layout), r = p;
-          const AttentionOptions o{.causal = causal};
-          make_mechanism("softmax", o)->forward(p.args32(), ctx);
-          ref::softmax_ref(r.args64(), o);
-          Operand naive = make_zero_operand(p.out.shape, layout);
-          naive_softmax32(p, causal, 1.0 / std::sqrt(40.0), naive);
-          const Report naive_err = compare(naive, true, r.out);
-          const Report rep = compare(p.out, true, r.out);
-          EXPECT_LE(rep.max_abs, allowed(Budget{}, naive_err.max_abs, rep.ref_max)) << rep.str();
-        }
+        for (Layout layout : {Layout::kContiguous, Layout::kHeadMajorPadded})
+          for (bool masked : {false, true}) {
+            const Dims d{2, sq, sk, 4, 2, 40, 24};
+            SCOPED_TRACE(to_string(d) + (causal ? " causal" : "") + (masked ? " masked" : ""));
+            Problem p(d, seed++, layout), r = p;
+            // Right padding on row 0, left padding on row 1 (a batched decode step), a window.
+            const std::vector<int32_t> lengths{static_cast<int32_t>(sk - sk / 3),
+                                               static_cast<int32_t>(sk)};
+            const std::vector<int32_t> begin{0, static_cast<int32_t>(sk / 4)};
+            if (masked) p.key_lengths = r.key_lengths = lengths;
+            const AttentionOptions o{.causal = causal};
+            AttentionArgs a = p.args32(), a64 = r.args64();
+            if (masked) {
+              a.mask.key_begin = a64.mask.key_begin = begin;
+              a.mask.window_left = a64.mask.window_left = sk / 2;
+            }
+            make_mechanism("softmax", o)->forward(a, ctx);
+            ref::softmax_ref(a64, o);
+            const Report rep = compare(p.out, true, r.out);
+            EXPECT_LE(rep.max_abs, allowed(Budget{}, 0.0, rep.ref_max)) << rep.str();
+          }
 }
 
 TEST(Softmax, MatchesReferenceAcrossHeadDims) {
