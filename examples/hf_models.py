@@ -76,9 +76,9 @@ def encoder_table(text):
         rows.append((name, ",".join(f"{k}={v}" for k, v in config.items()),
                      float((emb * exact).sum(-1).mean()), t))
     print(f"all-MiniLM-L6-v2: {len(sentences)} sentences, padded batch")
-    print(f"{'mechanism':14} {'config':14} {'cosine':>8} {'ms':>8}")
+    print(f"{'mechanism':14} {'config':22} {'cosine':>8} {'ms':>8}")
     for name, cfg, cos, t in rows:
-        print(f"{name:14} {cfg:14} {cos:8.5f} {t * 1e3:8.1f}")
+        print(f"{name:14} {cfg:22} {cos:8.5f} {t * 1e3:8.1f}")
 
 
 def causal_table(text, tokens):
@@ -100,9 +100,9 @@ def causal_table(text, tokens):
                      float(out.loss.exp()), float((out.logits.argmax(-1) == top1).float().mean()),
                      t))
     print(f"SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to float32): {ids.shape[1]} tokens")
-    print(f"{'mechanism':14} {'config':14} {'perplexity':>10} {'top-1 agree':>11} {'ms':>8}")
+    print(f"{'mechanism':14} {'config':22} {'perplexity':>10} {'top-1 agree':>11} {'ms':>8}")
     for name, cfg, ppl, agree, t in rows:
-        print(f"{name:14} {cfg:14} {ppl:10.3f} {agree:11.3f} {t * 1e3:8.1f}")
+        print(f"{name:14} {cfg:22} {ppl:10.3f} {agree:11.3f} {t * 1e3:8.1f}")
 
 
 def main():
