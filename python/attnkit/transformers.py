@@ -155,8 +155,8 @@ def _structure(mask: torch.Tensor, causal: bool, window: int) -> Optional[dict]:
 
 
 # The last mask searched, its (causal, window, version) and what it encodes: every layer of a
-# forward pass gets the same mask tensor.
-_LAST: list = [None, None, None]
+# forward pass gets the same mask tensor. One tuple, replaced whole (threads may share it).
+_last: tuple = (None, None, None)
 
 
 def _masks(mechanism: str, mask: Optional[torch.Tensor], causal: bool, window: int,
@@ -172,14 +172,15 @@ def _masks(mechanism: str, mask: Optional[torch.Tensor], causal: bool, window: i
                         f"{tuple(mask.shape)})")
     compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
     if not compiling():
-        key = (causal, window, mask._version)
-        if _LAST[0] is mask and _LAST[1] == key:  # the model's layers share one mask
-            return dict(_LAST[2])
+        global _last
+        key, last = (causal, window, mask._version), _last
+        if last[0] is mask and last[1] == key:  # the model's layers share one mask
+            return dict(last[2])
         for c in ((causal, False) if causal else (False,)):
             found = _structure(mask, c, window if c else -1)
             if found is not None:
-                _LAST[:] = [mask, key, dict(found, _causal=c)]
-                return dict(_LAST[2])
+                _last = (mask, key, dict(found, _causal=c))
+                return dict(found, _causal=c)
     if "attn_mask" not in _CAPABILITIES[mechanism]["masks"]:
         raise _ak.Error(f"attention_mask: this mask is not padding + causal + window, and "
                         f"{mechanism} takes no dense attn_mask (softmax, topk and ra do)")
