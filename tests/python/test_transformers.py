@@ -176,3 +176,15 @@ def test_compiled_model_fullgraph_matches_eager():
         got = compiled(input_ids=ids, attention_mask=mask).logits
         ref = model(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(got[mask.bool()], ref[mask.bool()])
+
+
+def test_the_shared_mask_memo_follows_in_place_changes_and_new_masks():
+    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    mask[1, ..., :2] = False
+    first = akt._masks("softmax", mask, True, -1, (1, 6))
+    assert first["key_begin"].tolist() == [0, 2]
+    assert akt._masks("softmax", mask, True, -1, (1, 6))["key_begin"].tolist() == [0, 2]
+    mask[1, ..., :4] = False  # in place: the version moves on
+    assert akt._masks("softmax", mask, True, -1, (1, 6))["key_begin"].tolist() == [0, 4]
+    other = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    assert "key_begin" not in akt._masks("softmax", other, True, -1, (1, 6))
