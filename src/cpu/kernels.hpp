@@ -124,6 +124,9 @@ void luna_query(LinearState& s, const ConstTensorView& q, const TensorView& out,
 // of p; ties to the lower key index). A task scores query_chunk rows at once over their
 // key range, so extra memory is O(query_chunk * Sk) per thread plus the packed keys.
 void topk_forward(const AttentionArgs& a, const Problem& p, int k, int query_chunk, Context& ctx);
+// topk_forward's result for a few query rows against a long key sequence (decode): each row
+// scored from the key rows, no packing. Any mask.
+void topk_decode(const AttentionArgs& a, const Problem& p, int k, Context& ctx);
 // Gradients of topk_forward (dq, dk, dv overwritten): the same scores and selection, then
 // softmax backward over the kept keys. One task per (batch, kv head).
 void topk_backward(const BackwardArgs& g, const Problem& p, int k, int query_chunk, Context& ctx);

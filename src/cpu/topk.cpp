@@ -129,6 +129,23 @@ HWY_INLINE int64_t SelectRow(const Problem& p, int64_t b, int64_t h, int64_t i, 
   return m == -std::numeric_limits<float>::infinity() ? 0 : c;  // all kept masked: none
 }
 
+// dst = the softmax over the c kept logits sr[idx] (m: their maximum) of their value rows
+// (batch b, kv head hk); acc: Dv floats of scratch.
+HWY_INLINE void MixRow(const ConstTensorView& v, int64_t b, int64_t hk, const float* sr,
+                       const int32_t* idx, int64_t c, float m, float* HWY_RESTRICT acc,
+                       float* HWY_RESTRICT dst) {
+  const int64_t Dv = v.shape[3];
+  float sum = 0;
+  std::fill(acc, acc + Dv, 0.0f);
+  for (int64_t t = 0; t < c; ++t) {
+    const float pr = std::exp(sr[idx[t]] - m);
+    sum += pr;
+    const float* vr = v.row<const float>(b, idx[t], hk);
+    for (int64_t x = 0; x < Dv; ++x) acc[x] += pr * vr[x];
+  }
+  for (int64_t x = 0; x < Dv; ++x) dst[x] = acc[x] / sum;
+}
+
 // Per-worker scratch of a task of `rows` query rows (Carve layout): scaled q rows, scores,
 // the selection's heap and indices (2k: ties after the k slots), probabilities and an
 // accumulator row (forward) or the packed keys (backward: a task owns its kv head).
@@ -181,17 +198,52 @@ void TopkForward(const AttentionArgs& a, const Problem& p, int k, int query_chun
         std::fill(dst, dst + Dv, 0.0f);
         continue;
       }
-      float sum = 0;
-      std::fill(acc, acc + Dv, 0.0f);
-      for (int64_t t = 0; t < c; ++t) {
-        const float pr = std::exp(sr[idx[t]] - m);
-        sum += pr;
-        const float* v = a.v.row<const float>(b, idx[t], hk);
-        for (int64_t x = 0; x < Dv; ++x) acc[x] += pr * v[x];
-      }
-      for (int64_t x = 0; x < Dv; ++x) dst[x] = acc[x] / sum;
+      MixRow(a.v, b, hk, sr, idx, c, m, acc, dst);
     }
   });
+}
+
+// A few query rows against a long key sequence (a KV-cache stream step, a decode-shaped
+// forward): one task per row scores its keys straight from the key rows (packing the whole
+// cache for one row would cost more than the scores), then selects and mixes as the forward.
+void TopkDecode(const AttentionArgs& a, const Problem& p, int k, Context& ctx) {
+  const int64_t Sq = p.Sq, Hq = p.Hq, Dk = p.Dk, Sk = p.Sk, Dv = p.Dv;
+  const float scale = static_cast<float>(p.scale);
+  const int64_t kk = std::min<int64_t>(k, Sk);
+  struct Scratch {
+    float *q, *s, *heap;
+    int32_t* idx;
+    float* acc;
+    Scratch(Carve& c, int64_t sk, int64_t kk, int64_t dk, int64_t dv)
+        : q(c.take(dk)),
+          s(c.take(std::max<int64_t>(sk, 1))),
+          heap(c.take(kk)),
+          idx(c.take_int32(2 * kk)),
+          acc(c.take(dv)) {}
+  };
+  ctx.reserve_scratch(Carve::floats<Scratch>(Sk, kk, Dk, Dv));
+  ctx.parallel_for(
+      p.B * Sq * Hq,
+      [&](int64_t task, int worker) {
+        const int64_t h = task % Hq, i = (task / Hq) % Sq, b = task / (Hq * Sq);
+        const int64_t hk = p.kv_head(h);
+        Carve carve(ctx.scratch(worker));
+        const Scratch w(carve, Sk, kk, Dk, Dv);
+        const KeyRange r = p.keys(b, i);
+        const float* src = a.q.row<const float>(b, i, h);
+        for (int64_t x = 0; x < Dk; ++x) w.q[x] = src[x] * scale;
+        for (int64_t j = r.begin; j < r.end; ++j)
+          w.s[j] = Dot(w.q, a.k.row<const float>(b, j, hk), Dk);
+        float* dst = a.out.row<float>(b, i, h);
+        float m;
+        const int64_t c = SelectRow(p, b, h, i, r, w.s, k, w.heap, w.idx, m);
+        if (c == 0) {
+          std::fill(dst, dst + Dv, 0.0f);
+          return;
+        }
+        MixRow(a.v, b, hk, w.s, w.idx, c, m, w.acc, dst);
+      },
+      2.0 * p.B * Sq * Hq * Sk * (Dk + 1));
 }
 
 // Softmax backward of one row over its c kept keys idx (p: their probabilities, dp: scratch
@@ -311,11 +363,15 @@ HWY_AFTER_NAMESPACE();
 namespace attnkit::cpu {
 
 HWY_EXPORT(TopkForward);
+HWY_EXPORT(TopkDecode);
 HWY_EXPORT(TopkBackward);
 HWY_EXPORT(TopkFfForward);
 
 void topk_forward(const AttentionArgs& a, const Problem& p, int k, int query_chunk, Context& ctx) {
   HWY_DYNAMIC_DISPATCH(TopkForward)(a, p, k, query_chunk, ctx);
+}
+void topk_decode(const AttentionArgs& a, const Problem& p, int k, Context& ctx) {
+  HWY_DYNAMIC_DISPATCH(TopkDecode)(a, p, k, ctx);
 }
 void topk_backward(const BackwardArgs& g, const Problem& p, int k, int query_chunk, Context& ctx) {
   HWY_DYNAMIC_DISPATCH(TopkBackward)(g, p, k, query_chunk, ctx);

@@ -16,6 +16,17 @@
 
 namespace attnkit::detail {
 
+// Query rows up to which a call is a decode step: its mechanism's decode kernel reads each
+// row's keys once instead of packing them for a tile of rows.
+inline constexpr int64_t kDecodeQueries = 8;
+
+// A float32 call of at most kDecodeQueries rows and no packed batch: the shape the decode
+// kernels (softmax_decode, topk_decode) take; each mechanism adds what its kernel cannot do.
+inline bool decode_shaped(const AttentionArgs& a) {
+  return a.q.dtype == DType::kF32 && a.k.dtype == DType::kF32 && a.q.shape[1] <= kDecodeQueries &&
+         !a.mask.varlen();
+}
+
 // KV cache: keys and values per (batch, kv head), contiguous in time; grows by doubling.
 // With a sliding window, a ring buffer of window + 1 tokens that never grows: token t sits in
 // slot t % (window + 1). Queries attend every cached token without positions, so the ring's

@@ -14,13 +14,11 @@
 namespace attnkit::detail {
 namespace {
 
-constexpr int64_t kDecodeQueries = 8;
-
 // A softmax stream's query: a few unmasked queries read the cache once (bandwidth-bound, the
 // decode kernel); many are a prefill, and the logit masks run there (the decode kernel has
 // none).
 void softmax_stream_query(const AttentionArgs& a, const Problem& p, Context& ctx) {
-  if (a.q.shape[1] <= kDecodeQueries && !p.biased()) {
+  if (decode_shaped(a) && !p.biased()) {
     cpu::softmax_decode(a, p, ctx);
   } else {
     cpu::softmax_forward(a, p, ctx);
@@ -81,7 +79,7 @@ class Softmax final : public Mechanism {
     ref::softmax_ref(a, p);
   }
   void run_kernel(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
-    if (decode_shaped(a, p)) {
+    if (takes_decode_kernel(a, p)) {
       cpu::softmax_decode(a, p, ctx);
     } else {
       cpu::softmax_forward(a, p, ctx);
@@ -89,12 +87,10 @@ class Softmax final : public Mechanism {
   }
 
  private:
-  // A few float32 rows (a decode step) with key-range masks only (padding, causal position,
-  // window) and no lse: the decode kernel, which reads each row's keys once (the tiled kernel
-  // would pack them all for a 128-row tile).
-  static bool decode_shaped(const AttentionArgs& a, const Problem& p) {
-    return a.q.dtype == DType::kF32 && a.k.dtype == DType::kF32 && a.q.shape[1] <= kDecodeQueries &&
-           !a.mask.varlen() && !p.biased() && !a.lse.present();
+  // A decode step with key-range masks only (padding, causal position, window) and no lse:
+  // the decode kernel (it has no logit masks and no lse).
+  static bool takes_decode_kernel(const AttentionArgs& a, const Problem& p) {
+    return decode_shaped(a) && !p.biased() && !a.lse.present();
   }
 };
 

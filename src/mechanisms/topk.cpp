@@ -28,9 +28,7 @@ class Topk final : public Mechanism {
     return make_state([&] {
       return std::make_unique<KvCache>(
           s, logit_scale(options(), s.head_dim),
-          [c = c_](const AttentionArgs& a, const Problem& p, Context& ctx) {
-            cpu::topk_forward(a, p, c.k, c.query_chunk, ctx);
-          });
+          [c = c_](const AttentionArgs& a, const Problem& p, Context& ctx) { run(a, p, c, ctx); });
     });
   }
   void validate_backward(const BackwardArgs& g) const override {
@@ -50,10 +48,19 @@ class Topk final : public Mechanism {
     ref::topk_ref(a, p, c_);
   }
   void run_kernel(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
-    cpu::topk_forward(a, p, c_.k, c_.query_chunk, ctx);
+    run(a, p, c_, ctx);
   }
 
  private:
+  // A decode step (any mask) reads each row's keys once; more rows share packed keys.
+  static void run(const AttentionArgs& a, const Problem& p, const TopkConfig& c, Context& ctx) {
+    if (decode_shaped(a)) {
+      cpu::topk_decode(a, p, c.k, ctx);
+    } else {
+      cpu::topk_forward(a, p, c.k, c.query_chunk, ctx);
+    }
+  }
+
   TopkConfig c_;
 };
 

@@ -61,15 +61,17 @@ TEST(Robustness, ThreadCountIsCapped) {
 }
 
 // A workspace the machine cannot give (a legal stride-0 view of 2^30 keys, D = 64: 256 GiB of
-// packed keys) is an OutOfMemory naming the workspace, not a crash.
+// packed keys for 16 query rows; fewer rows would take the decode kernel, which packs
+// nothing) is an OutOfMemory naming the workspace, not a crash.
 TEST(Robustness, WorkspaceThatCannotBeAllocatedIsOutOfMemory) {
   const int64_t sk = int64_t{1} << 30;
-  std::vector<float> row(64, 0.5f), out(64);
+  std::vector<float> row(64, 0.5f), out(16 * 64);
   ConstTensorView k = make_view(row.data(), {1, 1, 1, 64});
   k.shape[1] = sk;
   k.stride = {0, 0, 0, 1};
-  ConstTensorView q = make_view(row.data(), {1, 1, 1, 64});
-  AttentionArgs a{.q = q, .k = k, .v = k, .out = make_view(out.data(), {1, 1, 1, 64})};
+  ConstTensorView q = k;
+  q.shape[1] = 16;
+  AttentionArgs a{.q = q, .k = k, .v = k, .out = make_view(out.data(), {1, 16, 1, 64})};
   Context ctx(1);
   const auto m = make_mechanism("topk", {}, "k=4,query_chunk=1000000");
   try {
