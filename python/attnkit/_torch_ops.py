@@ -33,6 +33,7 @@ MASK_SCHEMA = ("Tensor? key_lengths, Tensor? key_begin, Tensor? query_positions,
                "int window_left, int window_right, Tensor? alibi_slopes, float softcap, "
                "Tensor? attn_mask, bool causal, float scale, str config, bool save_lse")
 MASK_NAMES = tuple(a.split()[-1] for a in MASK_SCHEMA.split(", "))
+ARRAY_NAMES = tuple(a.split()[-1] for a in MASK_SCHEMA.split(", ") if a.startswith("Tensor?"))
 _FORWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, Tensor? gate, Tensor? memory, "
                    f"Tensor? filter, {MASK_SCHEMA}) -> (Tensor, Tensor)")
 _BACKWARD_SCHEMA = ("(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "

@@ -109,25 +109,58 @@ class AttentionFunction(torch.autograd.Function):
                  filter: Any) -> Any:
         """ONNX (TorchScript exporter): one node attnkit::<name> in the custom domain
         "attnkit", instead of the constants the trace would otherwise record."""
-        return _onnx_node(g, name, flat, q, k, v, gate, memory, filter)
+        arrays = [n for n in _ops.ARRAY_NAMES if flat.get(n) is not None]
+        return _onnx_node(g, name, flat, arrays, (q, k, v, gate, memory, filter), outputs=1)
 
 
-def _onnx_node(g: Any, name: str, flat: dict, *tensors: Any) -> Any:
-    inputs = [t for t in tensors if t is not None and not _is_none_value(t)]
-    arrays = [n for n in _ops.MASK_NAMES if isinstance(flat.get(n), torch.Tensor)]
+# The flat arguments an ONNX node carries as attributes (name, symbolic_helper kind).
+_ONNX_ATTRIBUTES = (("causal", "b"), ("scale", "f"), ("config", "s"), ("window_left", "i"),
+                    ("window_right", "i"), ("softcap", "f"))
+
+
+def _onnx_node(g: Any, name: str, values: dict, arrays: list, tensors: tuple,
+               outputs: int) -> Any:
+    """attnkit::<name>(q, k, v[, gate, memory, filter]) with the mechanism and the scalar
+    masks as attributes; mask arrays (padding, ALiBi, attn_mask) are refused by name."""
     if arrays:
         raise _ak.Error(f"onnx: attnkit.{name} exports without mask arrays only (got "
                         f"{', '.join(arrays)})")
-    present = ",".join(n for n, t in zip(("q", "k", "v", "gate", "memory", "filter"), tensors)
-                       if t is not None and not _is_none_value(t))
-    return g.op(f"attnkit::{name}", *inputs, inputs_s=present, causal_i=int(flat["causal"]),
-                scale_f=float(flat["scale"]), config_s=flat["config"],
-                window_left_i=int(flat["window_left"]), window_right_i=int(flat["window_right"]),
-                softcap_f=float(flat["softcap"]))
+    names = ("q", "k", "v", "gate", "memory", "filter")
+    present = [(n, t) for n, t in zip(names, tensors) if t is not None and not _is_none_value(t)]
+    return g.op(f"attnkit::{name}", *(t for _, t in present),
+                inputs_s=",".join(n for n, _ in present), causal_i=int(values["causal"]),
+                scale_f=float(values["scale"]), config_s=str(values["config"]),
+                window_left_i=int(values["window_left"]),
+                window_right_i=int(values["window_right"]), softcap_f=float(values["softcap"]),
+                outputs=outputs)
 
 
 def _is_none_value(t: Any) -> bool:
     return hasattr(t, "node") and t.node().mustBeNone()
+
+
+def _register_onnx_symbolics() -> None:
+    """The custom operators' TorchScript ONNX symbolics (torch 2.x): the node above, from
+    the operator's constant arguments."""
+    register = getattr(torch.onnx, "register_custom_op_symbolic", None)
+    if not _ops.AVAILABLE or register is None:
+        return
+    from torch.onnx import symbolic_helper as sh
+
+    def make(name: str) -> Any:
+        def symbolic(g: Any, q: Any, k: Any, v: Any, gate: Any, memory: Any, filter: Any,
+                     *flat: Any) -> Any:
+            a = dict(zip(_ops.MASK_NAMES, flat))
+            values = {n: sh._maybe_get_const(a[n], kind) for n, kind in _ONNX_ATTRIBUTES}
+            arrays = [n for n in _ops.ARRAY_NAMES if not _is_none_value(a[n])]
+            return _onnx_node(g, name, values, arrays, (q, k, v, gate, memory, filter), 2)
+        return symbolic
+
+    for name in _ak.mechanisms():
+        register(f"attnkit::{name}", make(name), 1)
+
+
+_register_onnx_symbolics()
 
 
 def _apply(spec: _ops.Spec, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
