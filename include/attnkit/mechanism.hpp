@@ -52,11 +52,11 @@ struct StreamSpec {
   int64_t max_tokens = 0;  // capacity hint for growing states (KV cache); 0: grow as needed
   ConstTensorView memory;  // [B, L, Hq, Dk] float32 for mechanisms that need memory (copied)
   ConstTensorView filter;  // [Hk, width] float32 memory-write filter weights (memory; copied)
-  // >= 0: sliding window (softmax): a query sees the last window + 1 appended tokens, kept in
+  // >= 0: sliding window (softmax, topk): a query sees the last window + 1 appended tokens, kept in
   // a fixed ring buffer, so a decode step at any length equals the last row of a causal
   // forward with Mask::window_left = window. -1: every appended token.
   int64_t window = -1;
-  // Logit masks of a softmax stream, as Mask's: softcap > 0 caps the logits; alibi_slopes
+  // Logit masks of a softmax or topk stream, as Mask's: softcap > 0 caps the logits; alibi_slopes
   // ([Hq] or [B, Hq] float32, copied) subtracts slope |p_q - p_k| with the query rows of a
   // query() call at the last positions (Tq rows: positions length - Tq .. length - 1; each
   // sees every cached token). A decode step (one row) equals the last row of a causal forward

@@ -27,6 +27,11 @@ inline bool decode_shaped(const AttentionArgs& a) {
          !a.mask.varlen();
 }
 
+// Softmax attention by the kernel that suits the call: the decode kernel for a decode step
+// with key-range masks only and no lse (it has no logit masks and no lse), else the tiled
+// one (src/mechanisms/softmax.cpp: softmax's forward, its KV cache, memory's stream reads).
+void softmax_kernel(const AttentionArgs& a, const Problem& p, Context& ctx);
+
 // KV cache: keys and values per (batch, kv head), contiguous in time; grows by doubling.
 // With a sliding window, a ring buffer of window + 1 tokens that never grows: token t sits in
 // slot t % (window + 1). Queries attend every cached token without positions, so the ring's

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "src/cpu/kernels.hpp"
+#include "src/mechanisms/kv_cache.hpp"
 #include "src/mechanisms/registry.hpp"
 #include "src/mechanisms/validate.hpp"
 #include "src/reference/reference.hpp"
@@ -14,6 +15,17 @@ namespace {
 
 // constexpr, not a std::vector: factories run during other files' static initialisation.
 constexpr std::string_view kFilters[] = {"conv", "maxpool"};
+
+// The memory-write filter weights f [Hk, width] (a forward's filter array, a stream's copy):
+// rank, dtype, shape and finite values.
+void check_filter_weights(const ConstTensorView& f, DType dtype, int64_t hk, int64_t width) {
+  check_tensor(f, "filter", 2, dtype);
+  if (f.shape[0] != hk || f.shape[1] != width) {
+    throw Error("filter", "shape " + shape_string(f) + " must be [Hk, width] = [" +
+                              std::to_string(hk) + ", " + std::to_string(width) + "]");
+  }
+  check_finite(f, "filter");
+}
 
 // The memory stream, of fixed size: per q head, `keys_` and `values_` [B, L + chunk, Hq, D]
 // hold the memory after the last full chunk M_tau in their first L rows (memory rows are keys
@@ -40,7 +52,8 @@ class MemoryStream final : public StreamingState {
       throw Error("value_dim", "must equal head_dim: memory rows serve as keys and values");
     }
     if (s.filter.present()) copy_filter(s.filter);
-    load_memory(copy_stream_memory(s)->cview());
+    check_stream_memory(s);
+    load_memory(s.memory);
   }
 
   void append(const ConstTensorView& k, const ConstTensorView& v, Context& ctx) override {
@@ -67,12 +80,7 @@ class MemoryStream final : public StreamingState {
     a.k = rows(keys_.cview(), 0, slots_ + count_);
     a.v = rows(values_.cview(), 0, slots_ + count_);
     a.out = out;
-    const Problem p = Problem::resolve(a, {.scale = o_.scale});
-    if (q.shape[1] <= 8) {
-      cpu::softmax_decode(a, p, ctx);
-    } else {
-      cpu::softmax_forward(a, p, ctx);
-    }
+    softmax_kernel(a, Problem::resolve(a, {.scale = o_.scale}), ctx);
     check_result(as_const(out), "out", AttentionArgs{.q = q});
   }
 
@@ -96,13 +104,7 @@ class MemoryStream final : public StreamingState {
     return t;
   }
   void copy_filter(const ConstTensorView& f) {
-    check_tensor(f, "filter", 2, DType::kF32);
-    if (f.shape[0] != spec_.kv_heads || f.shape[1] != c_.width) {
-      throw Error("filter", "shape " + shape_string(f) + " must be [Hk, width] = [" +
-                                std::to_string(spec_.kv_heads) + ", " + std::to_string(c_.width) +
-                                "]");
-    }
-    check_finite(f, "filter");
+    check_filter_weights(f, DType::kF32, spec_.kv_heads, c_.width);
     filter_ = Tensor<float>({spec_.kv_heads, c_.width});
     for (int64_t h = 0; h < spec_.kv_heads; ++h)
       for (int64_t w = 0; w < c_.width; ++w)
@@ -183,14 +185,7 @@ class Memory final : public Mechanism {
                            std::to_string(sh.Sq) + "): chunks cut queries and keys alike");
     }
     check_memory_args(a, sh, input_dtype(a));
-    if (a.filter.present()) {
-      check_tensor(a.filter, "filter", 2, input_dtype(a));
-      if (a.filter.shape[0] != sh.Hk || a.filter.shape[1] != c_.width) {
-        throw Error("filter", "shape " + shape_string(a.filter) + " must be [Hk, width] = [" +
-                                  std::to_string(sh.Hk) + ", " + std::to_string(c_.width) + "]");
-      }
-      check_finite(a.filter, "filter");
-    }
+    if (a.filter.present()) check_filter_weights(a.filter, input_dtype(a), sh.Hk, c_.width);
   }
   void run_reference(const AttentionArgs& a, const Problem&) const override {
     ref::memory_ref(a, options(), c_);

@@ -12,18 +12,16 @@
 #include "src/reference/reference.hpp"
 
 namespace attnkit::detail {
-namespace {
 
-// A softmax stream's query: a few unmasked queries read the cache once (bandwidth-bound, the
-// decode kernel); many are a prefill, and the logit masks run there (the decode kernel has
-// none).
-void softmax_stream_query(const AttentionArgs& a, const Problem& p, Context& ctx) {
-  if (decode_shaped(a) && !p.biased()) {
-    cpu::softmax_decode(a, p, ctx);
+void softmax_kernel(const AttentionArgs& a, const Problem& p, Context& ctx) {
+  if (decode_shaped(a) && !p.biased() && !a.lse.present()) {
+    cpu::softmax_decode(a, p, ctx);  // reads each row's keys once
   } else {
     cpu::softmax_forward(a, p, ctx);
   }
 }
+
+namespace {
 
 class Softmax final : public Mechanism {
  public:
@@ -42,7 +40,7 @@ class Softmax final : public Mechanism {
   std::unique_ptr<StreamingState> new_stream(const StreamSpec& s) const override {
     check_stream_spec(s, /*window_ok=*/true);
     return make_state([&] {
-      return std::make_unique<KvCache>(s, logit_scale(options(), s.head_dim), softmax_stream_query);
+      return std::make_unique<KvCache>(s, logit_scale(options(), s.head_dim), softmax_kernel);
     });
   }
 
@@ -79,18 +77,7 @@ class Softmax final : public Mechanism {
     ref::softmax_ref(a, p);
   }
   void run_kernel(const AttentionArgs& a, const Problem& p, Context& ctx) const override {
-    if (takes_decode_kernel(a, p)) {
-      cpu::softmax_decode(a, p, ctx);
-    } else {
-      cpu::softmax_forward(a, p, ctx);
-    }
-  }
-
- private:
-  // A decode step with key-range masks only (padding, causal position, window) and no lse:
-  // the decode kernel (it has no logit masks and no lse).
-  static bool takes_decode_kernel(const AttentionArgs& a, const Problem& p) {
-    return decode_shaped(a) && !p.biased() && !a.lse.present();
+    softmax_kernel(a, p, ctx);
   }
 };
 

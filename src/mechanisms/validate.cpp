@@ -367,9 +367,10 @@ void check_stream_spec(const StreamSpec& sp, bool window_ok, bool filter_ok) {
   if (sp.filter.present() && !filter_ok)
     throw Error("filter", "only a memory stream takes filter weights");
   if (sp.window != -1 && !window_ok)
-    throw Error("window", "only a softmax stream keeps a sliding window");
+    throw Error("window", "only a KV-cache stream (softmax, topk) keeps a sliding window");
   if ((sp.softcap != 0.0 || sp.alibi_slopes.present()) && !window_ok)
-    throw Error("stream", "softcap and alibi_slopes are only for a softmax stream");
+    throw Error("stream",
+                "softcap and alibi_slopes are only for a KV-cache stream (softmax, topk)");
   if (!(sp.softcap >= 0.0) || !std::isfinite(sp.softcap))
     throw Error("softcap", "must be finite and >= 0 (0: off)");
   if (sp.alibi_slopes.present()) {
@@ -432,13 +433,17 @@ void check_stream_append(const StreamSpec& s, const ConstTensorView& k, const Co
   if (v.shape[1] != k.shape[1]) throw Error("v", "seq must equal k seq");
 }
 
-std::shared_ptr<Tensor<float>> copy_stream_memory(const StreamSpec& s) {
+void check_stream_memory(const StreamSpec& s) {
   check_tensor(s.memory, "memory", 4, DType::kF32);
   if (s.memory.shape[0] != s.batch || s.memory.shape[2] != s.heads ||
       s.memory.shape[3] != s.head_dim || s.memory.shape[1] < 1) {
     throw Error("memory", "shape " + shape_string(s.memory) + " must be [B, L >= 1, Hq, Dk]");
   }
   check_finite(s.memory, "memory");
+}
+
+std::shared_ptr<Tensor<float>> copy_stream_memory(const StreamSpec& s) {
+  check_stream_memory(s);
   auto mem = std::make_shared<Tensor<float>>(
       std::vector<int64_t>(s.memory.shape.begin(), s.memory.shape.end()));
   for (int64_t b = 0; b < s.batch; ++b)

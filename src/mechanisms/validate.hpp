@@ -66,7 +66,8 @@ void check_memory_args(const AttentionArgs& a, const Shape& sh, DType dtype);
 void check_backward(const BackwardArgs& g, DType dtype);
 // Streaming: the spec, appended k [B, T, Hk, Dk] / v [B, T, Hk, Dv], and queries
 // q [B, Tq, Hq, Dk] with out [B, Tq, Hq, Dv] (float32, finite).
-// window_ok: the mechanism keeps a sliding window (softmax); others refuse StreamSpec::window.
+// window_ok: a KV-cache stream (softmax, topk), which takes StreamSpec::window, softcap and
+// alibi_slopes; others refuse them. filter_ok: memory's, which takes StreamSpec::filter.
 void check_stream_spec(const StreamSpec& s, bool window_ok = false, bool filter_ok = false);
 // Builds a stream's state; std::bad_alloc becomes OutOfMemory naming the stream.
 template <typename Make>
@@ -78,7 +79,9 @@ auto make_state(Make&& make) {
   }
 }
 void check_stream_append(const StreamSpec& s, const ConstTensorView& k, const ConstTensorView& v);
-// A stream's own contiguous copy of StreamSpec::memory, checked: [B, L >= 1, Hq, Dk] float32.
+// StreamSpec::memory: [B, L >= 1, Hq, Dk] float32, finite.
+void check_stream_memory(const StreamSpec& s);
+// A stream's own contiguous copy of StreamSpec::memory, checked.
 std::shared_ptr<Tensor<float>> copy_stream_memory(const StreamSpec& s);
 // gate [B, T, Hk] float32 and finite, T = k's.
 void check_stream_gate(const StreamSpec& s, const ConstTensorView& k, const ConstTensorView& gate);

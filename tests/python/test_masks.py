@@ -169,7 +169,7 @@ def test_windowed_stream_is_a_ring_matching_the_windowed_forward(rng):
         s.append(k[:, t:t + 1], v[:, t:t + 1])
         np.testing.assert_allclose(s.query(q[:, t:t + 1])[:, 0], full[:, t], atol=2e-6)
     assert s.length == 20 and s.state_bytes == 6 * 2 * 8 * 2 * 4  # 6 tokens, k and v
-    with pytest.raises(attnkit.Error, match="window: only a softmax stream"):
+    with pytest.raises(attnkit.Error, match=r"window: only a KV-cache stream \(softmax, topk\) keeps a sliding window"):
         attnkit.Mechanism("linear").stream(batch=1, heads=1, head_dim=4, window=3)
 
 
