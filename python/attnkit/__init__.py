@@ -160,6 +160,16 @@ def _attn_mask(m: Any) -> Any:
     return m.view(np.uint8) if m.dtype == np.bool_ else m
 
 
+def _window(window_size: Any) -> tuple:
+    """window_size as the pair of ints (left, right), -1 = unbounded."""
+    try:
+        left, right = (int(w) for w in window_size)
+    except (TypeError, ValueError):
+        raise Error(f"window_size: must be a pair (left, right), -1 = unbounded "
+                    f"(got {window_size!r})") from None
+    return left, right
+
+
 def _mask(key_begin: Any = None, query_positions: Any = None, cu_seqlens_q: Any = None,
           cu_seqlens_k: Any = None, max_seqlen_q: Optional[int] = None,
           max_seqlen_k: Optional[int] = None, window_size: Any = (-1, -1),
@@ -175,11 +185,7 @@ def _mask(key_begin: Any = None, query_positions: Any = None, cu_seqlens_q: Any 
         longest = int(np.diff(cu).max()) if cu.size > 1 else 0
         if int(limit) < longest:
             raise Error(f"{name}: ({int(limit)}) is less than the longest sequence ({longest})")
-    try:
-        left, right = (int(w) for w in window_size)
-    except (TypeError, ValueError):
-        raise Error(f"window_size: must be a pair (left, right), -1 = unbounded "
-                    f"(got {window_size!r})") from None
+    left, right = _window(window_size)
     args = dict(key_begin=_int32s(key_begin, "key_begin"),
                 query_positions=_int32s(query_positions, "query_positions"),
                 cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, alibi_slopes=_array(alibi_slopes,

@@ -122,13 +122,11 @@ def _work_dtype(m: _ak.Mechanism, dtype: torch.dtype, backward: bool) -> Optiona
 
 
 def _has_lse(m: _ak.Mechanism, dtype: torch.dtype, save: bool) -> bool:
-    """Whether the forward saves lse for the backward: softmax computing in float32, when a
-    backward may follow (save_lse: an inference call keeps the decode kernel, which has no
-    lse; a backward without lse recomputes it)."""
-    return save and m.capabilities["emits_lse"] and (dtype == torch.float32 or
-                                            dtype == torch.float16 or
-                                            (dtype == torch.bfloat16 and
-                                             not m.capabilities["bfloat16"]))
+    """Whether the forward of inputs of dtype saves lse for the backward: softmax computing in
+    float32, when a backward may follow (save_lse: an inference call keeps the decode kernel,
+    which has no lse; a backward without lse recomputes it)."""
+    computes = _work_dtype(m, dtype, backward=False) or dtype
+    return save and m.capabilities["emits_lse"] and computes == torch.float32
 
 
 def forward(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -197,7 +195,7 @@ def _register(name: str) -> None:
     def setup_context(ctx, inputs, output):
         q, k, v, gate, memory, filter, *flat = inputs
         a = dict(zip(MASK_NAMES, flat))
-        tensors = [n for n in MASK_NAMES if isinstance(a[n], torch.Tensor)]
+        tensors = [n for n in ARRAY_NAMES if a[n] is not None]
         ctx.flat, ctx.tensor_names = a, tensors
         ctx.present = tuple(t is not None for t in (gate, memory, filter))
         ctx.save_for_backward(q, k, v, output[0], output[1], gate, memory, filter,

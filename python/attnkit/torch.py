@@ -56,12 +56,7 @@ def _flat(spec: _ops.Spec, key_lengths: Any, masks: dict) -> dict:
     for n in ("max_seqlen_q", "max_seqlen_k"):
         if masks.get(n) is not None:
             flat[n] = int(masks[n])
-    window = masks.get("window_size", (-1, -1))
-    try:
-        flat["window_left"], flat["window_right"] = (int(w) for w in window)
-    except (TypeError, ValueError):
-        raise _ak.Error(f"window_size: must be a pair (left, right), -1 = unbounded "
-                        f"(got {window!r})") from None
+    flat["window_left"], flat["window_right"] = _ak._window(masks.get("window_size", (-1, -1)))
     flat["softcap"] = float(masks.get("softcap", 0.0) or 0.0)
     for n in ("alibi_slopes", "attn_mask"):
         m = masks.get(n)
