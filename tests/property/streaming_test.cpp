@@ -72,12 +72,19 @@ TEST(StreamingProperty, WindowedCacheStreamIsARingAndMatchesTheWindowedForward) 
       }
       EXPECT_EQ(s->length(), S / step * step);
     }
-  EXPECT_NE(
+  // Streams without a KV cache refuse a window and the logit masks, by name.
+  EXPECT_EQ(
       error_of([&] {
         make_mechanism("linear")->new_stream(
             {.batch = 1, .heads = 1, .kv_heads = 1, .head_dim = 4, .value_dim = 4, .window = 3});
       }),
-      "no error");
+      "window: only a KV-cache stream (softmax, topk) keeps a sliding window");
+  EXPECT_EQ(
+      error_of([&] {
+        make_mechanism("heinsen")->new_stream(
+            {.batch = 1, .heads = 1, .kv_heads = 1, .head_dim = 4, .value_dim = 4, .softcap = 2.0});
+      }),
+      "stream: softcap and alibi_slopes are only for a KV-cache stream (softmax, topk)");
 }
 
 // Softcap and ALiBi in a KV-cache stream: each decode step equals the last row of the causal
