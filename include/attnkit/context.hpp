@@ -63,7 +63,7 @@ class Context {
   // Bytes held in workspaces (for memory reports).
   size_t workspace_bytes() const;
 
-  // The SIMD targets compiled in and the one dispatched on this CPU.
+  // The SIMD targets compiled in and the one dispatched on this CPU, and the bfloat16 path.
   static std::string cpu_report();
   // Names of the compiled targets this CPU supports, best first ("AVX3", "AVX2", and the
   // portable fallback: "SCALAR" with g++, "EMU128" with clang).
@@ -71,6 +71,18 @@ class Context {
   // Dispatches every later kernel call to `target` (one of simd_targets()), or back to the
   // best supported one for "". Process-wide; for tests and for timing the fallbacks.
   static void set_simd_target(const std::string& target);
+  // The paths bfloat16 kernels can take on this CPU, best first: "amx" (AMX tiles, where
+  // the CPU has them and Linux grants tile data), "avx512bf16" (VDPBF16PS scores),
+  // "amx-emulated" (the AMX kernels' blocking on an emulated tile unit: slow, for tests) and
+  // "fp32" (inputs widened). bf16_path() is the one taken now.
+  static std::vector<std::string> bf16_paths();
+  static std::string bf16_path();
+  // Why "amx" is not among bf16_paths() ("" when it is): no AMX-BF16, the OS's tile state
+  // off, or Linux refused the tile-data permission.
+  static std::string amx_refusal();
+  // Sends every later bfloat16 kernel down `path` (one of bf16_paths()), or back to the
+  // best for "". Process-wide, as set_simd_target.
+  static void set_bf16_path(const std::string& path);
 
  private:
   struct Impl;

@@ -30,6 +30,9 @@ struct Capabilities {
   bool uses_filter = false;   // AttentionArgs::filter (memory filter_type=conv)
   bool emits_lse = false;     // AttentionArgs::lse (softmax)
   bool bfloat16 = false;      // bfloat16 q, k, v forward (float32 out; no bfloat16 backward)
+  // Its bfloat16 forward takes Context::bf16_path() (AMX tiles, AVX512-BF16 dots); else it
+  // widens bfloat16 inputs to float32 on load.
+  bool bf16_path = false;
   // The masks its math admits (MaskKind bits). Every mechanism takes right padding
   // (key_lengths) natively, and causal when `causal` says so. The base class runs packed batches
   // (varlen) as one call per sequence, and, for a mechanism without kMaskQueryPositions, left

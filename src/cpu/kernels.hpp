@@ -24,9 +24,8 @@ void softmax_forward(const AttentionArgs& a, const Problem& p, Context& ctx);
 void softmax_backward(const BackwardArgs& g, const Problem& p, Context& ctx);
 
 // AVX512-BF16 score tiles (src/cpu/softmax_bf16.cpp), used by softmax_forward for
-// bfloat16 inputs when the CPU has the extension.
+// bfloat16 inputs on the tiles::Bf16Path::kDot path.
 namespace bf16 {
-bool dot_supported();
 // s[r][0:keys) = sum_p dot(q2[r][p], kt2[p][j]) over pairs of bfloat16 packed in uint32.
 // q2: [rows][ldq], kt2: [pairs][ldk], s: [rows][lds]; keys a multiple of 32.
 void scores(const uint32_t* q2, int64_t ldq, int64_t rows, const uint32_t* kt2, int64_t pairs,

@@ -26,6 +26,7 @@
 #include "src/cpu/arena.hpp"
 #include "src/cpu/kernels.hpp"
 #include "src/cpu/ops/matmul-inl.h"
+#include "src/cpu/tiles.hpp"
 
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
@@ -118,20 +119,38 @@ HWY_INLINE void OnlineSoftmaxRow(float* HWY_RESTRICT s, int64_t keys, int64_t be
   m = m_new;
 }
 
+// x[0:n) rounded to bfloat16 (nearest, ties to even) into dst; n a multiple of Lanes, x
+// finite (probabilities here).
+HWY_INLINE void ToBf16(const float* HWY_RESTRICT x, int64_t n, uint16_t* HWY_RESTRICT dst) {
+  const DF d;
+  const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
+  const hn::Rebind<uint16_t, DF> d16;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t j = 0; j < n; j += N) {
+    const auto u = hn::BitCast(du, hn::Load(d, x + j));
+    const auto even = hn::And(hn::ShiftRight<16>(u), hn::Set(du, 1u));
+    const auto r = hn::ShiftRight<16>(hn::Add(u, hn::Add(hn::Set(du, 0x7FFFu), even)));
+    hn::Store(hn::DemoteTo(d16, hn::BitCast(di, r)), d16, dst + j);
+  }
+}
+
 // The problem plus this kernel's blocking and packed operands.
 struct Plan : Problem {
   int64_t Dvp, key_blocks, query_blocks;
   float fscale;   // scale as float (q is pre-scaled)
   bool bf16_dot;  // bfloat16 inputs on an AVX512-BF16 CPU: kt holds uint32 pairs
-  int64_t pairs;  // (Dk + 1) / 2
-  float* kt;      // [B][Hk][key_blocks][Dk][kKeyBlock] (bf16_dot: [..][pairs][kKeyBlock] uint32)
-  float* vp;      // [B][Hk][key_blocks * kKeyBlock][Dvp]
-  float* kt_head(int64_t b, int64_t hk) const {
-    return kt + (b * Hk + hk) * key_blocks * kKeyBlock * Dk;
-  }
-  float* vp_head(int64_t b, int64_t hk) const {
-    return vp + (b * Hk + hk) * key_blocks * kKeyBlock * Dvp;
-  }
+  bool tiles;     // bfloat16 inputs on AMX (or its emulation): kt and vp hold uint32 pairs
+  tiles::Bf16Path path;
+  int64_t pairs;  // pair rows of kt per key block: (Dk + 1) / 2, with tiles Dk rounded to 32
+  // Floats of one key block of kt and vp:
+  //   kt [Dk][kKeyBlock] (bf16_dot, tiles: uint32 [pairs][kKeyBlock]),
+  //   vp [kKeyBlock][Dvp] (tiles: uint32 [kKeyBlock / 2][Dvp] of value pairs of keys).
+  int64_t kt_block, vp_block;
+  float* kt;  // [B][Hk][key_blocks][kt_block]
+  float* vp;  // [B][Hk][key_blocks][vp_block]
+  float* kt_head(int64_t b, int64_t hk) const { return kt + (b * Hk + hk) * key_blocks * kt_block; }
+  float* vp_head(int64_t b, int64_t hk) const { return vp + (b * Hk + hk) * key_blocks * vp_block; }
 };
 
 // Pairs of bfloat16 (x[2i] low, x[2i+1] high) of a row of n into dst[i * stride], the
@@ -143,12 +162,34 @@ inline void PackPairs(const uint16_t* x, int64_t n, uint32_t* dst, int64_t strid
   }
 }
 
+// Key block kb of (b, hk) in the tile layouts (tiles.hpp): kt2 [pairs][kKeyBlock] pairs of
+// head dims, vp2 [kKeyBlock / 2][Dvp] pairs of keys; zero past Sk, Dk and Dv.
+void PackTileBlock(const AttentionArgs& a, const Plan& p, int64_t b, int64_t hk, int64_t kb,
+                   uint32_t* kt2, uint32_t* vp2) {
+  std::fill(kt2, kt2 + p.kt_block, 0u);
+  std::fill(vp2, vp2 + p.vp_block, 0u);
+  const int64_t j0 = kb * kKeyBlock, n = std::min(kKeyBlock, p.Sk - j0);
+  for (int64_t j = 0; j < n; ++j) {
+    PackPairs(static_cast<const uint16_t*>(a.k.row_address(b, j0 + j, hk)), p.Dk, kt2 + j,
+              kKeyBlock);
+    const uint16_t* v = static_cast<const uint16_t*>(a.v.row_address(b, j0 + j, hk));
+    uint32_t* dst = vp2 + (j / 2) * p.Dvp;
+    const int shift = (j % 2) * 16;  // even keys in the low half, odd in the high
+    for (int64_t c = 0; c < p.Dv; ++c) dst[c] |= static_cast<uint32_t>(v[c]) << shift;
+  }
+}
+
 void PackKv(const AttentionArgs& a, const Plan& p, Context& ctx) {
   ctx.parallel_for(p.B * p.Hk * p.key_blocks, [&](int64_t task, int) {
     const int64_t kb = task % p.key_blocks, bh = task / p.key_blocks;
     const int64_t b = bh / p.Hk, hk = bh % p.Hk;
-    float* kt = p.kt_head(b, hk) + kb * kKeyBlock * p.Dk;
-    float* vp = p.vp_head(b, hk) + kb * kKeyBlock * p.Dvp;
+    float* kt = p.kt_head(b, hk) + kb * p.kt_block;
+    float* vp = p.vp_head(b, hk) + kb * p.vp_block;
+    if (p.tiles) {
+      PackTileBlock(a, p, b, hk, kb, reinterpret_cast<uint32_t*>(kt),
+                    reinterpret_cast<uint32_t*>(vp));
+      return;
+    }
     float wide[1024];  // a bfloat16 row widened (head dims are validated <= 1024)
     for (int64_t j = 0; j < kKeyBlock; ++j) {
       const int64_t key = kb * kKeyBlock + j;
@@ -165,7 +206,7 @@ void PackKv(const AttentionArgs& a, const Plan& p, Context& ctx) {
         std::copy_n(v, p.Dv, vrow);
         std::fill(vrow + p.Dv, vrow + p.Dvp, 0.0f);
       } else {
-        for (int64_t c = 0; c < p.Dk; ++c) kt[c * kKeyBlock + j] = 0.0f;
+        for (int64_t c = 0; c < p.kt_block / kKeyBlock; ++c) kt[c * kKeyBlock + j] = 0.0f;
         std::fill(vrow, vrow + p.Dvp, 0.0f);
       }
     }
@@ -176,22 +217,26 @@ void PackKv(const AttentionArgs& a, const Plan& p, Context& ctx) {
 // running max and sum of each row.
 struct TaskScratch {
   int64_t ldq;
-  float *q, *s, *o, *m, *l;  // [kQueryBlock][ldq], [..][kKeyBlock], [..][Dvp], [..], [..]
+  // [kQueryBlock][ldq] (tiles: bfloat16 [..][2 pairs]), [..][kKeyBlock], [..][Dvp], [..], [..]
+  float *q, *s, *o, *m, *l;
+  uint16_t* pb;  // tiles: P in bfloat16 [kQueryBlock][kKeyBlock]
   TaskScratch(Carve& c, const Plan& p)
       : ldq(RoundUp(p.Dk, 16)),
         q(c.take(kQueryBlock * ldq)),
         s(c.take(kQueryBlock * kKeyBlock)),
+
         o(c.take(kQueryBlock * p.Dvp)),
         m(c.take(kQueryBlock)),
-        l(c.take(kQueryBlock)) {}
+        l(c.take(kQueryBlock)),
+        pb(reinterpret_cast<uint16_t*>(c.take(kQueryBlock * kKeyBlock / 2))) {}
 };
 
 // Packed operands shared by the tasks (Carve layout, one block per call).
 struct Packed {
   float *kt, *vp;
   Packed(Carve& c, const Plan& p)
-      : kt(c.take(p.B * p.Hk * p.key_blocks * kKeyBlock * p.Dk)),
-        vp(c.take(p.B * p.Hk * p.key_blocks * kKeyBlock * p.Dvp)) {}
+      : kt(c.take(p.B * p.Hk * p.key_blocks * p.kt_block)),
+        vp(c.take(p.B * p.Hk * p.key_blocks * p.vp_block)) {}
 };
 
 void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float* scratch) {
@@ -203,9 +248,20 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
   const TaskScratch w(carve, p);
   const int64_t ldq = w.ldq;
   float *q = w.q, *s = w.s, *o = w.o, *m = w.m, *l = w.l;
+  // Tiles take whole 16-row strips: rows past `rows` are zero queries with zero P.
+  const int64_t rows_p = p.tiles ? RoundUp(rows, tiles::kTileRows) : rows;
+  uint16_t* q16 = reinterpret_cast<uint16_t*>(q);  // tiles: [rows_p][2 pairs]
+  if (p.tiles) {
+    std::fill(q16 + rows * 2 * p.pairs, q16 + rows_p * 2 * p.pairs, uint16_t{0});
+    std::fill(w.pb + rows * kKeyBlock, w.pb + rows_p * kKeyBlock, uint16_t{0});
+  }
   KeyRange visible[kQueryBlock];
   for (int64_t r = 0; r < rows; ++r) {
-    if (p.bf16_dot) {  // unscaled pairs; the scale is applied to the scores
+    if (p.tiles) {  // unscaled bfloat16, zero past Dk
+      const uint16_t* src = static_cast<const uint16_t*>(a.q.row_address(b, i0 + r, h));
+      std::copy_n(src, p.Dk, q16 + r * 2 * p.pairs);
+      std::fill(q16 + r * 2 * p.pairs + p.Dk, q16 + (r + 1) * 2 * p.pairs, uint16_t{0});
+    } else if (p.bf16_dot) {  // unscaled pairs; the scale is applied to the scores
       PackPairs(static_cast<const uint16_t*>(a.q.row_address(b, i0 + r, h)), p.Dk,
                 reinterpret_cast<uint32_t*>(q) + r * ldq, 1);
     } else {
@@ -216,7 +272,7 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
     m[r] = -std::numeric_limits<float>::infinity();
     l[r] = 0.0f;
   }
-  std::fill(o, o + rows * p.Dvp, 0.0f);
+  std::fill(o, o + rows_p * p.Dvp, 0.0f);
   // Bounds are monotone in the row: key blocks outside [first begin, last end) are skipped
   // (a sliding window costs N x window, not N^2).
   const int64_t lo = visible[0].begin, hi = visible[rows - 1].end;
@@ -225,13 +281,17 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
   const bool biased = p.biased();
   for (int64_t j0 = lo / kKeyBlock * kKeyBlock; j0 < hi; j0 += kKeyBlock) {
     const int64_t keys = std::min(kKeyBlock, RoundUp(hi - j0, 2 * N));
-    if (p.bf16_dot) {
+    const float* ktb = kt + (j0 / kKeyBlock) * p.kt_block;
+    if (p.tiles) {
+      tiles::gemm(p.path, rows_p, keys, 2 * p.pairs, q16, 2 * p.pairs,
+                  reinterpret_cast<const uint32_t*>(ktb), kKeyBlock, s, kKeyBlock, false);
+      for (int64_t r = 0; r < rows; ++r) Scale(p.fscale, s + r * kKeyBlock, keys);
+    } else if (p.bf16_dot) {
       bf16::scores(reinterpret_cast<const uint32_t*>(q), ldq, rows,
-                   reinterpret_cast<const uint32_t*>(kt + (j0 / kKeyBlock) * kKeyBlock * p.Dk),
-                   p.pairs, kKeyBlock, keys, s, kKeyBlock);
+                   reinterpret_cast<const uint32_t*>(ktb), p.pairs, kKeyBlock, keys, s, kKeyBlock);
       for (int64_t r = 0; r < rows; ++r) Scale(p.fscale, s + r * kKeyBlock, keys);
     } else {
-      Scores(q, ldq, rows, kt + (j0 / kKeyBlock) * kKeyBlock * p.Dk, p.Dk, keys, s);
+      Scores(q, ldq, rows, ktb, p.Dk, keys, s);
     }
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t begin = visible[r].begin - j0, end = visible[r].end - j0;
@@ -241,10 +301,16 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
         if (from < to) p.bias_row(b, h, i0 + r, j0 + from, sr + from, to - from);
       }
       OnlineSoftmaxRow(sr, keys, begin, end, m[r], l[r], o + r * p.Dvp, p.Dvp);
+      if (p.tiles) ToBf16(sr, keys, w.pb + r * kKeyBlock);
     }
     // O += P V over the keys visible to some row (P is 0 outside each row's own range).
-    MatMul(s, kKeyBlock, vp + j0 * p.Dvp, p.Dvp, o, p.Dvp, rows, p.Dvp, std::min(keys, hi - j0),
-           /*accumulate=*/true);
+    if (p.tiles) {  // V pairs of keys: vp2 row j0 / 2 starts this block
+      tiles::gemm(p.path, rows_p, p.Dvp, keys, w.pb, kKeyBlock,
+                  reinterpret_cast<const uint32_t*>(vp) + j0 / 2 * p.Dvp, p.Dvp, o, p.Dvp, true);
+    } else {
+      MatMul(s, kKeyBlock, vp + j0 * p.Dvp, p.Dvp, o, p.Dvp, rows, p.Dvp, std::min(keys, hi - j0),
+             /*accumulate=*/true);
+    }
   }
   for (int64_t r = 0; r < rows; ++r) {
     float* dst = a.out.row<float>(b, i0 + r, h);
@@ -261,13 +327,18 @@ void SoftmaxForward(const AttentionArgs& a, const Problem& problem, Context& ctx
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   Plan p;
   static_cast<Problem&>(p) = problem;
-  p.Dvp = RoundUp(p.Dv, N);
+  const bool bf16 = a.q.dtype == DType::kBF16;
+  p.path = tiles::bf16_path();
+  p.tiles = bf16 && (p.path == tiles::Bf16Path::kAmx || p.path == tiles::Bf16Path::kAmxEmulated);
+  // The bf16 dot tiles cover 32 keys: only with 16-lane vectors (AVX-512), as kKeyBlock assumes.
+  p.bf16_dot = bf16 && p.path == tiles::Bf16Path::kDot && N == 16;
+  p.Dvp = RoundUp(p.Dv, p.tiles ? 16 : N);  // tiles: whole 16-column strips of C
+  p.pairs = p.tiles ? RoundUp(p.Dk, tiles::kTileK) / 2 : (p.Dk + 1) / 2;
+  p.kt_block = kKeyBlock * (p.tiles || p.bf16_dot ? p.pairs : p.Dk);
+  p.vp_block = kKeyBlock * p.Dvp / (p.tiles ? 2 : 1);
   p.key_blocks = std::max<int64_t>(1, hwy::DivCeil(p.Sk, kKeyBlock));
   p.query_blocks = hwy::DivCeil(p.Sq, kQueryBlock);
   p.fscale = static_cast<float>(p.scale);
-  // The bf16 tiles cover 32 keys: only with 16-lane vectors (AVX-512), as kKeyBlock assumes.
-  p.bf16_dot = a.q.dtype == DType::kBF16 && N == 16 && bf16::dot_supported();
-  p.pairs = (p.Dk + 1) / 2;
   Carve shared(ctx.shared_scratch(Carve::floats<Packed>(p)));
   const Packed packed(shared, p);
   p.kt = packed.kt;

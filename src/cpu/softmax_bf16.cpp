@@ -36,11 +36,6 @@ __attribute__((target("avx512f,avx512bf16"))) void Tile(const uint32_t* q2, int6
 
 }  // namespace
 
-bool dot_supported() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
-  return ok;
-}
-
 void scores(const uint32_t* q2, int64_t ldq, int64_t rows, const uint32_t* kt2, int64_t pairs,
             int64_t ldk, int64_t keys, float* s, int64_t lds) {
   int64_t r = 0;

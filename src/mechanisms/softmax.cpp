@@ -34,6 +34,7 @@ class Softmax final : public Mechanism {
             .backward = true,
             .emits_lse = true,
             .bfloat16 = true,
+            .bf16_path = true,
             .masks = kAllMasks};
   }
 

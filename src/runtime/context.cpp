@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "attnkit/error.hpp"
+#include "src/cpu/tiles.hpp"
 #include "src/runtime/memory.hpp"
 
 namespace attnkit {
@@ -228,7 +229,44 @@ std::string Context::cpu_report() {
     s += ' ';
     s += hwy::TargetName(t);
   }
+  s += "; bf16: " + bf16_path();
+  if (!cpu::tiles::amx_usable()) s += std::string(" (no amx: ") + cpu::tiles::amx_refusal() + ")";
   return s;
+}
+
+namespace {
+constexpr cpu::tiles::Bf16Path kBf16Paths[] = {
+    cpu::tiles::Bf16Path::kAmx, cpu::tiles::Bf16Path::kDot, cpu::tiles::Bf16Path::kAmxEmulated,
+    cpu::tiles::Bf16Path::kWiden};
+bool usable(cpu::tiles::Bf16Path p) {
+  return p == cpu::tiles::Bf16Path::kAmx   ? cpu::tiles::amx_usable()
+         : p == cpu::tiles::Bf16Path::kDot ? cpu::tiles::dot_usable()
+                                           : true;
+}
+}  // namespace
+
+std::vector<std::string> Context::bf16_paths() {
+  std::vector<std::string> names;
+  for (cpu::tiles::Bf16Path p : kBf16Paths)
+    if (usable(p)) names.emplace_back(cpu::tiles::name(p));
+  return names;
+}
+
+std::string Context::bf16_path() { return cpu::tiles::name(cpu::tiles::bf16_path()); }
+
+std::string Context::amx_refusal() { return cpu::tiles::amx_refusal(); }
+
+void Context::set_bf16_path(const std::string& path) {
+  cpu::tiles::reset_bf16_path();
+  if (path.empty()) return;
+  for (cpu::tiles::Bf16Path p : kBf16Paths) {
+    if (path == cpu::tiles::name(p) && cpu::tiles::force_bf16_path(p)) return;
+  }
+  std::string known;
+  for (const std::string& n : bf16_paths()) known += (known.empty() ? "" : ", ") + n;
+  const std::string why = cpu::tiles::amx_usable() ? "" : "; no amx: " + amx_refusal();
+  throw Error("bf16_path", "'" + path + "' is not a bfloat16 path this CPU can take (have: " +
+                               known + why + ")");
 }
 
 std::vector<std::string> Context::simd_targets() {

@@ -113,9 +113,17 @@ TEST_F(Cli, CsvAndJsonParseWithPythonsModules) {
 }
 
 TEST_F(Cli, BenchAndDecodeRowsSayWhatTheyMeasure) {
+  // A bfloat16 row names its path: linear widens; softmax takes the forced one.
   Result r = cli("bench -m linear -n 64 --heads 2 -d 16 --reps 1 --bf16 -f csv");
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find(" bf16\",forward,64,"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(" bf16 fp32\",forward,64,"), std::string::npos) << r.output;
+  r = cli("bench -m softmax -n 64 --heads 2 -d 16 --reps 1 --bf16 --bf16-path amx-emulated -f csv");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("softmax non-causal bf16 amx-emulated,forward,64,"), std::string::npos)
+      << r.output;
+  r = cli("bench -m softmax -n 64 --bf16 --bf16-path gpu");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("bf16_path: 'gpu' is not a bfloat16 path"), std::string::npos) << r.output;
   r = cli("bench -m heinsen,linear --decode -n 100 --heads 2 -d 16 --reps 2 -f csv");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find(",decode step (append 1 + query 1),100,"), std::string::npos) << r.output;

@@ -108,26 +108,40 @@ void check_streaming_matches_causal(const std::string& name, const std::string& 
 }
 
 void check_bf16_matches_float32(const std::string& name, const std::vector<std::string>& configs,
-                                float tol) {
+                                float tol, double p_rounding) {
   Context ctx(2);
   for (const std::string& cfg : configs) {
-    for (bool causal : {false, true}) {
-      // An odd head dim (causal case) exercises padding of bfloat16 pairs.
-      Problem p({2, 70, 90, 4, 2, causal ? 37 : 48, 40}, 31, Layout::kHeadMajorPadded);
+    for (int variant = 0; variant < 3; ++variant) {
+      const bool causal = variant != 0, masked = variant == 2;
+      // An odd head dim (causal case) exercises padding of bfloat16 pairs; the second shape
+      // spans several query and key blocks with Dv = 128.
+      const Dims d =
+          masked ? Dims{1, 150, 300, 2, 2, 64, 128} : Dims{2, 70, 90, 4, 2, causal ? 37 : 48, 40};
+      Problem p(d, 31, Layout::kHeadMajorPadded);
       const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k),
                                   v = round_to_bf16(p.v);
       Problem r = p;
       const auto m = make_mechanism(name, {.causal = causal}, cfg);
-      m->forward(r.args32(), ctx);
+      const uint32_t needs = kMaskWindow | kMaskSoftcap;
+      if (masked && (m->capabilities().masks & needs) != needs) continue;
+      Mask mask;
+      if (masked) mask.window_left = 100, mask.softcap = 5.0;
+      AttentionArgs ar = r.args32();
+      ar.mask = mask;
+      m->forward(ar, ctx);
       AttentionArgs a = p.args32();
+      a.mask = mask;
       a.q = bf16_view(q, p.q);
       a.k = bf16_view(k, p.k);
       a.v = bf16_view(v, p.v);
       m->forward(a, ctx);
-      float worst = 0;
+      float worst = 0, vmax = 0;
       for (size_t i = 0; i < p.out.f32.size(); ++i)
         worst = std::max(worst, std::abs(p.out.f32[i] - r.out.f32[i]));
-      EXPECT_LE(worst, tol) << name << " " << cfg << (causal ? " causal" : "");
+      for (float x : p.v.f32) vmax = std::max(vmax, std::abs(x));
+      EXPECT_LE(worst, tol + p_rounding * vmax)
+          << name << " " << cfg << " " << to_string(d) << (causal ? " causal" : "")
+          << (masked ? " window softcap" : "");
     }
   }
   Problem p({1, 4, 4, 1, 1, 8, 8}, 1);

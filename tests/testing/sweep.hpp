@@ -29,9 +29,12 @@ void check_streaming_matches_causal(const std::string& name, const std::string& 
                                     int64_t memory_len = 0);
 
 // bfloat16 q, k, v (float32 out) against the float32 kernel on the same bf16-rounded
-// values, causal and not, for each config: max |difference| <= tol (0: bit for bit). Also
+// values, causal and not, with and without a window and softcap, over shapes that end
+// mid-tile and span several blocks, for each config: max |difference| <= tol + p_rounding *
+// max |v| (0, 0: bit for bit). p_rounding is the relative rounding of the attention
+// weights where P V runs in bfloat16 (2^-9: |sum (p~ - p) v| / l <= 2^-9 max |v|). Also
 // checks that a bfloat16 out is rejected.
 void check_bf16_matches_float32(const std::string& name, const std::vector<std::string>& configs,
-                                float tol);
+                                float tol, double p_rounding = 0.0);
 
 }  // namespace attnkit::testing

@@ -200,7 +200,7 @@ Timing time_pass(const Common& c, const BenchArgs& args, const Mechanism& m, int
   Tensor<float> out, mem_out;
   AttentionArgs a = w.args(m, out, mem_out);
   apply_masks(c, a);
-  // --bf16: the same inputs stored as bfloat16 (softmax and linear widen them on load).
+  // --bf16: the same inputs stored as bfloat16; the row names the path they take.
   std::vector<bfloat16> q16, k16, v16;
   if (args.bf16) {
     for (auto [src, dst, view] :
@@ -248,6 +248,10 @@ int cmd_bench(const Common& c, const BenchArgs& args) {
     table.columns = {"mechanism", "measures", "seq", "median_ms", "min_ms", "GFLOP/s", "Mtokens/s"};
     for (const std::string& name : args.mechanisms) {
       const auto m = make(c, name);
+      // bfloat16 rows name the path their products take ("bf16 amx", "bf16 fp32": widened).
+      const std::string bf16_text = !args.bf16                    ? ""
+                                    : m->capabilities().bf16_path ? " bf16 " + Context::bf16_path()
+                                                                  : std::string(" bf16 fp32");
       Progress progress(static_cast<int>(seqs.size()));
       for (int64_t n : seqs) {
         progress.step(name + " seq=" + std::to_string(n));
@@ -259,8 +263,7 @@ int cmd_bench(const Common& c, const BenchArgs& args) {
         // against 2). GFLOP/s is defined for exact softmax only (others do other work).
         const double flops = softmax_flops(s, c.causal, window_of(c)) * (args.backward ? 2.5 : 1.0);
         table.rows.push_back(
-            {m->describe() + mask_text(c) + (args.bf16 ? " bf16" : ""), what, n, t.median_s * 1e3,
-             t.min_s * 1e3,
+            {m->describe() + mask_text(c) + bf16_text, what, n, t.median_s * 1e3, t.min_s * 1e3,
              name == "softmax" ? nlohmann::json(flops / t.median_s / 1e9) : nlohmann::json(),
              static_cast<double>(s.batch * n) / t.median_s / 1e6});
       }

@@ -220,7 +220,10 @@ int cmd_list(const Common& c) {
   if (c.format == "table") {
     std::cout << "\nconfig keys (-c name:key=value,...):\n"
               << keys.render("table") << "\n"
-              << Context::cpu_report() << "\n";
+              << Context::cpu_report() << "\n"
+              << "bfloat16 paths here:";
+    for (const std::string& path : Context::bf16_paths()) std::cout << ' ' << path;
+    std::cout << "\n";
   }
   return 0;
 }

@@ -16,6 +16,7 @@ struct Common {
   std::vector<std::string> configs;  // "name:key=value,..."
   std::string format = "table";
   std::string simd;      // force one compiled SIMD target ("": the best this CPU supports)
+  std::string bf16_path;  // force one bfloat16 path (Context::bf16_paths(); "": the best)
   std::string window;    // "L" or "L,R": sliding window (Mask::window_left / right)
   double softcap = 0.0;  // logit soft-cap (Mask::softcap)
 };

@@ -22,6 +22,9 @@ void add_run_options(CLI::App* sub, Common& c) {
   sub->add_option(
       "--simd", c.simd,
       "run on this compiled SIMD target (`attnkit list` names them; default: the best)");
+  sub->add_option("--bf16-path", c.bf16_path,
+                  "bfloat16 kernels' path: amx, avx512bf16, amx-emulated, fp32 (`attnkit list` "
+                  "names those this CPU has; default: the best)");
   sub->add_option("--window", c.window,
                   "sliding window L[,R]: keys at most L before and R after each query (-1: "
                   "unbounded; with --causal, L alone is Mistral's)");
@@ -130,6 +133,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (!common.simd.empty()) attnkit::Context::set_simd_target(common.simd);
+    if (!common.bf16_path.empty()) attnkit::Context::set_bf16_path(common.bf16_path);
     if (run_cmd->parsed()) return cmd_run(common, run);
     if (cmp_cmd->parsed()) return cmd_compare(common, cmp);
     if (bench_cmd->parsed()) return cmd_bench(common, bench);

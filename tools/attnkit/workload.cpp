@@ -208,6 +208,7 @@ nlohmann::json run_meta(const std::string& command, int threads) {
           {"command", command},
           {"cpu", cpu_model()},
           {"simd", Context::cpu_report()},
+          {"bf16_path", Context::bf16_path()},
           {"threads", threads}};
 }
 

@@ -1,0 +1,65 @@
+// The AMX tile unit. This file alone is compiled with AMX code generation (-mamx-tile
+// -mamx-bf16, CMakeLists.txt); its code runs only after tiles::amx_usable() said yes.
+#include <immintrin.h>
+
+#include "src/cpu/tiles-inl.hpp"
+#include "src/cpu/tiles.hpp"
+
+namespace attnkit::cpu::tiles {
+namespace {
+
+// g++'s tile intrinsics are macros that paste their register number into the assembly, so
+// each register is spelled out.
+#define ATTNKIT_EACH_TILE(F) \
+  F(0)                       \
+  F(1) F(2) F(3) F(4) F(5) F(6) F(7)
+
+struct AmxUnit {
+  template <int T>
+  void load(const void* p, int64_t stride) {
+#define ATTNKIT_LOAD(R) \
+  if constexpr (T == R) _tile_loadd(R, p, stride);
+    ATTNKIT_EACH_TILE(ATTNKIT_LOAD)
+#undef ATTNKIT_LOAD
+  }
+  template <int T>
+  void zero() {
+#define ATTNKIT_ZERO(R) \
+  if constexpr (T == R) _tile_zero(R);
+    ATTNKIT_EACH_TILE(ATTNKIT_ZERO)
+#undef ATTNKIT_ZERO
+  }
+  template <int T>
+  void store(void* p, int64_t stride) {
+#define ATTNKIT_STORE(R) \
+  if constexpr (T == R) _tile_stored(R, p, stride);
+    ATTNKIT_EACH_TILE(ATTNKIT_STORE)
+#undef ATTNKIT_STORE
+  }
+  // The four products Block issues.
+  template <int C, int A, int B>
+  void dp() {
+    static_assert((C == 0 && A == 4 && B == 6) || (C == 1 && A == 4 && B == 7) ||
+                  (C == 2 && A == 5 && B == 6) || (C == 3 && A == 5 && B == 7));
+    if constexpr (C == 0) _tile_dpbf16ps(0, 4, 6);
+    if constexpr (C == 1) _tile_dpbf16ps(1, 4, 7);
+    if constexpr (C == 2) _tile_dpbf16ps(2, 5, 6);
+    if constexpr (C == 3) _tile_dpbf16ps(3, 5, 7);
+  }
+};
+#undef ATTNKIT_EACH_TILE
+
+}  // namespace
+
+// Loads the configuration on every call: a thread may run other AMX code (oneDNN inside
+// PyTorch) between two calls, and a configuration load costs little next to the tiles.
+void amx_gemm(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t lda, const uint32_t* b,
+              int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  static const TileConfig config;
+  _tile_loadconfig(&config);
+  AmxUnit u;
+  Gemm(u, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+  _tile_release();
+}
+
+}  // namespace attnkit::cpu::tiles
