@@ -13,6 +13,8 @@
 
 #include <cstdint>
 
+#include "src/cpu/tiles.hpp"
+
 namespace attnkit::cpu::tiles {
 namespace {
 
