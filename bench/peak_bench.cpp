@@ -10,6 +10,8 @@
 #include <benchmark/benchmark.h>
 
 #include "attnkit/context.hpp"
+#include "src/cpu/kernels.hpp"
+#include "src/cpu/tiles.hpp"
 
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::bench {
@@ -72,6 +74,44 @@ void BM_FmaPeak(benchmark::State& state) {
   state.counters["threads"] = ctx.num_threads();
 }
 BENCHMARK(BM_FmaPeak)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// The bfloat16 peaks the bf16 kernels are read against: AMX TDPBF16PS and AVX512-BF16
+// VDPBF16PS, one loop per thread on registers only.
+void BM_AmxBf16Peak(benchmark::State& state) {
+  if (!cpu::tiles::amx_usable()) {
+    state.SkipWithError((std::string("no AMX: ") + cpu::tiles::amx_refusal()).c_str());
+    return;
+  }
+  Context ctx(0);
+  const int64_t iters = 1 << 16;
+  for (auto _ : state) {
+    ctx.parallel_for(ctx.num_threads(), [&](int64_t, int) { cpu::tiles::amx_peak_loop(iters); });
+  }
+  state.counters["GFLOP"] =
+      benchmark::Counter(cpu::tiles::kAmxPeakFlopsPerIter * iters * ctx.num_threads() * 1e-9,
+                         benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = ctx.num_threads();
+}
+BENCHMARK(BM_AmxBf16Peak)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_DotBf16Peak(benchmark::State& state) {
+  if (!cpu::tiles::dot_usable()) {
+    state.SkipWithError("no AVX512-BF16");
+    return;
+  }
+  Context ctx(0);
+  const int64_t iters = 1 << 20;
+  float sink = 0;
+  for (auto _ : state) {
+    ctx.parallel_for(ctx.num_threads(),
+                     [&](int64_t, int) { sink += cpu::bf16::dot_peak_loop(iters); });
+  }
+  benchmark::DoNotOptimize(sink);
+  state.counters["GFLOP"] = benchmark::Counter(1024.0 * iters * ctx.num_threads() * 1e-9,
+                                               benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = ctx.num_threads();
+}
+BENCHMARK(BM_DotBf16Peak)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 }  // namespace attnkit::bench

@@ -30,6 +30,19 @@ namespace bf16 {
 // q2: [rows][ldq], kt2: [pairs][ldk], s: [rows][lds]; keys a multiple of 32.
 void scores(const uint32_t* q2, int64_t ldq, int64_t rows, const uint32_t* kt2, int64_t pairs,
             int64_t ldk, int64_t keys, float* s, int64_t lds);
+// The bfloat16 tile path's online softmax over one key block (requires
+// tiles::dot_usable()): for r < rows, row r of s ([rows][lds] scores, `keys` of them, a
+// multiple of 32, of which visible[r] - j0 count) in log2 units x = c s (c = scale log2(e),
+// log2(e) when s is already scaled); m[r] is the row's running max of x, l[r] its running
+// sum of 2^(x - m). Writes P = 2^(x - m) as bfloat16 into pb [rows][ldp] (0 outside the
+// range), rescales o's row ([rows][ldo]) and l[r] by 2^(m_old - m). Exponentials from a
+// degree-4 polynomial (relative error 2.7e-6, far below the 2^-9 of rounding P).
+void softmax_rows(float* s, int64_t lds, int64_t rows, int64_t keys, const KeyRange* visible,
+                  int64_t j0, float c, float* m, float* l, float* o, int64_t ldo, uint16_t* pb,
+                  int64_t ldp);
+// VDPBF16PS on registers (16 chains of 16 lanes x 2 products: 1024 flops per iteration),
+// the dot path's peak for benchmarks. Requires tiles::dot_usable().
+float dot_peak_loop(int64_t iters);
 }  // namespace bf16
 
 // Attention of a few queries over a long KV cache, streamed without packing (split over

@@ -40,6 +40,10 @@ using VF = hn::Vec<DF>;
 
 constexpr int64_t kKeyBlock = 128;    // keys per block: a multiple of 2 vectors on every target
 constexpr int64_t kQueryBlock = 128;  // queries per task
+// The bfloat16 tile path: keys per softmax step (4 key blocks) and query rows per strip; a
+// strip's scores fill the fp32 path's score buffer ([kQueryBlock][kKeyBlock] floats).
+constexpr int64_t kTileSpan = 4 * kKeyBlock, kTileStrip = 32;
+static_assert(kTileSpan * kTileStrip == kQueryBlock * kKeyBlock);
 #if HWY_TARGET <= HWY_AVX3
 constexpr int kScoreRows = 8;  // 8 x 2 accumulators of 32 zmm registers
 #else
@@ -117,22 +121,6 @@ HWY_INLINE void OnlineSoftmaxRow(float* HWY_RESTRICT s, int64_t keys, int64_t be
   }
   l = l * alpha + hn::GetLane(hn::SumOfLanes(d, vsum));
   m = m_new;
-}
-
-// x[0:n) rounded to bfloat16 (nearest, ties to even) into dst; n a multiple of Lanes, x
-// finite (probabilities here).
-HWY_INLINE void ToBf16(const float* HWY_RESTRICT x, int64_t n, uint16_t* HWY_RESTRICT dst) {
-  const DF d;
-  const hn::RebindToUnsigned<DF> du;
-  const hn::RebindToSigned<DF> di;
-  const hn::Rebind<uint16_t, DF> d16;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  for (int64_t j = 0; j < n; j += N) {
-    const auto u = hn::BitCast(du, hn::Load(d, x + j));
-    const auto even = hn::And(hn::ShiftRight<16>(u), hn::Set(du, 1u));
-    const auto r = hn::ShiftRight<16>(hn::Add(u, hn::Add(hn::Set(du, 0x7FFFu), even)));
-    hn::Store(hn::DemoteTo(d16, hn::BitCast(di, r)), d16, dst + j);
-  }
 }
 
 // The problem plus this kernel's blocking and packed operands.
@@ -219,7 +207,7 @@ struct TaskScratch {
   int64_t ldq;
   // [kQueryBlock][ldq] (tiles: bfloat16 [..][2 pairs]), [..][kKeyBlock], [..][Dvp], [..], [..]
   float *q, *s, *o, *m, *l;
-  uint16_t* pb;  // tiles: P in bfloat16 [kQueryBlock][kKeyBlock]
+  uint16_t* pb;  // tiles: a strip's P in bfloat16 [kTileStrip][kTileSpan]
   TaskScratch(Carve& c, const Plan& p)
       : ldq(RoundUp(p.Dk, 16)),
         q(c.take(kQueryBlock * ldq)),
@@ -228,7 +216,7 @@ struct TaskScratch {
         o(c.take(kQueryBlock * p.Dvp)),
         m(c.take(kQueryBlock)),
         l(c.take(kQueryBlock)),
-        pb(reinterpret_cast<uint16_t*>(c.take(kQueryBlock * kKeyBlock / 2))) {}
+        pb(reinterpret_cast<uint16_t*>(c.take(kTileStrip * kTileSpan / 2))) {}
 };
 
 // Packed operands shared by the tasks (Carve layout, one block per call).
@@ -238,6 +226,50 @@ struct Packed {
       : kt(c.take(p.B * p.Hk * p.key_blocks * p.kt_block)),
         vp(c.take(p.B * p.Hk * p.key_blocks * p.vp_block)) {}
 };
+
+// Softcap, ALiBi, attn_mask on the visible keys of row i (its range `visible`) in the key
+// block at j0 of `keys` scores sr (scaled logits).
+inline void BiasRow(const Plan& p, int64_t b, int64_t h, int64_t i, KeyRange visible, int64_t j0,
+                    int64_t keys, float* sr) {
+  const int64_t from = std::max<int64_t>(visible.begin - j0, 0);
+  const int64_t to = std::min(visible.end - j0, keys);
+  if (from < to) p.bias_row(b, h, i, j0 + from, sr + from, to - from);
+}
+
+// The tile path's span of keys at j0 (`keys` of them, a multiple of 32, at most kTileSpan)
+// for the task's rows (rows_p: rounded up to 16), in strips of kTileStrip rows: S = Q K^T on
+// the tiles (one product per packed key block), the online softmax (bf16::softmax_rows, the
+// scale folded into its exponent unless biases need scaled logits), O += P V on the tiles.
+// A span of several key blocks spreads each row's fixed costs (reductions, rescaling, O's
+// tile loads and stores) over more keys.
+//   kt2: the span's first block of [pairs][kKeyBlock] key pairs; vp2: the head's value pairs.
+void TileKeySpan(const Plan& p, const TaskScratch& w, int64_t b, int64_t h, int64_t i0,
+                 int64_t rows, int64_t rows_p, const KeyRange* visible, int64_t j0, int64_t keys,
+                 const uint32_t* kt2, const uint32_t* vp2) {
+  constexpr int64_t kStrip = kTileStrip, lds = kTileSpan;
+  const bool biased = p.biased();
+  // m and the exponents in log2 units of the scaled logits.
+  const float log2_scale = static_cast<float>(M_LOG2E) * (biased ? 1.0f : p.fscale);
+  const uint16_t* q16 = reinterpret_cast<const uint16_t*>(w.q);  // [rows_p][2 pairs]
+  for (int64_t r0 = 0; r0 < rows_p; r0 += kStrip) {
+    const int64_t strip = std::min(kStrip, rows_p - r0), live = std::min(strip, rows - r0);
+    for (int64_t k0 = 0; k0 < keys; k0 += kKeyBlock) {
+      tiles::gemm(p.path, strip, std::min(kKeyBlock, keys - k0), 2 * p.pairs,
+                  q16 + r0 * 2 * p.pairs, 2 * p.pairs, kt2 + k0 / kKeyBlock * p.kt_block, kKeyBlock,
+                  w.s + k0, lds, false);
+    }
+    for (int64_t r = 0; biased && r < live; ++r) {
+      Scale(p.fscale, w.s + r * lds, keys);
+      BiasRow(p, b, h, i0 + r0 + r, visible[r0 + r], j0, keys, w.s + r * lds);
+    }
+    bf16::softmax_rows(w.s, lds, live, keys, visible + r0, j0, log2_scale, w.m + r0, w.l + r0,
+                       w.o + r0 * p.Dvp, p.Dvp, w.pb, lds);
+    // Padding rows (zero queries) take zero P.
+    std::fill(w.pb + live * lds, w.pb + strip * lds, uint16_t{0});
+    tiles::gemm(p.path, strip, p.Dvp, keys, w.pb, lds, vp2 + j0 / 2 * p.Dvp, p.Dvp,
+                w.o + r0 * p.Dvp, p.Dvp, true);
+  }
+}
 
 void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float* scratch) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
@@ -251,10 +283,7 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
   // Tiles take whole 16-row strips: rows past `rows` are zero queries with zero P.
   const int64_t rows_p = p.tiles ? RoundUp(rows, tiles::kTileRows) : rows;
   uint16_t* q16 = reinterpret_cast<uint16_t*>(q);  // tiles: [rows_p][2 pairs]
-  if (p.tiles) {
-    std::fill(q16 + rows * 2 * p.pairs, q16 + rows_p * 2 * p.pairs, uint16_t{0});
-    std::fill(w.pb + rows * kKeyBlock, w.pb + rows_p * kKeyBlock, uint16_t{0});
-  }
+  if (p.tiles) std::fill(q16 + rows * 2 * p.pairs, q16 + rows_p * 2 * p.pairs, uint16_t{0});
   KeyRange visible[kQueryBlock];
   for (int64_t r = 0; r < rows; ++r) {
     if (p.tiles) {  // unscaled bfloat16, zero past Dk
@@ -279,14 +308,18 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
   const float* kt = p.kt_head(b, hk);
   const float* vp = p.vp_head(b, hk);
   const bool biased = p.biased();
-  for (int64_t j0 = lo / kKeyBlock * kKeyBlock; j0 < hi; j0 += kKeyBlock) {
-    const int64_t keys = std::min(kKeyBlock, RoundUp(hi - j0, 2 * N));
+  // One tile configuration load per task.
+  const tiles::TileScope scope(p.tiles ? p.path : tiles::Bf16Path::kWiden);
+  const int64_t step = p.tiles ? kTileSpan : kKeyBlock;
+  for (int64_t j0 = lo / kKeyBlock * kKeyBlock; j0 < hi; j0 += step) {
+    const int64_t keys = std::min(step, RoundUp(hi - j0, 2 * N));
     const float* ktb = kt + (j0 / kKeyBlock) * p.kt_block;
     if (p.tiles) {
-      tiles::gemm(p.path, rows_p, keys, 2 * p.pairs, q16, 2 * p.pairs,
-                  reinterpret_cast<const uint32_t*>(ktb), kKeyBlock, s, kKeyBlock, false);
-      for (int64_t r = 0; r < rows; ++r) Scale(p.fscale, s + r * kKeyBlock, keys);
-    } else if (p.bf16_dot) {
+      TileKeySpan(p, w, b, h, i0, rows, rows_p, visible, j0, keys,
+                  reinterpret_cast<const uint32_t*>(ktb), reinterpret_cast<const uint32_t*>(vp));
+      continue;
+    }
+    if (p.bf16_dot) {
       bf16::scores(reinterpret_cast<const uint32_t*>(q), ldq, rows,
                    reinterpret_cast<const uint32_t*>(ktb), p.pairs, kKeyBlock, keys, s, kKeyBlock);
       for (int64_t r = 0; r < rows; ++r) Scale(p.fscale, s + r * kKeyBlock, keys);
@@ -294,31 +327,23 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
       Scores(q, ldq, rows, ktb, p.Dk, keys, s);
     }
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t begin = visible[r].begin - j0, end = visible[r].end - j0;
       float* sr = s + r * kKeyBlock;
-      if (biased) {  // softcap, ALiBi, attn_mask on the row's visible keys of this block
-        const int64_t from = std::max<int64_t>(begin, 0), to = std::min(end, keys);
-        if (from < to) p.bias_row(b, h, i0 + r, j0 + from, sr + from, to - from);
-      }
-      OnlineSoftmaxRow(sr, keys, begin, end, m[r], l[r], o + r * p.Dvp, p.Dvp);
-      if (p.tiles) ToBf16(sr, keys, w.pb + r * kKeyBlock);
+      if (biased) BiasRow(p, b, h, i0 + r, visible[r], j0, keys, sr);
+      OnlineSoftmaxRow(sr, keys, visible[r].begin - j0, visible[r].end - j0, m[r], l[r],
+                       o + r * p.Dvp, p.Dvp);
     }
     // O += P V over the keys visible to some row (P is 0 outside each row's own range).
-    if (p.tiles) {  // V pairs of keys: vp2 row j0 / 2 starts this block
-      tiles::gemm(p.path, rows_p, p.Dvp, keys, w.pb, kKeyBlock,
-                  reinterpret_cast<const uint32_t*>(vp) + j0 / 2 * p.Dvp, p.Dvp, o, p.Dvp, true);
-    } else {
-      MatMul(s, kKeyBlock, vp + j0 * p.Dvp, p.Dvp, o, p.Dvp, rows, p.Dvp, std::min(keys, hi - j0),
-             /*accumulate=*/true);
-    }
+    MatMul(s, kKeyBlock, vp + j0 * p.Dvp, p.Dvp, o, p.Dvp, rows, p.Dvp, std::min(keys, hi - j0),
+           /*accumulate=*/true);
   }
   for (int64_t r = 0; r < rows; ++r) {
     float* dst = a.out.row<float>(b, i0 + r, h);
     const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
     for (int64_t c = 0; c < p.Dv; ++c) dst[c] = o[r * p.Dvp + c] * inv;
     if (a.lse.present()) {
+      const float mr = p.tiles ? m[r] * static_cast<float>(M_LN2) : m[r];  // tiles: log2 units
       a.lse.at<float>(b, h, i0 + r) =
-          l[r] > 0.0f ? m[r] + std::log(l[r]) : -std::numeric_limits<float>::infinity();
+          l[r] > 0.0f ? mr + std::log(l[r]) : -std::numeric_limits<float>::infinity();
     }
   }
 }

@@ -46,16 +46,12 @@ inline void Block(U& u, int64_t K, const uint16_t* a, int64_t lda, const uint32_
     const uint32_t* bk = b + (k / 2) * ldb;
     u.template load<4>(a + k, sa);
     u.template load<6>(bk, sb);
+    if (TN) u.template load<7>(bk + 16, sb);
+    if (TM) u.template load<5>(a + 16 * lda + k, sa);
     u.template dp<0, 4, 6>();
-    if (TN) {
-      u.template load<7>(bk + 16, sb);
-      u.template dp<1, 4, 7>();
-    }
-    if (TM) {
-      u.template load<5>(a + 16 * lda + k, sa);
-      u.template dp<2, 5, 6>();
-      if (TN) u.template dp<3, 5, 7>();
-    }
+    if (TN) u.template dp<1, 4, 7>();
+    if (TM) u.template dp<2, 5, 6>();
+    if (TM && TN) u.template dp<3, 5, 7>();
   }
   u.template store<0>(c, sc);
   if (TN) u.template store<1>(c + 16, sc);

@@ -13,8 +13,11 @@
 
 namespace attnkit::cpu::tiles {
 
+// tiles_amx.cpp
 void amx_gemm(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t lda, const uint32_t* b,
-              int64_t ldb, float* c, int64_t ldc, bool accumulate);  // tiles_amx.cpp
+              int64_t ldb, float* c, int64_t ldc, bool accumulate);
+void amx_begin();
+void amx_end();
 
 namespace {
 
@@ -129,6 +132,13 @@ bool force_bf16_path(Bf16Path p) {
 }
 
 void reset_bf16_path() { forced.store(-1, std::memory_order_relaxed); }
+
+TileScope::TileScope(Bf16Path path) : amx_(path == Bf16Path::kAmx) {
+  if (amx_) amx_begin();
+}
+TileScope::~TileScope() {
+  if (amx_) amx_end();
+}
 
 void gemm(Bf16Path path, int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t lda,
           const uint32_t* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {

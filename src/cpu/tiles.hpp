@@ -40,11 +40,30 @@ void reset_bf16_path();
 // with zeros).
 constexpr int64_t kTileRows = 16, kTileK = 32;
 
+// Holds the AMX tile configuration on this thread for a run of gemm() calls (one task),
+// so that each call need not load it; outside a scope gemm() loads and releases it itself.
+// Nothing for the emulated unit.
+class TileScope {
+ public:
+  explicit TileScope(Bf16Path path);
+  ~TileScope();
+  TileScope(const TileScope&) = delete;
+  TileScope& operator=(const TileScope&) = delete;
+
+ private:
+  bool amx_;
+};
+
 // C[M][N] = (accumulate ? C : 0) + A B, float32 accumulation.
 //   a: bfloat16 [M][lda] row-major (K used); b: uint32 [K / 2][ldb], element (p, n) holds
 //   B[2p][n] in its low and B[2p + 1][n] in its high half; c: float32 [M][ldc].
-// path is kAmx (amx_usable()) or kAmxEmulated. Sets up the tile configuration itself.
+// path is kAmx (amx_usable()) or kAmxEmulated.
 void gemm(Bf16Path path, int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t lda,
           const uint32_t* b, int64_t ldb, float* c, int64_t ldc, bool accumulate);
+
+// The tile unit's peak: `iters` x 4 TDPBF16PS on registers (64 Ki flops per iteration),
+// for benchmarks. Requires amx_usable().
+void amx_peak_loop(int64_t iters);
+inline constexpr double kAmxPeakFlopsPerIter = 4.0 * 16 * 16 * 32 * 2;
 
 }  // namespace attnkit::cpu::tiles

@@ -51,15 +51,53 @@ struct AmxUnit {
 
 }  // namespace
 
-// Loads the configuration on every call: a thread may run other AMX code (oneDNN inside
-// PyTorch) between two calls, and a configuration load costs little next to the tiles.
+// Tile configuration depth of this thread's TileScopes. A call outside any scope loads the
+// configuration and releases it after: the thread may run other AMX code (oneDNN inside
+// PyTorch) between two calls.
+namespace {
+thread_local int scope_depth = 0;
+const TileConfig kConfig;
+}  // namespace
+
+void amx_begin() {
+  if (scope_depth++ == 0) _tile_loadconfig(&kConfig);
+}
+void amx_end() {
+  if (--scope_depth == 0) _tile_release();
+}
+
 void amx_gemm(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t lda, const uint32_t* b,
               int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  static const TileConfig config;
-  _tile_loadconfig(&config);
   AmxUnit u;
+  if (scope_depth > 0) {
+    Gemm(u, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+    return;
+  }
+  amx_begin();
   Gemm(u, M, N, K, a, lda, b, ldb, c, ldc, accumulate);
-  _tile_release();
+  amx_end();
+}
+
+// TDPBF16PS on registers only (four independent accumulators): the tile unit's peak, for
+// benchmarks to read kernels against. 4 x 16 x 16 x 32 x 2 flops per iteration.
+void amx_peak_loop(int64_t iters) {
+  alignas(64) static const uint8_t zeros[16 * 64] = {};
+  amx_begin();
+  _tile_loadd(4, zeros, 64);
+  _tile_loadd(5, zeros, 64);
+  _tile_loadd(6, zeros, 64);
+  _tile_loadd(7, zeros, 64);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t i = 0; i < iters; ++i) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  amx_end();
 }
 
 }  // namespace attnkit::cpu::tiles

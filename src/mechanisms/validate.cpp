@@ -59,6 +59,15 @@ bool all_finite<float>(const ConstTensorView& t) {
     return bad == 0;
   });
 }
+// bfloat16: the same exponent test on its 16 bits.
+template <>
+bool all_finite<bfloat16>(const ConstTensorView& t) {
+  return for_each_row<bfloat16>(t, [](const bfloat16* p, int64_t n) {
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>((p[i].bits & 0x7f80u) == 0x7f80u);
+    return bad == 0;
+  });
+}
 
 template <typename T>
 double max_abs(const ConstTensorView& t) {
