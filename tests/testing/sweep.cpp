@@ -111,12 +111,13 @@ void check_bf16_matches_float32(const std::string& name, const std::vector<std::
                                 float tol, double p_rounding) {
   Context ctx(2);
   for (const std::string& cfg : configs) {
-    for (int variant = 0; variant < 3; ++variant) {
+    for (int variant = 0; variant < 4; ++variant) {
       const bool causal = variant != 0, masked = variant == 2;
-      // An odd head dim (causal case) exercises padding of bfloat16 pairs; the second shape
-      // spans several query and key blocks with Dv = 128.
-      const Dims d =
-          masked ? Dims{1, 150, 300, 2, 2, 64, 128} : Dims{2, 70, 90, 4, 2, causal ? 37 : 48, 40};
+      // An odd head dim (causal case) exercises padding of bfloat16 pairs; the masked shape
+      // spans several query and key blocks with Dv = 128, the last several spans of keys.
+      const Dims d = masked         ? Dims{1, 150, 300, 2, 2, 64, 128}
+                     : variant == 3 ? Dims{1, 40, 1100, 2, 1, 64, 64}
+                                    : Dims{2, 70, 90, 4, 2, causal ? 37 : 48, 40};
       Problem p(d, 31, Layout::kHeadMajorPadded);
       const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k),
                                   v = round_to_bf16(p.v);
