@@ -40,10 +40,11 @@ using VF = hn::Vec<DF>;
 
 constexpr int64_t kKeyBlock = 128;    // keys per block: a multiple of 2 vectors on every target
 constexpr int64_t kQueryBlock = 128;  // queries per task
-// The bfloat16 tile path: keys per softmax step (4 key blocks) and query rows per strip; a
-// strip's scores fill the fp32 path's score buffer ([kQueryBlock][kKeyBlock] floats).
-constexpr int64_t kTileSpan = 4 * kKeyBlock, kTileStrip = 32;
-static_assert(kTileSpan * kTileStrip == kQueryBlock * kKeyBlock);
+// The bfloat16 tile path: keys per softmax step (4 key blocks) and query rows per strip: a
+// strip's scores (32 KiB) stay in L1 between the two products (measured best of spans 2-8
+// blocks and strips of 16 or 32 rows); they fit the fp32 path's score buffer.
+constexpr int64_t kTileSpan = 4 * kKeyBlock, kTileStrip = 16;
+static_assert(kTileSpan * kTileStrip <= kQueryBlock * kKeyBlock);
 #if HWY_TARGET <= HWY_AVX3
 constexpr int kScoreRows = 8;  // 8 x 2 accumulators of 32 zmm registers
 #else
