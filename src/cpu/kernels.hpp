@@ -9,6 +9,7 @@
 #include "attnkit/context.hpp"
 #include "attnkit/options.hpp"
 #include "attnkit/problem.hpp"
+#include "src/cpu/tiles.hpp"
 
 namespace attnkit::cpu {
 
@@ -16,6 +17,10 @@ namespace attnkit::cpu {
 // AttentionArgs; lse optional float32 [B, Hq, Sq]. O(B Hk Sk (Dk + Dv)) extra memory for
 // packed K/V.
 void softmax_forward(const AttentionArgs& a, const Problem& p, Context& ctx);
+// softmax_forward for bfloat16 inputs on the tile path (src/cpu/softmax_tiles.cpp): path
+// is tiles::Bf16Path::kAmx or kAmxEmulated. Every mask of p; P rounded to bfloat16 for P V.
+void softmax_tiles_forward(const AttentionArgs& a, const Problem& p, tiles::Bf16Path path,
+                           Context& ctx);
 // Gradients of exact softmax attention (dq, dk, dv overwritten), float32, every mask of p
 // (as softmax_forward): one pass over key
 // blocks per (batch, kv head, key partition) with FlashAttention-2's five products; dq^T
@@ -30,16 +35,17 @@ namespace bf16 {
 // q2: [rows][ldq], kt2: [pairs][ldk], s: [rows][lds]; keys a multiple of 32.
 void scores(const uint32_t* q2, int64_t ldq, int64_t rows, const uint32_t* kt2, int64_t pairs,
             int64_t ldk, int64_t keys, float* s, int64_t lds);
-// The bfloat16 tile path's online softmax over one key block (requires
-// tiles::dot_usable()): for r < rows, row r of s ([rows][lds] scores, `keys` of them, a
-// multiple of 32, of which visible[r] - j0 count) in log2 units x = c s (c = scale log2(e),
-// log2(e) when s is already scaled); m[r] is the row's running max of x, l[r] its running
-// sum of 2^(x - m). Writes P = 2^(x - m) as bfloat16 into pb [rows][ldp] (0 outside the
-// range), rescales o's row ([rows][ldo]) and l[r] by 2^(m_old - m). Exponentials from a
-// degree-4 polynomial (relative error 2.7e-6, far below the 2^-9 of rounding P).
-void softmax_rows(float* s, int64_t lds, int64_t rows, int64_t keys, const KeyRange* visible,
-                  int64_t j0, float c, float* m, float* l, float* o, int64_t ldo, uint16_t* pb,
-                  int64_t ldp);
+// The bfloat16 tile path's online softmax over one span of keys for 16 queries, key-major
+// (requires tiles::dot_usable()): st [keys][ld] scores (lane n: query n), `keys` a multiple
+// of 32 starting at key j0; query n sees keys [begin[n], end[n]) (int32 [16]). Works in log2
+// units x = c s (c = scale log2(e), log2(e) when st is already scaled): m[16] the running max
+// of x, l[16] the running sum of 2^(x - m). Writes P = 2^(x - m) as bfloat16 pairs of keys,
+// pt [keys / 2][ld] uint32 (low half key 2p, high 2p + 1; 0 where not visible), and rescales
+// ot ([dvp][ld], O transposed) and l by 2^(m_old - m). Exponentials from a degree-4
+// polynomial (relative error 2.7e-6, far below the 2^-9 of rounding P). st is overwritten.
+void softmax_columns(float* st, int64_t ld, int64_t keys, int64_t j0, const int32_t* begin,
+                     const int32_t* end, float c, float* m, float* l, float* ot, int64_t dvp,
+                     uint32_t* pt);
 // VDPBF16PS on registers (16 chains of 16 lanes x 2 products: 1024 flops per iteration),
 // the dot path's peak for benchmarks. Requires tiles::dot_usable().
 float dot_peak_loop(int64_t iters);

@@ -40,11 +40,6 @@ using VF = hn::Vec<DF>;
 
 constexpr int64_t kKeyBlock = 128;    // keys per block: a multiple of 2 vectors on every target
 constexpr int64_t kQueryBlock = 128;  // queries per task
-// The bfloat16 tile path: keys per softmax step (4 key blocks) and query rows per strip: a
-// strip's scores (32 KiB) stay in L1 between the two products (measured best of spans 2-8
-// blocks and strips of 16 or 32 rows); they fit the fp32 path's score buffer.
-constexpr int64_t kTileSpan = 4 * kKeyBlock, kTileStrip = 16;
-static_assert(kTileSpan * kTileStrip <= kQueryBlock * kKeyBlock);
 #if HWY_TARGET <= HWY_AVX3
 constexpr int kScoreRows = 8;  // 8 x 2 accumulators of 32 zmm registers
 #else
@@ -129,12 +124,9 @@ struct Plan : Problem {
   int64_t Dvp, key_blocks, query_blocks;
   float fscale;   // scale as float (q is pre-scaled)
   bool bf16_dot;  // bfloat16 inputs on an AVX512-BF16 CPU: kt holds uint32 pairs
-  bool tiles;     // bfloat16 inputs on AMX (or its emulation): kt and vp hold uint32 pairs
-  tiles::Bf16Path path;
-  int64_t pairs;  // pair rows of kt per key block: (Dk + 1) / 2, with tiles Dk rounded to 32
-  // Floats of one key block of kt and vp:
-  //   kt [Dk][kKeyBlock] (bf16_dot, tiles: uint32 [pairs][kKeyBlock]),
-  //   vp [kKeyBlock][Dvp] (tiles: uint32 [kKeyBlock / 2][Dvp] of value pairs of keys).
+  int64_t pairs;  // (Dk + 1) / 2
+  // Floats of one key block of kt and vp: kt [Dk][kKeyBlock] (bf16_dot: uint32
+  // [pairs][kKeyBlock]), vp [kKeyBlock][Dvp].
   int64_t kt_block, vp_block;
   float* kt;  // [B][Hk][key_blocks][kt_block]
   float* vp;  // [B][Hk][key_blocks][vp_block]
@@ -151,34 +143,12 @@ inline void PackPairs(const uint16_t* x, int64_t n, uint32_t* dst, int64_t strid
   }
 }
 
-// Key block kb of (b, hk) in the tile layouts (tiles.hpp): kt2 [pairs][kKeyBlock] pairs of
-// head dims, vp2 [kKeyBlock / 2][Dvp] pairs of keys; zero past Sk, Dk and Dv.
-void PackTileBlock(const AttentionArgs& a, const Plan& p, int64_t b, int64_t hk, int64_t kb,
-                   uint32_t* kt2, uint32_t* vp2) {
-  std::fill(kt2, kt2 + p.kt_block, 0u);
-  std::fill(vp2, vp2 + p.vp_block, 0u);
-  const int64_t j0 = kb * kKeyBlock, n = std::min(kKeyBlock, p.Sk - j0);
-  for (int64_t j = 0; j < n; ++j) {
-    PackPairs(static_cast<const uint16_t*>(a.k.row_address(b, j0 + j, hk)), p.Dk, kt2 + j,
-              kKeyBlock);
-    const uint16_t* v = static_cast<const uint16_t*>(a.v.row_address(b, j0 + j, hk));
-    uint32_t* dst = vp2 + (j / 2) * p.Dvp;
-    const int shift = (j % 2) * 16;  // even keys in the low half, odd in the high
-    for (int64_t c = 0; c < p.Dv; ++c) dst[c] |= static_cast<uint32_t>(v[c]) << shift;
-  }
-}
-
 void PackKv(const AttentionArgs& a, const Plan& p, Context& ctx) {
   ctx.parallel_for(p.B * p.Hk * p.key_blocks, [&](int64_t task, int) {
     const int64_t kb = task % p.key_blocks, bh = task / p.key_blocks;
     const int64_t b = bh / p.Hk, hk = bh % p.Hk;
     float* kt = p.kt_head(b, hk) + kb * p.kt_block;
     float* vp = p.vp_head(b, hk) + kb * p.vp_block;
-    if (p.tiles) {
-      PackTileBlock(a, p, b, hk, kb, reinterpret_cast<uint32_t*>(kt),
-                    reinterpret_cast<uint32_t*>(vp));
-      return;
-    }
     float wide[1024];  // a bfloat16 row widened (head dims are validated <= 1024)
     for (int64_t j = 0; j < kKeyBlock; ++j) {
       const int64_t key = kb * kKeyBlock + j;
@@ -206,9 +176,7 @@ void PackKv(const AttentionArgs& a, const Plan& p, Context& ctx) {
 // running max and sum of each row.
 struct TaskScratch {
   int64_t ldq;
-  // [kQueryBlock][ldq] (tiles: bfloat16 [..][2 pairs]), [..][kKeyBlock], [..][Dvp], [..], [..]
-  float *q, *s, *o, *m, *l;
-  uint16_t* pb;  // tiles: a strip's P in bfloat16 [kTileStrip][kTileSpan]
+  float *q, *s, *o, *m, *l;  // [kQueryBlock][ldq], [..][kKeyBlock], [..][Dvp], [..], [..]
   TaskScratch(Carve& c, const Plan& p)
       : ldq(RoundUp(p.Dk, 16)),
         q(c.take(kQueryBlock * ldq)),
@@ -216,8 +184,7 @@ struct TaskScratch {
 
         o(c.take(kQueryBlock * p.Dvp)),
         m(c.take(kQueryBlock)),
-        l(c.take(kQueryBlock)),
-        pb(reinterpret_cast<uint16_t*>(c.take(kTileStrip * kTileSpan / 2))) {}
+        l(c.take(kQueryBlock)) {}
 };
 
 // Packed operands shared by the tasks (Carve layout, one block per call).
@@ -237,41 +204,6 @@ inline void BiasRow(const Plan& p, int64_t b, int64_t h, int64_t i, KeyRange vis
   if (from < to) p.bias_row(b, h, i, j0 + from, sr + from, to - from);
 }
 
-// The tile path's span of keys at j0 (`keys` of them, a multiple of 32, at most kTileSpan)
-// for the task's rows (rows_p: rounded up to 16), in strips of kTileStrip rows: S = Q K^T on
-// the tiles (one product per packed key block), the online softmax (bf16::softmax_rows, the
-// scale folded into its exponent unless biases need scaled logits), O += P V on the tiles.
-// A span of several key blocks spreads each row's fixed costs (reductions, rescaling, O's
-// tile loads and stores) over more keys.
-//   kt2: the span's first block of [pairs][kKeyBlock] key pairs; vp2: the head's value pairs.
-void TileKeySpan(const Plan& p, const TaskScratch& w, int64_t b, int64_t h, int64_t i0,
-                 int64_t rows, int64_t rows_p, const KeyRange* visible, int64_t j0, int64_t keys,
-                 const uint32_t* kt2, const uint32_t* vp2) {
-  constexpr int64_t kStrip = kTileStrip, lds = kTileSpan;
-  const bool biased = p.biased();
-  // m and the exponents in log2 units of the scaled logits.
-  const float log2_scale = static_cast<float>(M_LOG2E) * (biased ? 1.0f : p.fscale);
-  const uint16_t* q16 = reinterpret_cast<const uint16_t*>(w.q);  // [rows_p][2 pairs]
-  for (int64_t r0 = 0; r0 < rows_p; r0 += kStrip) {
-    const int64_t strip = std::min(kStrip, rows_p - r0), live = std::min(strip, rows - r0);
-    for (int64_t k0 = 0; k0 < keys; k0 += kKeyBlock) {
-      tiles::gemm(p.path, strip, std::min(kKeyBlock, keys - k0), 2 * p.pairs,
-                  q16 + r0 * 2 * p.pairs, 2 * p.pairs, kt2 + k0 / kKeyBlock * p.kt_block, kKeyBlock,
-                  w.s + k0, lds, false);
-    }
-    for (int64_t r = 0; biased && r < live; ++r) {
-      Scale(p.fscale, w.s + r * lds, keys);
-      BiasRow(p, b, h, i0 + r0 + r, visible[r0 + r], j0, keys, w.s + r * lds);
-    }
-    bf16::softmax_rows(w.s, lds, live, keys, visible + r0, j0, log2_scale, w.m + r0, w.l + r0,
-                       w.o + r0 * p.Dvp, p.Dvp, w.pb, lds);
-    // Padding rows (zero queries) take zero P.
-    std::fill(w.pb + live * lds, w.pb + strip * lds, uint16_t{0});
-    tiles::gemm(p.path, strip, p.Dvp, keys, w.pb, lds, vp2 + j0 / 2 * p.Dvp, p.Dvp,
-                w.o + r0 * p.Dvp, p.Dvp, true);
-  }
-}
-
 void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float* scratch) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t qb = task % p.query_blocks, bh = task / p.query_blocks;
@@ -281,17 +213,9 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
   const TaskScratch w(carve, p);
   const int64_t ldq = w.ldq;
   float *q = w.q, *s = w.s, *o = w.o, *m = w.m, *l = w.l;
-  // Tiles take whole 16-row strips: rows past `rows` are zero queries with zero P.
-  const int64_t rows_p = p.tiles ? RoundUp(rows, tiles::kTileRows) : rows;
-  uint16_t* q16 = reinterpret_cast<uint16_t*>(q);  // tiles: [rows_p][2 pairs]
-  if (p.tiles) std::fill(q16 + rows * 2 * p.pairs, q16 + rows_p * 2 * p.pairs, uint16_t{0});
   KeyRange visible[kQueryBlock];
   for (int64_t r = 0; r < rows; ++r) {
-    if (p.tiles) {  // unscaled bfloat16, zero past Dk
-      const uint16_t* src = static_cast<const uint16_t*>(a.q.row_address(b, i0 + r, h));
-      std::copy_n(src, p.Dk, q16 + r * 2 * p.pairs);
-      std::fill(q16 + r * 2 * p.pairs + p.Dk, q16 + (r + 1) * 2 * p.pairs, uint16_t{0});
-    } else if (p.bf16_dot) {  // unscaled pairs; the scale is applied to the scores
+    if (p.bf16_dot) {  // unscaled pairs; the scale is applied to the scores
       PackPairs(static_cast<const uint16_t*>(a.q.row_address(b, i0 + r, h)), p.Dk,
                 reinterpret_cast<uint32_t*>(q) + r * ldq, 1);
     } else {
@@ -302,24 +226,16 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
     m[r] = -std::numeric_limits<float>::infinity();
     l[r] = 0.0f;
   }
-  std::fill(o, o + rows_p * p.Dvp, 0.0f);
+  std::fill(o, o + rows * p.Dvp, 0.0f);
   // Bounds are monotone in the row: key blocks outside [first begin, last end) are skipped
   // (a sliding window costs N x window, not N^2).
   const int64_t lo = visible[0].begin, hi = visible[rows - 1].end;
   const float* kt = p.kt_head(b, hk);
   const float* vp = p.vp_head(b, hk);
   const bool biased = p.biased();
-  // One tile configuration load per task.
-  const tiles::TileScope scope(p.tiles ? p.path : tiles::Bf16Path::kWiden);
-  const int64_t step = p.tiles ? kTileSpan : kKeyBlock;
-  for (int64_t j0 = lo / kKeyBlock * kKeyBlock; j0 < hi; j0 += step) {
-    const int64_t keys = std::min(step, RoundUp(hi - j0, 2 * N));
+  for (int64_t j0 = lo / kKeyBlock * kKeyBlock; j0 < hi; j0 += kKeyBlock) {
+    const int64_t keys = std::min(kKeyBlock, RoundUp(hi - j0, 2 * N));
     const float* ktb = kt + (j0 / kKeyBlock) * p.kt_block;
-    if (p.tiles) {
-      TileKeySpan(p, w, b, h, i0, rows, rows_p, visible, j0, keys,
-                  reinterpret_cast<const uint32_t*>(ktb), reinterpret_cast<const uint32_t*>(vp));
-      continue;
-    }
     if (p.bf16_dot) {
       bf16::scores(reinterpret_cast<const uint32_t*>(q), ldq, rows,
                    reinterpret_cast<const uint32_t*>(ktb), p.pairs, kKeyBlock, keys, s, kKeyBlock);
@@ -342,9 +258,8 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
     const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
     for (int64_t c = 0; c < p.Dv; ++c) dst[c] = o[r * p.Dvp + c] * inv;
     if (a.lse.present()) {
-      const float mr = p.tiles ? m[r] * static_cast<float>(M_LN2) : m[r];  // tiles: log2 units
       a.lse.at<float>(b, h, i0 + r) =
-          l[r] > 0.0f ? mr + std::log(l[r]) : -std::numeric_limits<float>::infinity();
+          l[r] > 0.0f ? m[r] + std::log(l[r]) : -std::numeric_limits<float>::infinity();
     }
   }
 }
@@ -354,14 +269,17 @@ void SoftmaxForward(const AttentionArgs& a, const Problem& problem, Context& ctx
   Plan p;
   static_cast<Problem&>(p) = problem;
   const bool bf16 = a.q.dtype == DType::kBF16;
-  p.path = tiles::bf16_path();
-  p.tiles = bf16 && (p.path == tiles::Bf16Path::kAmx || p.path == tiles::Bf16Path::kAmxEmulated);
+  const tiles::Bf16Path path = tiles::bf16_path();
+  if (bf16 && (path == tiles::Bf16Path::kAmx || path == tiles::Bf16Path::kAmxEmulated)) {
+    softmax_tiles_forward(a, problem, path, ctx);
+    return;
+  }
   // The bf16 dot tiles cover 32 keys: only with 16-lane vectors (AVX-512), as kKeyBlock assumes.
-  p.bf16_dot = bf16 && p.path == tiles::Bf16Path::kDot && N == 16;
-  p.Dvp = RoundUp(p.Dv, p.tiles ? 16 : N);  // tiles: whole 16-column strips of C
-  p.pairs = p.tiles ? RoundUp(p.Dk, tiles::kTileK) / 2 : (p.Dk + 1) / 2;
-  p.kt_block = kKeyBlock * (p.tiles || p.bf16_dot ? p.pairs : p.Dk);
-  p.vp_block = kKeyBlock * p.Dvp / (p.tiles ? 2 : 1);
+  p.bf16_dot = bf16 && path == tiles::Bf16Path::kDot && N == 16;
+  p.Dvp = RoundUp(p.Dv, N);
+  p.pairs = (p.Dk + 1) / 2;
+  p.kt_block = kKeyBlock * (p.bf16_dot ? p.pairs : p.Dk);
+  p.vp_block = kKeyBlock * p.Dvp;
   p.key_blocks = std::max<int64_t>(1, hwy::DivCeil(p.Sk, kKeyBlock));
   p.query_blocks = hwy::DivCeil(p.Sq, kQueryBlock);
   p.fscale = static_cast<float>(p.scale);

@@ -57,7 +57,7 @@ void scores(const uint32_t* q2, int64_t ldq, int64_t rows, const uint32_t* kt2, 
   }
 }
 
-#define ATTNKIT_BF16_TARGET __attribute__((target("avx512f,avx512bf16")))
+#define ATTNKIT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
 namespace {
 
 // 2^x for lanes where x >= -126 (the rest 0; x <= 0 here): 2^round(x) p(x - round(x)), p a
@@ -76,46 +76,59 @@ ATTNKIT_BF16_TARGET inline __m512 Exp2(__m512 x) {
 
 }  // namespace
 
-ATTNKIT_BF16_TARGET void softmax_rows(float* s, int64_t lds, int64_t rows, int64_t keys,
-                                      const KeyRange* visible, int64_t j0, float c, float* m,
-                                      float* l, float* o, int64_t ldo, uint16_t* pb, int64_t ldp) {
+ATTNKIT_BF16_TARGET void softmax_columns(float* st, int64_t ld, int64_t keys, int64_t j0,
+                                         const int32_t* begin, const int32_t* end, float c,
+                                         float* m, float* l, float* ot, int64_t dvp, uint32_t* pt) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  const __m512 vc = _mm512_set1_ps(c);
-  for (int64_t r = 0; r < rows; ++r) {
-    float* sr = s + r * lds;
-    uint16_t* pr = pb + r * ldp;
-    const int64_t begin = visible[r].begin - j0, end = visible[r].end - j0;
-    for (int64_t j = 0; j < std::min(begin, keys); ++j) sr[j] = kNegInf;
-    for (int64_t j = std::max<int64_t>(end, 0); j < keys; ++j) sr[j] = kNegInf;
-    __m512 max0 = _mm512_set1_ps(kNegInf), max1 = max0;  // two chains: half the latency
-    for (int64_t j = 0; j < keys; j += 32) {
-      max0 = _mm512_max_ps(max0, _mm512_loadu_ps(sr + j));
-      max1 = _mm512_max_ps(max1, _mm512_loadu_ps(sr + j + 16));
-    }
-    const float m_new = std::max(m[r], c * _mm512_reduce_max_ps(_mm512_max_ps(max0, max1)));
-    if (m_new == kNegInf) {  // nothing visible yet: P = 0, O and l stay 0
-      std::fill(pr, pr + keys, uint16_t{0});
+  const __m512i vb = _mm512_loadu_si512(begin), ve = _mm512_loadu_si512(end);
+  // Keys visible to all 16 queries need no mask; the others get -inf per lane.
+  const int64_t all_from = _mm512_reduce_max_epi32(vb), all_to = _mm512_reduce_min_epi32(ve);
+  for (int64_t j = 0; j < keys; ++j) {
+    const int64_t key = j0 + j;
+    if (key >= all_from && key < all_to) {
+      j = std::min(all_to - j0, keys) - 1;
       continue;
     }
-    const __m512 vm = _mm512_set1_ps(m_new);
-    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
-    for (int64_t j = 0; j < keys; j += 32) {
-      const __m512 p0 = Exp2(_mm512_fmsub_ps(_mm512_loadu_ps(sr + j), vc, vm));
-      const __m512 p1 = Exp2(_mm512_fmsub_ps(_mm512_loadu_ps(sr + j + 16), vc, vm));
-      sum0 = _mm512_add_ps(sum0, p0);
-      sum1 = _mm512_add_ps(sum1, p1);
-      _mm512_storeu_si512(pr + j, (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
-    }
-    const float alpha = std::exp2(m[r] - m_new);  // 0 when m was -inf
-    if (alpha != 1.0f) {
-      const __m512 va = _mm512_set1_ps(alpha);
-      float* orow = o + r * ldo;
-      for (int64_t x = 0; x < ldo; x += 16)
-        _mm512_storeu_ps(orow + x, _mm512_mul_ps(va, _mm512_loadu_ps(orow + x)));
-    }
-    l[r] = l[r] * alpha + _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
-    m[r] = m_new;
+    const __m512i vj = _mm512_set1_epi32(static_cast<int32_t>(key));
+    const __mmask16 vis = _mm512_cmpge_epi32_mask(vj, vb) & _mm512_cmplt_epi32_mask(vj, ve);
+    float* row = st + j * ld;
+    _mm512_storeu_ps(row, _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), vis, _mm512_loadu_ps(row)));
   }
+  __m512 mx0 = _mm512_set1_ps(kNegInf), mx1 = mx0, mx2 = mx0, mx3 = mx0;  // 4 chains
+  for (int64_t j = 0; j < keys; j += 4) {
+    mx0 = _mm512_max_ps(mx0, _mm512_loadu_ps(st + j * ld));
+    mx1 = _mm512_max_ps(mx1, _mm512_loadu_ps(st + (j + 1) * ld));
+    mx2 = _mm512_max_ps(mx2, _mm512_loadu_ps(st + (j + 2) * ld));
+    mx3 = _mm512_max_ps(mx3, _mm512_loadu_ps(st + (j + 3) * ld));
+  }
+  const __m512 vc = _mm512_set1_ps(c);
+  const __m512 m_old = _mm512_loadu_ps(m);
+  const __m512 vmax = _mm512_max_ps(_mm512_max_ps(mx0, mx1), _mm512_max_ps(mx2, mx3));
+  const __m512 m_new = _mm512_max_ps(m_old, _mm512_mul_ps(vmax, vc));
+  // 2^(m_old - m_new): 1 where the max held, 0 where nothing was visible before (-inf - x,
+  // and NaN for -inf - -inf, fail Exp2's range test).
+  const __m512 alpha =
+      _mm512_mask_blend_ps(_mm512_cmp_ps_mask(m_old, m_new, _CMP_EQ_OQ),
+                           Exp2(_mm512_sub_ps(m_old, m_new)), _mm512_set1_ps(1.0f));
+  // Pairs of keys interleaved per query: lane n of pair row j / 2 holds P[j][n] (low half)
+  // and P[j + 1][n] (high), the B operand layout of the P V product.
+  const __m512i interleave =
+      _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+  for (int64_t j = 0; j < keys; j += 2) {
+    // Lanes with nothing visible yet have m_new = -inf: x = NaN there, and Exp2 gives 0.
+    const __m512 p0 = Exp2(_mm512_fmsub_ps(_mm512_loadu_ps(st + j * ld), vc, m_new));
+    const __m512 p1 = Exp2(_mm512_fmsub_ps(_mm512_loadu_ps(st + (j + 1) * ld), vc, m_new));
+    sum0 = _mm512_add_ps(sum0, p0);
+    sum1 = _mm512_add_ps(sum1, p1);
+    const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(p1, p0);  // p0 low half, p1 high
+    _mm512_storeu_si512(pt + j / 2 * ld, _mm512_permutexvar_epi16(interleave, both));
+  }
+  for (int64_t x = 0; x < dvp; ++x)
+    _mm512_storeu_ps(ot + x * ld, _mm512_mul_ps(alpha, _mm512_loadu_ps(ot + x * ld)));
+  _mm512_storeu_ps(l, _mm512_fmadd_ps(_mm512_loadu_ps(l), alpha, _mm512_add_ps(sum0, sum1)));
+  _mm512_storeu_ps(m, m_new);
 }
 
 ATTNKIT_BF16_TARGET float dot_peak_loop(int64_t iters) {

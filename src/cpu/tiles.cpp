@@ -72,6 +72,7 @@ const char* ProbeAmx() {
   if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return "no CPUID leaf 7";
   const bool tile = (edx >> 24) & 1, bf16 = (edx >> 22) & 1;
   if (!tile || !bf16) return "the CPU has no AMX-BF16";
+  if (!dot_usable()) return "the CPU has no AVX512-BF16 (the tile kernels' softmax needs it)";
   if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1)) return "no OSXSAVE";
   unsigned lo, hi;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
@@ -114,7 +115,8 @@ bool amx_usable() { return AmxRefusal()[0] == '\0'; }
 const char* amx_refusal() { return AmxRefusal(); }
 
 bool dot_usable() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512bf16");
   return ok;
 }
 
@@ -126,7 +128,8 @@ Bf16Path bf16_path() {
 
 bool force_bf16_path(Bf16Path p) {
   if (p == Bf16Path::kAmx && !amx_usable()) return false;
-  if (p == Bf16Path::kDot && !dot_usable()) return false;
+  // The tile kernels' softmax and the dot path's scores are AVX512-BF16 code.
+  if (p != Bf16Path::kWiden && !dot_usable()) return false;
   forced.store(static_cast<int>(p), std::memory_order_relaxed);
   return true;
 }

@@ -36,15 +36,19 @@ struct AmxUnit {
     ATTNKIT_EACH_TILE(ATTNKIT_STORE)
 #undef ATTNKIT_STORE
   }
-  // The four products Block issues.
+  // The products Block and TallBlock issue.
   template <int C, int A, int B>
   void dp() {
-    static_assert((C == 0 && A == 4 && B == 6) || (C == 1 && A == 4 && B == 7) ||
-                  (C == 2 && A == 5 && B == 6) || (C == 3 && A == 5 && B == 7));
-    if constexpr (C == 0) _tile_dpbf16ps(0, 4, 6);
-    if constexpr (C == 1) _tile_dpbf16ps(1, 4, 7);
-    if constexpr (C == 2) _tile_dpbf16ps(2, 5, 6);
-    if constexpr (C == 3) _tile_dpbf16ps(3, 5, 7);
+    static_assert(B >= 6 ? (A == 4 + C / 2 && B == 6 + C % 2)
+                         : (B == 4 && A == (C == 3 ? 5 : 5 + C)));
+    if constexpr (B >= 6 && C == 0) _tile_dpbf16ps(0, 4, 6);
+    if constexpr (B >= 6 && C == 1) _tile_dpbf16ps(1, 4, 7);
+    if constexpr (B >= 6 && C == 2) _tile_dpbf16ps(2, 5, 6);
+    if constexpr (B >= 6 && C == 3) _tile_dpbf16ps(3, 5, 7);
+    if constexpr (B == 4 && C == 0) _tile_dpbf16ps(0, 5, 4);
+    if constexpr (B == 4 && C == 1) _tile_dpbf16ps(1, 6, 4);
+    if constexpr (B == 4 && C == 2) _tile_dpbf16ps(2, 7, 4);
+    if constexpr (B == 4 && C == 3) _tile_dpbf16ps(3, 5, 4);
   }
 };
 #undef ATTNKIT_EACH_TILE

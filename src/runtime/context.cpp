@@ -239,9 +239,10 @@ constexpr cpu::tiles::Bf16Path kBf16Paths[] = {
     cpu::tiles::Bf16Path::kAmx, cpu::tiles::Bf16Path::kDot, cpu::tiles::Bf16Path::kAmxEmulated,
     cpu::tiles::Bf16Path::kWiden};
 bool usable(cpu::tiles::Bf16Path p) {
-  return p == cpu::tiles::Bf16Path::kAmx   ? cpu::tiles::amx_usable()
-         : p == cpu::tiles::Bf16Path::kDot ? cpu::tiles::dot_usable()
-                                           : true;
+  // The tile kernels' softmax is AVX512-BF16 code too (every AMX CPU has it).
+  return p == cpu::tiles::Bf16Path::kAmx     ? cpu::tiles::amx_usable()
+         : p == cpu::tiles::Bf16Path::kWiden ? true
+                                             : cpu::tiles::dot_usable();
 }
 }  // namespace
 
