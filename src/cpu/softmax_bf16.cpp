@@ -57,21 +57,42 @@ void scores(const uint32_t* q2, int64_t ldq, int64_t rows, const uint32_t* kt2, 
   }
 }
 
-#define ATTNKIT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+#define ATTNKIT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16")))
 namespace {
 
-// 2^x for lanes where x >= -126 (the rest 0; x <= 0 here): 2^round(x) p(x - round(x)), p a
-// near-minimax fit of 2^f on [-1/2, 1/2] (relative error 2.7e-6), scaled by VSCALEFPS.
+// 2^x for lanes where x >= -126 (the rest 0; x < 127): p(x - floor(x)) 2^floor(x), the
+// fraction from VREDUCEPS, the power applied by VSCALEFPS (which floors x itself), p a
+// near-minimax fit of 2^f on [0, 1) (relative error 2.7e-6).
 ATTNKIT_BF16_TARGET inline __m512 Exp2(__m512 x) {
   const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_GE_OQ);
-  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(0.009570101276040077f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.05591785907745361f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.240247443318367f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6931217908859253f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.9999992847442627f));
-  return _mm512_maskz_scalef_ps(live, p, n);
+  const __m512 f = _mm512_reduce_ps(x, _MM_FROUND_TO_NEG_INF);
+  __m512 p = _mm512_set1_ps(0.013534167781472206f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.052011460065841675f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.2414427548646927f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6930038332939148f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000026226043701f));
+  return _mm512_maskz_scalef_ps(live, p, x);
+}
+
+// P = 2^(c s - m) of a span (st [keys][ld], 16 lanes) as bfloat16 pairs of keys into pt
+// [keys / 2][ld]: lane n of pair row j / 2 holds P[j][n] (low half) and P[j + 1][n] (high),
+// the B operand layout of the P V product. Returns P's float32 sums. Lanes with m = -inf
+// (nothing visible yet) have x = NaN, which Exp2 turns to 0.
+ATTNKIT_BF16_TARGET inline __m512 ExpPass(const float* st, int64_t ld, int64_t keys, __m512 vc,
+                                          __m512 m, uint32_t* pt) {
+  const __m512i interleave =
+      _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+  for (int64_t j = 0; j < keys; j += 2) {
+    const __m512 p0 = Exp2(_mm512_fmsub_ps(_mm512_loadu_ps(st + j * ld), vc, m));
+    const __m512 p1 = Exp2(_mm512_fmsub_ps(_mm512_loadu_ps(st + (j + 1) * ld), vc, m));
+    sum0 = _mm512_add_ps(sum0, p0);
+    sum1 = _mm512_add_ps(sum1, p1);
+    const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(p1, p0);  // p0 low half, p1 high
+    _mm512_storeu_si512(pt + j / 2 * ld, _mm512_permutexvar_epi16(interleave, both));
+  }
+  return _mm512_add_ps(sum0, sum1);
 }
 
 }  // namespace
@@ -94,6 +115,20 @@ ATTNKIT_BF16_TARGET void softmax_columns(float* st, int64_t ld, int64_t keys, in
     float* row = st + j * ld;
     _mm512_storeu_ps(row, _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), vis, _mm512_loadu_ps(row)));
   }
+  const __m512 vc = _mm512_set1_ps(c);
+  const __m512 m_old = _mm512_loadu_ps(m);
+  // Once every lane has a max, this span's exponentials are first taken against it, stale or
+  // not (FlashAttention-4's conditional rescaling): a larger max here only makes some P > 1.
+  // Kept when no lane's sum exceeds 2^8 per key (so every P <= 2^17: nothing overflows, and
+  // O needs no rescaling); else the span is redone against its new max.
+  if (_mm512_cmp_ps_mask(m_old, _mm512_set1_ps(kNegInf), _CMP_EQ_OQ) == 0) {
+    const __m512 sum = ExpPass(st, ld, keys, vc, m_old, pt);
+    const __m512 bound = _mm512_set1_ps(256.0f * static_cast<float>(keys));
+    if (_mm512_cmp_ps_mask(sum, bound, _CMP_LE_OQ) == 0xFFFF) {  // NaN, inf: redone
+      _mm512_storeu_ps(l, _mm512_add_ps(_mm512_loadu_ps(l), sum));
+      return;
+    }
+  }
   __m512 mx0 = _mm512_set1_ps(kNegInf), mx1 = mx0, mx2 = mx0, mx3 = mx0;  // 4 chains
   for (int64_t j = 0; j < keys; j += 4) {
     mx0 = _mm512_max_ps(mx0, _mm512_loadu_ps(st + j * ld));
@@ -101,8 +136,6 @@ ATTNKIT_BF16_TARGET void softmax_columns(float* st, int64_t ld, int64_t keys, in
     mx2 = _mm512_max_ps(mx2, _mm512_loadu_ps(st + (j + 2) * ld));
     mx3 = _mm512_max_ps(mx3, _mm512_loadu_ps(st + (j + 3) * ld));
   }
-  const __m512 vc = _mm512_set1_ps(c);
-  const __m512 m_old = _mm512_loadu_ps(m);
   const __m512 vmax = _mm512_max_ps(_mm512_max_ps(mx0, mx1), _mm512_max_ps(mx2, mx3));
   const __m512 m_new = _mm512_max_ps(m_old, _mm512_mul_ps(vmax, vc));
   // 2^(m_old - m_new): 1 where the max held, 0 where nothing was visible before (-inf - x,
@@ -110,24 +143,10 @@ ATTNKIT_BF16_TARGET void softmax_columns(float* st, int64_t ld, int64_t keys, in
   const __m512 alpha =
       _mm512_mask_blend_ps(_mm512_cmp_ps_mask(m_old, m_new, _CMP_EQ_OQ),
                            Exp2(_mm512_sub_ps(m_old, m_new)), _mm512_set1_ps(1.0f));
-  // Pairs of keys interleaved per query: lane n of pair row j / 2 holds P[j][n] (low half)
-  // and P[j + 1][n] (high), the B operand layout of the P V product.
-  const __m512i interleave =
-      _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
-                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
-  for (int64_t j = 0; j < keys; j += 2) {
-    // Lanes with nothing visible yet have m_new = -inf: x = NaN there, and Exp2 gives 0.
-    const __m512 p0 = Exp2(_mm512_fmsub_ps(_mm512_loadu_ps(st + j * ld), vc, m_new));
-    const __m512 p1 = Exp2(_mm512_fmsub_ps(_mm512_loadu_ps(st + (j + 1) * ld), vc, m_new));
-    sum0 = _mm512_add_ps(sum0, p0);
-    sum1 = _mm512_add_ps(sum1, p1);
-    const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(p1, p0);  // p0 low half, p1 high
-    _mm512_storeu_si512(pt + j / 2 * ld, _mm512_permutexvar_epi16(interleave, both));
-  }
+  const __m512 sum = ExpPass(st, ld, keys, vc, m_new, pt);
   for (int64_t x = 0; x < dvp; ++x)
     _mm512_storeu_ps(ot + x * ld, _mm512_mul_ps(alpha, _mm512_loadu_ps(ot + x * ld)));
-  _mm512_storeu_ps(l, _mm512_fmadd_ps(_mm512_loadu_ps(l), alpha, _mm512_add_ps(sum0, sum1)));
+  _mm512_storeu_ps(l, _mm512_fmadd_ps(_mm512_loadu_ps(l), alpha, sum));
   _mm512_storeu_ps(m, m_new);
 }
 

@@ -116,7 +116,7 @@ const char* amx_refusal() { return AmxRefusal(); }
 
 bool dot_usable() {
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512bf16");
+                         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bf16");
   return ok;
 }
 
