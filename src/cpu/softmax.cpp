@@ -25,6 +25,7 @@
 
 #include "src/cpu/arena.hpp"
 #include "src/cpu/kernels.hpp"
+#include "src/cpu/ops/exp2-inl.h"
 #include "src/cpu/ops/matmul-inl.h"
 #include "src/cpu/tiles.hpp"
 
@@ -88,9 +89,11 @@ HWY_INLINE void Scores(const float* q, int64_t ldq, int64_t rows, const float* k
 }
 
 // One row of the online softmax over a key block of `keys` scores (a multiple of N), of
-// which [begin, end) count. Turns s into P in place; updates m, l; rescales o.
+// which [begin, end) count, in log2 units: x = c s (c = 1 when q carries scale log2(e), and
+// log2(e) when logit masks needed s in natural units); m is the row's running max of x, l
+// its sum of 2^(x - m). Turns s into P in place; updates m, l; rescales o.
 HWY_INLINE void OnlineSoftmaxRow(float* HWY_RESTRICT s, int64_t keys, int64_t begin, int64_t end,
-                                 float& m, float& l, float* HWY_RESTRICT o, int64_t dvp) {
+                                 float c, float& m, float& l, float* HWY_RESTRICT o, int64_t dvp) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -98,19 +101,19 @@ HWY_INLINE void OnlineSoftmaxRow(float* HWY_RESTRICT s, int64_t keys, int64_t be
   for (int64_t j = std::max<int64_t>(end, 0); j < keys; ++j) s[j] = kNegInf;
   VF vmax = hn::Set(d, kNegInf);
   for (int64_t j = 0; j < keys; j += N) vmax = hn::Max(vmax, hn::Load(d, s + j));
-  const float m_new = std::max(m, hn::GetLane(hn::MaxOfLanes(d, vmax)));
+  const float m_new = std::max(m, c * hn::GetLane(hn::MaxOfLanes(d, vmax)));
   if (m_new == kNegInf) {  // nothing visible yet: P = 0, O and l stay 0
     std::fill(s, s + keys, 0.0f);
     return;
   }
-  const VF vm = hn::Set(d, m_new);
+  const VF vm = hn::Set(d, m_new), vc = hn::Set(d, c);
   VF vsum = hn::Zero(d);
   for (int64_t j = 0; j < keys; j += N) {
-    const VF p = hn::Exp(d, hn::Sub(hn::Load(d, s + j), vm));
+    const VF p = Exp2(d, hn::MulSub(hn::Load(d, s + j), vc, vm));
     hn::Store(p, d, s + j);
     vsum = hn::Add(vsum, p);
   }
-  const float alpha = std::exp(m - m_new);  // 0 when m was -inf
+  const float alpha = std::exp2(m - m_new);  // 0 when m was -inf
   if (alpha != 1.0f) {
     const VF va = hn::Set(d, alpha);
     for (int64_t c = 0; c < dvp; c += N) hn::Store(hn::Mul(va, hn::Load(d, o + c)), d, o + c);
@@ -122,7 +125,10 @@ HWY_INLINE void OnlineSoftmaxRow(float* HWY_RESTRICT s, int64_t keys, int64_t be
 // The problem plus this kernel's blocking and packed operands.
 struct Plan : Problem {
   int64_t Dvp, key_blocks, query_blocks;
-  float fscale;   // scale as float (q is pre-scaled)
+  float fscale;  // scale as float
+  // q is pre-scaled by qscale = fscale log2(e), or fscale when logit masks need natural units
+  // (then the rows multiply by log2_c = log2(e)).
+  float qscale, log2_c;
   bool bf16_dot;  // bfloat16 inputs on an AVX512-BF16 CPU: kt holds uint32 pairs
   int64_t pairs;  // (Dk + 1) / 2
   // Floats of one key block of kt and vp: kt [Dk][kKeyBlock] (bf16_dot: uint32
@@ -220,7 +226,7 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
                 reinterpret_cast<uint32_t*>(q) + r * ldq, 1);
     } else {
       const float* src = RowF32(a.q, b, i0 + r, h, q + r * ldq);  // widened in place if bf16
-      for (int64_t c = 0; c < p.Dk; ++c) q[r * ldq + c] = src[c] * p.fscale;
+      for (int64_t c = 0; c < p.Dk; ++c) q[r * ldq + c] = src[c] * p.qscale;
     }
     visible[r] = p.keys(b, i0 + r);
     m[r] = -std::numeric_limits<float>::infinity();
@@ -239,14 +245,14 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
     if (p.bf16_dot) {
       bf16::scores(reinterpret_cast<const uint32_t*>(q), ldq, rows,
                    reinterpret_cast<const uint32_t*>(ktb), p.pairs, kKeyBlock, keys, s, kKeyBlock);
-      for (int64_t r = 0; r < rows; ++r) Scale(p.fscale, s + r * kKeyBlock, keys);
+      for (int64_t r = 0; r < rows; ++r) Scale(p.qscale, s + r * kKeyBlock, keys);
     } else {
       Scores(q, ldq, rows, ktb, p.Dk, keys, s);
     }
     for (int64_t r = 0; r < rows; ++r) {
       float* sr = s + r * kKeyBlock;
       if (biased) BiasRow(p, b, h, i0 + r, visible[r], j0, keys, sr);
-      OnlineSoftmaxRow(sr, keys, visible[r].begin - j0, visible[r].end - j0, m[r], l[r],
+      OnlineSoftmaxRow(sr, keys, visible[r].begin - j0, visible[r].end - j0, p.log2_c, m[r], l[r],
                        o + r * p.Dvp, p.Dvp);
     }
     // O += P V over the keys visible to some row (P is 0 outside each row's own range).
@@ -258,8 +264,9 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
     const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
     for (int64_t c = 0; c < p.Dv; ++c) dst[c] = o[r * p.Dvp + c] * inv;
     if (a.lse.present()) {
-      a.lse.at<float>(b, h, i0 + r) =
-          l[r] > 0.0f ? m[r] + std::log(l[r]) : -std::numeric_limits<float>::infinity();
+      a.lse.at<float>(b, h, i0 + r) = l[r] > 0.0f
+                                          ? m[r] * static_cast<float>(M_LN2) + std::log(l[r])
+                                          : -std::numeric_limits<float>::infinity();
     }
   }
 }
@@ -283,6 +290,8 @@ void SoftmaxForward(const AttentionArgs& a, const Problem& problem, Context& ctx
   p.key_blocks = std::max<int64_t>(1, hwy::DivCeil(p.Sk, kKeyBlock));
   p.query_blocks = hwy::DivCeil(p.Sq, kQueryBlock);
   p.fscale = static_cast<float>(p.scale);
+  p.qscale = p.biased() ? p.fscale : p.fscale * static_cast<float>(M_LOG2E);
+  p.log2_c = p.biased() ? static_cast<float>(M_LOG2E) : 1.0f;
   Carve shared(ctx.shared_scratch(Carve::floats<Packed>(p)));
   const Packed packed(shared, p);
   p.kt = packed.kt;
