@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from ._core import Error, available_cpus, cpu_report, max_threads, num_threads, set_num_threads
+from ._core import bf16_path, bf16_paths, set_bf16_path
 from ._core import Mask as _CoreMask
 from ._core import Mechanism as _CoreMechanism
 from ._core import config_keys as _config_keys
@@ -25,8 +26,8 @@ from ._core import topk_feed_forward as _topk_feed_forward
 from ._core import version as _version
 
 __all__ = ["Error", "Gradients", "Mechanism", "Stream", "attention", "available_cpus",
-           "config_keys", "cpu_report", "max_threads", "mechanisms", "num_threads",
-           "set_num_threads", "topk_feed_forward"]
+           "bf16_path", "bf16_paths", "config_keys", "cpu_report", "max_threads", "mechanisms",
+           "num_threads", "set_bf16_path", "set_num_threads", "topk_feed_forward"]
 __version__ = _version()
 
 

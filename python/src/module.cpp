@@ -332,6 +332,9 @@ class PyMechanism {
 void bind_functions(nb::module_& m) {
   m.def("mechanism_names", &attnkit::mechanism_names);
   m.def("cpu_report", &attnkit::Context::cpu_report);
+  m.def("bf16_paths", &attnkit::Context::bf16_paths);
+  m.def("bf16_path", &attnkit::Context::bf16_path);
+  m.def("set_bf16_path", &attnkit::Context::set_bf16_path, "path"_a);
   m.def(
       "set_num_threads",
       [](int threads) {

@@ -303,15 +303,118 @@ void SoftmaxForward(const AttentionArgs& a, const Problem& problem, Context& ctx
   });
 }
 
+// w[j] = q . k_(j0 + j) for j < n (row (b, ., hk) of k): four keys at a time, so that four
+// dot products and their lane sums are in flight.
+HWY_INLINE void DecodeScores(const float* HWY_RESTRICT q, const ConstTensorView& k, int64_t b,
+                             int64_t hk, int64_t j0, int64_t n, float* HWY_RESTRICT w) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d)), dk = k.shape[3], full = dk / N * N;
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const float* k0 = k.row<const float>(b, j0 + j, hk);
+    const float* k1 = k.row<const float>(b, j0 + j + 1, hk);
+    const float* k2 = k.row<const float>(b, j0 + j + 2, hk);
+    const float* k3 = k.row<const float>(b, j0 + j + 3, hk);
+    VF a0 = hn::Zero(d), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t x = 0; x < full; x += N) {
+      const VF qx = hn::LoadU(d, q + x);
+      a0 = hn::MulAdd(qx, hn::LoadU(d, k0 + x), a0);
+      a1 = hn::MulAdd(qx, hn::LoadU(d, k1 + x), a1);
+      a2 = hn::MulAdd(qx, hn::LoadU(d, k2 + x), a2);
+      a3 = hn::MulAdd(qx, hn::LoadU(d, k3 + x), a3);
+    }
+    float s0 = hn::GetLane(hn::SumOfLanes(d, a0)), s1 = hn::GetLane(hn::SumOfLanes(d, a1));
+    float s2 = hn::GetLane(hn::SumOfLanes(d, a2)), s3 = hn::GetLane(hn::SumOfLanes(d, a3));
+    for (int64_t x = full; x < dk; ++x) {
+      s0 += q[x] * k0[x], s1 += q[x] * k1[x], s2 += q[x] * k2[x], s3 += q[x] * k3[x];
+    }
+    w[j] = s0, w[j + 1] = s1, w[j + 2] = s2, w[j + 3] = s3;
+  }
+  for (; j < n; ++j) w[j] = Dot(q, k.row<const float>(b, j0 + j, hk), dk);
+}
+
+// o[0:Dv) += sum_j p[j] v_(j0 + j) over NV vectors of dims from x0, in registers (two sets,
+// even and odd keys, so consecutive keys' multiply-adds do not wait on each other).
+template <int NV>
+HWY_INLINE void DecodeValueChunk(const float* HWY_RESTRICT p, const ConstTensorView& v, int64_t b,
+                                 int64_t hk, int64_t j0, int64_t n, int64_t x0,
+                                 float* HWY_RESTRICT o) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  VF e[NV], f[NV];
+  for (int i = 0; i < NV; ++i) e[i] = f[i] = hn::Zero(d);
+  int64_t j = 0;
+  for (; j + 2 <= n; j += 2) {
+    const float* v0 = v.row<const float>(b, j0 + j, hk) + x0;
+    const float* v1 = v.row<const float>(b, j0 + j + 1, hk) + x0;
+    const VF p0 = hn::Set(d, p[j]), p1 = hn::Set(d, p[j + 1]);
+    for (int i = 0; i < NV; ++i) {
+      e[i] = hn::MulAdd(p0, hn::LoadU(d, v0 + i * N), e[i]);
+      f[i] = hn::MulAdd(p1, hn::LoadU(d, v1 + i * N), f[i]);
+    }
+  }
+  if (j < n) {
+    const float* v0 = v.row<const float>(b, j0 + j, hk) + x0;
+    const VF p0 = hn::Set(d, p[j]);
+    for (int i = 0; i < NV; ++i) e[i] = hn::MulAdd(p0, hn::LoadU(d, v0 + i * N), e[i]);
+  }
+  for (int i = 0; i < NV; ++i) {
+    float* oi = o + x0 + i * N;
+    hn::StoreU(hn::Add(hn::LoadU(d, oi), hn::Add(e[i], f[i])), d, oi);
+  }
+}
+
+// o[0:Dv) += sum_{j < n} p[j] v_(j0 + j): whole vectors four at a time in registers, the
+// last dims (Dv not a multiple of the lanes) one by one.
+HWY_INLINE void DecodeValues(const float* HWY_RESTRICT p, const ConstTensorView& v, int64_t b,
+                             int64_t hk, int64_t j0, int64_t n, float* HWY_RESTRICT o) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF())), dv = v.shape[3];
+  int64_t x0 = 0;
+  for (; x0 + 4 * N <= dv; x0 += 4 * N) DecodeValueChunk<4>(p, v, b, hk, j0, n, x0, o);
+  const int64_t left = (dv - x0) / N;
+  if (left == 3) DecodeValueChunk<3>(p, v, b, hk, j0, n, x0, o);
+  if (left == 2) DecodeValueChunk<2>(p, v, b, hk, j0, n, x0, o);
+  if (left == 1) DecodeValueChunk<1>(p, v, b, hk, j0, n, x0, o);
+  for (int64_t x = x0 + left * N; x < dv; ++x) {
+    for (int64_t j = 0; j < n; ++j) o[x] += p[j] * v.row<const float>(b, j0 + j, hk)[x];
+  }
+}
+
+// One head's online softmax over a block of n scores w (log2 units; padded in place to whole
+// vectors), P V added to o; m, l its running max and sum.
+HWY_INLINE void DecodeBlock(float* HWY_RESTRICT w, int64_t n, const ConstTensorView& v, int64_t b,
+                            int64_t hk, int64_t jb, float& m, float& l, float* HWY_RESTRICT o,
+                            int64_t dvp) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  std::fill(w + n, w + RoundUp(n, N), -std::numeric_limits<float>::infinity());
+  auto vmax = hn::Set(d, -std::numeric_limits<float>::infinity());
+  for (int64_t j = 0; j < n; j += N) vmax = hn::Max(vmax, hn::Load(d, w + j));
+  const float nm = std::max(m, hn::GetLane(hn::MaxOfLanes(d, vmax)));
+  const float alpha = std::exp2(m - nm);  // 0 when m was -inf
+  if (alpha != 1.0f) Scale(alpha, o, dvp);
+  const auto vm = hn::Set(d, nm);
+  auto vsum = hn::Zero(d);
+  for (int64_t j = 0; j < n; j += N) {
+    const auto pj = Exp2(d, hn::Sub(hn::Load(d, w + j), vm));
+    hn::Store(pj, d, w + j);
+    vsum = hn::Add(vsum, pj);
+  }
+  l = l * alpha + hn::GetLane(hn::SumOfLanes(d, vsum));
+  DecodeValues(w, v, b, hk, jb, n, o);
+  m = nm;
+}
+
 // Decode: few queries against a long KV cache. Memory-bound, so no packing: each task
 // streams one split of kDecodeSplit keys of one (batch, q head) straight from the cache,
 // keeping (max, sum, partial output); splits are merged in a fixed order afterwards, so
-// the result does not depend on the thread count.
+// the result does not depend on the thread count. (A task per split over every head, which
+// reads the cache's rows in order, measured slower: 1.3x at 1k keys, 1.15x at 100k.)
 constexpr int64_t kDecodeSplit = 2048;
 constexpr int64_t kDecodeBlock = 256;
 
 void SoftmaxDecode(const AttentionArgs& a, const Problem& p, Context& ctx) {
-  const float scale = static_cast<float>(p.scale);
+  const float scale = static_cast<float>(p.scale * M_LOG2E);  // scores in log2 units
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t B = a.q.shape[0], Tq = a.q.shape[1], Hq = a.q.shape[2], Dk = a.q.shape[3];
@@ -337,34 +440,17 @@ void SoftmaxDecode(const AttentionArgs& a, const Problem& p, Context& ctx) {
         const int64_t j1 = std::min({r.end, Sk, (sp + 1) * kDecodeSplit});
         Carve carve(ctx.scratch(worker));
         const Scratch sc(carve, Dvp, Dk);
-        float *w = sc.w, *o = sc.o, *q = sc.q;
         const float* qsrc = a.q.row<const float>(b, t, h);
-        for (int64_t x = 0; x < Dk; ++x) q[x] = qsrc[x] * scale;
-        std::fill(o, o + Dvp, 0.0f);
+        for (int64_t x = 0; x < Dk; ++x) sc.q[x] = qsrc[x] * scale;
+        std::fill(sc.o, sc.o + Dvp, 0.0f);
         float m = -std::numeric_limits<float>::infinity(), l = 0.0f;
         for (int64_t jb = j0; jb < j1; jb += kDecodeBlock) {
           const int64_t n = std::min(kDecodeBlock, j1 - jb);
-          float bm = -std::numeric_limits<float>::infinity();
-          for (int64_t j = 0; j < n; ++j)
-            bm = std::max(bm, w[j] = Dot(q, a.k.row<const float>(b, jb + j, hk), Dk));
-          const float nm = std::max(m, bm);
-          const float alpha = std::exp(m - nm);
-          if (alpha != 1.0f) Scale(alpha, o, Dvp);
-          l *= alpha;
-          for (int64_t j = 0; j < n; ++j) {
-            const float p = std::exp(w[j] - nm);
-            l += p;
-            const float* v = a.v.row<const float>(b, jb + j, hk);
-            const auto vp = hn::Set(d, p);
-            int64_t x = 0;
-            for (; x + N <= Dv; x += N)
-              hn::StoreU(hn::MulAdd(vp, hn::LoadU(d, v + x), hn::LoadU(d, o + x)), d, o + x);
-            for (; x < Dv; ++x) o[x] += p * v[x];
-          }
-          m = nm;
+          DecodeScores(sc.q, a.k, b, hk, jb, n, sc.w);
+          DecodeBlock(sc.w, n, a.v, b, hk, jb, m, l, sc.o, Dvp);
         }
         float* dst = partials + task * part;
-        std::copy_n(o, Dvp, dst);
+        std::copy_n(sc.o, Dvp, dst);
         dst[Dvp] = m;
         dst[Dvp + 1] = l;
       },
@@ -381,7 +467,7 @@ void SoftmaxDecode(const AttentionArgs& a, const Problem& p, Context& ctx) {
     float l = 0;
     for (int64_t sp = 0; sp < splits; ++sp) {
       const float* p = p0 + sp * part;
-      const float f = std::exp(p[Dvp] - m);
+      const float f = std::exp2(p[Dvp] - m);
       l += f * p[Dvp + 1];
       for (int64_t x = 0; x < Dv; ++x) dst[x] += f * p[x];
     }

@@ -193,6 +193,30 @@ def test_scaled_dot_product_attention_drop_in():
         torch.testing.assert_close(out[:, :, 19:], full, atol=2e-5, rtol=1e-4)
 
 
+def test_every_bf16_path_gives_the_float32_result_to_bf16_rounding():
+    """attnkit.bf16_paths() (amx where the CPU has it, amx-emulated, avx512bf16, fp32): each
+    forced path runs the bfloat16 softmax kernel to within P's bfloat16 rounding of the float32
+    run on the same values (the output rounded to bfloat16 too), and cpu_report() names the
+    path taken."""
+    paths = attnkit.bf16_paths()
+    assert "fp32" in paths and attnkit.bf16_path() == paths[0]
+    q, k, v = (t.to(torch.bfloat16) for t in inputs(s=70, d=40, dtype=torch.float32))
+    ref = ak.attention(q.float(), k.float(), v.float(), causal=True)
+    try:
+        for path in paths:
+            attnkit.set_bf16_path(path)
+            assert f"bf16: {path}" in attnkit.cpu_report()
+            out = ak.attention(q, k, v, causal=True)
+            # P and the output each rounded to bfloat16: 2^-9 max|v| apiece.
+            torch.testing.assert_close(out.float(), ref, atol=2 ** -8 * v.abs().max().item() + 2e-6,
+                                       rtol=0)
+        with pytest.raises(ValueError, match="bf16_path: 'tpu' is not a bfloat16 path"):
+            attnkit.set_bf16_path("tpu")
+    finally:
+        attnkit.set_bf16_path("")
+    assert attnkit.bf16_path() == paths[0]
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["softmax", "linear", "topk"])
 def test_low_precision_in_is_low_precision_out_with_gradients(dtype, name):
