@@ -7,6 +7,7 @@ sum(out * dout) into q, k, v, with the same thread count. attnkit's rows include
 glue (attnkit.torch.attention, layout="bhsd": strided views, no copies).
 
     .venv/bin/python bench/train_step.py [--seq 1024,4096] [--threads 2] [--reps 5]
+        [--dtype float32|bfloat16]
 """
 import argparse
 import math
@@ -59,7 +60,9 @@ def main():
     p.add_argument("--seq", default="1024,4096")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args()
+    dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
     attnkit.set_num_threads(args.threads)
     rows = {
@@ -77,8 +80,8 @@ def main():
     ft = fast_transformers_linear()
     if ft is not None:
         rows["fast-transformers linear"] = ft
-    print(f"torch {torch.__version__}, threads {args.threads}, B=1 H=8 D=64, causal; "
-          "median ms of forward + backward")
+    print(f"torch {torch.__version__}, threads {args.threads}, B=1 H=8 D=64, causal, {args.dtype}; "
+          f"median ms of forward + backward; attnkit bf16 path {attnkit.bf16_path()}")
     print(f"{'':28s}" + "".join(f"{'N=' + n:>12s}" for n in args.seq.split(",")))
     for name, fn in rows.items():
         line = f"{name:28s}"
@@ -88,9 +91,9 @@ def main():
                 line += f"{'-':>12s}"
                 continue
             g = torch.Generator().manual_seed(0)
-            q, k, v = (torch.randn(1, 8, n, 64, generator=g).mul_(0.5).requires_grad_()
+            q, k, v = (torch.randn(1, 8, n, 64, generator=g).mul_(0.5).to(dtype).requires_grad_()
                        for _ in range(3))
-            dout = torch.randn(1, 8, n, 64, generator=g)
+            dout = torch.randn(1, 8, n, 64, generator=g).to(dtype)
 
             def step():
                 for t in (q, k, v):

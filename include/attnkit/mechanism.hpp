@@ -29,7 +29,9 @@ struct Capabilities {
   bool uses_gate = false;     // AttentionArgs::gate (linear gated=1)
   bool uses_filter = false;   // AttentionArgs::filter (memory filter_type=conv)
   bool emits_lse = false;     // AttentionArgs::lse (softmax)
-  bool bfloat16 = false;      // bfloat16 q, k, v forward (float32 out; no bfloat16 backward)
+  bool bfloat16 = false;      // bfloat16 q, k, v forward (float32 out)
+  // bfloat16 backward: q, k, v, out, dout and the gradients all bfloat16 (float32 inside).
+  bool bfloat16_backward = false;
   // Its bfloat16 forward takes Context::bf16_path() (AMX tiles, AVX512-BF16 dots); else it
   // widens bfloat16 inputs to float32 on load.
   bool bf16_path = false;

@@ -21,11 +21,19 @@ void softmax_forward(const AttentionArgs& a, const Problem& p, Context& ctx);
 // is tiles::Bf16Path::kAmx or kAmxEmulated. Every mask of p; P rounded to bfloat16 for P V.
 void softmax_tiles_forward(const AttentionArgs& a, const Problem& p, tiles::Bf16Path path,
                            Context& ctx);
+// Whether bfloat16 gradients run on the tiles (tiles::bf16_path() is kAmx or kAmxEmulated);
+// otherwise the caller widens bfloat16 to float32 for softmax_backward.
+inline bool tiles_backward_path() {
+  const tiles::Bf16Path p = tiles::bf16_path();
+  return p == tiles::Bf16Path::kAmx || p == tiles::Bf16Path::kAmxEmulated;
+}
 // Gradients of exact softmax attention (dq, dk, dv overwritten), float32, every mask of p
 // (as softmax_forward): one pass over key
 // blocks per (batch, kv head, key partition) with FlashAttention-2's five products; dq^T
 // summed per fixed partition in order, so the result does not depend on the thread count.
-// lse from AttentionArgs::lse when given (else a forward pass recomputes it).
+// lse from AttentionArgs::lse when given (else a forward pass recomputes it). bfloat16 q, k,
+// v, out, dout and gradients (tiles_backward_path() only): the five products on the tiles
+// with P and dS rounded to bfloat16 (float32 accumulation).
 void softmax_backward(const BackwardArgs& g, const Problem& p, Context& ctx);
 
 // AVX512-BF16 score tiles (src/cpu/softmax_bf16.cpp), used by softmax_forward for

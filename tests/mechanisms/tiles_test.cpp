@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <tuple>
 
 #include "tests/testing/harness.hpp"
 #include "tests/testing/sweep.hpp"
@@ -13,6 +14,17 @@ namespace attnkit::testing {
 namespace {
 
 using cpu::tiles::Bf16Path;
+
+// A writable view of test-owned storage.
+TensorView read_write(const ConstTensorView& c) {
+  TensorView v;
+  v.data = const_cast<void*>(c.data);
+  v.dtype = c.dtype;
+  v.rank = c.rank;
+  v.shape = c.shape;
+  v.stride = c.stride;
+  return v;
+}
 
 float widen(uint16_t x) {
   const uint32_t u = static_cast<uint32_t>(x) << 16;
@@ -81,6 +93,65 @@ TEST(Softmax, EveryBf16PathMatchesTheFloat32Result) {
     EXPECT_NE(Context::cpu_report().find("bf16: " + path), std::string::npos);
     const bool tiles = path == "amx" || path == "amx-emulated";
     check_bf16_matches_float32("softmax", {""}, 2e-6f, tiles ? std::ldexp(1.25, -9) : 0.0);
+  }
+  Context::set_bf16_path("");
+}
+
+// bfloat16 gradients (q, k, v, out, dout in bfloat16; dq, dk, dv bfloat16) on every path
+// against the float32 backward on the same rounded values: the tile paths round P and dS to
+// bfloat16 for the products (as PyTorch's bfloat16 backward does) and every path rounds the
+// gradients, so the bound is normwise: max |err| <= 2^-6 max |gradient| (4 bfloat16 ulps),
+// which a wrong layout, block edge or mask misses by orders of magnitude.
+TEST(Softmax, EveryBf16PathBackwardMatchesTheFloat32Gradients) {
+  Context ctx(2);
+  struct Case {
+    Dims d;
+    bool causal, masked;
+  };
+  const Case cases[] = {{{2, 70, 90, 4, 2, 37, 40}, true, false},
+                        {{1, 150, 300, 2, 2, 64, 128}, true, true},
+                        {{1, 40, 200, 2, 1, 64, 64}, false, false}};
+  for (const std::string& path : Context::bf16_paths()) {
+    SCOPED_TRACE(path);
+    Context::set_bf16_path(path);
+    for (const Case& c : cases) {
+      SCOPED_TRACE(to_string(c.d));
+      Problem p(c.d, 41, Layout::kHeadMajorPadded);
+      const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k),
+                                  v = round_to_bf16(p.v);
+      Mask mask;
+      if (c.masked) mask.window_left = 100, mask.softcap = 5.0;
+      const auto m = make_mechanism("softmax", {.causal = c.causal});
+      AttentionArgs f = p.args32();
+      f.mask = mask;
+      m->forward(f, ctx);
+      const std::vector<bfloat16> out = round_to_bf16(p.out);
+      Grads r(p, 42);
+      const std::vector<bfloat16> dout = round_to_bf16(r.dout);
+      BackwardArgs g32 = r.args32(p);
+      g32.forward.mask = mask;
+      m->backward(g32, ctx);
+      // The same values in bfloat16, gradients into bfloat16 buffers laid out like r's.
+      std::vector<bfloat16> dq(r.dq.f32.size()), dk(r.dk.f32.size()), dv(r.dv.f32.size());
+      BackwardArgs g = g32;
+      g.forward.q = bf16_view(q, p.q), g.forward.k = bf16_view(k, p.k);
+      g.forward.v = bf16_view(v, p.v);
+      g.forward.out = read_write(bf16_view(out, p.out));
+      g.dout = bf16_view(dout, r.dout);
+      g.dq = read_write(bf16_view(dq, r.dq)), g.dk = read_write(bf16_view(dk, r.dk));
+      g.dv = read_write(bf16_view(dv, r.dv));
+      m->backward(g, ctx);
+      for (auto [got, want, name] :
+           {std::tuple{&dq, &r.dq, "dq"}, {&dk, &r.dk, "dk"}, {&dv, &r.dv, "dv"}}) {
+        float worst = 0, scale = 0;
+        for (size_t i = 0; i < got->size(); ++i) {
+          worst = std::max(worst, std::abs(to_float((*got)[i]) - want->f32[i]));
+          scale = std::max(scale, std::abs(want->f32[i]));
+        }
+        EXPECT_LE(worst, std::ldexp(scale, -6)) << name << " max |grad| " << scale;
+        EXPECT_GT(scale, 0.0f) << name;
+      }
+    }
   }
   Context::set_bf16_path("");
 }

@@ -226,6 +226,19 @@ Timing time_pass(const Common& c, const BenchArgs& args, const Mechanism& m, int
     dmem = Tensor<float>(w.memory.shape());
     g.dmemory = dmem.view();
   }
+  // --bf16: out, dout and the gradients in bfloat16 too (a bfloat16 training step's).
+  std::vector<bfloat16> out16, grads16[3];
+  if (args.bf16) {
+    for (float x : out.vec()) out16.push_back(to_bfloat16(x));
+    g.forward.out.data = out16.data(), g.forward.out.dtype = DType::kBF16;
+    g.dout = a.q;  // the workload's q, as above
+    TensorView* views[] = {&g.dq, &g.dk, &g.dv};
+    for (int i = 0; i < 3; ++i) {
+      grads16[i].resize(static_cast<size_t>(views[i]->shape[0] * views[i]->shape[1] *
+                                            views[i]->shape[2] * views[i]->shape[3]));
+      views[i]->data = grads16[i].data(), views[i]->dtype = DType::kBF16;
+    }
+  }
   return time_runs(args.warmup, args.reps, [&] { m.backward(g, ctx); });
 }
 
@@ -234,7 +247,10 @@ Timing time_pass(const Common& c, const BenchArgs& args, const Mechanism& m, int
 int cmd_bench(const Common& c, const BenchArgs& args) {
   const std::vector<int64_t> seqs = parse_int_list(args.seqs, "--seq", 1, int64_t{1} << 24);
   check_configs(c, args.mechanisms);
-  if (args.backward && args.bf16) throw Error("--backward", "has no bfloat16 form; drop --bf16");
+  for (const std::string& name : args.mechanisms) {
+    if (args.backward && args.bf16 && !make(c, name)->capabilities().bfloat16_backward)
+      throw Error("--backward", name + " has no bfloat16 backward; drop --bf16");
+  }
   if (args.decode && (args.backward || args.bf16))
     throw Error("--decode", "times a float32 streaming step; drop --backward and --bf16");
   Context ctx(c.threads);
