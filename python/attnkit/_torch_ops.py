@@ -14,9 +14,10 @@ follow) and returns (out [B, Sq, Hq, Dv] in q's dtype, lse [B, Hq, Sq] float32 o
 the call keeps none).
 
 dtypes: float32 runs the kernels, float64 the references; bfloat16 runs the bfloat16 kernels
-where the mechanism has them (``capabilities["bfloat16"]``), otherwise bfloat16 and float16 are
-widened to float32 (exact), computed with float32 accumulation and states, and rounded once to
-the input dtype; gradients likewise.
+where the mechanism has them (``capabilities["bfloat16"]``, and ``["bfloat16_backward"]`` for
+the gradients: softmax's, on AMX tiles where the CPU has them), otherwise bfloat16 and float16
+are widened to float32 (exact), computed with float32 accumulation and states, and rounded once
+to the input dtype.
 """
 import functools
 from typing import Any, NamedTuple, Optional
@@ -116,17 +117,20 @@ def _keywords(a: dict, q_dtype: torch.dtype) -> tuple:
 
 def _work_dtype(m: _ak.Mechanism, dtype: torch.dtype, backward: bool) -> Optional[torch.dtype]:
     """The dtype the kernels read for inputs of dtype (None: as they are)."""
-    if dtype in _LOW and (backward or dtype == torch.float16 or not m.capabilities["bfloat16"]):
+    native = m.capabilities["bfloat16_backward" if backward else "bfloat16"]
+    if dtype in _LOW and (dtype == torch.float16 or not native):
         return torch.float32
     return None
 
 
 def _has_lse(m: _ak.Mechanism, dtype: torch.dtype, save: bool) -> bool:
-    """Whether the forward of inputs of dtype saves lse for the backward: softmax computing in
-    float32, when a backward may follow (save_lse: an inference call keeps the decode kernel,
-    which has no lse; a backward without lse recomputes it)."""
+    """Whether the forward of inputs of dtype saves lse for the backward: softmax, when the
+    backward reads what the forward computed (float32, or bfloat16 with a bfloat16 backward)
+    and a backward may follow (save_lse: an inference call keeps the decode kernel, which has
+    no lse; a backward without lse recomputes it)."""
     computes = _work_dtype(m, dtype, backward=False) or dtype
-    return save and m.capabilities["emits_lse"] and computes == torch.float32
+    same = computes == (_work_dtype(m, dtype, backward=True) or dtype)
+    return save and m.capabilities["emits_lse"] and same and computes != torch.float64
 
 
 def forward(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

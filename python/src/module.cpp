@@ -234,6 +234,8 @@ class PyMechanism {
     d["uses_filter"] = c.uses_filter;
     d["emits_lse"] = c.emits_lse;
     d["bfloat16"] = c.bfloat16;
+    d["bfloat16_backward"] = c.bfloat16_backward;
+    d["bf16_path"] = c.bf16_path;
     d["aligned"] = c.aligned;
     nb::list masks;  // the mask keywords it takes (key_lengths and causal: every mechanism)
     for (uint32_t bit = 1; bit < attnkit::kAllMasks; bit <<= 1) {
