@@ -54,6 +54,15 @@ void scores(const uint32_t* q2, int64_t ldq, int64_t rows, const uint32_t* kt2, 
 void softmax_columns(float* st, int64_t ld, int64_t keys, int64_t j0, const int32_t* begin,
                      const int32_t* end, float c, float* m, float* l, float* ot, int64_t dvp,
                      uint32_t* pt);
+// The tile path's gathers (requires tiles::dot_usable(); 15 stride < 2^30): for the 16 rows
+// row0 + j stride (j < 16) of `dim` bfloat16,
+//   transpose16:  dst[c * ld + j] = row j's element c (bfloat16 columns);
+//   gather_pairs: dst[p * ld + j] = row j's elements 2p (low half), 2p + 1 (high; 0 past
+//                 dim): bfloat16 pairs of dims;
+// and scaled_column: dst[c] = scale src[c * ld] for c < n (a float32 column as a row).
+void transpose16(const uint16_t* row0, int64_t stride, int64_t dim, uint16_t* dst, int64_t ld);
+void gather_pairs(const uint16_t* row0, int64_t stride, int64_t dim, uint32_t* dst, int64_t ld);
+void scaled_column(const float* src, int64_t ld, int64_t n, float scale, float* dst);
 // VDPBF16PS on registers (16 chains of 16 lanes x 2 products: 1024 flops per iteration),
 // the dot path's peak for benchmarks. Requires tiles::dot_usable().
 float dot_peak_loop(int64_t iters);

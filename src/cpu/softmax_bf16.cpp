@@ -150,6 +150,49 @@ ATTNKIT_BF16_TARGET void softmax_columns(float* st, int64_t ld, int64_t keys, in
   _mm512_storeu_ps(m, m_new);
 }
 
+ATTNKIT_BF16_TARGET void transpose16(const uint16_t* row0, int64_t stride, int64_t dim,
+                                     uint16_t* dst, int64_t ld) {
+  // Element offsets of the 16 rows (VPGATHERDD with scale 2: the offsets count uint16s).
+  const __m512i idx =
+      _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                         _mm512_set1_epi32(static_cast<int32_t>(stride)));
+  int64_t c = 0;
+  for (; c + 2 <= dim; c += 2) {  // dims c, c + 1 of each row in one 32-bit word
+    const __m512i w = _mm512_i32gather_epi32(idx, row0 + c, 2);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c * ld), _mm512_cvtepi32_epi16(w));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (c + 1) * ld),
+                        _mm512_cvtepi32_epi16(_mm512_srli_epi32(w, 16)));
+  }
+  for (; c < dim; ++c) {  // an odd last dim: no word past the row's end is read
+    for (int64_t j = 0; j < 16; ++j) dst[c * ld + j] = row0[j * stride + c];
+  }
+}
+
+ATTNKIT_BF16_TARGET void gather_pairs(const uint16_t* row0, int64_t stride, int64_t dim,
+                                      uint32_t* dst, int64_t ld) {
+  const __m512i idx =
+      _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                         _mm512_set1_epi32(static_cast<int32_t>(stride)));
+  int64_t c = 0;
+  for (; c + 2 <= dim; c += 2)
+    _mm512_storeu_si512(dst + c / 2 * ld, _mm512_i32gather_epi32(idx, row0 + c, 2));
+  if (c < dim) {  // an odd last dim pairs with zero
+    for (int64_t j = 0; j < 16; ++j) dst[c / 2 * ld + j] = row0[j * stride + c];
+  }
+}
+
+ATTNKIT_BF16_TARGET void scaled_column(const float* src, int64_t ld, int64_t n, float scale,
+                                       float* dst) {
+  const __m512i idx =
+      _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                         _mm512_set1_epi32(static_cast<int32_t>(ld)));
+  const __m512 vs = _mm512_set1_ps(scale);
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16)
+    _mm512_storeu_ps(dst + c, _mm512_mul_ps(vs, _mm512_i32gather_ps(idx, src + c * ld, 4)));
+  for (; c < n; ++c) dst[c] = src[c * ld] * scale;
+}
+
 ATTNKIT_BF16_TARGET float dot_peak_loop(int64_t iters) {
   __m512 acc[16];
   for (int r = 0; r < 16; ++r) acc[r] = _mm512_set1_ps(static_cast<float>(r));

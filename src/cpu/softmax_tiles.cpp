@@ -45,8 +45,9 @@ struct Plan : Problem {
   tiles::Bf16Path path;
   int64_t Dkp, Dvp, Skp, ldvt;
   float fscale;
-  uint16_t* kp;  // [B][Hk][Skp][Dkp]
-  uint16_t* vt;  // [B][Hk][Dvp][ldvt]
+  bool gather_q, gather_v;  // rows' strides small enough for 32-bit gather offsets
+  uint16_t* kp;             // [B][Hk][Skp][Dkp]
+  uint16_t* vt;             // [B][Hk][Dvp][ldvt]
   uint16_t* kp_head(int64_t b, int64_t hk) const { return kp + (b * Hk + hk) * Skp * Dkp; }
   uint16_t* vt_head(int64_t b, int64_t hk) const { return vt + (b * Hk + hk) * Dvp * ldvt; }
   size_t packed_halves() const { return static_cast<size_t>(B * Hk * (Skp * Dkp + Dvp * ldvt)); }
@@ -58,17 +59,23 @@ void PackKeys(const AttentionArgs& a, const Plan& p, int64_t b, int64_t hk, int6
   uint16_t* kp = p.kp_head(b, hk);
   uint16_t* vt = p.vt_head(b, hk);
   const int64_t n = std::clamp<int64_t>(p.Sk - j0, 0, 32);
-  const uint16_t* v[32];
   for (int64_t j = 0; j < 32; ++j) {
     uint16_t* krow = kp + (j0 + j) * p.Dkp;
     std::fill(krow, krow + p.Dkp, uint16_t{0});
-    if (j >= n) continue;
-    std::memcpy(krow, a.k.row_address(b, j0 + j, hk), p.Dk * sizeof(uint16_t));
-    v[j] = static_cast<const uint16_t*>(a.v.row_address(b, j0 + j, hk));
+    if (j < n) std::memcpy(krow, a.k.row_address(b, j0 + j, hk), p.Dk * sizeof(uint16_t));
   }
-  for (int64_t c = 0; c < p.Dvp; ++c) {
-    uint16_t* dst = vt + c * p.ldvt + j0;
-    for (int64_t j = 0; j < 32; ++j) dst[j] = j < n && c < p.Dv ? v[j][c] : uint16_t{0};
+  for (int64_t c = p.Dv; c < p.Dvp; ++c) std::fill_n(vt + c * p.ldvt + j0, 32, uint16_t{0});
+  for (int64_t j = 0; j < 32; j += 16) {  // 16 keys at a time, gathered while strides allow
+    const uint16_t* v0 =
+        j < n ? static_cast<const uint16_t*>(a.v.row_address(b, j0 + j, hk)) : nullptr;
+    if (j + 16 <= n && p.gather_v) {
+      bf16::transpose16(v0, a.v.stride[1], p.Dv, vt + j0 + j, p.ldvt);
+      continue;
+    }
+    for (int64_t c = 0; c < p.Dv; ++c) {
+      uint16_t* dst = vt + c * p.ldvt + j0 + j;
+      for (int64_t i = 0; i < 16; ++i) dst[i] = j + i < n ? v0[i * a.v.stride[1] + c] : 0;
+    }
   }
 }
 
@@ -115,16 +122,22 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
   const int64_t pairs = p.Dkp / 2;
   for (int64_t s = 0; s < strips; ++s) {  // Q^T pairs: (x, n) = dims 2x, 2x + 1 of query n
     uint32_t* qt = w.qt + s * pairs * kStrip;
-    for (int64_t n = 0; n < kStrip; ++n) {
+    for (int64_t n = 0; n < kStrip; n += kLanes) {
       const int64_t r = s * kStrip + n;
-      if (r >= rows) {  // a padding query: zero
-        for (int64_t x = 0; x < pairs; ++x) qt[x * kStrip + n] = 0;
+      for (int64_t x = (p.Dk + 1) / 2; x < pairs; ++x) std::fill_n(qt + x * kStrip + n, kLanes, 0u);
+      if (r + kLanes <= rows && p.gather_q) {
+        bf16::gather_pairs(static_cast<const uint16_t*>(a.q.row_address(b, i0 + r, h)),
+                           a.q.stride[1], p.Dk, qt + n, kStrip);
         continue;
       }
-      const uint16_t* q = static_cast<const uint16_t*>(a.q.row_address(b, i0 + r, h));
-      for (int64_t x = 0; x < pairs; ++x) {
-        const uint32_t lo = 2 * x < p.Dk ? q[2 * x] : 0, hi = 2 * x + 1 < p.Dk ? q[2 * x + 1] : 0;
-        qt[x * kStrip + n] = lo | hi << 16;
+      for (int64_t i = 0; i < kLanes; ++i) {  // the last rows; padding queries are zero
+        const uint16_t* q = r + i < rows
+                                ? static_cast<const uint16_t*>(a.q.row_address(b, i0 + r + i, h))
+                                : nullptr;
+        for (int64_t x = 0; x < (p.Dk + 1) / 2; ++x) {
+          const uint32_t lo = q ? q[2 * x] : 0, hi = q && 2 * x + 1 < p.Dk ? q[2 * x + 1] : 0;
+          qt[x * kStrip + n + i] = lo | hi << 16;
+        }
       }
     }
   }
@@ -169,7 +182,7 @@ void AttendQueryBlock(const AttentionArgs& a, const Plan& p, int64_t task, float
     const float* ot = w.ot + r / kStrip * p.Dvp * kStrip + r % kStrip;
     const float l = w.l[r], inv = l > 0.0f ? 1.0f / l : 0.0f;
     float* dst = a.out.row<float>(b, i0 + r, h);
-    for (int64_t c = 0; c < p.Dv; ++c) dst[c] = ot[c * kStrip] * inv;
+    bf16::scaled_column(ot, kStrip, p.Dv, inv, dst);
     if (a.lse.present()) {
       a.lse.at<float>(b, h, i0 + r) = l > 0.0f ? w.m[r] * static_cast<float>(M_LN2) + std::log(l)
                                                : -std::numeric_limits<float>::infinity();
@@ -189,6 +202,8 @@ void softmax_tiles_forward(const AttentionArgs& a, const Problem& problem, tiles
   p.Skp = std::max<int64_t>(32, (p.Sk + 31) / 32 * 32);
   p.ldvt = OddLines(p.Skp, sizeof(uint16_t));
   p.fscale = static_cast<float>(p.scale);
+  p.gather_q = a.q.stride[1] < (int64_t{1} << 26);
+  p.gather_v = a.v.stride[1] < (int64_t{1} << 26);
   p.kp = reinterpret_cast<uint16_t*>(ctx.shared_scratch((p.packed_halves() + 1) / 2));
   p.vt = p.kp + p.B * p.Hk * p.Skp * p.Dkp;
   const int64_t chunks = p.Skp / 32;
