@@ -21,12 +21,9 @@ void softmax_forward(const AttentionArgs& a, const Problem& p, Context& ctx);
 // is tiles::Bf16Path::kAmx or kAmxEmulated. Every mask of p; P rounded to bfloat16 for P V.
 void softmax_tiles_forward(const AttentionArgs& a, const Problem& p, tiles::Bf16Path path,
                            Context& ctx);
-// Whether bfloat16 gradients run on the tiles (tiles::bf16_path() is kAmx or kAmxEmulated);
+// Whether bfloat16 gradients run on the tiles (tiles::on_tiles(tiles::bf16_path()));
 // otherwise the caller widens bfloat16 to float32 for softmax_backward.
-inline bool tiles_backward_path() {
-  const tiles::Bf16Path p = tiles::bf16_path();
-  return p == tiles::Bf16Path::kAmx || p == tiles::Bf16Path::kAmxEmulated;
-}
+inline bool tiles_backward_path() { return tiles::on_tiles(tiles::bf16_path()); }
 // Gradients of exact softmax attention (dq, dk, dv overwritten), float32, every mask of p
 // (as softmax_forward): one pass over key
 // blocks per (batch, kv head, key partition) with FlashAttention-2's five products; dq^T

@@ -187,7 +187,6 @@ struct TaskScratch {
       : ldq(RoundUp(p.Dk, 16)),
         q(c.take(kQueryBlock * ldq)),
         s(c.take(kQueryBlock * kKeyBlock)),
-
         o(c.take(kQueryBlock * p.Dvp)),
         m(c.take(kQueryBlock)),
         l(c.take(kQueryBlock)) {}
@@ -277,7 +276,7 @@ void SoftmaxForward(const AttentionArgs& a, const Problem& problem, Context& ctx
   static_cast<Problem&>(p) = problem;
   const bool bf16 = a.q.dtype == DType::kBF16;
   const tiles::Bf16Path path = tiles::bf16_path();
-  if (bf16 && (path == tiles::Bf16Path::kAmx || path == tiles::Bf16Path::kAmxEmulated)) {
+  if (bf16 && tiles::on_tiles(path)) {
     softmax_tiles_forward(a, problem, path, ctx);
     return;
   }

@@ -74,6 +74,12 @@ ATTNKIT_BF16_TARGET inline __m512 Exp2(__m512 x) {
   return _mm512_maskz_scalef_ps(live, p, x);
 }
 
+// Offsets j stride of 16 rows (j < 16), the index vector of the tile path's gathers.
+ATTNKIT_BF16_TARGET inline __m512i RowOffsets(int64_t stride) {
+  return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                            _mm512_set1_epi32(static_cast<int32_t>(stride)));
+}
+
 // P = 2^(c s - m) of a span (st [keys][ld], 16 lanes) as bfloat16 pairs of keys into pt
 // [keys / 2][ld]: lane n of pair row j / 2 holds P[j][n] (low half) and P[j + 1][n] (high),
 // the B operand layout of the P V product. Returns P's float32 sums. Lanes with m = -inf
@@ -153,9 +159,7 @@ ATTNKIT_BF16_TARGET void softmax_columns(float* st, int64_t ld, int64_t keys, in
 ATTNKIT_BF16_TARGET void transpose16(const uint16_t* row0, int64_t stride, int64_t dim,
                                      uint16_t* dst, int64_t ld) {
   // Element offsets of the 16 rows (VPGATHERDD with scale 2: the offsets count uint16s).
-  const __m512i idx =
-      _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                         _mm512_set1_epi32(static_cast<int32_t>(stride)));
+  const __m512i idx = RowOffsets(stride);
   int64_t c = 0;
   for (; c + 2 <= dim; c += 2) {  // dims c, c + 1 of each row in one 32-bit word
     const __m512i w = _mm512_i32gather_epi32(idx, row0 + c, 2);
@@ -170,9 +174,7 @@ ATTNKIT_BF16_TARGET void transpose16(const uint16_t* row0, int64_t stride, int64
 
 ATTNKIT_BF16_TARGET void gather_pairs(const uint16_t* row0, int64_t stride, int64_t dim,
                                       uint32_t* dst, int64_t ld) {
-  const __m512i idx =
-      _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                         _mm512_set1_epi32(static_cast<int32_t>(stride)));
+  const __m512i idx = RowOffsets(stride);
   int64_t c = 0;
   for (; c + 2 <= dim; c += 2)
     _mm512_storeu_si512(dst + c / 2 * ld, _mm512_i32gather_epi32(idx, row0 + c, 2));
@@ -183,9 +185,7 @@ ATTNKIT_BF16_TARGET void gather_pairs(const uint16_t* row0, int64_t stride, int6
 
 ATTNKIT_BF16_TARGET void scaled_column(const float* src, int64_t ld, int64_t n, float scale,
                                        float* dst) {
-  const __m512i idx =
-      _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                         _mm512_set1_epi32(static_cast<int32_t>(ld)));
+  const __m512i idx = RowOffsets(ld);
   const __m512 vs = _mm512_set1_ps(scale);
   int64_t c = 0;
   for (; c + 16 <= n; c += 16)

@@ -19,6 +19,8 @@ enum class Bf16Path : uint8_t {
   kWiden,        // inputs widened to float32
 };
 const char* name(Bf16Path p);
+// Whether bfloat16 kernels on path p run on the tiles (AMX or its emulation).
+inline bool on_tiles(Bf16Path p) { return p == Bf16Path::kAmx || p == Bf16Path::kAmxEmulated; }
 
 // Whether the CPU has AMX-TILE and AMX-BF16 with the OS's tile state enabled (XCR0), and
 // Linux granted this process tile data (arch_prctl ARCH_REQ_XCOMP_PERM, asked once).
