@@ -52,19 +52,27 @@ void Mechanism::validate_inputs(const AttentionArgs& args) const {
 }
 
 void Mechanism::forward(const AttentionArgs& args, Context& ctx) const {
-  validate_all(args);
+  {
+    const detail::ScanThreads scans(ctx);
+    validate_all(args);
+  }
   if (args.q.shape[1] == 0) return;  // no queries: nothing to compute
   run_split(args, ctx);
+  const detail::ScanThreads scans(ctx);
   detail::check_result(as_const(args.out), "out", args);
   if (args.memory_out.present())
     detail::check_result(as_const(args.memory_out), "memory_out", args);
 }
 
 void Mechanism::backward(const BackwardArgs& g, Context& ctx) const {
-  check_declared(g.forward);
-  validate_backward(g);
-  check_masks(g.forward);
+  {
+    const detail::ScanThreads scans(ctx);
+    check_declared(g.forward);
+    validate_backward(g);
+    check_masks(g.forward);
+  }
   run_backward_split(g, ctx);
+  const detail::ScanThreads scans(ctx);
   for (auto [t, n] : {std::pair{g.dq, "dq"},
                       {g.dk, "dk"},
                       {g.dv, "dv"},

@@ -20,12 +20,16 @@ inline float as_float(bfloat16 x) { return to_float(x); }
 // Calls fn(row pointer, row length) for every last-dimension row of t; stops when fn returns
 // false, and returns false then. distinct: a stride-0 (broadcast) dimension repeats the same
 // rows, so it is visited once (a broadcast view of 2^30 rows is scanned in one step).
+// Rows laid out back to back are one row (a contiguous [B, S, H, D] tensor is visited in
+// one call): the scans then run as long vector loops instead of a call per D elements.
 template <typename T, typename Fn>
 bool for_each_row(const ConstTensorView& t, Fn&& fn, bool distinct = true) {
   const T* base = t.ptr<const T>();
-  const int64_t n3 = t.rank >= 1 ? t.shape[t.rank - 1] : 1;
+  int64_t n3 = t.rank >= 1 ? t.shape[t.rank - 1] : 1;
+  int inner = t.rank - 1;  // dimensions [inner, rank) form one row
+  while (inner > 0 && n3 > 0 && t.stride[inner - 1] == n3) n3 *= t.shape[--inner];
   int64_t outer[3] = {1, 1, 1}, st[3] = {0, 0, 0};
-  for (int i = 0; i + 1 < t.rank; ++i) {
+  for (int i = 0; i < inner; ++i) {
     const bool repeat = distinct && t.stride[i] == 0 && t.shape[i] > 0;
     outer[3 - (t.rank - 1) + i] = repeat ? 1 : t.shape[i];
     st[3 - (t.rank - 1) + i] = t.stride[i];
@@ -67,6 +71,41 @@ bool all_finite<bfloat16>(const ConstTensorView& t) {
     for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>((p[i].bits & 0x7f80u) == 0x7f80u);
     return bad == 0;
   });
+}
+
+bool scan_finite(const ConstTensorView& t) {
+  return t.dtype == DType::kF64    ? all_finite<double>(t)
+         : t.dtype == DType::kBF16 ? all_finite<bfloat16>(t)
+                                   : all_finite<float>(t);
+}
+
+thread_local Context* scan_context = nullptr;
+
+// all_finite over ScanThreads' context when there is one and t is large: t is cut along its
+// outermost dimension that holds distinct rows into a few pieces per thread.
+bool finite(const ConstTensorView& t) {
+  Context* ctx = ScanThreads::current();
+  int dim = -1;
+  int64_t elems = 1;
+  for (int i = 0; i < t.rank; ++i) {
+    elems *= t.stride[i] == 0 ? 1 : t.shape[i];
+    if (dim < 0 && i + 1 < t.rank && t.shape[i] > 1 && t.stride[i] != 0) dim = i;
+  }
+  constexpr int64_t kParallelBytes = int64_t{1} << 20;  // below it a wake-up costs more
+  if (ctx == nullptr || ctx->num_threads() < 2 || dim < 0 ||
+      elems * static_cast<int64_t>(dtype_size(t.dtype)) < kParallelBytes)
+    return scan_finite(t);
+  const int64_t pieces = std::min<int64_t>(t.shape[dim], 4 * ctx->num_threads());
+  std::vector<char> ok(static_cast<size_t>(pieces), 1);
+  ctx->parallel_for(pieces, [&](int64_t p, int) {
+    const int64_t begin = t.shape[dim] * p / pieces, end = t.shape[dim] * (p + 1) / pieces;
+    ConstTensorView piece = t;
+    piece.data = static_cast<const char*>(t.data) +
+                 begin * t.stride[dim] * static_cast<int64_t>(dtype_size(t.dtype));
+    piece.shape[dim] = end - begin;
+    ok[static_cast<size_t>(p)] = scan_finite(piece);
+  });
+  return std::all_of(ok.begin(), ok.end(), [](char x) { return x != 0; });
 }
 
 template <typename T>
@@ -201,6 +240,10 @@ InputsOnly::InputsOnly() { ++inputs_only_depth; }
 InputsOnly::~InputsOnly() { --inputs_only_depth; }
 bool InputsOnly::active() { return inputs_only_depth > 0; }
 
+ScanThreads::ScanThreads(Context& ctx) : previous_(scan_context) { scan_context = &ctx; }
+ScanThreads::~ScanThreads() { scan_context = previous_; }
+Context* ScanThreads::current() { return scan_context; }
+
 void check_tensor(const ConstTensorView& t, std::string_view name, int rank, DType dtype) {
   const std::string n(name);
   if (!t.present()) throw Error(n, "is required");
@@ -233,15 +276,13 @@ void check_tensor(const ConstTensorView& t, std::string_view name, int rank, DTy
 
 void check_finite(const ConstTensorView& t, std::string_view name) {
   if (InputsOnly::active()) return;  // forward scans the values
-  const bool ok = t.dtype == DType::kF64    ? all_finite<double>(t)
-                  : t.dtype == DType::kBF16 ? all_finite<bfloat16>(t)
-                                            : all_finite<float>(t);
+  const bool ok = finite(t);
   if (!ok) throw Error(std::string(name), "must be finite (found NaN or Inf)");
 }
 
 void check_result(const ConstTensorView& t, std::string_view name, const AttentionArgs& a) {
   if (t.dtype != DType::kF32 && t.dtype != DType::kF64) return;
-  if (t.dtype == DType::kF64 ? all_finite<double>(t) : all_finite<float>(t)) return;
+  if (finite(t)) return;
   throw Error(std::string(name),
               std::string(dtype_name(t.dtype)) +
                   " arithmetic overflowed for these finite inputs (largest |q| " +

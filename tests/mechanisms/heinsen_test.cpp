@@ -34,6 +34,30 @@ TEST(Heinsen, NoOverflowAtMagnitudeOneThousand) {
   }
 }
 
+TEST(Heinsen, ChunksWithKeysOfVeryDifferentSizesStayExact) {
+  // Keys 100-109 are 40x the rest: the chunk of rows 64-127 must not rebase its early rows
+  // to maxima they have not seen (their terms would underflow), so it takes the per-key
+  // form; the chunks after it rebase against a slot holding those maxima.
+  Context ctx(2);
+  for (bool causal : {false, true}) {
+    Problem p({1, 200, 200, 2, 2, 16, 16}, 12), r = p;
+    for (Problem* x : {&p, &r}) {
+      for (int64_t t = 100; t < 110; ++t) {
+        for (int64_t i = 0; i < x->k.stride[1]; ++i) {
+          float& e = x->k.f32[t * x->k.stride[1] + i];
+          e *= 40.0f;
+          x->k.f64[t * x->k.stride[1] + i] = e;
+        }
+      }
+    }
+    make_mechanism("heinsen", {.causal = causal})->forward(p.args32(), ctx);
+    ref::heinsen_ref(r.args64(), {.causal = causal});
+    const Report rep = compare(p.out, true, r.out);
+    EXPECT_LE(rep.max_abs, allowed(Budget{.c = 8 * 128}, 0.0, rep.ref_max))
+        << (causal ? "causal " : "") << rep.str();
+  }
+}
+
 TEST(Heinsen, StreamingMatchesCausal) { check_streaming_matches_causal("heinsen", "", 1e-6); }
 
 TEST(Heinsen, BackwardKernelMatchesReference) {

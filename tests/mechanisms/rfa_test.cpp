@@ -18,9 +18,12 @@ TEST(Performer, MatchesReferenceOverTheSweep) {
   });
 }
 
+// The stream adds keys one at a time, the prefill by chunks (the projections as one
+// matmul): the same sums in another order. A rounding of the log-features w.x - |x|^2/2
+// (|.| ~ 10 here) moves each exp by ~10 eps, hence more than linear's 2e-6.
 TEST(Rfa, StreamingMatchesCausal) {
-  check_streaming_matches_causal("rfa", "features=32", 1e-6);
-  check_streaming_matches_causal("performer", "features=64", 1e-6);
+  check_streaming_matches_causal("rfa", "features=32", 4e-6);
+  check_streaming_matches_causal("performer", "features=64", 4e-6);
 }
 
 TEST(Rfa, BackwardKernelMatchesReference) {

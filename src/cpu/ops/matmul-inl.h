@@ -14,6 +14,7 @@
 #include <hwy/cache_control.h>
 #include <hwy/highway.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "attnkit/tensor.hpp"
@@ -79,6 +80,47 @@ HWY_INLINE void MatMul(const float* a, int64_t lda, const float* b, int64_t ldb,
     MatMulRows<4>(a + r * lda, lda, b, ldb, depth, cols, out + r * ldc, ldc, accumulate);
   for (; r < rows; ++r)
     MatMulRows<1>(a + r * lda, lda, b, ldb, depth, cols, out + r * ldc, ldc, accumulate);
+}
+
+// sum_j x[j] (times w[j], written back into x, when w is given) over j < cnt; x and w
+// hold RoundUp(cnt, Lanes) floats, x zero past cnt. Vector partial sums: a scalar running
+// sum is a chain of dependent adds (4 cycles each) that costs as much as a chunk's matmuls.
+HWY_INLINE float WeightedSum(float* HWY_RESTRICT x, const float* HWY_RESTRICT w, int64_t cnt) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  auto s0 = hn::Zero(d), s1 = hn::Zero(d);
+  int64_t j = 0;
+  for (; j + 2 * N <= cnt; j += 2 * N) {
+    auto x0 = hn::LoadU(d, x + j), x1 = hn::LoadU(d, x + j + N);
+    if (w != nullptr) {
+      x0 = hn::Mul(x0, hn::LoadU(d, w + j)), x1 = hn::Mul(x1, hn::LoadU(d, w + j + N));
+      hn::StoreU(x0, d, x + j), hn::StoreU(x1, d, x + j + N);
+    }
+    s0 = hn::Add(s0, x0), s1 = hn::Add(s1, x1);
+  }
+  for (; j < cnt; j += N) {  // the padding past cnt is zero in x
+    auto x0 = hn::LoadU(d, x + j);
+    if (w != nullptr) x0 = hn::Mul(x0, hn::LoadU(d, w + j)), hn::StoreU(x0, d, x + j);
+    s0 = hn::Add(s0, x0);
+  }
+  return hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1)));
+}
+
+// Row sr[0:cols) of intra-chunk scores (cols a multiple of Lanes): zero from column vis on
+// (the causal mask), times the weights w when given; returns its sum.
+HWY_INLINE float MaskRow(float* HWY_RESTRICT sr, const float* HWY_RESTRICT w, int64_t vis,
+                         int64_t cols) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  auto sum = hn::Zero(d);
+  for (int64_t j = 0; j < cols; j += N) {
+    const auto keep = hn::FirstN(d, static_cast<size_t>(std::clamp<int64_t>(vis - j, 0, N)));
+    auto x = hn::IfThenElseZero(keep, hn::LoadU(d, sr + j));
+    if (w != nullptr) x = hn::Mul(x, hn::LoadU(d, w + j));
+    hn::StoreU(x, d, sr + j);
+    sum = hn::Add(sum, x);
+  }
+  return hn::GetLane(hn::SumOfLanes(d, sum));
 }
 
 // Dot product of two float rows of length n (any n).
