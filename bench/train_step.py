@@ -78,7 +78,7 @@ def main():
     if sdpa is not None:
         rows["torch sdpa softmax"] = lambda q, k, v: sdpa(q, k, v, is_causal=True)
     ft = fast_transformers_linear()
-    if ft is not None:
+    if ft is not None and dtype == torch.float32:  # its CPU kernel takes float32 only
         rows["fast-transformers linear"] = ft
     print(f"torch {torch.__version__}, threads {args.threads}, B=1 H=8 D=64, causal, {args.dtype}; "
           f"median ms of forward + backward; attnkit bf16 path {attnkit.bf16_path()}")

@@ -22,15 +22,16 @@ void softmax_forward(const AttentionArgs& a, const Problem& p, Context& ctx);
 void softmax_tiles_forward(const AttentionArgs& a, const Problem& p, tiles::Bf16Path path,
                            Context& ctx);
 // Whether bfloat16 gradients run on the tiles (tiles::on_tiles(tiles::bf16_path()));
-// otherwise the caller widens bfloat16 to float32 for softmax_backward.
+// otherwise softmax_backward widens bfloat16 rows to float32 as it packs them.
 inline bool tiles_backward_path() { return tiles::on_tiles(tiles::bf16_path()); }
 // Gradients of exact softmax attention (dq, dk, dv overwritten), float32, every mask of p
 // (as softmax_forward): one pass over key
 // blocks per (batch, kv head, key partition) with FlashAttention-2's five products; dq^T
 // summed per fixed partition in order, so the result does not depend on the thread count.
 // lse from AttentionArgs::lse when given (else a forward pass recomputes it). bfloat16 q, k,
-// v, out, dout and gradients (tiles_backward_path() only): the five products on the tiles
-// with P and dS rounded to bfloat16 (float32 accumulation).
+// v, out, dout and gradients: on the tiles (tiles_backward_path()) the five products from
+// bfloat16 with P and dS rounded to bfloat16 (float32 accumulation); otherwise the float32
+// kernel on the rows widened as they are packed, the gradients rounded as they are stored.
 void softmax_backward(const BackwardArgs& g, const Problem& p, Context& ctx);
 
 // AVX512-BF16 score tiles (src/cpu/softmax_bf16.cpp), used by softmax_forward for

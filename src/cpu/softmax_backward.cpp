@@ -40,17 +40,19 @@ constexpr int64_t kRowBlock = 64;   // rows a task owns
 constexpr int64_t kColBlock = 128;  // the other side's block
 constexpr int64_t kPartitions = 4;  // fixed key partitions, each with its own dq^T sums
 
-// Row-major [n][ldr] and transposed [dim][ldt] copies of rows 0..n of (b, ., h).
+// Row-major [n][ldr] and transposed [dim][ldt] copies of rows 0..n of (b, ., h) of a
+// float32 or bfloat16 (widened) view.
 // The transpose goes 16 rows at a time from the fresh row copies, so each store run is a
 // whole cache line instead of one float per column (a column stride of ldt floats touches
 // a new page per element at long sequences).
 void PackBoth(const ConstTensorView& t, int64_t b, int64_t h, int64_t n, int64_t dim, float* rows,
               int64_t ldr, float* cols, int64_t ldt) {
   constexpr int64_t kBlock = 16;
+  std::vector<float> wide(dim);
   for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
     const int64_t i1 = std::min(n, i0 + kBlock);
     for (int64_t i = i0; i < i1; ++i)
-      CopyPadded(t.row<const float>(b, i, h), dim, rows + i * ldr, ldr);
+      CopyPadded(RowF32(t, b, i, h, wide.data()), dim, rows + i * ldr, ldr);
     for (int64_t c = 0; c < dim; ++c) {
       float* dst = cols + c * ldt;
       for (int64_t i = i0; i < i1; ++i) dst[i] = rows[i * ldr + c];
@@ -211,7 +213,7 @@ struct SoftmaxBackwardCall {
       : g(g_),
         a(g_.forward),
         pr(p),
-        on_tiles(g_.forward.q.dtype == DType::kBF16),
+        on_tiles(g_.forward.q.dtype == DType::kBF16 && tiles_backward_path()),
         path(tiles::bf16_path()),
         B(p.B),
         Sq(p.Sq),
@@ -294,8 +296,9 @@ struct SoftmaxBackwardCall {
         float* p = kpack + (b * Hk + h) * kside;
         PackBoth(a.k, b, h, Sk, Dk, p, Dkp, p + Skp * Dkp, Skp);
         p += Skp * Dkp + Dk * Skp;
+        std::vector<float> wide(Dv);
         for (int64_t j = 0; j < Sk; ++j)
-          CopyPadded(a.v.row<const float>(b, j, h), Dv, p + j * Dvp, Dvp);
+          CopyPadded(RowF32(a.v, b, j, h, wide.data()), Dv, p + j * Dvp, Dvp);
       } else {
         float* p = qpack + (b * Hq + h - Hk) * qside;
         PackBoth(a.q, b, h - Hk, Sq, Dk, p, Dkp, p + Sqp * Dkp, Sqp);
@@ -481,8 +484,8 @@ struct SoftmaxBackwardCall {
       }
     }
     for (int64_t j = 0; j < keys; ++j) {
-      std::copy_n(dk + j * Dkp, Dk, g.dk.row<float>(b, j0 + j, hk));
-      std::copy_n(dv + j * Dvp, Dv, g.dv.row<float>(b, j0 + j, hk));
+      StoreRow(dk + j * Dkp, Dk, g.dk, b, j0 + j, hk);
+      StoreRow(dv + j * Dvp, Dv, g.dv, b, j0 + j, hk);
     }
   }
 

@@ -69,50 +69,7 @@ class Softmax final : public Mechanism {
   }
   void backward_kernel(const BackwardArgs& g, const Problem& p, Context& ctx) const override {
     if (p.Sq == 0 && p.Sk == 0) return;
-    if (g.forward.q.dtype == DType::kBF16 && !cpu::tiles_backward_path()) {
-      widened_backward(g, p, ctx);
-    } else {
-      cpu::softmax_backward(g, p, ctx);
-    }
-  }
-
- private:
-  // bfloat16 without the tile path: the float32 kernel on widened copies, the gradients
-  // rounded back.
-  static void widened_backward(const BackwardArgs& g, const Problem& p, Context& ctx) {
-    const AttentionArgs& a = g.forward;
-    Tensor<float> q = widen(a.q), k = widen(a.k), v = widen(a.v), out = widen(as_const(a.out)),
-                  dout = widen(g.dout);
-    Tensor<float> dq = widen(as_const(g.dq)), dk = widen(as_const(g.dk)),
-                  dv = widen(as_const(g.dv));
-    BackwardArgs w = g;
-    w.forward.q = as_const(q.view()), w.forward.k = as_const(k.view());
-    w.forward.v = as_const(v.view()), w.forward.out = out.view(), w.dout = as_const(dout.view());
-    w.dq = dq.view(), w.dk = dk.view(), w.dv = dv.view();
-    cpu::softmax_backward(w, p, ctx);
-    narrow(dq, g.dq), narrow(dk, g.dk), narrow(dv, g.dv);
-  }
-  // A [B, S, H, D] bfloat16 view as a contiguous float32 tensor, and back (rounded).
-  static Tensor<float> widen(const ConstTensorView& t) {
-    Tensor<float> w({t.shape[0], t.shape[1], t.shape[2], t.shape[3]});
-    float* dst = w.data();
-    for (int64_t i = 0; i < t.shape[0]; ++i)
-      for (int64_t j = 0; j < t.shape[1]; ++j)
-        for (int64_t h = 0; h < t.shape[2]; ++h) {
-          const bfloat16* row = static_cast<const bfloat16*>(t.row_address(i, j, h));
-          for (int64_t c = 0; c < t.shape[3]; ++c) *dst++ = to_float(row[c]);
-        }
-    return w;
-  }
-  static void narrow(const Tensor<float>& w, const TensorView& t) {
-    const float* src = w.data();
-    for (int64_t i = 0; i < t.shape[0]; ++i)
-      for (int64_t j = 0; j < t.shape[1]; ++j)
-        for (int64_t h = 0; h < t.shape[2]; ++h) {
-          bfloat16* row =
-              static_cast<bfloat16*>(const_cast<void*>(as_const(t).row_address(i, j, h)));
-          for (int64_t c = 0; c < t.shape[3]; ++c) row[c] = to_bfloat16(*src++);
-        }
+    cpu::softmax_backward(g, p, ctx);
   }
 
  protected:
