@@ -4,7 +4,8 @@
 Runs `attnkit bench -f json` and PyTorch's attention (the naive matmul-softmax-matmul
 form, and scaled_dot_product_attention where the installed version has it) with the same
 thread count, then prints times and attnkit's speed-up. PyTorch is optional: Debian's
-python3-torch (run with /usr/bin/python3) or a PyPI torch. Usage:
+python3-torch (run with /usr/bin/python3) or a PyPI torch. The linear families' peers
+(fast-transformers, the PyTorch chunked form): bench/linear_peers.py. Usage:
 
     /usr/bin/python3 bench/peers.py [--attnkit build/attnkit] [--seq 1024,4096] [--threads 2]
         [--dim 64,128] [--dtype float32,bfloat16]
@@ -67,24 +68,6 @@ def torch_times(torch, seqs, causal, reps, heads=8, dim=64, dtype=None):
     return out
 
 
-def fast_transformers_linear_ms(torch, seqs, reps, heads=8, dim=64):
-    """fast-transformers' causal linear attention (elu+1 features, its CPU causal_product)."""
-    from fast_transformers.causal_product import causal_dot_product
-    out = {}
-    for n in seqs:
-        q, k, v = (torch.randn(1, heads, n, dim) for _ in range(3))
-
-        def run():
-            fq = torch.nn.functional.elu(q) + 1
-            fk = torch.nn.functional.elu(k) + 1
-            z = 1 / (torch.einsum("nhli,nhli->nhl", fq, fk.cumsum(2)) + 1e-6)
-            return causal_dot_product(fq, fk, v) * z[..., None]
-
-        with torch.no_grad():
-            out[n] = median_ms(run, reps)
-    return out
-
-
 def flops(n, causal, heads=8, dim=64):
     pairs = n * (n + 1) / 2 if causal else n * n
     return 4.0 * dim * pairs * heads
@@ -100,8 +83,6 @@ def main():
     ap.add_argument("--dtype", default="float32", help="float32 and/or bfloat16, e.g. float32,bfloat16")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--linear-seq", default="4096,16384",
-                    help="causal linear attention lengths against fast-transformers (if importable)")
     args = ap.parse_args()
     seqs = [int(x) for x in args.seq.split(",")]
     try:
@@ -133,26 +114,6 @@ def main():
                     print(f"| {dtype} | {dim} | {n} | {'yes' if causal else 'no'} | {path} | {t:.2f} | "
                           f"{rate:.0f} | {frac} | {p['naive']:.2f} | {p['naive'] / t:.2f}x | "
                           f"{f'{sdpa:.2f}' if sdpa else '-'} | {f'{sdpa / t:.2f}x' if sdpa else '-'} |")
-    linear_table(torch, args)
-
-
-def linear_table(torch, args):
-    try:
-        import fast_transformers  # noqa: F401
-    except ImportError:
-        print("\n# fast-transformers is not importable: causal linear attention peer skipped")
-        return
-    seqs = [int(x) for x in args.linear_seq.split(",")]
-    ours = attnkit_ms(args.attnkit, seqs, args.threads, args.reps, "-m", "linear",
-                      "-c", "linear:map=elu1,norm=kernel", "--causal")
-    theirs = fast_transformers_linear_ms(torch, seqs, args.reps)
-    print("\n# causal linear attention (elu+1, normalised), B=1 H=8 D=64; GFLOP/s counts 4 N D^2 per head")
-    print("| N | attnkit ms | GFLOP/s | fast-transformers ms | GFLOP/s | speed-up |")
-    print("|---|---|---|---|---|---|")
-    for n in seqs:
-        f = 4.0 * n * 64 * 64 * 8
-        print(f"| {n} | {ours[n]:.2f} | {f / ours[n] / 1e6:.0f} | {theirs[n]:.2f} | {f / theirs[n] / 1e6:.0f} | "
-              f"{theirs[n] / ours[n]:.1f}x |")
 
 
 if __name__ == "__main__":
