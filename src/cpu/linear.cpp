@@ -98,6 +98,10 @@ HWY_INLINE void LoadKeys(const AttentionArgs& a, const Plan& n, int64_t b, int64
     std::fill(sc.fkt + r * n.Tp + cnt, sc.fkt + r * n.Tp + cols, 0.0f);
   std::fill(sc.w + cnt, sc.w + cols, 0.0f);  // vector loops read the padding
   for (int64_t j = 0; j < cnt; ++j) {
+    if (j0 + j + kPrefetchRows < a.k.shape[1]) {
+      PrefetchRow(a.k.row_address(b, j0 + j + kPrefetchRows, hk), n.Dk * dtype_size(a.k.dtype));
+      PrefetchRow(a.v.row_address(b, j0 + j + kPrefetchRows, hk), n.Dv * dtype_size(a.v.dtype));
+    }
     FeatureRow(RowF32(a.k, b, j0 + j, hk, sc.wide), n.Dk, n.Dkp, n.cfg.map, sc.row);
     for (int64_t r = 0; r < n.Dk; ++r) sc.fkt[r * n.Tp + j] = sc.row[r];
     sc.w[j] = GateWeight(a, n.cfg.gated, b, j0 + j, hk);
@@ -112,34 +116,14 @@ HWY_INLINE void AddToState(const Plan& n, int64_t cnt, Scratch& sc) {
   MatMul(sc.fkt, n.Tp, sc.vb, n.Dvp, sc.c, n.Dvp, n.Dk, n.Dvp, cnt, /*accumulate=*/true);
 }
 
-// Rows [r0, r1) of head h of t into the cache.
-HWY_INLINE void PrefetchRows(const ConstTensorView& t, int64_t b, int64_t r0, int64_t r1,
-                             int64_t h) {
-  for (int64_t r = std::max<int64_t>(r0, 0); r < std::min(r1, t.shape[1]); ++r)
-    PrefetchRow(t.row_address(b, r, h), t.shape[3] * dtype_size(t.dtype));
-}
-
-// The (head, chunk) a task computes after this one: its q, k and v rows are prefetched a
-// third at a time between this chunk's matmuls, so the misses (~50 KB per chunk and head)
-// overlap arithmetic instead of bunching up in the row loops.
-struct NextChunk {
-  int64_t h, i0;  // i0 >= Sq: none
-};
-
 // Query rows [i0, i0 + T) of head h against the state in sc.c / sc.z, which holds keys
 // [0, kdone); returns the keys it holds afterwards (the same for every head of a batch).
 int64_t AttendChunk(const AttentionArgs& a, const Plan& n, int64_t b, int64_t h, int64_t i0,
-                    int64_t kdone, NextChunk next, Scratch& sc) {
+                    int64_t kdone, Scratch& sc) {
   const int64_t hk = h / (n.Hq / n.Hk);
   const int64_t rows = std::min(n.T, n.Sq - i0);
   const int64_t lo = n.keys(b, i0).end;
   const int64_t hi = n.keys(b, i0 + rows - 1).end;
-  // The next chunk's pending keys are [next_kdone, next_hi) (the bulk of step 1 prefetches
-  // row by row).
-  const bool has_next = next.i0 < n.Sq;
-  const int64_t next_hk = next.h / (n.Hq / n.Hk);
-  const int64_t next_kdone = next.i0 == i0 ? kdone : hi;
-  const int64_t next_hi = has_next ? n.keys(b, std::min(next.i0 + n.T, n.Sq) - 1).end : 0;
   // 1. Keys every row sees go straight into the state while more than Tp keys are pending
   //    (a long causal offset, or non-causal); since hi - lo < T this leaves at most Tp.
   while (hi - kdone > n.Tp) {
@@ -150,12 +134,12 @@ int64_t AttendChunk(const AttentionArgs& a, const Plan& n, int64_t b, int64_t h,
   }
   // 2. The state's part: phi(Q) C and phi(Q) z.
   for (int64_t r = 0; r < rows; ++r) {
+    if (i0 + r + kPrefetchRows < n.Sq)
+      PrefetchRow(a.q.row_address(b, i0 + r + kPrefetchRows, h), n.Dk * dtype_size(a.q.dtype));
     FeatureRow(RowF32(a.q, b, i0 + r, h, sc.wide), n.Dk, n.Dkp, n.cfg.map, sc.fq + r * n.Dkp);
     sc.den[r] = Dot(sc.fq + r * n.Dkp, sc.z, n.Dkp);
   }
-  if (has_next) PrefetchRows(a.q, b, next.i0, next.i0 + n.T, next.h);
   MatMul(sc.fq, n.Dkp, sc.c, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, n.Dk, /*accumulate=*/false);
-  if (has_next) PrefetchRows(a.k, b, next_kdone, next_hi, next_hk);
   // 3. The pending keys [kdone, hi): a masked intra-chunk matmul, then into the state.
   if (hi > kdone) {
     const int64_t cnt = hi - kdone, cols = pad_to_state(cnt);
@@ -165,7 +149,6 @@ int64_t AttendChunk(const AttentionArgs& a, const Plan& n, int64_t b, int64_t h,
       const int64_t vis = n.keys(b, i0 + r).end - kdone;
       sc.den[r] += MaskRow(sc.s + r * n.Tp, n.cfg.gated ? sc.w : nullptr, vis, cols);
     }
-    if (has_next) PrefetchRows(a.v, b, next_kdone, next_hi, next_hk);
     MatMul(sc.s, n.Tp, sc.vb, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, cnt, /*accumulate=*/true);
     AddToState(n, cnt, sc);
     kdone = hi;
@@ -207,8 +190,7 @@ void LinearForward(const AttentionArgs& a, const Problem& p, const LinearConfig&
       for (int64_t h = h0; h < h1; ++h) {
         sc.c = states + (h - h0) * state;
         sc.z = sc.c + n.Dkp * n.Dvp;
-        const NextChunk after = h + 1 < h1 ? NextChunk{h + 1, i0} : NextChunk{h0, i0 + n.T};
-        next = AttendChunk(a, n, b, h, i0, kdone, after, sc);
+        next = AttendChunk(a, n, b, h, i0, kdone, sc);
       }
       kdone = next;
     }
