@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <fstream>
@@ -34,16 +35,36 @@ int cgroup_cpus() {
 
 }  // namespace
 
+// Waits up to kSpin for ready() to hold, pausing between looks; returns whether it did.
+// Workers and the caller spin this long before they sleep on a condition variable: waking
+// a sleeping thread costs a futex call and, in a VM, an inter-processor interrupt (10-40 us
+// measured), as much as a whole decode step at 1k context. Calls that follow each other
+// closely (decode loops, training steps, one layer after another) find the workers awake.
+constexpr auto kSpin = std::chrono::microseconds(50);
+template <typename Ready>
+bool spin_until(Ready ready) {
+  const auto end = std::chrono::steady_clock::now() + kSpin;
+  for (int i = 0;; ++i) {
+    if (ready()) return true;
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() > end) return false;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+}
+
 // The workers and what they synchronise on. A child process after fork() has none of the
 // threads and possibly a mutex locked by one of them, so it abandons the parent's Pool
-// (never touching it) and starts a fresh one.
+// (never touching it) and starts a fresh one. generation and running are atomics so that
+// spinning threads see them without the mutex; they change under it, so a thread that
+// checks them under the mutex before it sleeps cannot miss the notification.
 struct Pool {
   std::vector<std::thread> workers;
   std::mutex mu;
   std::condition_variable wake, done;
-  uint64_t generation = 0;
-  bool stop = false;
-  int running = 0;
+  std::atomic<uint64_t> generation{0};
+  std::atomic<bool> stop{false};
+  std::atomic<int> running{0};
   const std::function<void(int64_t, int)>* fn = nullptr;
   int64_t tasks = 0;
   std::atomic<int64_t> next{0};
@@ -55,15 +76,18 @@ struct Pool {
   void loop(int worker) {
     uint64_t seen = 0;
     for (;;) {
-      {
+      const auto fresh = [&] { return stop.load() || generation.load() != seen; };
+      if (!spin_until(fresh)) {
         std::unique_lock lock(mu);
-        wake.wait(lock, [&] { return stop || generation != seen; });
-        if (stop) return;
-        seen = generation;
+        wake.wait(lock, fresh);
       }
+      if (stop.load()) return;
+      seen = generation.load();
       drain(worker);
-      std::lock_guard lock(mu);
-      if (--running == 0) done.notify_one();
+      if (running.fetch_sub(1) == 1) {
+        std::lock_guard lock(mu);
+        done.notify_one();
+      }
     }
   }
 
@@ -173,13 +197,16 @@ void Context::parallel_for(int64_t tasks, const std::function<void(int64_t, int)
     p.fn = &fn;
     p.tasks = tasks;
     p.next.store(0, std::memory_order_relaxed);
-    p.running = impl_->threads - 1;
-    ++p.generation;
+    p.running.store(impl_->threads - 1);
+    p.generation.fetch_add(1);
   }
   p.wake.notify_all();
   p.drain(0);
-  std::unique_lock lock(p.mu);
-  p.done.wait(lock, [&] { return p.running == 0; });
+  const auto finished = [&] { return p.running.load() == 0; };
+  if (!spin_until(finished)) {
+    std::unique_lock lock(p.mu);
+    p.done.wait(lock, finished);
+  }
   p.fn = nullptr;
 }
 
