@@ -39,7 +39,8 @@ class Context {
   // work: estimated flops of all tasks together; below min_parallel_work() waking the pool
   // costs more than it saves, so the caller's thread runs them all.
   // In a child process after fork() the pool's threads are gone; the first call there
-  // starts a new pool (the parent's is left untouched).
+  // starts a new pool (the parent's is left untouched). Workers spin up to 50 us after a
+  // call before they sleep, so calls in quick succession skip the wake-up.
   void parallel_for(int64_t tasks, const std::function<void(int64_t task, int worker)>& fn,
                     double work = 1e12);
   // Default ~1 MFLOP (a wake-up round trip is ~10 us). Tests set 0 so that every split of
