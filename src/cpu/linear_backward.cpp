@@ -41,13 +41,6 @@ namespace {
 
 inline float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
-// dst[c][r] = src[r][c] for r < rows, c < cols.
-inline void Transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
-                      int64_t ldd) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
-}
-
 // Per-worker scratch of one (batch, kv head) task (Carve layout).
 struct Buffers {
   float *phik, *w, *fq, *dnum, *dden;              // per key / per query row of the head

@@ -123,6 +123,13 @@ HWY_INLINE float MaskRow(float* HWY_RESTRICT sr, const float* HWY_RESTRICT w, in
   return hn::GetLane(hn::SumOfLanes(d, sum));
 }
 
+// dst[c][r] = src[r][c] for r < rows, c < cols.
+HWY_INLINE void Transpose(const float* HWY_RESTRICT src, int64_t lds, int64_t rows, int64_t cols,
+                          float* HWY_RESTRICT dst, int64_t ldd) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
 // Dot product of two float rows of length n (any n).
 HWY_INLINE float Dot(const float* HWY_RESTRICT x, const float* HWY_RESTRICT y, int64_t n) {
   const hn::ScalableTag<float> d;
