@@ -136,13 +136,7 @@ void LogLinearForward(const AttentionArgs& a, const Problem& p, const LogFeature
     std::fill(sc.st.c, sc.st.c + n.Fp * n.Dvp, 0.0f);
     std::fill(sc.st.z, sc.st.z + n.Fp, 0.0f);
     std::fill(sc.st.m, sc.st.m + n.Fp, kNegInf);
-    if (f.omega != nullptr) {  // omega [features][Dk] of this kv head, scaled and transposed
-      const float* omega = f.omega + hk * f.features * n.Dk;
-      std::fill(sc.omega_t, sc.omega_t + n.Dk * n.Fp, 0.0f);
-      for (int64_t r = 0; r < f.features; ++r)
-        for (int64_t x = 0; x < n.Dk; ++x)
-          sc.omega_t[x * n.Fp + r] = f.sqrt_scale * omega[r * n.Dk + x];
-    }
+    if (f.omega != nullptr) TransposeOmega(n, f, f.omega + hk * f.features * n.Dk, sc);
     for (int64_t i0 = 0, kdone = 0; i0 < n.Sq; i0 += n.T)
       kdone = AttendChunk(a, n, f, b, h, i0, kdone, sc);
   });

@@ -21,6 +21,7 @@
 
 #include "src/cpu/arena.hpp"
 #include "src/cpu/kernels.hpp"
+#include "src/cpu/ops/log_chunks-inl.h"
 #include "src/cpu/ops/log_features-inl.h"
 #include "src/cpu/ops/matmul-inl.h"
 
@@ -179,13 +180,254 @@ struct LogLinearBackwardTask {
     }
   }
 
-  void Run() const {
+  // Query head h's gradients (dk, dv added to).
+  void Head(int64_t h) const {
     std::fill(w.vb, w.vb + Dvp, 0.0f);
     std::fill(w.db, w.db + Dvp, 0.0f);
-    zero_key_gradients(g, b, hk);
-    for (int64_t h = hk * pr.group; h < (hk + 1) * pr.group; ++h) {
-      ForwardSweep(h);
-      ReverseSweep(h);
+    ForwardSweep(h);
+    ReverseSweep(h);
+  }
+};
+
+// The chunked backward on the forward's chunks (log_chunks-inl.h). Per chunk with maxima
+// M, normalised weights W_i = a_i / den_i, E_j = exp(lk_j - M), P_ij = W_i . E_j and
+// G_ij = dout_i . v_j + delta_i over visible pairs:
+//   dlq_i = W_i * (C dout_i + z delta_i + sum_j G_ij E_j)   (C, z: the slot before the chunk's
+//   keys, at M). Reverse over chunks with the adjoint of the later chunks' rows,
+//   dC = sum_i W_i exp(mu - M(i)) dout_i^T, dZ likewise with delta_i (mu: the latest joined
+//   chunk's maxima, at least any earlier key's log-features):
+//   dlk_j = exp(lk_j - mu) * (dC v_j + dZ) + E_j * sum_i G_ij W_i,
+//   dv_j = dC^T exp(lk_j - mu) + sum_i P_ij dout_i.
+// Every exp argument is <= 0. A head with a chunk the forward would not rebase
+// (RebaseIsExact) runs the per-key sweeps instead.
+struct ChunkedScratch {
+  ChunkScratch sc;
+  float *wrows, *delta, *mchunks;  // [Sq][Fp], [Sq], [chunks][Fp]
+  float *dout, *vt, *g, *gt, *p, *pt, *wt, *ct;
+  float *dlk, *dvb, *e2, *e, *et, *y, *dlq, *dc, *dz, *mu;
+  ChunkedScratch(Carve& k, const Plan& n, bool projected)
+      : sc(k, n, projected),
+        wrows(k.take(n.Sq * n.Fp)),
+        delta(k.take(n.Sq)),
+        mchunks(k.take(hwy::DivCeil(n.Sq, n.T) * n.Fp)),
+        dout(k.take(n.T * n.Dvp)),
+        vt(k.take(n.Dvp * n.Tp)),
+        g(k.take(n.T * n.Tp)),
+        gt(k.take(n.Tp * n.T)),
+        p(k.take(n.T * n.Tp)),
+        pt(k.take(n.Tp * n.T)),
+        wt(k.take(n.Fp * n.T)),
+        ct(k.take(n.Dvp * n.Fp)),
+        dlk(k.take(n.Tp * n.Fp)),
+        dvb(k.take(n.Tp * n.Dvp)),
+        e2(k.take(n.Tp * n.Fp)),
+        e(k.take(n.Tp * n.Fp)),
+        et(k.take(n.Fp * n.Tp)),
+        y(k.take(n.Tp * n.Fp)),
+        dlq(k.take(n.T * n.Fp)),
+        dc(k.take(n.Fp * n.Dvp)),
+        dz(k.take(n.Fp)),
+        mu(k.take(n.Fp)) {}
+};
+
+// dst[j][r] = exp(lk[j][r] - m[r]) for rows j < cnt (0 where lk is -inf: the padding).
+HWY_INLINE void ExpAgainst(const float* lk, const float* m, int64_t cnt, int64_t fp, float* dst) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const auto neg_inf = hn::Set(d, kNegInf);
+  for (int64_t j = 0; j < cnt; ++j)
+    for (int64_t r = 0; r < fp; r += N) {
+      const auto x = hn::LoadU(d, lk + j * fp + r), mv = hn::LoadU(d, m + r);
+      const auto e = hn::Exp(d, hn::Sub(x, mv));
+      hn::StoreU(hn::IfThenZeroElse(hn::Or(hn::Eq(x, neg_inf), hn::Eq(mv, neg_inf)), e), d,
+                 dst + j * fp + r);
+    }
+}
+
+struct ChunkedBackward {
+  const BackwardArgs& g;
+  const AttentionArgs& a;
+  const Plan& n;
+  const LogFeatures& f;
+  ChunkedScratch& u;
+  ChunkScratch& sc;
+  const float* omega;
+  const int64_t b, hk;
+  struct Chunk {
+    int64_t i0, rows, bulk, pending, hi;  // keys [bulk, pending) in blocks, [pending, hi)
+  };
+  std::vector<Chunk> chunks;
+
+  int64_t Vis(int64_t i, int64_t from) const { return n.keys(b, i).end - from; }
+
+  // dout rows [i0, i0 + rows) of head h into u.dout (padded).
+  void LoadDout(int64_t h, int64_t i0, int64_t rows) const {
+    for (int64_t i = 0; i < rows; ++i)
+      CopyPadded(g.dout.row<const float>(b, i0 + i, h), n.Dv, u.dout + i * n.Dvp, n.Dvp);
+  }
+
+  // u.g = dout V^T over the cnt keys in sc.vb, plus delta, zero past each row's visible keys.
+  void ScoreGradients(int64_t i0, int64_t rows, int64_t from, int64_t cnt) const {
+    const hn::ScalableTag<float> d;
+    const int64_t N = static_cast<int64_t>(hn::Lanes(d)), cols = pad_to_state(cnt);
+    Transpose(sc.vb, n.Dvp, cnt, n.Dv, u.vt, n.Tp);
+    MatMul(u.dout, n.Dvp, u.vt, n.Tp, u.g, n.Tp, rows, cols, n.Dv, /*accumulate=*/false);
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t vis = Vis(i0 + i, from);
+      const auto dl = hn::Set(d, u.delta[i0 + i]);
+      float* gr = u.g + i * n.Tp;
+      for (int64_t j = 0; j < cols; j += N) {
+        const auto keep = hn::FirstN(d, static_cast<size_t>(std::clamp<int64_t>(vis - j, 0, N)));
+        hn::StoreU(hn::IfThenElseZero(keep, hn::Add(hn::LoadU(d, gr + j), dl)), d, gr + j);
+      }
+    }
+  }
+
+  // The forward over chunks with dq; false (nothing written) when a chunk is not rebased.
+  bool Forward(int64_t h) {
+    const Slot& st = sc.st;
+    std::fill(st.c, st.c + n.Fp * n.Dvp, 0.0f);
+    std::fill(st.z, st.z + n.Fp, 0.0f);
+    std::fill(st.m, st.m + n.Fp, kNegInf);
+    chunks.clear();
+    for (int64_t i0 = 0, kdone = 0; i0 < n.Sq; i0 += n.T) {
+      const int64_t rows = std::min(n.T, n.Sq - i0);
+      const int64_t lo = n.keys(b, i0).end, hi = n.keys(b, i0 + rows - 1).end;
+      Chunk c{i0, rows, kdone, kdone, hi};
+      while (hi - kdone > n.Tp) {
+        const int64_t cnt = std::min(lo, kdone + n.T) - kdone;
+        LoadKeys(a, n, f, b, hk, kdone, cnt, sc);
+        ColumnMax(n, sc, cnt, sc.mnew);
+        Rebase(n, cnt, sc);
+        AddToSlot(n, cnt, sc);
+        kdone += cnt;
+      }
+      c.pending = kdone;
+      const int64_t cnt = hi - kdone;
+      LoadKeys(a, n, f, b, hk, kdone, cnt, sc);
+      ColumnMax(n, sc, cnt, sc.mnew);
+      if (!RebaseIsExact(n, f, lo, kdone, sc)) return false;
+      Rebase(n, cnt, sc);
+      std::copy_n(st.m, n.Fp, u.mchunks + chunks.size() * n.Fp);
+      LogFeatureRows(a.q, n, f, b, i0, rows, h, /*with_norm=*/false, sc, sc.aq);
+      QueryWeights(n, rows, sc);
+      ChunkRows(h, i0, rows, kdone, cnt);
+      AddToSlot(n, cnt, sc);
+      chunks.push_back(c);
+      kdone = hi;
+    }
+    return true;
+  }
+
+  // A chunk's rows against the rebased slot (C, z before its cnt pending keys from kdone):
+  // out, delta and W (kept for the reverse pass), then dlq and dq.
+  void ChunkRows(int64_t h, int64_t i0, int64_t rows, int64_t kdone, int64_t cnt) const {
+    const int64_t cols = pad_to_state(cnt);
+    MatMul(sc.aq, n.Fp, sc.st.c, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, n.Fp, /*accumulate=*/false);
+    if (cnt > 0) {
+      MatMul(sc.aq, n.Fp, sc.et, n.Tp, sc.s, n.Tp, rows, cols, n.Fp, /*accumulate=*/false);
+      for (int64_t i = 0; i < rows; ++i)
+        sc.den[i] += MaskRow(sc.s + i * n.Tp, nullptr, Vis(i0 + i, kdone), cols);
+      MatMul(sc.s, n.Tp, sc.vb, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, cnt, /*accumulate=*/true);
+    }
+    LoadDout(h, i0, rows);
+    for (int64_t i = 0; i < rows; ++i) {
+      const float inv = sc.den[i] > 0.0f ? 1.0f / sc.den[i] : 0.0f;
+      float* wr = u.wrows + (i0 + i) * n.Fp;
+      for (int64_t r = 0; r < n.Fp; ++r) wr[r] = sc.aq[i * n.Fp + r] * inv;
+      u.delta[i0 + i] = -Dot(u.dout + i * n.Dvp, sc.acc + i * n.Dvp, n.Dvp) * inv;
+    }
+    std::fill(u.ct, u.ct + n.Dvp * n.Fp, 0.0f);
+    Transpose(sc.st.c, n.Dvp, n.Fp, n.Dv, u.ct, n.Fp);
+    MatMul(u.dout, n.Dvp, u.ct, n.Fp, u.dlq, n.Fp, rows, n.Fp, n.Dv, /*accumulate=*/false);
+    if (cnt > 0) {
+      ScoreGradients(i0, rows, kdone, cnt);
+      MatMul(u.g, n.Tp, sc.lk, n.Fp, u.dlq, n.Fp, rows, n.Fp, cnt, /*accumulate=*/true);
+    }
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* wr = u.wrows + (i0 + i) * n.Fp;
+      float* dl = u.dlq + i * n.Fp;
+      for (int64_t r = 0; r < n.Fp; ++r) dl[r] = wr[r] * (dl[r] + sc.st.z[r] * u.delta[i0 + i]);
+      float* dq = g.dq.row<float>(b, i0 + i, h);
+      std::fill_n(dq, n.Dk, 0.0f);
+      ChainLogFeatures(a.q.row<const float>(b, i0 + i, h), dl, n.Dk, f, omega, false, dq);
+    }
+  }
+
+  // dk, dv of the cnt keys from j0 in sc.lk (log-features) / sc.vb: the joined rows' part
+  // (joined: the adjoint holds some), and the rows of chunk c that see them (intra).
+  void KeyGrads(int64_t h, int64_t j0, int64_t cnt, bool joined, const Chunk* intra,
+                const float* mc) const {
+    std::fill(u.dlk, u.dlk + cnt * n.Fp, 0.0f);
+    std::fill(u.dvb, u.dvb + cnt * n.Dvp, 0.0f);
+    if (joined) {
+      ExpAgainst(sc.lk, u.mu, cnt, n.Fp, u.e2);
+      std::fill(u.ct, u.ct + n.Dvp * n.Fp, 0.0f);
+      Transpose(u.dc, n.Dvp, n.Fp, n.Dv, u.ct, n.Fp);
+      MatMul(sc.vb, n.Dvp, u.ct, n.Fp, u.dlk, n.Fp, cnt, n.Fp, n.Dv, /*accumulate=*/false);
+      for (int64_t j = 0; j < cnt; ++j)
+        for (int64_t r = 0; r < n.Fp; ++r)
+          u.dlk[j * n.Fp + r] = u.e2[j * n.Fp + r] * (u.dlk[j * n.Fp + r] + u.dz[r]);
+      MatMul(u.e2, n.Fp, u.dc, n.Dvp, u.dvb, n.Dvp, cnt, n.Dvp, n.Fp, /*accumulate=*/false);
+    }
+    if (intra != nullptr) {
+      const int64_t i0 = intra->i0, rows = intra->rows, cols = pad_to_state(cnt);
+      const float* w = u.wrows + i0 * n.Fp;
+      ExpAgainst(sc.lk, mc, cnt, n.Fp, u.e);
+      std::fill(u.et, u.et + n.Fp * n.Tp, 0.0f);
+      Transpose(u.e, n.Fp, cnt, n.Fp, u.et, n.Tp);
+      MatMul(w, n.Fp, u.et, n.Tp, u.p, n.Tp, rows, cols, n.Fp, /*accumulate=*/false);
+      for (int64_t i = 0; i < rows; ++i) MaskRow(u.p + i * n.Tp, nullptr, Vis(i0 + i, j0), cols);
+      ScoreGradients(i0, rows, j0, cnt);
+      Transpose(u.g, n.Tp, rows, cnt, u.gt, n.T);
+      MatMul(u.gt, n.T, w, n.Fp, u.y, n.Fp, cnt, n.Fp, rows, /*accumulate=*/false);
+      for (int64_t j = 0; j < cnt * n.Fp; ++j) u.dlk[j] += u.e[j] * u.y[j];
+      Transpose(u.p, n.Tp, rows, cnt, u.pt, n.T);
+      MatMul(u.pt, n.T, u.dout, n.Dvp, u.dvb, n.Dvp, cnt, n.Dvp, rows, /*accumulate=*/true);
+    }
+    for (int64_t j = 0; j < cnt; ++j) {
+      ChainLogFeatures(a.k.row<const float>(b, j0 + j, hk), u.dlk + j * n.Fp, n.Dk, f, omega, true,
+                       g.dk.row<float>(b, j0 + j, hk));
+      float* dv = g.dv.row<float>(b, j0 + j, hk);
+      for (int64_t x = 0; x < n.Dv; ++x) dv[x] += u.dvb[j * n.Dvp + x];
+    }
+    (void)h;
+  }
+
+  // Chunk c's rows join the adjoint, rebased from mu to their maxima mc (mc <= mu).
+  void Join(const Chunk& c, const float* mc, bool joined) const {
+    for (int64_t r = 0; r < n.Fp; ++r) {
+      if (joined && mc[r] != u.mu[r]) {
+        const float sc_r = std::exp(mc[r] - u.mu[r]);
+        Scale(sc_r, u.dc + r * n.Dvp, n.Dvp);
+        u.dz[r] *= sc_r;
+      }
+      u.mu[r] = mc[r];
+    }
+    Transpose(u.wrows + c.i0 * n.Fp, n.Fp, c.rows, n.Fp, u.wt, n.T);
+    MatMul(u.wt, n.T, u.dout, n.Dvp, u.dc, n.Dvp, n.Fp, n.Dvp, c.rows, /*accumulate=*/true);
+    for (int64_t r = 0; r < n.Fp; ++r) u.dz[r] += Dot(u.wt + r * n.T, u.delta + c.i0, c.rows);
+  }
+
+  void Reverse(int64_t h) const {
+    std::fill(u.dc, u.dc + n.Fp * n.Dvp, 0.0f);
+    std::fill(u.dz, u.dz + n.Fp, 0.0f);
+    bool joined = false;
+    for (int64_t ci = static_cast<int64_t>(chunks.size()) - 1; ci >= 0; --ci) {
+      const Chunk& c = chunks[ci];
+      const float* mc = u.mchunks + ci * n.Fp;
+      LoadDout(h, c.i0, c.rows);
+      if (c.hi > c.pending) {
+        LoadKeys(a, n, f, b, hk, c.pending, c.hi - c.pending, sc);
+        KeyGrads(h, c.pending, c.hi - c.pending, joined, &c, mc);
+      }
+      Join(c, mc, joined);
+      joined = true;
+      for (int64_t j0 = c.bulk; j0 < c.pending; j0 += n.T) {
+        const int64_t cnt = std::min(n.T, c.pending - j0);
+        LoadKeys(a, n, f, b, hk, j0, cnt, sc);
+        KeyGrads(h, j0, cnt, true, nullptr, nullptr);
+      }
     }
   }
 };
@@ -193,15 +435,31 @@ struct LogLinearBackwardTask {
 void LogLinearBackward(const BackwardArgs& g, const Problem& pr, const LogFeatures& f,
                        Context& ctx) {
   const int64_t F = f.omega ? f.features : pr.Dk, Fp = pad_to_state(F), Dvp = pad_to_state(pr.Dv);
-  ctx.reserve_scratch(Carve::floats<Scratch>(Fp, Dvp, pr.Sq));
+  const Plan n(pr, f);
+  const bool projected = f.omega != nullptr;
+  ctx.reserve_scratch(std::max(Carve::floats<Scratch>(Fp, Dvp, pr.Sq),
+                               Carve::floats<ChunkedScratch>(n, projected)));
   ctx.parallel_for(pr.B * pr.Hk, [&](int64_t task, int worker) {
     const int64_t b = task / pr.Hk, hk = task % pr.Hk;
-    Carve carve(ctx.scratch(worker));
-    const Scratch w(carve, Fp, Dvp, pr.Sq);
-    const float* omega = f.omega ? f.omega + hk * f.features * pr.Dk : nullptr;
-    const LogLinearBackwardTask t{g, g.forward, pr, f,  w,   omega,
-                                  b, hk,        F,  Fp, Dvp, pr.key_length(b)};
-    t.Run();
+    const float* omega = projected ? f.omega + hk * f.features * pr.Dk : nullptr;
+    zero_key_gradients(g, b, hk);
+    for (int64_t h = hk * pr.group; h < (hk + 1) * pr.group; ++h) {
+      {
+        Carve carve(ctx.scratch(worker));
+        ChunkedScratch u(carve, n, projected);
+        if (projected) TransposeOmega(n, f, omega, u.sc);
+        ChunkedBackward c{g, g.forward, n, f, u, u.sc, omega, b, hk, {}};
+        if (c.Forward(h)) {
+          c.Reverse(h);
+          continue;
+        }
+      }
+      Carve carve(ctx.scratch(worker));
+      const Scratch w(carve, Fp, Dvp, pr.Sq);
+      const LogLinearBackwardTask t{g, g.forward, pr, f,  w,   omega,
+                                    b, hk,        F,  Fp, Dvp, pr.key_length(b)};
+      t.Head(h);
+    }
   });
 }
 

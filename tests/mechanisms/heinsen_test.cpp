@@ -71,6 +71,24 @@ TEST(Heinsen, BackwardKernelMatchesReference) {
   }
 }
 
+TEST(Heinsen, ChunkedBackwardMatchesReferenceOverManyChunks) {
+  // 200 rows are four chunks; |q|, |k| ~ 3 make the per-feature maxima grow from chunk to
+  // chunk, so the reverse pass rebases its adjoint; key 150 is 8x the rest (its chunk and
+  // the later ones see a new maximum in most features).
+  uint32_t seed = 520;
+  for (bool causal : {false, true}) {
+    Problem p({1, 200, 200, 2, 1, 16, 16}, seed++);
+    for (Operand* o : {&p.q, &p.k}) {
+      for (size_t i = 0; i < o->f64.size(); ++i) {
+        const bool spike = o == &p.k && i / o->stride[1] == 150;
+        o->f32[i] *= spike ? 8.0f : 3.0f;
+        o->f64[i] = o->f32[i];
+      }
+    }
+    expect_kernel_gradients(*make_mechanism("heinsen", {.causal = causal}), p, seed++);
+  }
+}
+
 TEST(Heinsen, BackwardStaysFiniteWhereExpOverflows) {
   // |q|, |k| ~ 100: exp(q) overflows float32, and causal rows see maxima that grow along the
   // sequence (the reverse sweep's rescaling).

@@ -191,6 +191,15 @@ inline void QueryWeights(const Plan& n, int64_t rows, ChunkScratch& sc) {
   }
 }
 
+// sc.omega_t = sqrt_scale * omega^T for one kv head's omega [features][Dk].
+inline void TransposeOmega(const Plan& n, const LogFeatures& f, const float* omega,
+                           ChunkScratch& sc) {
+  std::fill(sc.omega_t, sc.omega_t + n.Dk * n.Fp, 0.0f);
+  for (int64_t r = 0; r < f.features; ++r)
+    for (int64_t x = 0; x < n.Dk; ++x)
+      sc.omega_t[x * n.Fp + r] = f.sqrt_scale * omega[r * n.Dk + x];
+}
+
 // Whether the chunk may be rebased to sc.mnew: the first row, which has seen the slot and
 // keys [kdone, lo), has seen a log-feature within kRebaseSpan of it in every real feature
 // (false also when it has seen none).
