@@ -205,6 +205,7 @@ struct ChunkedScratch {
   float *wrows, *delta, *mchunks;  // [Sq][Fp], [Sq], [chunks][Fp]
   float *dout, *vt, *g, *gt, *p, *pt, *wt, *ct;
   float *dlk, *dvb, *e2, *e, *et, *y, *dlq, *dc, *dz, *mu;
+  float *omega_p, *dx;  // [Fp][Dkp] omega zero-padded (rfa / performer), [Tp][Dkp]
   ChunkedScratch(Carve& k, const Plan& n, bool projected)
       : sc(k, n, projected),
         wrows(k.take(n.Sq * n.Fp)),
@@ -227,7 +228,9 @@ struct ChunkedScratch {
         dlq(k.take(n.T * n.Fp)),
         dc(k.take(n.Fp * n.Dvp)),
         dz(k.take(n.Fp)),
-        mu(k.take(n.Fp)) {}
+        mu(k.take(n.Fp)),
+        omega_p(k.take(projected ? n.Fp * pad_to_state(n.Dk) : 0)),
+        dx(k.take(projected ? n.Tp * pad_to_state(n.Dk) : 0)) {}
 };
 
 // dst[j][r] = exp(lk[j][r] - m[r]) for rows j < cnt (0 where lk is -inf: the padding).
@@ -259,6 +262,39 @@ struct ChunkedBackward {
   std::vector<Chunk> chunks;
 
   int64_t Vis(int64_t i, int64_t from) const { return n.keys(b, i).end - from; }
+
+  // u.omega_p = this kv head's omega [features][Dk], zero-padded to [Fp][Dkp].
+  void PadOmega() const {
+    const int64_t dkp = pad_to_state(n.Dk);
+    std::fill(u.omega_p, u.omega_p + n.Fp * dkp, 0.0f);
+    for (int64_t r = 0; r < f.features; ++r)
+      std::copy_n(omega + r * n.Dk, n.Dk, u.omega_p + r * dkp);
+  }
+
+  // Rows [r0, r0 + cnt) of head h of dx += d(log-features)/dx^T dl (dl [cnt][Fp]): dl itself
+  // (heinsen), or for lf = s omega x - s^2 |x|^2 / 2 (keys: with_norm) one matmul
+  // s dl omega, less s^2 x sum_r dl_r.
+  void ChainRows(const ConstTensorView& x, const TensorView& dx, int64_t r0, int64_t cnt, int64_t h,
+                 const float* dl, bool with_norm) const {
+    if (omega == nullptr) {
+      for (int64_t j = 0; j < cnt; ++j) {
+        float* out = dx.row<float>(b, r0 + j, h);
+        for (int64_t d = 0; d < n.Dk; ++d) out[d] += dl[j * n.Fp + d];
+      }
+      return;
+    }
+    const int64_t dkp = pad_to_state(n.Dk);
+    const float s = f.sqrt_scale;
+    MatMul(dl, n.Fp, u.omega_p, dkp, u.dx, dkp, cnt, dkp, n.Fp, /*accumulate=*/false);
+    for (int64_t j = 0; j < cnt; ++j) {
+      const float* row = x.row<const float>(b, r0 + j, h);
+      float* out = dx.row<float>(b, r0 + j, h);
+      float total = 0.0f;
+      for (int64_t r = 0; r < f.features; ++r) total += dl[j * n.Fp + r];
+      const float norm = with_norm ? s * s * total : 0.0f;
+      for (int64_t d = 0; d < n.Dk; ++d) out[d] += s * u.dx[j * dkp + d] - norm * row[d];
+    }
+  }
 
   // dout rows [i0, i0 + rows) of head h into u.dout (padded).
   void LoadDout(int64_t h, int64_t i0, int64_t rows) const {
@@ -348,10 +384,9 @@ struct ChunkedBackward {
       const float* wr = u.wrows + (i0 + i) * n.Fp;
       float* dl = u.dlq + i * n.Fp;
       for (int64_t r = 0; r < n.Fp; ++r) dl[r] = wr[r] * (dl[r] + sc.st.z[r] * u.delta[i0 + i]);
-      float* dq = g.dq.row<float>(b, i0 + i, h);
-      std::fill_n(dq, n.Dk, 0.0f);
-      ChainLogFeatures(a.q.row<const float>(b, i0 + i, h), dl, n.Dk, f, omega, false, dq);
+      std::fill_n(g.dq.row<float>(b, i0 + i, h), n.Dk, 0.0f);
     }
+    ChainRows(a.q, g.dq, i0, rows, h, u.dlq, /*with_norm=*/false);
   }
 
   // dk, dv of the cnt keys from j0 in sc.lk (log-features) / sc.vb: the joined rows' part
@@ -385,9 +420,8 @@ struct ChunkedBackward {
       Transpose(u.p, n.Tp, rows, cnt, u.pt, n.T);
       MatMul(u.pt, n.T, u.dout, n.Dvp, u.dvb, n.Dvp, cnt, n.Dvp, rows, /*accumulate=*/true);
     }
+    ChainRows(a.k, g.dk, j0, cnt, hk, u.dlk, /*with_norm=*/true);
     for (int64_t j = 0; j < cnt; ++j) {
-      ChainLogFeatures(a.k.row<const float>(b, j0 + j, hk), u.dlk + j * n.Fp, n.Dk, f, omega, true,
-                       g.dk.row<float>(b, j0 + j, hk));
       float* dv = g.dv.row<float>(b, j0 + j, hk);
       for (int64_t x = 0; x < n.Dv; ++x) dv[x] += u.dvb[j * n.Dvp + x];
     }
@@ -449,6 +483,7 @@ void LogLinearBackward(const BackwardArgs& g, const Problem& pr, const LogFeatur
         ChunkedScratch u(carve, n, projected);
         if (projected) TransposeOmega(n, f, omega, u.sc);
         ChunkedBackward c{g, g.forward, n, f, u, u.sc, omega, b, hk, {}};
+        if (projected) c.PadOmega();
         if (c.Forward(h)) {
           c.Reverse(h);
           continue;
