@@ -90,14 +90,7 @@ int64_t AttendChunk(const AttentionArgs& a, const Plan& n, const LogFeatures& f,
   const int64_t hk = h / (n.Hq / n.Hk);
   const int64_t rows = std::min(n.T, n.Sq - i0);
   const int64_t lo = n.keys(b, i0).end, hi = n.keys(b, i0 + rows - 1).end;
-  while (hi - kdone > n.Tp) {  // keys every row sees, in blocks of T (as in linear.cpp)
-    const int64_t cnt = std::min(lo, kdone + n.T) - kdone;
-    LoadKeys(a, n, f, b, hk, kdone, cnt, sc);
-    ColumnMax(n, sc, cnt, sc.mnew);
-    Rebase(n, cnt, sc);
-    AddToSlot(n, cnt, sc);
-    kdone += cnt;
-  }
+  kdone = AddBulkKeys(a, n, f, b, hk, lo, hi, kdone, sc);
   const int64_t cnt = hi - kdone;
   LoadKeys(a, n, f, b, hk, kdone, cnt, sc);
   LogFeatureRows(a.q, n, f, b, i0, rows, h, /*with_norm=*/false, sc, sc.aq);
@@ -133,9 +126,7 @@ void LogLinearForward(const AttentionArgs& a, const Problem& p, const LogFeature
     const int64_t b = task / n.Hq, h = task % n.Hq, hk = h / (n.Hq / n.Hk);
     Carve carve(ctx.scratch(worker));
     ChunkScratch sc(carve, n, f.omega != nullptr);
-    std::fill(sc.st.c, sc.st.c + n.Fp * n.Dvp, 0.0f);
-    std::fill(sc.st.z, sc.st.z + n.Fp, 0.0f);
-    std::fill(sc.st.m, sc.st.m + n.Fp, kNegInf);
+    ResetSlot(n, sc);
     if (f.omega != nullptr) TransposeOmega(n, f, f.omega + hk * f.features * n.Dk, sc);
     for (int64_t i0 = 0, kdone = 0; i0 < n.Sq; i0 += n.T)
       kdone = AttendChunk(a, n, f, b, h, i0, kdone, sc);

@@ -322,22 +322,13 @@ struct ChunkedBackward {
   // The forward over chunks with dq; false (nothing written) when a chunk is not rebased.
   bool Forward(int64_t h) {
     const Slot& st = sc.st;
-    std::fill(st.c, st.c + n.Fp * n.Dvp, 0.0f);
-    std::fill(st.z, st.z + n.Fp, 0.0f);
-    std::fill(st.m, st.m + n.Fp, kNegInf);
+    ResetSlot(n, sc);
     chunks.clear();
     for (int64_t i0 = 0, kdone = 0; i0 < n.Sq; i0 += n.T) {
       const int64_t rows = std::min(n.T, n.Sq - i0);
       const int64_t lo = n.keys(b, i0).end, hi = n.keys(b, i0 + rows - 1).end;
       Chunk c{i0, rows, kdone, kdone, hi};
-      while (hi - kdone > n.Tp) {
-        const int64_t cnt = std::min(lo, kdone + n.T) - kdone;
-        LoadKeys(a, n, f, b, hk, kdone, cnt, sc);
-        ColumnMax(n, sc, cnt, sc.mnew);
-        Rebase(n, cnt, sc);
-        AddToSlot(n, cnt, sc);
-        kdone += cnt;
-      }
+      kdone = AddBulkKeys(a, n, f, b, hk, lo, hi, kdone, sc);
       c.pending = kdone;
       const int64_t cnt = hi - kdone;
       LoadKeys(a, n, f, b, hk, kdone, cnt, sc);

@@ -191,6 +191,29 @@ inline void QueryWeights(const Plan& n, int64_t rows, ChunkScratch& sc) {
   }
 }
 
+// An empty slot: c, z zero, every maximum -inf.
+inline void ResetSlot(const Plan& n, ChunkScratch& sc) {
+  std::fill(sc.st.c, sc.st.c + n.Fp * n.Dvp, 0.0f);
+  std::fill(sc.st.z, sc.st.z + n.Fp, 0.0f);
+  std::fill(sc.st.m, sc.st.m + n.Fp, kNegInf);
+}
+
+// Keys [kdone, lo) that every row of a chunk with pending keys up to hi sees go into the
+// slot in blocks of T while more than Tp are pending (a long causal offset, non-causal: as
+// in linear.cpp); returns the new kdone (hi - kdone <= Tp after).
+inline int64_t AddBulkKeys(const AttentionArgs& a, const Plan& n, const LogFeatures& f, int64_t b,
+                           int64_t hk, int64_t lo, int64_t hi, int64_t kdone, ChunkScratch& sc) {
+  while (hi - kdone > n.Tp) {
+    const int64_t cnt = std::min(lo, kdone + n.T) - kdone;
+    LoadKeys(a, n, f, b, hk, kdone, cnt, sc);
+    ColumnMax(n, sc, cnt, sc.mnew);
+    Rebase(n, cnt, sc);
+    AddToSlot(n, cnt, sc);
+    kdone += cnt;
+  }
+  return kdone;
+}
+
 // sc.omega_t = sqrt_scale * omega^T for one kv head's omega [features][Dk].
 inline void TransposeOmega(const Plan& n, const LogFeatures& f, const float* omega,
                            ChunkScratch& sc) {
