@@ -95,6 +95,8 @@ inline void LogFeatureRows(const ConstTensorView& t, const Plan& n, const LogFea
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t real = f.omega ? f.features : n.Dk;
   for (int64_t j = 0; j < cnt; ++j) {
+    if (r0 + j + kPrefetchRows < t.shape[1])
+      PrefetchRow(t.row_address(b, r0 + j + kPrefetchRows, h), t.shape[3] * dtype_size(t.dtype));
     const float* row = RowF32(t, b, r0 + j, h, sc.wide);
     if (f.omega == nullptr) {
       std::copy_n(row, n.Dk, out + j * n.Fp);
@@ -119,8 +121,11 @@ inline void LogFeatureRows(const ConstTensorView& t, const Plan& n, const LogFea
 inline void LoadKeys(const AttentionArgs& a, const Plan& n, const LogFeatures& f, int64_t b,
                      int64_t hk, int64_t j0, int64_t cnt, ChunkScratch& sc) {
   LogFeatureRows(a.k, n, f, b, j0, cnt, hk, /*with_norm=*/true, sc, sc.lk);
-  for (int64_t j = 0; j < cnt; ++j)
+  for (int64_t j = 0; j < cnt; ++j) {
+    if (j0 + j + kPrefetchRows < a.v.shape[1])
+      PrefetchRow(a.v.row_address(b, j0 + j + kPrefetchRows, hk), n.Dv * dtype_size(a.v.dtype));
     CopyPadded(RowF32(a.v, b, j0 + j, hk, sc.wide), n.Dv, sc.vb + j * n.Dvp, n.Dvp);
+  }
 }
 
 // out = max(m, the column maxima of sc.lk's first rows rows).
