@@ -92,24 +92,12 @@ int64_t AttendChunk(const AttentionArgs& a, const Plan& n, const LogFeatures& f,
   const int64_t lo = n.keys(b, i0).end, hi = n.keys(b, i0 + rows - 1).end;
   kdone = AddBulkKeys(a, n, f, b, hk, lo, hi, kdone, sc);
   const int64_t cnt = hi - kdone;
-  LoadKeys(a, n, f, b, hk, kdone, cnt, sc);
-  LogFeatureRows(a.q, n, f, b, i0, rows, h, /*with_norm=*/false, sc, sc.aq);
-  ColumnMax(n, sc, cnt, sc.mnew);
-  if (!RebaseIsExact(n, f, lo, kdone, sc)) {
+  if (!PrepareChunk(a, n, f, b, h, i0, rows, lo, kdone, cnt, sc)) {
     PerKeyChunk(a, n, b, h, i0, rows, kdone, sc);
     return hi;
   }
-  Rebase(n, cnt, sc);
-  QueryWeights(n, rows, sc);
-  MatMul(sc.aq, n.Fp, sc.st.c, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, n.Fp, /*accumulate=*/false);
-  if (cnt > 0) {
-    const int64_t cols = pad_to_state(cnt);
-    MatMul(sc.aq, n.Fp, sc.et, n.Tp, sc.s, n.Tp, rows, cols, n.Fp, /*accumulate=*/false);
-    for (int64_t i = 0; i < rows; ++i)
-      sc.den[i] += MaskRow(sc.s + i * n.Tp, nullptr, n.keys(b, i0 + i).end - kdone, cols);
-    MatMul(sc.s, n.Tp, sc.vb, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, cnt, /*accumulate=*/true);
-    AddToSlot(n, cnt, sc);
-  }
+  ChunkOutputs(n, b, i0, rows, kdone, cnt, sc);
+  AddToSlot(n, cnt, sc);
   for (int64_t i = 0; i < rows; ++i) {
     const float inv = sc.den[i] > 0.0f ? 1.0f / sc.den[i] : 0.0f;
     float* dst = a.out.row<float>(b, i0 + i, h);

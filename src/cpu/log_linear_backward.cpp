@@ -233,20 +233,6 @@ struct ChunkedScratch {
         dx(k.take(projected ? n.Tp * pad_to_state(n.Dk) : 0)) {}
 };
 
-// dst[j][r] = exp(lk[j][r] - m[r]) for rows j < cnt (0 where lk is -inf: the padding).
-HWY_INLINE void ExpAgainst(const float* lk, const float* m, int64_t cnt, int64_t fp, float* dst) {
-  const hn::ScalableTag<float> d;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  const auto neg_inf = hn::Set(d, kNegInf);
-  for (int64_t j = 0; j < cnt; ++j)
-    for (int64_t r = 0; r < fp; r += N) {
-      const auto x = hn::LoadU(d, lk + j * fp + r), mv = hn::LoadU(d, m + r);
-      const auto e = hn::Exp(d, hn::Sub(x, mv));
-      hn::StoreU(hn::IfThenZeroElse(hn::Or(hn::Eq(x, neg_inf), hn::Eq(mv, neg_inf)), e), d,
-                 dst + j * fp + r);
-    }
-}
-
 struct ChunkedBackward {
   const BackwardArgs& g;
   const AttentionArgs& a;
@@ -321,7 +307,6 @@ struct ChunkedBackward {
 
   // The forward over chunks with dq; false (nothing written) when a chunk is not rebased.
   bool Forward(int64_t h) {
-    const Slot& st = sc.st;
     ResetSlot(n, sc);
     chunks.clear();
     for (int64_t i0 = 0, kdone = 0; i0 < n.Sq; i0 += n.T) {
@@ -331,13 +316,8 @@ struct ChunkedBackward {
       kdone = AddBulkKeys(a, n, f, b, hk, lo, hi, kdone, sc);
       c.pending = kdone;
       const int64_t cnt = hi - kdone;
-      LoadKeys(a, n, f, b, hk, kdone, cnt, sc);
-      ColumnMax(n, sc, cnt, sc.mnew);
-      if (!RebaseIsExact(n, f, lo, kdone, sc)) return false;
-      Rebase(n, cnt, sc);
-      std::copy_n(st.m, n.Fp, u.mchunks + chunks.size() * n.Fp);
-      LogFeatureRows(a.q, n, f, b, i0, rows, h, /*with_norm=*/false, sc, sc.aq);
-      QueryWeights(n, rows, sc);
+      if (!PrepareChunk(a, n, f, b, h, i0, rows, lo, kdone, cnt, sc)) return false;
+      std::copy_n(sc.st.m, n.Fp, u.mchunks + chunks.size() * n.Fp);
       ChunkRows(h, i0, rows, kdone, cnt);
       AddToSlot(n, cnt, sc);
       chunks.push_back(c);
@@ -349,14 +329,7 @@ struct ChunkedBackward {
   // A chunk's rows against the rebased slot (C, z before its cnt pending keys from kdone):
   // out, delta and W (kept for the reverse pass), then dlq and dq.
   void ChunkRows(int64_t h, int64_t i0, int64_t rows, int64_t kdone, int64_t cnt) const {
-    const int64_t cols = pad_to_state(cnt);
-    MatMul(sc.aq, n.Fp, sc.st.c, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, n.Fp, /*accumulate=*/false);
-    if (cnt > 0) {
-      MatMul(sc.aq, n.Fp, sc.et, n.Tp, sc.s, n.Tp, rows, cols, n.Fp, /*accumulate=*/false);
-      for (int64_t i = 0; i < rows; ++i)
-        sc.den[i] += MaskRow(sc.s + i * n.Tp, nullptr, Vis(i0 + i, kdone), cols);
-      MatMul(sc.s, n.Tp, sc.vb, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, cnt, /*accumulate=*/true);
-    }
+    ChunkOutputs(n, b, i0, rows, kdone, cnt, sc);
     LoadDout(h, i0, rows);
     for (int64_t i = 0; i < rows; ++i) {
       const float inv = sc.den[i] > 0.0f ? 1.0f / sc.den[i] : 0.0f;
@@ -382,12 +355,11 @@ struct ChunkedBackward {
 
   // dk, dv of the cnt keys from j0 in sc.lk (log-features) / sc.vb: the joined rows' part
   // (joined: the adjoint holds some), and the rows of chunk c that see them (intra).
-  void KeyGrads(int64_t h, int64_t j0, int64_t cnt, bool joined, const Chunk* intra,
-                const float* mc) const {
+  void KeyGrads(int64_t j0, int64_t cnt, bool joined, const Chunk* intra, const float* mc) const {
     std::fill(u.dlk, u.dlk + cnt * n.Fp, 0.0f);
     std::fill(u.dvb, u.dvb + cnt * n.Dvp, 0.0f);
     if (joined) {
-      ExpAgainst(sc.lk, u.mu, cnt, n.Fp, u.e2);
+      ExpRows(n, sc.lk, u.mu, cnt, u.e2);
       std::fill(u.ct, u.ct + n.Dvp * n.Fp, 0.0f);
       Transpose(u.dc, n.Dvp, n.Fp, n.Dv, u.ct, n.Fp);
       MatMul(sc.vb, n.Dvp, u.ct, n.Fp, u.dlk, n.Fp, cnt, n.Fp, n.Dv, /*accumulate=*/false);
@@ -399,9 +371,7 @@ struct ChunkedBackward {
     if (intra != nullptr) {
       const int64_t i0 = intra->i0, rows = intra->rows, cols = pad_to_state(cnt);
       const float* w = u.wrows + i0 * n.Fp;
-      ExpAgainst(sc.lk, mc, cnt, n.Fp, u.e);
-      std::fill(u.et, u.et + n.Fp * n.Tp, 0.0f);
-      Transpose(u.e, n.Fp, cnt, n.Fp, u.et, n.Tp);
+      Exponentiate(n, sc.lk, mc, cnt, u.e, u.et);
       MatMul(w, n.Fp, u.et, n.Tp, u.p, n.Tp, rows, cols, n.Fp, /*accumulate=*/false);
       for (int64_t i = 0; i < rows; ++i) MaskRow(u.p + i * n.Tp, nullptr, Vis(i0 + i, j0), cols);
       ScoreGradients(i0, rows, j0, cnt);
@@ -416,7 +386,6 @@ struct ChunkedBackward {
       float* dv = g.dv.row<float>(b, j0 + j, hk);
       for (int64_t x = 0; x < n.Dv; ++x) dv[x] += u.dvb[j * n.Dvp + x];
     }
-    (void)h;
   }
 
   // Chunk c's rows join the adjoint, rebased from mu to their maxima mc (mc <= mu).
@@ -444,14 +413,14 @@ struct ChunkedBackward {
       LoadDout(h, c.i0, c.rows);
       if (c.hi > c.pending) {
         LoadKeys(a, n, f, b, hk, c.pending, c.hi - c.pending, sc);
-        KeyGrads(h, c.pending, c.hi - c.pending, joined, &c, mc);
+        KeyGrads(c.pending, c.hi - c.pending, joined, &c, mc);
       }
       Join(c, mc, joined);
       joined = true;
       for (int64_t j0 = c.bulk; j0 < c.pending; j0 += n.T) {
         const int64_t cnt = std::min(n.T, c.pending - j0);
         LoadKeys(a, n, f, b, hk, j0, cnt, sc);
-        KeyGrads(h, j0, cnt, true, nullptr, nullptr);
+        KeyGrads(j0, cnt, true, nullptr, nullptr);
       }
     }
   }

@@ -139,12 +139,35 @@ HWY_INLINE void ColumnMax(const Plan& n, const ChunkScratch& sc, int64_t rows, f
   }
 }
 
+// e [cnt][Fp] = exp(lk - m) row by row (0 where lk or m is -inf: the padding; e may be lk).
+inline void ExpRows(const Plan& n, const float* lk, const float* m, int64_t cnt, float* e) {
+  const LogChunkDF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const auto neg_inf = hn::Set(d, kNegInf);
+  for (int64_t j = 0; j < cnt; ++j)
+    for (int64_t r = 0; r < n.Fp; r += N) {
+      const auto x = hn::LoadU(d, lk + j * n.Fp + r), mv = hn::LoadU(d, m + r);
+      const auto ex = hn::Exp(d, hn::Sub(x, mv));
+      hn::StoreU(hn::IfThenZeroElse(hn::Or(hn::Eq(x, neg_inf), hn::Eq(mv, neg_inf)), ex), d,
+                 e + j * n.Fp + r);
+    }
+}
+
+// ExpRows, and et [Fp][Tp] its transpose, zero from column cnt to the next whole vector.
+inline void Exponentiate(const Plan& n, const float* lk, const float* m, int64_t cnt, float* e,
+                         float* et) {
+  ExpRows(n, lk, m, cnt, e);
+  Transpose(e, n.Fp, cnt, n.Fp, et, n.Tp);
+  for (int64_t r = 0; r < n.Fp; ++r)
+    std::fill(et + r * n.Tp + cnt, et + r * n.Tp + pad_to_state(cnt), 0.0f);
+}
+
 // Rescales the slot to the maxima in sc.mnew (m = m'), and exponentiates the cnt pending
 // keys against them into sc.et (transposed, zero past cnt up to cols).
 inline void Rebase(const Plan& n, int64_t cnt, ChunkScratch& sc) {
   const LogChunkDF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  const auto one = hn::Set(d, 1.0f), neg_inf = hn::Set(d, kNegInf);
+  const auto one = hn::Set(d, 1.0f);
   float* scale = sc.mnew;  // m' is copied into m first, then overwritten with the factors
   for (int64_t r = 0; r < n.Fp; r += N) {
     const auto m = hn::LoadU(d, sc.st.m + r), nm = hn::LoadU(d, sc.mnew + r);
@@ -155,20 +178,7 @@ inline void Rebase(const Plan& n, int64_t cnt, ChunkScratch& sc) {
   }
   for (int64_t r = 0; r < n.Fp; ++r)
     if (scale[r] != 1.0f) Scale(scale[r], sc.st.c + r * n.Dvp, n.Dvp);
-  for (int64_t j = 0; j < cnt; ++j) {
-    float* row = sc.lk + j * n.Fp;
-    for (int64_t r = 0; r < n.Fp; r += N) {
-      const auto x = hn::LoadU(d, row + r);
-      const auto e = hn::Exp(d, hn::Sub(x, hn::LoadU(d, sc.st.m + r)));
-      hn::StoreU(hn::IfThenZeroElse(hn::Eq(x, neg_inf), e), d, row + r);
-    }
-  }
-  const int64_t cols = pad_to_state(cnt);
-  for (int64_t r = 0; r < n.Fp; ++r) {
-    float* er = sc.et + r * n.Tp;
-    for (int64_t j = 0; j < cnt; ++j) er[j] = sc.lk[j * n.Fp + r];
-    std::fill(er + cnt, er + cols, 0.0f);
-  }
+  Exponentiate(n, sc.lk, sc.st.m, cnt, sc.lk, sc.et);
 }
 
 // The cnt rebased keys in sc.et / sc.vb into the slot: z += E^T 1, c += E^T V.
@@ -228,6 +238,20 @@ inline void TransposeOmega(const Plan& n, const LogFeatures& f, const float* ome
       sc.omega_t[x * n.Fp + r] = f.sqrt_scale * omega[r * n.Dk + x];
 }
 
+// sc.acc = A C + S V and sc.den += the rows of S, for a chunk's query weights A in sc.aq
+// against the rebased slot and its cnt pending keys from kdone: S = A E^T (sc.s), zero
+// where row i0 + i does not see the key.
+inline void ChunkOutputs(const Plan& n, int64_t b, int64_t i0, int64_t rows, int64_t kdone,
+                         int64_t cnt, ChunkScratch& sc) {
+  MatMul(sc.aq, n.Fp, sc.st.c, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, n.Fp, /*accumulate=*/false);
+  if (cnt == 0) return;
+  const int64_t cols = pad_to_state(cnt);
+  MatMul(sc.aq, n.Fp, sc.et, n.Tp, sc.s, n.Tp, rows, cols, n.Fp, /*accumulate=*/false);
+  for (int64_t i = 0; i < rows; ++i)
+    sc.den[i] += MaskRow(sc.s + i * n.Tp, nullptr, n.keys(b, i0 + i).end - kdone, cols);
+  MatMul(sc.s, n.Tp, sc.vb, n.Dvp, sc.acc, n.Dvp, rows, n.Dvp, cnt, /*accumulate=*/true);
+}
+
 // Whether the chunk may be rebased to sc.mnew: the first row, which has seen the slot and
 // keys [kdone, lo), has seen a log-feature within kRebaseSpan of it in every real feature
 // (false also when it has seen none).
@@ -237,6 +261,21 @@ inline bool RebaseIsExact(const Plan& n, const LogFeatures& f, int64_t lo, int64
   const int64_t real = f.omega ? f.features : n.Dk;
   for (int64_t r = 0; r < real; ++r)
     if (!(sc.mnew[r] - sc.first[r] <= kRebaseSpan)) return false;
+  return true;
+}
+
+// A chunk's pending keys [kdone, kdone + cnt) and query rows [i0, i0 + rows) of head h
+// loaded (log-features in sc.lk, sc.aq), then, where RebaseIsExact holds, the slot and keys
+// rebased and the query weights made (returns true); otherwise both stay log-features.
+inline bool PrepareChunk(const AttentionArgs& a, const Plan& n, const LogFeatures& f, int64_t b,
+                         int64_t h, int64_t i0, int64_t rows, int64_t lo, int64_t kdone,
+                         int64_t cnt, ChunkScratch& sc) {
+  LoadKeys(a, n, f, b, h / (n.Hq / n.Hk), kdone, cnt, sc);
+  LogFeatureRows(a.q, n, f, b, i0, rows, h, /*with_norm=*/false, sc, sc.aq);
+  ColumnMax(n, sc, cnt, sc.mnew);
+  if (!RebaseIsExact(n, f, lo, kdone, sc)) return false;
+  Rebase(n, cnt, sc);
+  QueryWeights(n, rows, sc);
   return true;
 }
 
