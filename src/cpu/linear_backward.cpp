@@ -115,7 +115,8 @@ struct LinearBackwardTask {
       std::fill_n(g.dv.row<float>(b, j, hk), Dv, 0.0f);
       if (cfg.gated) g.dgate.at<float>(b, j, hk) = 0.0f;
       if (j >= len) continue;
-      if (j + kPrefetchRows < len) PrefetchRow(a.k.row_address(b, j + kPrefetchRows, hk), Dk * 4);
+      if (j + kPrefetchRows < len)
+        PrefetchRow(a.k.row_address(b, j + kPrefetchRows, hk), Dk * sizeof(float));
       FeatureRow(a.k.row<const float>(b, j, hk), Dk, Dkp, cfg.map, u.phik + j * Dkp);
       u.w[j] = cfg.gated ? std::pow(Sigmoid(a.gate.at<const float>(b, j, hk)), 2.0f) : 1.0f;
     }
@@ -130,7 +131,7 @@ struct LinearBackwardTask {
       float* f = u.fkb + x * Dkp;
       for (int64_t r = 0; r < Dkp; ++r) f[r] = u.w[j0 + x] * ph[r];
       if (j0 + x + kPrefetchRows < len)
-        PrefetchRow(a.v.row_address(b, j0 + x + kPrefetchRows, hk), Dv * 4);
+        PrefetchRow(a.v.row_address(b, j0 + x + kPrefetchRows, hk), Dv * sizeof(float));
       CopyPadded(a.v.row<const float>(b, j0 + x, hk), Dv, u.vb + x * Dvp, Dvp);
     }
     Transpose(u.fkb, Dkp, n, Dk, u.fkt, Tp);
@@ -206,8 +207,8 @@ struct LinearBackwardTask {
     }
     for (int64_t r = 0; r < rows; ++r) {
       if (i0 + r + kPrefetchRows < Sq) {  // this block's dout rows are read next
-        PrefetchRow(a.q.row_address(b, i0 + r + kPrefetchRows, h), Dk * 4);
-        PrefetchRow(g.dout.row_address(b, i0 + r, h), Dv * 4);
+        PrefetchRow(a.q.row_address(b, i0 + r + kPrefetchRows, h), Dk * sizeof(float));
+        PrefetchRow(g.dout.row_address(b, i0 + r, h), Dv * sizeof(float));
       }
       FeatureRow(a.q.row<const float>(b, i0 + r, h), Dk, Dkp, cfg.map, u.fq + (i0 + r) * Dkp);
     }

@@ -263,10 +263,9 @@ struct ChunkedBackward {
   void ChainRows(const ConstTensorView& x, const TensorView& dx, int64_t r0, int64_t cnt, int64_t h,
                  const float* dl, bool with_norm) const {
     if (omega == nullptr) {
-      for (int64_t j = 0; j < cnt; ++j) {
-        float* out = dx.row<float>(b, r0 + j, h);
-        for (int64_t d = 0; d < n.Dk; ++d) out[d] += dl[j * n.Fp + d];
-      }
+      for (int64_t j = 0; j < cnt; ++j)
+        ChainLogFeatures(nullptr, dl + j * n.Fp, n.Dk, f, nullptr, with_norm,
+                         dx.row<float>(b, r0 + j, h));
       return;
     }
     const int64_t dkp = pad_to_state(n.Dk);

@@ -71,14 +71,13 @@ class Rfa final : public Mechanism {
   // Gram-Schmidt blocks) cost ~10% of a performer call at N=4k.
   std::shared_ptr<const std::vector<float>> projections(int64_t kv_heads, int64_t dim) const {
     const std::lock_guard lock(draws_mu_);
-    auto& slot = draws_[{kv_heads, dim}];
+    const std::pair<int64_t, int64_t> key{kv_heads, dim};
+    // A bounded cache: past a model's few shapes it starts over.
+    if (draws_.size() >= 16 && draws_.count(key) == 0) draws_.clear();
+    auto& slot = draws_[key];
     if (slot == nullptr) {
       const std::vector<double> w = random_features(
           c_.seed, static_cast<int>(kv_heads), c_.features, static_cast<int>(dim), c_.orthogonal);
-      if (draws_.size() > 16) {  // a bounded cache: shapes beyond a model's few start over
-        draws_.clear();
-        return std::make_shared<const std::vector<float>>(w.begin(), w.end());
-      }
       slot = std::make_shared<const std::vector<float>>(w.begin(), w.end());
     }
     return slot;

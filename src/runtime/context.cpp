@@ -55,9 +55,10 @@ bool spin_until(Ready ready) {
 
 // The workers and what they synchronise on. A child process after fork() has none of the
 // threads and possibly a mutex locked by one of them, so it abandons the parent's Pool
-// (never touching it) and starts a fresh one. generation and running are atomics so that
-// spinning threads see them without the mutex; they change under it, so a thread that
-// checks them under the mutex before it sleeps cannot miss the notification.
+// (never touching it) and starts a fresh one. generation, stop and running are atomics so
+// that spinning threads see them without the mutex. generation and stop change under it,
+// and the last worker to decrement running takes it to notify, so a thread that checks its
+// condition under the mutex before it sleeps cannot miss the notification.
 struct Pool {
   std::vector<std::thread> workers;
   std::mutex mu;
