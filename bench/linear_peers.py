@@ -11,7 +11,8 @@ same way), forward under no_grad and forward+backward through autograd; fast-tra
 CPU causal_dot_product on the same features (if importable). The features are computed in
 torch for both peers: elu(x)+1; exp(x - max) for heinsen (sum_r exp(q_r + k_r) is linear
 attention on exp features; the maxima cancel in the normaliser); Performer's positive
-random features exp(w.x - |x|^2/2 - max) with 64 draws. Usage:
+random features exp(w.x - |x|^2/2 - max) with 64 draws of its own (the same cost as attnkit's
+performer, not its draws). Usage:
 
     python bench/linear_peers.py [--attnkit build/attnkit] [--seq 4096,16384] [--threads 2]
 """
