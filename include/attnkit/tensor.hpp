@@ -7,6 +7,7 @@
 #pragma once
 
 #include <array>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -19,18 +20,21 @@
 
 namespace attnkit {
 
-// kBool (one byte, 0 or 1) is only for masks (Mask::attn_mask).
-enum class DType : uint8_t { kF32, kF64, kBF16, kBool };
+// kBool (one byte, 0 or 1) is only for masks (Mask::attn_mask). kBF16 and kF16 are the
+// narrow dtypes: storage only, computed in float32.
+enum class DType : uint8_t { kF32, kF64, kBF16, kBool, kF16 };
 
 constexpr size_t dtype_size(DType t) {
-  return t == DType::kF64 ? 8 : t == DType::kF32 ? 4 : t == DType::kBF16 ? 2 : 1;
+  return t == DType::kF64 ? 8 : t == DType::kF32 ? 4 : t == DType::kBool ? 1 : 2;
 }
 constexpr const char* dtype_name(DType t) {
   return t == DType::kF64    ? "float64"
          : t == DType::kF32  ? "float32"
          : t == DType::kBF16 ? "bfloat16"
+         : t == DType::kF16  ? "float16"
                              : "bool";
 }
+constexpr bool is_narrow(DType t) { return t == DType::kBF16 || t == DType::kF16; }
 
 // bfloat16 storage: the upper 16 bits of a float32. Kernels widen it on load.
 struct bfloat16 {
@@ -51,6 +55,49 @@ inline bfloat16 to_bfloat16(float f) {
   return {static_cast<uint16_t>(u >> 16)};
 }
 
+// IEEE binary16 storage (1 sign, 5 exponent, 10 mantissa bits; largest finite 65504).
+struct float16 {
+  uint16_t bits = 0;
+};
+namespace detail {
+inline float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+inline uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+}  // namespace detail
+// Exact (every binary16 value is a float32). The exponent is rebased by one multiply, and
+// subnormals come out of a float subtraction (Maratyszcza's FP16 conversions).
+inline float to_float(float16 h) {
+  const uint32_t w = static_cast<uint32_t>(h.bits) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  const float normal = detail::bits_to_float((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  const float subnormal = detail::bits_to_float((two_w >> 17) | (126u << 23)) - 0.5f;
+  return detail::bits_to_float(sign | detail::float_to_bits(two_w < (1u << 27) ? subnormal
+                                                                              : normal));
+}
+// Round to nearest even; beyond 65520 (the rounding midpoint past 65504) gives +-Inf, NaN
+// stays NaN. The float arithmetic does the rounding: scaling by 2^112 then 2^-110 overflows
+// what binary16 cannot hold and leaves the rest rounded at binary16's ulp once the bias is added.
+inline float16 to_float16(float f) {
+  float base = (std::fabs(f) * 0x1.0p+112f) * 0x1.0p-110f;
+  const uint32_t w = detail::float_to_bits(f);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  if (bias < 0x71000000u) bias = 0x71000000u;
+  base = detail::bits_to_float((bias >> 1) + 0x07800000u) + base;
+  const uint32_t bits = detail::float_to_bits(base);
+  const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+  return {static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign))};
+}
+
 template <typename T>
 constexpr DType dtype_of();
 template <>
@@ -64,6 +111,10 @@ constexpr DType dtype_of<double>() {
 template <>
 constexpr DType dtype_of<bfloat16>() {
   return DType::kBF16;
+}
+template <>
+constexpr DType dtype_of<float16>() {
+  return DType::kF16;
 }
 
 inline constexpr int kMaxRank = 4;

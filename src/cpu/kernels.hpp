@@ -13,6 +13,13 @@
 
 namespace attnkit::cpu {
 
+// src (bfloat16 or float16, rows contiguous, any other strides) widened exactly into dst:
+// float32, contiguous in src's shape (src's element count).
+void widen(const ConstTensorView& src, float* dst, Context& ctx);
+// src (float32, contiguous in dst's shape) rounded to nearest even into dst (bfloat16 or
+// float16; float16 gives +-Inf past 65504's rounding range).
+void narrow(const float* src, const TensorView& dst, Context& ctx);
+
 // Tiled online-softmax ("flash") attention, float32, every mask of p. q/k/v/out as in
 // AttentionArgs; lse optional float32 [B, Hq, Sq]. O(B Hk Sk (Dk + Dv)) extra memory for
 // packed K/V.

@@ -30,11 +30,11 @@ class Linear final : public Mechanism {
   }
   void validate_backward(const BackwardArgs& g) const override {
     validate(g.forward);
-    const DType in = input_dtype_bf16(g.forward);
-    if (in == DType::kBF16) throw Error("q", "bfloat16 inputs have no backward pass; use float32");
+    const DType in = input_dtype(g.forward);
     check_backward(g, in);  // validate() above checked q, k, v (one scan for NaN/Inf)
     if (c_.gated) {
-      check_input_gradient(g, g.dgate, "dgate", g.forward.gate, "gate", in, /*required=*/true);
+      check_input_gradient(g, g.dgate, "dgate", g.forward.gate, "gate", compute_dtype(in),
+                           /*required=*/true);
     } else if (g.dgate.present()) {
       throw Error("dgate", "is only for gated=1");
     }
@@ -66,11 +66,10 @@ class Linear final : public Mechanism {
 
  protected:
   void validate(const AttentionArgs& a) const override {
-    const DType in = input_dtype_bf16(a);
-    const DType out = in == DType::kBF16 ? DType::kF32 : in;  // bfloat16 in, float32 out
-    const Shape sh = check_qkv(a, in, out);
+    const DType in = input_dtype(a);
+    const Shape sh = check_qkv(a, in);
     if (c_.gated) {
-      check_tensor(a.gate, "gate", 3, out);
+      check_tensor(a.gate, "gate", 3, compute_dtype(in));
       if (a.gate.shape[0] != sh.B || a.gate.shape[1] != sh.Sk || a.gate.shape[2] != sh.Hk) {
         throw Error("gate", "shape " + shape_string(a.gate) + " must be [B, Sk, Hk]");
       }
@@ -110,8 +109,9 @@ class Linear final : public Mechanism {
       for (int64_t i = 0; i < t.shape[1]; ++i)
         for (int64_t h = 0; h < t.shape[2]; ++h) {
           for (int64_t d = 0; d < t.shape[3]; ++d) {
-            m = std::max(m, t.dtype == DType::kBF16 ? to_float(t.at<const bfloat16>(b, i, h, d))
-                                                    : t.at<const float>(b, i, h, d));
+            m = std::max(m, t.dtype == DType::kBF16  ? to_float(t.at<const bfloat16>(b, i, h, d))
+                            : t.dtype == DType::kF16 ? to_float(t.at<const float16>(b, i, h, d))
+                                                     : t.at<const float>(b, i, h, d));
           }
         }
     return m;

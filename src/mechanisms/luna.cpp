@@ -24,9 +24,9 @@ class Luna final : public Mechanism {
 
   void validate_backward(const BackwardArgs& g) const override {
     validate(g.forward);
-    const DType dt = g.forward.q.dtype;
+    const DType dt = input_dtype(g.forward);
     check_backward(g, dt);
-    check_input_gradient(g, g.dmemory, "dmemory", g.forward.memory, "memory", dt);
+    check_input_gradient(g, g.dmemory, "dmemory", g.forward.memory, "memory", compute_dtype(dt));
   }
   void backward_reference(const BackwardArgs& g, const Problem&) const override {
     ref::luna_backward_ref(g, options());
@@ -64,7 +64,7 @@ class Luna final : public Mechanism {
   void validate(const AttentionArgs& a) const override {
     const DType dt = input_dtype(a);
     const Shape sh = check_qkv(a, dt);
-    check_memory_args(a, sh, dt);
+    check_memory_args(a, sh, compute_dtype(dt));
   }
   void run_reference(const AttentionArgs& a, const Problem&) const override {
     ref::luna_ref(a, options());

@@ -4,6 +4,7 @@
 
 #include "attnkit/error.hpp"
 #include "src/mechanisms/validate.hpp"
+#include "src/mechanisms/widen.hpp"
 
 namespace attnkit {
 
@@ -99,20 +100,52 @@ void Mechanism::backward_kernel(const BackwardArgs&, const Problem&, Context&) c
   throw Error("backward", std::string(name()) + " has no backward pass yet");
 }
 
+// Narrow q, k, v run on float32 copies unless the mechanism has a kernel for them; a narrow
+// out is a float32 stand-in rounded once at the end (the bfloat16 kernels write float32).
 void Mechanism::run(const AttentionArgs& args, const Problem& p, Context& ctx) const {
   if (args.q.dtype == DType::kF64) {
     run_reference(args, p);
-  } else {
-    run_kernel(args, p, ctx);
+    return;
   }
+  const bool native = args.q.dtype == DType::kBF16 && capabilities().bfloat16;
+  if (!is_narrow(args.q.dtype) || (native && !is_narrow(args.out.dtype))) {
+    run_kernel(args, p, ctx);
+    return;
+  }
+  detail::Widened w(ctx);
+  AttentionArgs a = args;
+  if (!native) {
+    a.q = w.input(args.q, "q");
+    a.k = w.input(args.k, "k");
+    a.v = w.input(args.v, "v");
+  }
+  a.out = w.output(args.out, "out");
+  run_kernel(a, p, ctx);
+  w.finish();
 }
 
 void Mechanism::run_backward(const BackwardArgs& g, const Problem& p, Context& ctx) const {
-  if (g.forward.q.dtype == DType::kF64) {
+  const DType in = g.forward.q.dtype;
+  if (in == DType::kF64) {
     backward_reference(g, p);
-  } else {
-    backward_kernel(g, p, ctx);
+    return;
   }
+  if (!is_narrow(in) || (in == DType::kBF16 && capabilities().bfloat16_backward)) {
+    backward_kernel(g, p, ctx);
+    return;
+  }
+  detail::Widened w(ctx);
+  BackwardArgs b = g;
+  b.forward.q = w.input(g.forward.q, "q");
+  b.forward.k = w.input(g.forward.k, "k");
+  b.forward.v = w.input(g.forward.v, "v");
+  b.forward.out = w.input(g.forward.out, "out");  // the forward's out: read, not written
+  b.dout = w.input(g.dout, "dout");
+  b.dq = w.output(g.dq, "dq");
+  b.dk = w.output(g.dk, "dk");
+  b.dv = w.output(g.dv, "dv");
+  backward_kernel(b, p, ctx);
+  w.finish();
 }
 
 }  // namespace attnkit

@@ -165,10 +165,11 @@ class Memory final : public Mechanism {
   }
   void validate_backward(const BackwardArgs& g) const override {
     validate(g.forward);
-    const DType dt = g.forward.q.dtype;
+    const DType dt = input_dtype(g.forward);
     check_backward(g, dt);
-    check_input_gradient(g, g.dmemory, "dmemory", g.forward.memory, "memory", dt);
-    check_input_gradient(g, g.dfilter, "dfilter", g.forward.filter, "filter", dt);
+    const DType wide = compute_dtype(dt);  // memory and filter are float32 for narrow q, k, v
+    check_input_gradient(g, g.dmemory, "dmemory", g.forward.memory, "memory", wide);
+    check_input_gradient(g, g.dfilter, "dfilter", g.forward.filter, "filter", wide);
   }
   void backward_reference(const BackwardArgs& g, const Problem&) const override {
     ref::memory_backward_ref(g, options(), c_);
@@ -184,8 +185,9 @@ class Memory final : public Mechanism {
       throw Error("k", "seq (" + std::to_string(sh.Sk) + ") must equal q seq (" +
                            std::to_string(sh.Sq) + "): chunks cut queries and keys alike");
     }
-    check_memory_args(a, sh, input_dtype(a));
-    if (a.filter.present()) check_filter_weights(a.filter, input_dtype(a), sh.Hk, c_.width);
+    const DType wide = compute_dtype(input_dtype(a));
+    check_memory_args(a, sh, wide);
+    if (a.filter.present()) check_filter_weights(a.filter, wide, sh.Hk, c_.width);
   }
   void run_reference(const AttentionArgs& a, const Problem&) const override {
     ref::memory_ref(a, options(), c_);

@@ -29,7 +29,7 @@ class Rfa final : public Mechanism {
   }
   void validate_backward(const BackwardArgs& g) const override {
     validate(g.forward);
-    check_backward(g, g.forward.q.dtype);
+    check_backward(g, input_dtype(g.forward));
   }
   void backward_reference(const BackwardArgs& g, const Problem&) const override {
     ref::rfa_backward_ref(g, options(), c_);

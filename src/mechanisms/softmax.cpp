@@ -48,7 +48,7 @@ class Softmax final : public Mechanism {
 
   void validate_backward(const BackwardArgs& g) const override {
     // float32, float64, or bfloat16 throughout (q, k, v, out, dout and the gradients).
-    const DType in = input_dtype_bf16(g.forward);
+    const DType in = input_dtype(g.forward);
     const Shape sh = check_qkv(g.forward, in);
     // lse, when given, is the forward's (it saves the backward a forward pass; declared by
     // emits_lse, so the base class lets it through).
@@ -74,8 +74,7 @@ class Softmax final : public Mechanism {
 
  protected:
   void validate(const AttentionArgs& a) const override {
-    const DType in = input_dtype_bf16(a);
-    check_qkv(a, in, in == DType::kBF16 ? DType::kF32 : in);  // bfloat16 in, float32 out
+    check_qkv(a, input_dtype(a));
   }
   void run_reference(const AttentionArgs& a, const Problem& p) const override {
     ref::softmax_ref(a, p);

@@ -33,7 +33,7 @@ class Topk final : public Mechanism {
   }
   void validate_backward(const BackwardArgs& g) const override {
     validate(g.forward);
-    check_backward(g, g.forward.q.dtype);
+    check_backward(g, input_dtype(g.forward));
   }
   void backward_reference(const BackwardArgs& g, const Problem& p) const override {
     ref::topk_backward_ref(g, p, c_);

@@ -16,6 +16,7 @@ const char* kDimNames[] = {"batch", "seq", "heads", "head_dim"};
 inline double as_float(double x) { return x; }
 inline float as_float(float x) { return x; }
 inline float as_float(bfloat16 x) { return to_float(x); }
+inline float as_float(float16 x) { return to_float(x); }
 
 // Calls fn(row pointer, row length) for every last-dimension row of t; stops when fn returns
 // false, and returns false then. distinct: a stride-0 (broadcast) dimension repeats the same
@@ -73,9 +74,20 @@ bool all_finite<bfloat16>(const ConstTensorView& t) {
   });
 }
 
+// float16: its 5 exponent bits.
+template <>
+bool all_finite<float16>(const ConstTensorView& t) {
+  return for_each_row<float16>(t, [](const float16* p, int64_t n) {
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>((p[i].bits & 0x7c00u) == 0x7c00u);
+    return bad == 0;
+  });
+}
+
 bool scan_finite(const ConstTensorView& t) {
   return t.dtype == DType::kF64    ? all_finite<double>(t)
          : t.dtype == DType::kBF16 ? all_finite<bfloat16>(t)
+         : t.dtype == DType::kF16  ? all_finite<float16>(t)
                                    : all_finite<float>(t);
 }
 
@@ -122,6 +134,7 @@ double max_abs_of(const ConstTensorView& t) {
   if (!t.present() || t.data == nullptr) return 0;
   return t.dtype == DType::kF64    ? max_abs<double>(t)
          : t.dtype == DType::kBF16 ? max_abs<bfloat16>(t)
+         : t.dtype == DType::kF16  ? max_abs<float16>(t)
                                    : max_abs<float>(t);
 }
 
@@ -281,8 +294,14 @@ void check_finite(const ConstTensorView& t, std::string_view name) {
 }
 
 void check_result(const ConstTensorView& t, std::string_view name, const AttentionArgs& a) {
-  if (t.dtype != DType::kF32 && t.dtype != DType::kF64) return;
-  if (finite(t)) return;
+  if (t.dtype == DType::kBool || finite(t)) return;
+  if (is_narrow(t.dtype)) {  // rounding a finite float32 result overflowed (float16)
+    throw Error(std::string(name), std::string(dtype_name(t.dtype)) +
+                                       " cannot hold the result (largest entry past " +
+                                       (t.dtype == DType::kF16 ? "65504" : "3.4e38") +
+                                       "); scale the inputs down, or pass a float32 " +
+                                       std::string(name));
+  }
   throw Error(std::string(name),
               std::string(dtype_name(t.dtype)) +
                   " arithmetic overflowed for these finite inputs (largest |q| " +
@@ -306,13 +325,19 @@ void check_no_overlap(const ConstTensorView& out, std::string_view out_name,
   }
 }
 
-Shape check_qkv(const AttentionArgs& a, DType dtype, DType out_dtype) {
+Shape check_qkv(const AttentionArgs& a, DType dtype) {
   check_tensor(a.q, "q", 4, dtype);
   check_tensor(a.k, "k", 4, dtype);
   check_tensor(a.v, "v", 4, dtype);
   const bool out_given = a.out.present() || !InputsOnly::active();
   if (out_given) {
-    check_tensor(as_const(a.out), "out", 4, out_dtype);
+    if (is_narrow(dtype) && a.out.present() && a.out.dtype != dtype &&
+        a.out.dtype != DType::kF32) {
+      throw Error("out", std::string("must be ") + dtype_name(dtype) + " or float32 (for " +
+                             dtype_name(dtype) + " q, k, v), got " + dtype_name(a.out.dtype));
+    }
+    const bool wide = is_narrow(dtype) && a.out.present() && a.out.dtype == DType::kF32;
+    check_tensor(as_const(a.out), "out", 4, wide ? DType::kF32 : dtype);
     check_no_self_overlap(as_const(a.out), "out");
   }
   Shape sh{a.q.shape[0], a.q.shape[1], a.k.shape[1], a.q.shape[2],
@@ -349,7 +374,7 @@ Shape check_qkv(const AttentionArgs& a, DType dtype, DType out_dtype) {
   if (a.lse.present()) {
     check_tensor(as_const(a.lse), "lse", 3, DType::kF32);
     check_no_self_overlap(as_const(a.lse), "lse");
-    if (dtype == DType::kF64) throw Error("lse", "is float32 and only for float32 inputs");
+    if (dtype == DType::kF64) throw Error("lse", "is float32 and not for float64 inputs");
     if (a.lse.shape[0] != sh.B || a.lse.shape[1] != sh.Hq || a.lse.shape[2] != sh.Sq) {
       throw Error("lse", "shape must be [B, Hq, Sq] = [" + s(sh.B) + ", " + s(sh.Hq) + ", " +
                              s(sh.Sq) + "]");

@@ -19,15 +19,17 @@ inline constexpr int64_t kMaxDim = int64_t{1} << 31;
 inline constexpr int64_t kMaxHeadDim = 1024;
 inline constexpr double kMaxStreamElements = 1099511627776.0;  // 2^40 floats in a stream state
 
-// Mechanisms take float32 (fast kernels) or float64 (references), following q.
+// The dtype of q, k and v: float64 (the references), float32 (the fast kernels), or bfloat16
+// / float16 (narrow: a mechanism without a kernel for them computes on float32 copies, see
+// Mechanism::run). Anything else reads as float32, so check_qkv names q's dtype.
 inline DType input_dtype(const AttentionArgs& a) {
-  return a.q.present() && a.q.dtype == DType::kF64 ? DType::kF64 : DType::kF32;
+  if (!a.q.present()) return DType::kF32;
+  const DType t = a.q.dtype;
+  return t == DType::kF64 || is_narrow(t) ? t : DType::kF32;
 }
-// As input_dtype, plus bfloat16 inputs (with float32 outputs) for the mechanisms that
-// take them (softmax, linear).
-inline DType input_dtype_bf16(const AttentionArgs& a) {
-  return a.q.present() && a.q.dtype == DType::kBF16 ? DType::kBF16 : input_dtype(a);
-}
+// The dtype the arithmetic runs in, and of the float arguments besides q, k, v, out and
+// their gradients (gate, memory, filter, lse, bias masks): float64 for float64, else float32.
+inline DType compute_dtype(DType in) { return in == DType::kF64 ? DType::kF64 : DType::kF32; }
 
 // The logit scale: options.scale, or 1/sqrt(head_dim) when it is 0.
 inline float logit_scale(const AttentionOptions& o, int64_t head_dim) {
@@ -67,17 +69,16 @@ class ScanThreads {
 void check_tensor(const ConstTensorView& t, std::string_view name, int rank, DType dtype);
 // No NaN or Inf anywhere in t.
 void check_finite(const ConstTensorView& t, std::string_view name);
-// q, k, v, out (+ lse, key_lengths) of an attention call; returns the sizes. out has
-// out_dtype (bfloat16 inputs write float32 outputs).
-Shape check_qkv(const AttentionArgs& a, DType dtype, DType out_dtype);
-inline Shape check_qkv(const AttentionArgs& a, DType dtype) { return check_qkv(a, dtype, dtype); }
+// q, k, v, out (+ lse, key_lengths) of an attention call; returns the sizes. out has q's
+// dtype, or float32 for narrow inputs (a caller that wants the unrounded result).
+Shape check_qkv(const AttentionArgs& a, DType dtype);
 // Throws when an optional argument the mechanism does not use was given.
 void check_unused(const AttentionArgs& a, std::string_view mechanism, bool memory, bool gate,
                   bool filter, bool lse);
 // memory [B, L >= 1, Hq, Dk] and optional memory_out (same shape); Dk == Dv since memory
 // rows serve as keys and values (luna, memory).
 void check_memory_args(const AttentionArgs& a, const Shape& sh, DType dtype);
-// dout like out, dq like q, dk like k, dv like v (same dtype); gradients must not overlap
+// dout like out, dq like q, dk like k, dv like v (all of dtype, narrow ones too); gradients must not overlap
 // the inputs or each other.
 void check_backward(const BackwardArgs& g, DType dtype);
 // Streaming: the spec, appended k [B, T, Hk, Dk] / v [B, T, Hk, Dv], and queries

@@ -121,6 +121,16 @@ TEST_F(Cli, BenchAndDecodeRowsSayWhatTheyMeasure) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("softmax non-causal bf16 amx-emulated,forward,64,"), std::string::npos)
       << r.output;
+  // float16 (and a mechanism without bfloat16 kernels) runs on float32 copies, backward too.
+  r = cli("bench -m topk,softmax -n 64 --heads 2 -d 16 --reps 1 --dtype float16 --backward -f csv");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find(" fp16 fp32\",\"backward (dq, dk, dv)\",64,"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("softmax non-causal fp16 fp32,"), std::string::npos) << r.output;
+  r = cli("bench -m softmax -n 64 --reps 1 --dtype int8");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--dtype: int8 not in {float32,bfloat16,float16}"), std::string::npos)
+      << r.output;
   r = cli("bench -m softmax -n 64 --bf16 --bf16-path gpu");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("bf16_path: 'gpu' is not a bfloat16 path"), std::string::npos) << r.output;

@@ -1,4 +1,5 @@
 // Every registered mechanism: float32 forward against its float64 reference, configs.
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <map>
@@ -100,30 +101,162 @@ TEST(Registry, ExtremeHeadDimsAndSingleTokens) {
   }
 }
 
-// Capabilities::bfloat16 tells the truth: a mechanism that claims bfloat16 inputs runs them
-// (float32 out, near the float64 reference); one that does not refuses them by naming q.
-TEST(Registry, Bfloat16CapabilityMatchesWhatForwardAccepts) {
-  Context ctx(1);
+// Half an ulp at 1 of a narrow dtype: the relative error of rounding to it.
+double half_ulp(DType t) { return t == DType::kBF16 ? 0x1p-8 : 0x1p-11; }
+
+// fn(element offset) for every element of o's [B, S, H, D] shape under its strides.
+template <typename Fn>
+void for_each_element(const Operand& o, Fn&& fn) {
+  for (int64_t b = 0; b < o.shape[0]; ++b)
+    for (int64_t t = 0; t < o.shape[1]; ++t)
+      for (int64_t h = 0; h < o.shape[2]; ++h)
+        for (int64_t c = 0; c < o.shape[3]; ++c)
+          fn(b * o.stride[0] + t * o.stride[1] + h * o.stride[2] + c);
+}
+
+uint16_t round_bits(float x, DType t) {
+  return t == DType::kBF16 ? to_bfloat16(x).bits : to_float16(x).bits;
+}
+
+// Narrow gradients (got, laid out like want) against the float32 kernel's on the same values:
+// within their rounding (half an ulp, plus 1e-5 of the largest for kernels whose order of
+// summation follows the layout); bfloat16 kernels (native) round P and dS too: 2^-7 of it.
+void expect_narrow_grads(const std::vector<uint16_t>& got, const Operand& want, DType t,
+                         bool native, const std::string& what) {
+  double worst = 0, wmax = 0;
+  for_each_element(want, [&](int64_t o) { wmax = std::max(wmax, std::abs(double{want.f32[o]})); });
+  for_each_element(want, [&](int64_t o) {
+    const double w = want.f32[o], g = widen_element(got[o], t);
+    worst = std::max(worst, std::abs(g - w) - half_ulp(t) * std::abs(w));
+  });
+  EXPECT_LE(worst, (native ? 0x1p-7 : 1e-5) * wmax + 1e-7) << what;
+}
+
+// Every mechanism takes bfloat16 and float16 q, k, v (strided), writes out in their dtype
+// (exactly the rounding of the float32 out the same call gives when out is float32), near the
+// float64 reference on the same rounded values; its backward writes narrow gradients, the
+// float32 kernel's rounded.
+TEST(Registry, NarrowInputsRunEveryMechanismInTheirDtype) {
+  Context ctx(2);
   for (const auto& [name, c] : cases()) {
-    const auto m = make_mechanism(name, {}, c.first);
-    Problem p({1, 8, 8, 2, 2, 16, 16}, 3, Layout::kContiguous,
-              m->capabilities().needs_memory ? 2 : 0);
-    const std::vector<bfloat16> q = round_to_bf16(p.q), k = round_to_bf16(p.k),
-                                v = round_to_bf16(p.v);
-    Problem r = p;
-    AttentionArgs a = p.args32();
-    a.q = bf16_view(q, p.q);
-    a.k = bf16_view(k, p.k);
-    a.v = bf16_view(v, p.v);
-    if (!m->capabilities().bfloat16) {
-      EXPECT_EQ(m->check(a).rfind("q: ", 0), 0u) << name << ": " << m->check(a);
-      continue;
+    for (DType dt : {DType::kBF16, DType::kF16}) {
+      for (bool causal : {false, true}) {
+        if (causal && name == "lara") continue;  // non-causal by nature
+        const auto m = make_mechanism(name, {.causal = causal}, c.first);
+        const Capabilities caps = m->capabilities();
+        const std::string what = name + " " + dtype_name(dt) + (causal ? " causal" : "");
+        Problem p({2, 12, 12, 4, 2, 16, 16}, 41, Layout::kHeadMajorPadded,
+                  caps.needs_memory ? 3 : 0);
+        const std::vector<uint16_t> q = round_to_narrow(p.q, dt), k = round_to_narrow(p.k, dt),
+                                    v = round_to_narrow(p.v, dt);
+        Problem r = p;
+        m->forward(r.args64(), ctx);  // the reference on the rounded values
+        std::vector<uint16_t> out(p.out.f32.size());
+        AttentionArgs a = p.args32();
+        a.q = narrow_view(q, p.q, dt);
+        a.k = narrow_view(k, p.k, dt);
+        a.v = narrow_view(v, p.v, dt);
+        a.out = narrow_mut(out, p.out, dt);
+        m->forward(a, ctx);
+        AttentionArgs wide = a;
+        wide.out = p.out.mut32();
+        m->forward(wide, ctx);
+        const bool native = dt == DType::kBF16 && caps.bfloat16;
+        double vmax = 0, ref_max = 0, worst = 0;
+        int64_t unrounded = 0;
+        for (float x : p.v.f32) vmax = std::max(vmax, std::abs(double{x}));
+        for_each_element(p.out, [&](int64_t o) {
+          const double want = r.out.f64[o], got = widen_element(out[o], dt);
+          ref_max = std::max(ref_max, std::abs(want));
+          worst = std::max(worst, std::abs(got - want) - half_ulp(dt) * std::abs(want));
+          unrounded += out[o] != round_bits(p.out.f32[o], dt);
+        });
+        EXPECT_EQ(unrounded, 0) << what << ": narrow out is not the float32 out rounded";
+        // bfloat16 kernels round P for P V: 2^-9 of max |v| (twice, for slack).
+        EXPECT_LE(worst, allowed(Budget{}, 0.0, ref_max) + (native ? 0x1p-8 * vmax : 0.0)) << what;
+        if (caps.needs_memory) {
+          const Report mrep = compare(p.memory_out, true, r.memory_out);
+          EXPECT_LE(mrep.max_abs, allowed(Budget{}, 0.0, mrep.ref_max)) << what << " memory_out";
+        }
+        if (!caps.backward) continue;
+        // The float32 yardstick reads the same values: the rounded inputs, the narrow out.
+        for_each_element(p.out, [&](int64_t o) {
+          p.out.f64[o] = p.out.f32[o] = static_cast<float>(widen_element(out[o], dt));
+        });
+        Grads g32(p, 9);
+        const std::vector<uint16_t> dout = round_to_narrow(g32.dout, dt);
+        Grads gn = g32;
+        std::vector<uint16_t> dq(g32.dq.f32.size()), dk(g32.dk.f32.size()), dv(g32.dv.f32.size());
+        BackwardArgs g = gn.args32(p);
+        g.forward.q = a.q;
+        g.forward.k = a.k;
+        g.forward.v = a.v;
+        g.forward.out = narrow_mut(out, p.out, dt);
+        g.dout = narrow_view(dout, g32.dout, dt);
+        g.dq = narrow_mut(dq, g32.dq, dt);
+        g.dk = narrow_mut(dk, g32.dk, dt);
+        g.dv = narrow_mut(dv, g32.dv, dt);
+        m->backward(g, ctx);
+        m->backward(g32.args32(p), ctx);
+        const bool native_grads = dt == DType::kBF16 && caps.bfloat16_backward;
+        expect_narrow_grads(dq, g32.dq, dt, native_grads, what + " dq");
+        expect_narrow_grads(dk, g32.dk, dt, native_grads, what + " dk");
+        expect_narrow_grads(dv, g32.dv, dt, native_grads, what + " dv");
+        if (caps.needs_memory) {  // dmemory is float32 (memory is)
+          double worst_m = 0, mmax = 0;
+          for (size_t i = 0; i < gn.dmemory.f32.size(); ++i) {
+            worst_m = std::max(worst_m, std::abs(double{gn.dmemory.f32[i] - g32.dmemory.f32[i]}));
+            mmax = std::max(mmax, std::abs(double{g32.dmemory.f32[i]}));
+          }
+          EXPECT_LE(worst_m, 1e-5 * mmax + 1e-7) << what << " dmemory";
+        }
+      }
     }
-    m->forward(a, ctx);
-    m->forward(r.args64(), ctx);  // the float64 reference on the same rounded inputs
-    const Report rep = compare(p.out, true, r.out);
-    EXPECT_LE(rep.max_abs, 0.05 * rep.ref_max + 1e-6) << name << " " << rep.str();
   }
+}
+
+// Narrow arguments break the rules with the argument named: mixed dtypes, an out of a third
+// dtype, NaN and Inf, and a float16 out that the result does not fit (65504 and more).
+TEST(Registry, NarrowInputsFailClearly) {
+  Context ctx(1);
+  Problem p({1, 4, 4, 1, 1, 8, 8}, 3);
+  const std::vector<uint16_t> qh = round_to_narrow(p.q, DType::kF16),
+                              kb = round_to_narrow(p.k, DType::kBF16);
+  std::vector<uint16_t> out(p.out.f32.size());
+  const auto softmax = make_mechanism("softmax");
+  AttentionArgs a = p.args32();
+  a.q = narrow_view(qh, p.q, DType::kF16);
+  a.k = narrow_view(kb, p.k, DType::kBF16);
+  EXPECT_EQ(softmax->check(a), "k: must be float16, got bfloat16");
+  const std::vector<uint16_t> kh = round_to_narrow(p.k, DType::kF16),
+                              vh = round_to_narrow(p.v, DType::kF16);
+  a.k = narrow_view(kh, p.k, DType::kF16);
+  a.v = narrow_view(vh, p.v, DType::kF16);
+  a.out = narrow_mut(out, p.out, DType::kBF16);
+  EXPECT_EQ(softmax->check(a), "out: must be float16 or float32 (for float16 q, k, v), got bfloat16");
+  a.out = p.out.mut64();
+  EXPECT_EQ(softmax->check(a),
+            "out: must be float16 or float32 (for float16 q, k, v), got float64");
+  a.out = narrow_mut(out, p.out, DType::kF16);
+  EXPECT_EQ(softmax->check(a), "");
+  for (uint16_t bad : {uint16_t{0x7c00}, uint16_t{0x7e00}}) {  // +Inf, NaN
+    std::vector<uint16_t> vbad = vh;
+    vbad[5] = bad;
+    AttentionArgs b = a;
+    b.v = narrow_view(vbad, p.v, DType::kF16);
+    EXPECT_EQ(error_of([&] { softmax->forward(b, ctx); }), "v: must be finite (found NaN or Inf)");
+  }
+  // sum_j (q . k_j) v_j with entries 200: 4 keys * 8 * 200^3 = 2.56e8, past float16's range.
+  std::vector<uint16_t> big(qh.size(), to_float16(200.0f).bits);
+  const auto plain = make_mechanism("linear", {}, "map=identity,norm=none");
+  AttentionArgs b = a;
+  b.q = narrow_view(big, p.q, DType::kF16);
+  b.k = b.v = narrow_view(big, p.k, DType::kF16);
+  const std::string e = error_of([&] { plain->forward(b, ctx); });
+  EXPECT_EQ(e.rfind("out: float16 cannot hold the result", 0), 0u) << e;
+  b.out = p.out.mut32();  // a float32 out holds it
+  plain->forward(b, ctx);
+  EXPECT_FLOAT_EQ(p.out.f32[0], 2.56e8f);
 }
 
 TEST(Registry, ConfigErrorsNameTheKey) {

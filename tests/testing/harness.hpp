@@ -46,6 +46,13 @@ enum class Layout { kContiguous, kHeadMajorPadded };
 // bfloat16 storage, laid out like o; view it with bf16_view.
 std::vector<bfloat16> round_to_bf16(Operand& o);
 ConstTensorView bf16_view(const std::vector<bfloat16>& data, const Operand& like);
+// The same for either narrow dtype (bfloat16 or float16): o rounded to it (its float32 and
+// float64 copies too), the narrow storage returned; narrow_view / narrow_mut view it like o.
+std::vector<uint16_t> round_to_narrow(Operand& o, DType dtype);
+ConstTensorView narrow_view(const std::vector<uint16_t>& data, const Operand& like, DType dtype);
+TensorView narrow_mut(std::vector<uint16_t>& data, const Operand& like, DType dtype);
+// Element i of narrow storage, widened.
+double widen_element(uint16_t bits, DType dtype);
 
 Operand make_operand(std::array<int64_t, 4> shape, Layout layout, std::mt19937& rng,
                      double stddev = 1.0);

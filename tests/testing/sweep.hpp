@@ -33,7 +33,7 @@ void check_streaming_matches_causal(const std::string& name, const std::string& 
 // mid-tile and span several blocks, for each config: max |difference| <= tol + p_rounding *
 // max |v| (0, 0: bit for bit). p_rounding is the relative rounding of the attention
 // weights where P V runs in bfloat16 (2^-9: |sum (p~ - p) v| / l <= 2^-9 max |v|). Also
-// checks that a bfloat16 out is rejected.
+// checks that a bfloat16 out holds the float32 out rounded.
 void check_bf16_matches_float32(const std::string& name, const std::vector<std::string>& configs,
                                 float tol, double p_rounding = 0.0);
 

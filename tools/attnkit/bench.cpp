@@ -190,6 +190,12 @@ void bench_decode(const Common& c, const BenchArgs& args, const std::string& nam
   }
 }
 
+DType narrow_dtype(const BenchArgs& args) {
+  return args.dtype == "bfloat16" ? DType::kBF16
+         : args.dtype == "float16" ? DType::kF16
+                                   : DType::kF32;
+}
+
 // The forward (or backward) of one mechanism at sequence length n: {timing, flops factor}.
 Timing time_pass(const Common& c, const BenchArgs& args, const Mechanism& m, int64_t n,
                  Context& ctx) {
@@ -200,15 +206,20 @@ Timing time_pass(const Common& c, const BenchArgs& args, const Mechanism& m, int
   Tensor<float> out, mem_out;
   AttentionArgs a = w.args(m, out, mem_out);
   apply_masks(c, a);
-  // --bf16: the same inputs stored as bfloat16; the row names the path they take.
-  std::vector<bfloat16> q16, k16, v16;
-  if (args.bf16) {
+  // --dtype bfloat16 / float16: the same inputs stored narrow, out written narrow (as a
+  // model's layer would); the row names the path they take.
+  const DType dt = narrow_dtype(args);
+  std::vector<uint16_t> q16, k16, v16, out16;
+  if (is_narrow(dt)) {
     for (auto [src, dst, view] :
          {std::tuple{&w.q, &q16, &a.q}, {&w.k, &k16, &a.k}, {&w.v, &v16, &a.v}}) {
-      for (float x : src->vec()) dst->push_back(to_bfloat16(x));
+      for (float x : src->vec())
+        dst->push_back(dt == DType::kBF16 ? to_bfloat16(x).bits : to_float16(x).bits);
       view->data = dst->data();
-      view->dtype = DType::kBF16;
+      view->dtype = dt;
     }
+    out16.resize(out.size());
+    a.out.data = out16.data(), a.out.dtype = dt;
   }
   if (!args.backward) return time_runs(args.warmup, args.reps, [&] { m.forward(a, ctx); });
   // Gradients of sum(out * dout) for a fixed dout (the workload's q, a unit-scale array).
@@ -226,17 +237,15 @@ Timing time_pass(const Common& c, const BenchArgs& args, const Mechanism& m, int
     dmem = Tensor<float>(w.memory.shape());
     g.dmemory = dmem.view();
   }
-  // --bf16: out, dout and the gradients in bfloat16 too (a bfloat16 training step's).
-  std::vector<bfloat16> out16, grads16[3];
-  if (args.bf16) {
-    for (float x : out.vec()) out16.push_back(to_bfloat16(x));
-    g.forward.out.data = out16.data(), g.forward.out.dtype = DType::kBF16;
+  // Narrow: dout and the gradients narrow too (a bfloat16 / float16 training step's).
+  std::vector<uint16_t> grads16[3];
+  if (is_narrow(dt)) {
     g.dout = a.q;  // the workload's q, as above
     TensorView* views[] = {&g.dq, &g.dk, &g.dv};
     for (int i = 0; i < 3; ++i) {
       grads16[i].resize(static_cast<size_t>(views[i]->shape[0] * views[i]->shape[1] *
                                             views[i]->shape[2] * views[i]->shape[3]));
-      views[i]->data = grads16[i].data(), views[i]->dtype = DType::kBF16;
+      views[i]->data = grads16[i].data(), views[i]->dtype = dt;
     }
   }
   return time_runs(args.warmup, args.reps, [&] { m.backward(g, ctx); });
@@ -247,12 +256,8 @@ Timing time_pass(const Common& c, const BenchArgs& args, const Mechanism& m, int
 int cmd_bench(const Common& c, const BenchArgs& args) {
   const std::vector<int64_t> seqs = parse_int_list(args.seqs, "--seq", 1, int64_t{1} << 24);
   check_configs(c, args.mechanisms);
-  for (const std::string& name : args.mechanisms) {
-    if (args.backward && args.bf16 && !make(c, name)->capabilities().bfloat16_backward)
-      throw Error("--backward", name + " has no bfloat16 backward; drop --bf16");
-  }
-  if (args.decode && (args.backward || args.bf16))
-    throw Error("--decode", "times a float32 streaming step; drop --backward and --bf16");
+  if (args.decode && (args.backward || args.dtype != "float32"))
+    throw Error("--decode", "times a float32 streaming step; drop --backward and --dtype");
   Context ctx(c.threads);
   Table table;
   if (args.decode) {
@@ -264,10 +269,16 @@ int cmd_bench(const Common& c, const BenchArgs& args) {
     table.columns = {"mechanism", "measures", "seq", "median_ms", "min_ms", "GFLOP/s", "Mtokens/s"};
     for (const std::string& name : args.mechanisms) {
       const auto m = make(c, name);
-      // bfloat16 rows name the path their products take ("bf16 amx", "bf16 fp32": widened).
-      const std::string bf16_text = !args.bf16                    ? ""
-                                    : m->capabilities().bf16_path ? " bf16 " + Context::bf16_path()
-                                                                  : std::string(" bf16 fp32");
+      // Narrow rows name the path their products take ("bf16 amx"; "bf16 fp32", "fp16
+      // fp32": on float32 copies).
+      const DType dt = narrow_dtype(args);
+      // A bfloat16 backward runs on bfloat16 products only on the tiles (amx, amx-emulated).
+      const std::string path = Context::bf16_path();
+      const bool own = dt == DType::kBF16 && m->capabilities().bf16_path &&
+                       (!args.backward || path.rfind("amx", 0) == 0);
+      const std::string bf16_text = !is_narrow(dt) ? ""
+                                    : (dt == DType::kBF16 ? " bf16 " : " fp16 ") +
+                                          (own ? path : std::string("fp32"));
       Progress progress(static_cast<int>(seqs.size()));
       for (int64_t n : seqs) {
         progress.step(name + " seq=" + std::to_string(n));

@@ -50,7 +50,8 @@ struct BenchArgs {
   std::string seqs = "1024,2048,4096";
   int warmup = 2, reps = 10;
   bool decode = false;    // time one streaming step (append 1 + query 1) after seq tokens
-  bool bf16 = false;      // bfloat16 q, k, v (softmax, linear)
+  // q, k, v (and out, dout, the gradients) in this dtype: float32, bfloat16 or float16.
+  std::string dtype = "float32";
   bool backward = false;  // time the backward pass (dq, dk, dv, dmemory) after one forward
 };
 int cmd_bench(const Common& c, const BenchArgs& a);

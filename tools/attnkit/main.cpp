@@ -98,7 +98,12 @@ CLI::App* add_bench(CLI::App& app, Common& common, BenchArgs& bench) {
   cmd->add_option("--reps", bench.reps, "timed runs (median reported)")
       ->check(CLI::Range(1, 10000));
   cmd->add_option("--warmup", bench.warmup, "untimed runs first")->check(CLI::Range(0, 1000));
-  cmd->add_flag("--bf16", bench.bf16, "bfloat16 q, k, v (softmax, linear; widened on load)");
+  cmd->add_option("--dtype", bench.dtype,
+                  "q, k, v, out (and dout, gradients) dtype; bfloat16 runs the bfloat16 kernels "
+                  "where a mechanism has them, other mechanisms and float16 on float32 copies")
+      ->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
+  cmd->add_flag_callback(
+      "--bf16", [&bench] { bench.dtype = "bfloat16"; }, "--dtype bfloat16");
   cmd->add_flag("--backward", bench.backward,
                 "time the backward pass (dq, dk, dv; dmemory for luna/memory)");
   cmd->add_flag("--decode", bench.decode,
