@@ -2,8 +2,9 @@
 
 Arrays are [B, S, H, D] (batch, sequence, heads, head dim) with the last dimension contiguous
 and any other strides; numpy arrays and DLPack tensors (PyTorch included) are read in place,
-never copied. float32 runs the SIMD kernels, float64 the double-precision references,
-bfloat16 (PyTorch) the bfloat16 kernels where a mechanism has one. Every rule the C++ library
+never copied. float32 runs the SIMD kernels, float64 the double-precision references;
+bfloat16 (PyTorch) and float16 (numpy, PyTorch) run the bfloat16 kernels where a mechanism has
+them, else float32 copies, and come back in their own dtype. Every rule the C++ library
 checks raises ``attnkit.Error`` (a ``ValueError``) with the library's message.
 
     import numpy as np, attnkit
@@ -58,7 +59,7 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
 
 
-_DTYPES = "float32, float64 or bfloat16"
+_DTYPES = "float32, float64, bfloat16 or float16"
 
 
 def _array(x: Any, name: str, required: bool = False, writable: bool = False) -> Any:
@@ -83,7 +84,7 @@ def _array(x: Any, name: str, required: bool = False, writable: bool = False) ->
             raise Error(f"{name}: must be on the CPU (got {x.device})")
         return x
     if isinstance(x, np.ndarray):
-        if x.dtype.kind not in "fiub" or x.dtype.kind == "f" and x.dtype.itemsize not in (4, 8):
+        if x.dtype.kind not in "fiub" or x.dtype.kind == "f" and x.dtype.itemsize not in (2, 4, 8):
             raise Error(f"{name}: dtype must be {_DTYPES} (got {x.dtype})")
         if not x.dtype.isnative:
             raise Error(f"{name}: byte order must be native (got {x.dtype.str})")
@@ -96,7 +97,19 @@ def _array(x: Any, name: str, required: bool = False, writable: bool = False) ->
 
 
 def _out_dtype(q: Any) -> Any:
-    """The output dtype rule of the library: float64 in, float64 out; else float32."""
+    """The output dtype rule of the library: q's dtype for float64, bfloat16 and float16 (the
+    narrow ones computed in float32 and rounded once); float32 otherwise."""
+    if _is_torch(q):
+        import torch
+        keep = (torch.float64, torch.bfloat16, torch.float16)
+        return q.dtype if q.dtype in keep else torch.float32
+    dtype = getattr(q, "dtype", None)
+    return dtype if dtype in (np.float64, np.float16) else np.float32
+
+
+def _compute_dtype(q: Any) -> Any:
+    """The dtype of the float arguments besides q, k, v and out (memory, gate, filter and
+    their gradients, lse): float64 for float64 q, else float32."""
     if _is_torch(q):
         import torch
         return torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -288,7 +301,8 @@ class Mechanism:
     @property
     def capabilities(self) -> dict:
         """causal, streaming, backward, needs_memory, uses_gate, uses_filter, emits_lse (every
-        mechanism has a non-causal forward), bfloat16 (bfloat16 kernels), aligned (queries and
+        mechanism has a non-causal forward), bfloat16 (its own bfloat16 kernels; every
+        mechanism takes bfloat16 and float16, on float32 copies where it has none), aligned (queries and
         keys are one sequence, Sq == Sk: memory's chunks and lara's landmarks pool queries),
         and masks: the mask keywords it takes (key_lengths and causal: every mechanism)."""
         return self._m.capabilities()
@@ -332,7 +346,7 @@ class Mechanism:
                 raise Error("memory: return_memory needs memory [B, L, Hq, Dk]")
             ms, vs = _shape(memory), _shape(v)
             mem_shape = ms[:3] + vs[3:] if len(ms) == 4 and len(vs) == 4 else (1, 1, 1, 1)
-            mem_out = _empty(q, mem_shape, _out_dtype(q))
+            mem_out = _empty(q, mem_shape, _compute_dtype(q))
         self._m.forward(q, k, v, out, lse=lse, key_lengths=lengths,
                         memory=memory, memory_out=mem_out, gate=gate, filter=filter, mask=mask)
         if not (return_lse or return_memory):
@@ -433,7 +447,7 @@ def topk_feed_forward(x: Any, keys: Any, values: Any, k: int) -> Any:
     x, keys, values = (_array(t, n, required=True)
                        for t, n in ((x, "x"), (keys, "keys"), (values, "values")))
     vs = _shape(values)
-    out = _empty(x, (_shape(x)[0], vs[1] if len(vs) == 2 else 1), _out_dtype(x))
+    out = _empty(x, (_shape(x)[0], vs[1] if len(vs) == 2 else 1), _compute_dtype(x))
     _topk_feed_forward(x, keys, values, out, int(k))
     return out
 

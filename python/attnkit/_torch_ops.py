@@ -13,11 +13,13 @@ gate [B, Sk, Hk]?, memory [B, L, Hq, Dk]?, filter [Hk, width]?, the masks as fla
 follow) and returns (out [B, Sq, Hq, Dv] in q's dtype, lse [B, Hq, Sq] float32 or [0] when
 the call keeps none).
 
-dtypes: float32 runs the kernels, float64 the references; bfloat16 runs the bfloat16 kernels
-where the mechanism has them (``capabilities["bfloat16"]``, and ``["bfloat16_backward"]`` for
-the gradients: softmax's, on AMX tiles where the CPU has them), otherwise bfloat16 and float16
-are widened to float32 (exact), computed with float32 accumulation and states, and rounded once
-to the input dtype.
+dtypes: float32 runs the kernels, float64 the references; bfloat16 and float16 q, k, v pass to
+the library as they are, which runs the bfloat16 kernels where the mechanism has them
+(``capabilities["bfloat16"]``, and ``["bfloat16_backward"]`` for the gradients: softmax's, on
+AMX tiles where the CPU has them), otherwise float32 copies (exact), with float32 accumulation
+and states, and writes out and the gradients in the input dtype, rounded once. gate, memory and
+filter are float32 there (float64 for float64 q): they are converted, and their gradients
+converted back.
 """
 import functools
 from typing import Any, NamedTuple, Optional
@@ -40,7 +42,6 @@ _FORWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, Tensor? gate, Tensor? memory,
 _BACKWARD_SCHEMA = ("(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
                     f"Tensor? gate, Tensor? memory, Tensor? filter, {MASK_SCHEMA}) -> "
                     "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
-_LOW = (torch.bfloat16, torch.float16)
 
 
 def defaults() -> dict:
@@ -115,22 +116,19 @@ def _keywords(a: dict, q_dtype: torch.dtype) -> tuple:
     return a["key_lengths"], kw
 
 
-def _work_dtype(m: _ak.Mechanism, dtype: torch.dtype, backward: bool) -> Optional[torch.dtype]:
-    """The dtype the kernels read for inputs of dtype (None: as they are)."""
-    native = m.capabilities["bfloat16_backward" if backward else "bfloat16"]
-    if dtype in _LOW and (dtype == torch.float16 or not native):
-        return torch.float32
-    return None
+def _aux_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of gate, memory and filter for q of dtype (the library's compute dtype)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _has_lse(m: _ak.Mechanism, dtype: torch.dtype, save: bool) -> bool:
     """Whether the forward of inputs of dtype saves lse for the backward: softmax, when the
-    backward reads what the forward computed (float32, or bfloat16 with a bfloat16 backward)
-    and a backward may follow (save_lse: an inference call keeps the decode kernel, which has
-    no lse; a backward without lse recomputes it)."""
-    computes = _work_dtype(m, dtype, backward=False) or dtype
-    same = computes == (_work_dtype(m, dtype, backward=True) or dtype)
-    return save and m.capabilities["emits_lse"] and same and computes != torch.float64
+    backward reads what the forward computed (bfloat16 only with a bfloat16 backward) and a
+    backward may follow (save_lse: an inference call keeps the decode kernel, which has no
+    lse; a backward without lse recomputes it)."""
+    caps = m.capabilities
+    same = dtype != torch.bfloat16 or caps["bfloat16"] == caps["bfloat16_backward"]
+    return save and caps["emits_lse"] and same and dtype != torch.float64
 
 
 def forward(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -139,9 +137,9 @@ def forward(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """(out, lse) of mechanism name; flat: the MASK_NAMES arguments in order."""
     a = dict(zip(MASK_NAMES, flat))
     m = mechanism(name, a["causal"], a["scale"], a["config"])
-    dtype = q.dtype
-    work = _work_dtype(m, dtype, backward=False)
-    q, k, v, gate, memory, filter = (_rows(t, work) for t in (q, k, v, gate, memory, filter))
+    dtype, aux = q.dtype, _aux_dtype(q.dtype)
+    q, k, v = (_rows(t) for t in (q, k, v))
+    gate, memory, filter = (_rows(t, aux) for t in (gate, memory, filter))
     lengths, kw = _keywords(a, q.dtype)
     if _has_lse(m, dtype, a["save_lse"]):
         out, lse = m.forward(q, k, v, key_lengths=lengths, memory=memory, gate=gate,
@@ -150,7 +148,7 @@ def forward(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         out = m.forward(q, k, v, key_lengths=lengths, memory=memory, gate=gate, filter=filter,
                         **kw)
         lse = q.new_empty((0,), dtype=torch.float32)
-    return out.to(dtype), lse
+    return out, lse
 
 
 def backward(name: str, dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
@@ -161,9 +159,9 @@ def backward(name: str, dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     a = dict(zip(MASK_NAMES, flat))
     m = mechanism(name, a["causal"], a["scale"], a["config"])
     like = (q, k, v, gate, memory, filter)
-    work = _work_dtype(m, q.dtype, backward=True)
-    dout, q, k, v, out, gate, memory, filter = (
-        _rows(t, work) for t in (dout, q, k, v, out, gate, memory, filter))
+    aux = _aux_dtype(q.dtype)
+    dout, q, k, v, out = (_rows(t, q.dtype) for t in (dout, q, k, v, out))
+    gate, memory, filter = (_rows(t, aux) for t in (gate, memory, filter))
     lengths, kw = _keywords(a, q.dtype)
     g = m.backward(q, k, v, out, dout, key_lengths=lengths, memory=memory, gate=gate,
                    filter=filter, lse=_rows(lse) if lse is not None and lse.numel() else None,

@@ -40,6 +40,7 @@ DType to_dtype(const nb::dlpack::dtype& t, const char* name) {
   if (t.lanes == 1 && code == nb::dlpack::dtype_code::Float && t.bits == 32) return DType::kF32;
   if (t.lanes == 1 && code == nb::dlpack::dtype_code::Float && t.bits == 64) return DType::kF64;
   if (t.lanes == 1 && code == nb::dlpack::dtype_code::Bfloat && t.bits == 16) return DType::kBF16;
+  if (t.lanes == 1 && code == nb::dlpack::dtype_code::Float && t.bits == 16) return DType::kF16;
   // Masks: bool, or uint8 0/1 (what Python passes: a bool array viewed as uint8, as DLPack
   // in older PyTorch has no bool).
   if (t.lanes == 1 && t.bits == 8 &&
@@ -49,7 +50,7 @@ DType to_dtype(const nb::dlpack::dtype& t, const char* name) {
   static constexpr const char* kKinds[] = {"int",    "uint",    "float", "opaque",
                                            "bfloat", "complex", "bool"};
   const std::string kind = t.code < 7 ? kKinds[t.code] : "code " + std::to_string(t.code);
-  throw Error(name, "dtype must be float32, float64 or bfloat16 (got " + kind +
+  throw Error(name, "dtype must be float32, float64, bfloat16 or float16 (got " + kind +
                         std::to_string(t.bits) +
                         (t.lanes == 1 ? "" : " x" + std::to_string(t.lanes)) + ")");
 }

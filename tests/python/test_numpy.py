@@ -83,6 +83,31 @@ def test_every_mechanism_float32_kernel_matches_float64_reference(rng, name):
     close(got, want, 1e-4)
 
 
+@pytest.mark.parametrize("name", attnkit.mechanisms())
+def test_every_mechanism_takes_float16_and_gives_it_back(rng, name):
+    """float16 q, k, v: out in float16, exactly the float32 run on the same (exactly widened)
+    values rounded once; float32 out on request; gradients in float16 too: the float32 ones
+    on the same values, to float16's rounding."""
+    q, k, v = (t.astype(np.float16) for t in qkv(rng, sq=48, sk=48, hq=2, hk=2, dv=16))
+    m = attnkit.Mechanism(name)
+    extra = {a: t.astype(np.float32) for a, t in memory_args(rng, name, q, k).items()}
+    wide = [t.astype(np.float32) for t in (q, k, v)]
+    out = m(q, k, v, **extra)
+    want = m(*wide, **extra)
+    assert out.dtype == np.float16
+    np.testing.assert_array_equal(out, want.astype(np.float16))
+    out32 = m.forward(q, k, v, out=np.empty(want.shape, np.float32), **extra)
+    np.testing.assert_array_equal(out32, want)
+    if not m.capabilities["backward"]:
+        return
+    dout = rng.standard_normal(out.shape).astype(np.float16)
+    g = m.backward(q, k, v, out, dout, **extra)
+    ref = m.backward(*wide, out.astype(np.float32), dout.astype(np.float32), **extra)
+    for got, r in zip(g[:3], ref[:3]):
+        assert got.dtype == np.float16
+        close(got.astype(np.float32), r, 2 ** -10)
+
+
 def test_strided_views_are_read_in_place(rng):
     # [B, H, S, D] storage seen as [B, S, H, D]: no copy, same numbers as contiguous input.
     base = rng.standard_normal((3, 2, 4, 33, 16)).astype(np.float32)
@@ -107,7 +132,7 @@ def test_out_is_written_in_place(rng):
     (lambda q, k, v: (q, k, v[:, :5]), "v"),
     (lambda q, k, v: (q[..., ::2], k[..., ::2], v), "stride"),
     (lambda q, k, v: (np.where(q > 2, np.nan, q).astype(np.float32), k, v), "NaN"),
-    (lambda q, k, v: (q.astype(np.float16), k, v), "q: dtype must be float32"),
+    (lambda q, k, v: (q.astype(np.float16), k, v), "k: must be float16, got float32"),
     (lambda q, k, v: (q.astype(">f4"), k, v), "q: byte order must be native"),
     (lambda q, k, v: (q, k, np.zeros((2, 37, 2, 0), np.float32)), "v"),
 ])

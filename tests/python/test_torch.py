@@ -93,8 +93,13 @@ def test_dlpack_zero_copy_and_torch_outputs():
     view = base.transpose(1, 2)
     torch.testing.assert_close(attnkit.attention(view, view, view),
                                attnkit.attention(*(view.contiguous(),) * 3), rtol=0, atol=0)
-    # bfloat16 tensors run the bfloat16 softmax kernel, float32 out.
-    assert attnkit.attention(x.bfloat16(), x.bfloat16(), x.bfloat16()).dtype == torch.float32
+    # bfloat16 tensors run the bfloat16 softmax kernel, bfloat16 out: the float32 out that the
+    # same call writes when given one, rounded once.
+    xb = x.bfloat16()
+    out = attnkit.attention(xb, xb, xb)
+    assert out.dtype == torch.bfloat16
+    wide = attnkit.Mechanism("softmax").forward(xb, xb, xb, out=torch.empty(out.shape))
+    torch.testing.assert_close(out, wide.bfloat16(), rtol=0, atol=0)
 
 
 def test_requires_grad_outside_autograd_glue_is_a_clear_error():
