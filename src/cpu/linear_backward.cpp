@@ -10,7 +10,8 @@
 // E_{b-1} (the previous block's last row's visible count; vis(0) for the first) through a
 // state, and the keys [E_{b-1}, E_b) through a masked T x T block:
 //   forward pass: C = sum F_j v_j^T, z = sum F_j over the earlier keys; per block num, den,
-//     dnum, dden, and dA = dnum C^T + dden z^T + (M * (dnum V^T + dden)) F_blk;
+//     dnum, dden, and dA = dnum C^T + dden z^T + (M * (dnum V^T + dden)) F_blk, keeping the
+//     block's masked products M * A F^T and M * G for the reverse pass (Sq x T floats each);
 //   reverse pass, blocks last to first, with dC = sum A_i dnum_i^T, dz = sum A_i dden_i
 //     over the later rows: dF_blk = V_blk dC^T + dz + (M * G)^T A_blk,
 //     dv_blk = F_blk dC + (M * A F^T)^T dnum; then the block's rows join dC, dz.
@@ -41,18 +42,37 @@ namespace {
 
 inline float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
+// out[0:n) += a x[0:n) * y[0:n); n a multiple of Lanes.
+HWY_INLINE void AddProduct(float a, const float* HWY_RESTRICT x, const float* HWY_RESTRICT y,
+                           float* HWY_RESTRICT out, int64_t n) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const auto va = hn::Set(d, a);
+  for (int64_t i = 0; i < n; i += N) {
+    const auto xy = hn::Mul(hn::LoadU(d, x + i), hn::LoadU(d, y + i));
+    hn::StoreU(hn::MulAdd(va, xy, hn::LoadU(d, out + i)), d, out + i);
+  }
+}
+
 // Per-worker scratch of one (batch, kv head) task (Carve layout).
 struct Buffers {
-  float *phik, *w, *fq, *dnum, *dden;              // per key / per query row of the head
+  float *phik, *dphik, *w, *fq, *dnum, *dden;      // per key / per query row of the head
+  float *dk, *dv;                                  // the task's key gradients, summed
+  float *dphiq;                                    // phi'(q) of one block
   float *c, *z, *ct, *dc, *dz;                     // states
   float *fkb, *fkt, *vb, *vt, *fqt;                // one block's operands
-  float *s, *g, *st, *gt, *num, *dfq, *dfk, *dvb;  // one block's products
+  float *s, *g;                                    // every block's masked products [sq][tp]
+  float *st, *gt, *num, *dfq, *dfk, *dvb;          // one block's products
   Buffers(Carve& k, int64_t sq, int64_t sk, int64_t dkp, int64_t dvp, int64_t tp)
       : phik(k.take(sk * dkp)),
+        dphik(k.take(sk * dkp)),
         w(k.take(sk)),
         fq(k.take(sq * dkp)),
         dnum(k.take(sq * dvp)),
         dden(k.take(sq)),
+        dk(k.take(sk * dkp)),
+        dv(k.take(sk * dvp)),
+        dphiq(k.take(tp * dkp)),
         c(k.take(dkp * dvp)),
         z(k.take(dkp)),
         ct(k.take(dvp * dkp)),
@@ -63,8 +83,8 @@ struct Buffers {
         vb(k.take(tp * dvp)),
         vt(k.take(dvp * tp)),
         fqt(k.take(dkp * tp)),
-        s(k.take(tp * tp)),
-        g(k.take(tp * tp)),
+        s(k.take(sq * tp)),
+        g(k.take(sq * tp)),
         st(k.take(tp * tp)),
         gt(k.take(tp * tp)),
         num(k.take(tp * dvp)),
@@ -108,16 +128,18 @@ struct LinearBackwardTask {
 
   int64_t Vis(int64_t i) const { return pr.keys(b, i).end; }
 
-  // Key features and gate weights, shared by the group's query heads; zeroed gradients.
+  // Key features, their derivatives and gate weights, shared by the group's query heads (k is
+  // read once: the strided rows cost cache misses); zeroed gradients.
   void PrepareKeys() const {
+    std::fill(u.dk, u.dk + pr.Sk * Dkp, 0.0f);
+    std::fill(u.dv, u.dv + pr.Sk * Dvp, 0.0f);
     for (int64_t j = 0; j < pr.Sk; ++j) {
-      std::fill_n(g.dk.row<float>(b, j, hk), Dk, 0.0f);
-      std::fill_n(g.dv.row<float>(b, j, hk), Dv, 0.0f);
       if (cfg.gated) g.dgate.at<float>(b, j, hk) = 0.0f;
       if (j >= len) continue;
       if (j + kPrefetchRows < len)
         PrefetchRow(a.k.row_address(b, j + kPrefetchRows, hk), Dk * sizeof(float));
-      FeatureRow(a.k.row<const float>(b, j, hk), Dk, Dkp, cfg.map, u.phik + j * Dkp);
+      FeatureRowWithGrad(a.k.row<const float>(b, j, hk), Dk, Dkp, cfg.map, u.phik + j * Dkp,
+                         u.dphik + j * Dkp);
       u.w[j] = cfg.gated ? std::pow(Sigmoid(a.gate.at<const float>(b, j, hk)), 2.0f) : 1.0f;
     }
   }
@@ -138,51 +160,52 @@ struct LinearBackwardTask {
     Transpose(u.vb, Dvp, n, Dv, u.vt, Tp);
   }
 
-  // Masked block products for rows [i0, i0 + rows) against keys [j0, j0 + n):
-  // s = M * (A F^T), g = M * (dnum V^T + dden) (both [rows][Tp]).
-  void BlockProducts(int64_t i0, int64_t rows, int64_t j0, int64_t n) const {
-    MatMul(u.fq + i0 * Dkp, Dkp, u.fkt, Tp, u.s, Tp, rows, Tp, Dk, false);
-    MatMul(u.dnum + i0 * Dvp, Dvp, u.vt, Tp, u.g, Tp, rows, Tp, Dv, false);
+  // The masked block product g = M * (dnum V^T + dden) of rows [i0, i0 + rows) against keys
+  // [j0, j0 + n), into g's rows i0.. (kept for the reverse sweep, as s is).
+  void BlockGrads(int64_t i0, int64_t rows, int64_t j0, int64_t n) const {
+    float* g_blk = u.g + i0 * Tp;
+    MatMul(u.dnum + i0 * Dvp, Dvp, u.vt, Tp, g_blk, Tp, rows, Tp, Dv, false);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t seen = std::clamp<int64_t>(Vis(i0 + r) - j0, 0, n);
-      float* sr = u.s + r * Tp;
-      float* gr = u.g + r * Tp;
+      float* gr = g_blk + r * Tp;
       for (int64_t x = 0; x < seen; ++x) gr[x] += u.dden[i0 + r];
-      std::fill(sr + seen, sr + Tp, 0.0f);
       std::fill(gr + seen, gr + Tp, 0.0f);
     }
   }
 
   // dF, dv of keys [j0, j0 + n) loaded by LoadKeys: the later rows' part (dC, dz), plus
-  // the masked block of rows [i0, i0 + rows) (rows may be 0); then dk, dv, dgate.
+  // the masked block of rows [i0, i0 + rows) (rows may be 0; its s and g from the forward
+  // sweep); then dgate, and dk, dv into the task's sums.
   void KeyGrads(int64_t j0, int64_t n, int64_t i0, int64_t rows) const {
     std::fill(u.ct, u.ct + Dvp * Dkp, 0.0f);
     Transpose(u.dc, Dvp, Dk, Dvp, u.ct, Dkp);  // dC^T [Dvp][Dkp]
     MatMul(u.vb, Dvp, u.ct, Dkp, u.dfk, Dkp, n, Dkp, Dv, false);
     MatMul(u.fkb, Dkp, u.dc, Dvp, u.dvb, Dvp, n, Dvp, Dk, false);
     if (rows > 0) {
-      BlockProducts(i0, rows, j0, n);
-      Transpose(u.g, Tp, rows, n, u.gt, Tp);
-      Transpose(u.s, Tp, rows, n, u.st, Tp);
+      Transpose(u.g + i0 * Tp, Tp, rows, n, u.gt, Tp);
+      Transpose(u.s + i0 * Tp, Tp, rows, n, u.st, Tp);
       MatMul(u.gt, Tp, u.fq + i0 * Dkp, Dkp, u.dfk, Dkp, n, Dkp, rows, true);
       MatMul(u.st, Tp, u.dnum + i0 * Dvp, Dvp, u.dvb, Dvp, n, Dvp, rows, true);
     }
     for (int64_t x = 0; x < n; ++x) {
       const int64_t j = j0 + x;
-      float* dfk = u.dfk + x * Dkp;
-      for (int64_t r = 0; r < Dk; ++r) dfk[r] += u.dz[r];
-      std::fill(dfk + Dk, dfk + Dkp, 0.0f);
+      float* dfk = u.dfk + x * Dkp;  // zero past Dk, as dz is
+      Axpy(1.0f, u.dz, dfk, Dkp);
       if (cfg.gated) {
         const float sg = Sigmoid(a.gate.at<const float>(b, j, hk));
         g.dgate.at<float>(b, j, hk) +=
             Dot(u.phik + j * Dkp, dfk, Dkp) * 2.0f * sg * sg * (1.0f - sg);
       }
-      for (int64_t r = 0; r < Dk; ++r) dfk[r] *= u.w[j];
-      FeatureGradRow(a.k.row<const float>(b, j, hk), dfk, Dk, Dkp, cfg.map, u.num);
-      float* dk = g.dk.row<float>(b, j, hk);
-      float* dv = g.dv.row<float>(b, j, hk);
-      for (int64_t r = 0; r < Dk; ++r) dk[r] += u.num[r];
-      for (int64_t r = 0; r < Dv; ++r) dv[r] += u.dvb[x * Dvp + r];
+      AddProduct(u.w[j], dfk, u.dphik + j * Dkp, u.dk + j * Dkp, Dkp);  // dk = w phi'(k) dF
+      Axpy(1.0f, u.dvb + x * Dvp, u.dv + j * Dvp, Dvp);
+    }
+  }
+
+  // The task's summed key gradients into dk, dv (zero for keys past the length).
+  void StoreKeyGrads() const {
+    for (int64_t j = 0; j < pr.Sk; ++j) {
+      std::copy_n(u.dk + j * Dkp, Dk, g.dk.row<float>(b, j, hk));
+      std::copy_n(u.dv + j * Dvp, Dv, g.dv.row<float>(b, j, hk));
     }
   }
 
@@ -210,14 +233,16 @@ struct LinearBackwardTask {
         PrefetchRow(a.q.row_address(b, i0 + r + kPrefetchRows, h), Dk * sizeof(float));
         PrefetchRow(g.dout.row_address(b, i0 + r, h), Dv * sizeof(float));
       }
-      FeatureRow(a.q.row<const float>(b, i0 + r, h), Dk, Dkp, cfg.map, u.fq + (i0 + r) * Dkp);
+      FeatureRowWithGrad(a.q.row<const float>(b, i0 + r, h), Dk, Dkp, cfg.map,
+                         u.fq + (i0 + r) * Dkp, u.dphiq + r * Dkp);
     }
     MatMul(u.fq + i0 * Dkp, Dkp, u.c, Dvp, u.num, Dvp, rows, Dvp, Dk, false);
     LoadKeys(j0, j1 - j0);
-    MatMul(u.fq + i0 * Dkp, Dkp, u.fkt, Tp, u.s, Tp, rows, Tp, Dk, false);
+    float* s_blk = u.s + i0 * Tp;  // s = M * (A F^T), kept for the reverse sweep
+    MatMul(u.fq + i0 * Dkp, Dkp, u.fkt, Tp, s_blk, Tp, rows, Tp, Dk, false);
     for (int64_t r = 0; r < rows; ++r) {  // mask the block, then num, den, dnum, dden
       const int64_t i = i0 + r, seen = std::clamp<int64_t>(Vis(i) - j0, 0, j1 - j0);
-      float* sr = u.s + r * Tp;
+      float* sr = s_blk + r * Tp;
       std::fill(sr + seen, sr + Tp, 0.0f);
       float den = Dot(u.fq + i * Dkp, u.z, Dkp);
       for (int64_t x = 0; x < seen; ++x) den += sr[x];
@@ -234,13 +259,14 @@ struct LinearBackwardTask {
     std::fill(u.ct, u.ct + Dvp * Dkp, 0.0f);
     Transpose(u.c, Dvp, Dk, Dvp, u.ct, Dkp);
     MatMul(u.dnum + i0 * Dvp, Dvp, u.ct, Dkp, u.dfq, Dkp, rows, Dkp, Dv, false);
-    BlockProducts(i0, rows, j0, j1 - j0);
-    MatMul(u.g, Tp, u.fkb, Dkp, u.dfq, Dkp, rows, Dkp, j1 - j0, true);
+    BlockGrads(i0, rows, j0, j1 - j0);
+    MatMul(u.g + i0 * Tp, Tp, u.fkb, Dkp, u.dfq, Dkp, rows, Dkp, j1 - j0, true);
     for (int64_t r = 0; r < rows; ++r) {
       float* dfq = u.dfq + r * Dkp;
       if (u.dden[i0 + r] != 0.0f) Axpy(u.dden[i0 + r], u.z, dfq, Dkp);
-      FeatureGradRow(a.q.row<const float>(b, i0 + r, h), dfq, Dk, Dkp, cfg.map, u.num);
-      std::copy_n(u.num, Dk, g.dq.row<float>(b, i0 + r, h));
+      float* dq = g.dq.row<float>(b, i0 + r, h);  // dq = phi'(q) dA
+      const float* dphi = u.dphiq + r * Dkp;
+      for (int64_t x = 0; x < Dk; ++x) dq[x] = dphi[x] * dfq[x];
     }
   }
 
@@ -279,6 +305,7 @@ struct LinearBackwardTask {
       for (int64_t blk = 0; blk < blocks; ++blk) ForwardBlock(h, blk, in_state);
       ReverseSweep();
     }
+    StoreKeyGrads();
   }
 };
 

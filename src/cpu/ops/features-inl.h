@@ -45,32 +45,42 @@ HWY_INLINE void FeatureRow(const float* HWY_RESTRICT x, int64_t dk, int64_t dkp,
   std::fill(out + dk, out + dkp, 0.0f);
 }
 
-// out[0:dkp) = phi'(x[0:dk)) * g[0:dk) (the chain rule through phi), zero beyond dk.
-HWY_INLINE void FeatureGradRow(const float* HWY_RESTRICT x, const float* HWY_RESTRICT g, int64_t dk,
-                               int64_t dkp, FeatureMap map, float* HWY_RESTRICT out) {
+// phi(x[0:dk)) into phi and phi'(x) into dphi (both [0:dkp), zero beyond dk) in one pass, one
+// exponential per element: a backward reads x once and then only multiplies by dphi.
+HWY_INLINE void FeatureRowWithGrad(const float* HWY_RESTRICT x, int64_t dk, int64_t dkp,
+                                   FeatureMap map, float* HWY_RESTRICT phi,
+                                   float* HWY_RESTRICT dphi) {
   const hn::ScalableTag<float> d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  CopyPadded(x, dk, out, dkp);
-  const auto zero = hn::Zero(d);
+  CopyPadded(x, dk, phi, dkp);
+  const auto zero = hn::Zero(d), one = hn::Set(d, 1.0f);
   for (int64_t i = 0; i < dkp; i += N) {
-    const auto v = hn::LoadU(d, out + i), gv = hn::LoadU(d, g + i);
+    const auto v = hn::LoadU(d, phi + i);
     switch (map) {
       case FeatureMap::kIdentity:
-        hn::StoreU(gv, d, out + i);
+        hn::StoreU(one, d, dphi + i);
         break;
       case FeatureMap::kRelu:
-        hn::StoreU(hn::IfThenElseZero(hn::Gt(v, zero), gv), d, out + i);
+        hn::StoreU(hn::Max(v, zero), d, phi + i);
+        hn::StoreU(hn::IfThenElseZero(hn::Gt(v, zero), one), d, dphi + i);
         break;
-      case FeatureMap::kEluPlusOne:
-        hn::StoreU(hn::Mul(gv, hn::IfThenElse(hn::Gt(v, zero), hn::Set(d, 1.0f), hn::Exp(d, v))), d,
-                   out + i);
+      case FeatureMap::kEluPlusOne: {
+        const auto e = hn::Exp(d, v);
+        const auto pos = hn::Gt(v, zero);
+        hn::StoreU(hn::IfThenElse(pos, hn::Add(v, one), e), d, phi + i);
+        hn::StoreU(hn::IfThenElse(pos, one, e), d, dphi + i);
         break;
-      case FeatureMap::kExp:
-        hn::StoreU(hn::Mul(gv, hn::Exp(d, v)), d, out + i);
+      }
+      case FeatureMap::kExp: {
+        const auto e = hn::Exp(d, v);
+        hn::StoreU(e, d, phi + i);
+        hn::StoreU(e, d, dphi + i);
         break;
+      }
     }
   }
-  std::fill(out + dk, out + dkp, 0.0f);
+  std::fill(phi + dk, phi + dkp, 0.0f);
+  std::fill(dphi + dk, dphi + dkp, 0.0f);
 }
 
 }  // namespace HWY_NAMESPACE

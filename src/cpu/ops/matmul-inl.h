@@ -123,11 +123,34 @@ HWY_INLINE float MaskRow(float* HWY_RESTRICT sr, const float* HWY_RESTRICT w, in
   return hn::GetLane(hn::SumOfLanes(d, sum));
 }
 
-// dst[c][r] = src[r][c] for r < rows, c < cols.
+// dst[c][r] = src[r][c] for r < rows, c < cols. 4 x 4 blocks in 128-bit registers (two
+// rounds of interleaves); an element at a time, a column store each, took a fifth of the
+// linear backward's time. The edges past a multiple of 4 go one at a time.
 HWY_INLINE void Transpose(const float* HWY_RESTRICT src, int64_t lds, int64_t rows, int64_t cols,
                           float* HWY_RESTRICT dst, int64_t ldd) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+#if HWY_TARGET == HWY_SCALAR
+  const int64_t rows4 = 0, cols4 = 0;
+#else
+  const hn::Full128<float> d4;
+  const int64_t rows4 = rows & ~int64_t{3}, cols4 = cols & ~int64_t{3};
+  for (int64_t r = 0; r < rows4; r += 4) {
+    const float* s = src + r * lds;
+    for (int64_t c = 0; c < cols4; c += 4) {
+      const auto v0 = hn::LoadU(d4, s + c), v1 = hn::LoadU(d4, s + lds + c);
+      const auto v2 = hn::LoadU(d4, s + 2 * lds + c), v3 = hn::LoadU(d4, s + 3 * lds + c);
+      const auto t0 = hn::InterleaveLower(d4, v0, v1), t1 = hn::InterleaveLower(d4, v2, v3);
+      const auto t2 = hn::InterleaveUpper(d4, v0, v1), t3 = hn::InterleaveUpper(d4, v2, v3);
+      float* o = dst + c * ldd + r;
+      hn::StoreU(hn::ConcatLowerLower(d4, t1, t0), d4, o);
+      hn::StoreU(hn::ConcatUpperUpper(d4, t1, t0), d4, o + ldd);
+      hn::StoreU(hn::ConcatLowerLower(d4, t3, t2), d4, o + 2 * ldd);
+      hn::StoreU(hn::ConcatUpperUpper(d4, t3, t2), d4, o + 3 * ldd);
+    }
+  }
+#endif
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = r < rows4 ? cols4 : 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
 }
 
 // Dot product of two float rows of length n (any n).
