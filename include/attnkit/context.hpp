@@ -54,8 +54,10 @@ class Context {
   float* scratch(int worker) const;
   // A shared buffer (e.g. packed keys) of at least `floats`, valid until the next call for
   // the same slot. Slot 0 serves kernels; slot 1 a call that runs a kernel inside it (the
-  // softmax backward keeps its operands there while its forward pass uses slot 0).
-  static constexpr int kSharedSlots = 2;
+  // softmax backward keeps its operands there while its forward pass uses slot 0); slot 2
+  // (kNarrowSlot) the float32 copies of a bfloat16 / float16 call's arguments around its kernel.
+  static constexpr int kSharedSlots = 3;
+  static constexpr int kNarrowSlot = 2;
   float* shared_scratch(size_t floats, int slot = 0);
   // Frees the workspaces when they hold more than keep_bytes (a long-lived Context would
   // otherwise keep the largest scratch any call needed).

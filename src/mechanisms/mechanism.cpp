@@ -112,14 +112,15 @@ void Mechanism::run(const AttentionArgs& args, const Problem& p, Context& ctx) c
     run_kernel(args, p, ctx);
     return;
   }
-  detail::Widened w(ctx);
+  const auto copied = [native](const ConstTensorView& t) { return native ? ConstTensorView{} : t; };
+  detail::Widened w(ctx, {copied(args.q), copied(args.k), copied(args.v), as_const(args.out)});
   AttentionArgs a = args;
   if (!native) {
-    a.q = w.input(args.q, "q");
-    a.k = w.input(args.k, "k");
-    a.v = w.input(args.v, "v");
+    a.q = w.input(args.q);
+    a.k = w.input(args.k);
+    a.v = w.input(args.v);
   }
-  a.out = w.output(args.out, "out");
+  a.out = w.output(args.out);
   run_kernel(a, p, ctx);
   w.finish();
 }
@@ -134,16 +135,18 @@ void Mechanism::run_backward(const BackwardArgs& g, const Problem& p, Context& c
     backward_kernel(g, p, ctx);
     return;
   }
-  detail::Widened w(ctx);
+  const AttentionArgs& f = g.forward;
+  detail::Widened w(ctx, {f.q, f.k, f.v, as_const(f.out), g.dout, as_const(g.dq), as_const(g.dk),
+                          as_const(g.dv)});
   BackwardArgs b = g;
-  b.forward.q = w.input(g.forward.q, "q");
-  b.forward.k = w.input(g.forward.k, "k");
-  b.forward.v = w.input(g.forward.v, "v");
-  b.forward.out = w.input(g.forward.out, "out");  // the forward's out: read, not written
-  b.dout = w.input(g.dout, "dout");
-  b.dq = w.output(g.dq, "dq");
-  b.dk = w.output(g.dk, "dk");
-  b.dv = w.output(g.dv, "dv");
+  b.forward.q = w.input(g.forward.q);
+  b.forward.k = w.input(g.forward.k);
+  b.forward.v = w.input(g.forward.v);
+  b.forward.out = w.input(g.forward.out);  // the forward's out: read, not written
+  b.dout = w.input(g.dout);
+  b.dq = w.output(g.dq);
+  b.dk = w.output(g.dk);
+  b.dv = w.output(g.dv);
   backward_kernel(b, p, ctx);
   w.finish();
 }

@@ -1,29 +1,35 @@
 #include "src/mechanisms/widen.hpp"
 
-#include <hwy/aligned_allocator.h>
-
-#include <string>
-
 #include "attnkit/error.hpp"
 #include "src/cpu/kernels.hpp"
 
 namespace attnkit::detail {
+namespace {
 
-void Widened::Buffer::Free::operator()(float* p) const { hwy::FreeAlignedBytes(p, nullptr, nullptr); }
-
-TensorView Widened::allocate(const ConstTensorView& like, std::string_view name) {
+int64_t numel(const ConstTensorView& t) {
   int64_t n = 1;
-  for (int i = 0; i < like.rank; ++i) n *= like.shape[i];
-  auto* p = static_cast<float*>(
-      hwy::AllocateAlignedBytes(static_cast<size_t>(n > 0 ? n : 1) * sizeof(float), nullptr,
-                                nullptr));
-  if (p == nullptr) {
-    throw OutOfMemory(std::string(name) + ": cannot allocate its float32 copy (" +
-                      std::to_string(n) + " floats)");
-  }
-  buffers_.push_back({std::unique_ptr<float, Buffer::Free>(p), TensorView{}});
+  for (int i = 0; i < t.rank; ++i) n *= t.shape[i];
+  return n;
+}
+// Floats a copy of t takes in the room: its elements, rounded up to a cache line.
+size_t room_for(const ConstTensorView& t) {
+  if (!t.present() || !is_narrow(t.dtype)) return 0;
+  return (static_cast<size_t>(numel(t)) + 15) & ~size_t{15};
+}
+
+}  // namespace
+
+Widened::Widened(Context& ctx, std::initializer_list<ConstTensorView> views) : ctx_(ctx) {
+  for (const ConstTensorView& t : views) size_ += room_for(t);
+  if (size_ > 0) room_ = ctx.shared_scratch(size_, Context::kNarrowSlot);
+}
+
+TensorView Widened::allocate(const ConstTensorView& like) {
+  const size_t n = room_for(like);
+  if (used_ + n > size_) throw Error("internal", "Widened: a view was not given to the constructor");
   TensorView v;
-  v.data = p;
+  v.data = room_ + used_;
+  used_ += n;
   v.dtype = DType::kF32;
   v.rank = like.rank;
   v.shape = like.shape;
@@ -35,31 +41,29 @@ TensorView Widened::allocate(const ConstTensorView& like, std::string_view name)
   return v;
 }
 
-TensorView Widened::input(const TensorView& t, std::string_view name) {
+TensorView Widened::input(const TensorView& t) {
   if (!t.present() || !is_narrow(t.dtype)) return t;
-  const TensorView copy = allocate(as_const(t), name);
+  const TensorView copy = allocate(as_const(t));
   cpu::widen(as_const(t), copy.ptr<float>(), ctx_);
   return copy;
 }
 
-ConstTensorView Widened::input(const ConstTensorView& t, std::string_view name) {
+ConstTensorView Widened::input(const ConstTensorView& t) {
   if (!t.present() || !is_narrow(t.dtype)) return t;
-  const TensorView copy = allocate(t, name);
+  const TensorView copy = allocate(t);
   cpu::widen(t, copy.ptr<float>(), ctx_);
   return as_const(copy);
 }
 
-TensorView Widened::output(const TensorView& t, std::string_view name) {
+TensorView Widened::output(const TensorView& t) {
   if (!t.present() || !is_narrow(t.dtype)) return t;
-  const TensorView stand_in = allocate(as_const(t), name);
-  buffers_.back().dst = t;
+  const TensorView stand_in = allocate(as_const(t));
+  outputs_.push_back({stand_in.ptr<float>(), t});
   return stand_in;
 }
 
 void Widened::finish() {
-  for (const Buffer& b : buffers_) {
-    if (b.dst.present()) cpu::narrow(b.data.get(), b.dst, ctx_);
-  }
+  for (const Output& o : outputs_) cpu::narrow(o.data, o.dst, ctx_);
 }
 
 }  // namespace attnkit::detail

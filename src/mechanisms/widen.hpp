@@ -4,8 +4,7 @@
 // kernel of its own for them (Capabilities::bfloat16, bfloat16_backward).
 #pragma once
 
-#include <memory>
-#include <string_view>
+#include <initializer_list>
 #include <vector>
 
 #include "attnkit/context.hpp"
@@ -15,29 +14,31 @@ namespace attnkit::detail {
 
 class Widened {
  public:
-  explicit Widened(Context& ctx) : ctx_(ctx) {}
-  // t widened into a contiguous float32 copy (t itself when it is not narrow). name: the
-  // argument, for the OutOfMemory message.
-  ConstTensorView input(const ConstTensorView& t, std::string_view name);
+  // Room for the float32 copies of `views` (those not narrow take none): one buffer in ctx's
+  // Context::kNarrowSlot, kept between calls (fresh pages for every call's copies measured as
+  // much as the kernel of a causal linear call). input() and output() carve it, each of these
+  // views at most once.
+  Widened(Context& ctx, std::initializer_list<ConstTensorView> views);
+  // t widened into a contiguous float32 copy (t itself when it is not narrow).
+  ConstTensorView input(const ConstTensorView& t);
   // The same for an input held in a mutable view (the forward's out in a backward call).
-  TensorView input(const TensorView& t, std::string_view name);
+  TensorView input(const TensorView& t);
   // A contiguous float32 buffer of t's shape standing in for narrow output t (t itself when it
   // is not narrow), rounded into t by finish().
-  TensorView output(const TensorView& t, std::string_view name);
+  TensorView output(const TensorView& t);
   // Rounds every stand-in into its output.
   void finish();
 
  private:
-  struct Buffer {
-    struct Free {
-      void operator()(float* p) const;
-    };
-    std::unique_ptr<float, Free> data;
-    TensorView dst;  // the narrow output (absent for an input's copy)
+  struct Output {
+    const float* data;
+    TensorView dst;  // the narrow output
   };
-  TensorView allocate(const ConstTensorView& like, std::string_view name);
+  TensorView allocate(const ConstTensorView& like);
   Context& ctx_;
-  std::vector<Buffer> buffers_;
+  float* room_ = nullptr;
+  size_t size_ = 0, used_ = 0;
+  std::vector<Output> outputs_;
 };
 
 }  // namespace attnkit::detail

@@ -242,9 +242,9 @@ void Context::trim(size_t keep_bytes) {
 }
 
 size_t Context::workspace_bytes() const {
-  return (impl_->scratch_floats * impl_->threads + impl_->shared_floats[0] +
-          impl_->shared_floats[1]) *
-         sizeof(float);
+  size_t floats = impl_->scratch_floats * impl_->threads;
+  for (size_t s : impl_->shared_floats) floats += s;
+  return floats * sizeof(float);
 }
 
 std::string Context::cpu_report() {
