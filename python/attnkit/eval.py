@@ -18,7 +18,8 @@ on the same inputs:
   similarities (does the config rank sentence pairs as exact attention does);
 - both: each layer's attention output on the model's own activations (q, k, v captured from
   the exact run on the first window) against exact attention on them, as the relative
-  Frobenius error ||o - o_exact|| / ||o_exact||;
+  Frobenius error ||o - o_exact|| / ||o_exact||, and the time those attention calls took
+  (attention_ms, all layers: the mechanism's cost alone; PyTorch's SDPA for the exact row);
 - the model's forward time per window and the resident memory the run adds at its peak
   (VmHWM, reset before each config, less the resident memory before it).
 
@@ -265,24 +266,28 @@ def _capture_layers(model: Any, inputs: dict) -> list:
     return cap.layers
 
 
-def _layer_errors(layers: list, name: str, config: dict) -> list:
-    """Relative error of the config's attention output per layer."""
-    if name == EXACT:
-        return [0.0] * len(layers)
-    if name == FF_TOPK:  # attention is exact there
-        return [0.0] * len(layers)
-    errors = []
+def _layer_errors(layers: list, name: str, config: dict) -> tuple[list, float]:
+    """Relative error of the config's attention output per layer, and the milliseconds its
+    attention calls took over all layers (the exact row: PyTorch's SDPA)."""
+    errors, seconds = [], 0.0
     for q, k, v, causal, scaling in layers:
         group = q.shape[1] // k.shape[1]
         kr, vr = (t.repeat_interleave(group, dim=1) for t in (k, v))
+        start = time.perf_counter()
         exact = torch.nn.functional.scaled_dot_product_attention(
             q, kr, vr, is_causal=causal and q.shape[2] > 1, scale=scaling)
+        if name in (EXACT, FF_TOPK):  # attention is exact there
+            seconds += time.perf_counter() - start
+            errors.append(0.0)
+            continue
         has_scale = _akx._HAS_SCALE[name]
+        start = time.perf_counter()
         with torch.no_grad():
             got = _akt.attention(q, k, v, name, causal=causal,
                                  scale=scaling if has_scale else None, layout="bhsd", **config)
+        seconds += time.perf_counter() - start
         errors.append(float((got - exact).norm() / exact.norm()))  # both [B, H, L, D]
-    return errors
+    return errors, 1e3 * seconds
 
 
 class Report:
@@ -400,8 +405,9 @@ def evaluate(model: str, texts: Iterable[str], configs: Sequence[str], tokens: i
         # The run's own peak: the resident memory it added on top of the model's.
         row["peak_extra_mib"] = None if peak is None or before is None else peak - before
         if captured:
-            errs = _layer_errors(captured, name, config)
+            errs, ms = _layer_errors(captured, name, config)
             row["layer_error_mean"] = sum(errs) / len(errs)
+            row["attention_ms"] = ms  # every layer's attention on the first window
             row["layer_errors"] = errs
         rows.append(row)
     return Report(rows, meta)
