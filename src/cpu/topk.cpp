@@ -85,14 +85,12 @@ HWY_INLINE int64_t SelectTopK(const float* HWY_RESTRICT s, int64_t n, int64_t k,
   return above + take;
 }
 
-// Packs rows [0, n) of a matrix (row r at src(r), dim entries) transposed into dst[dim][ld].
-template <typename Row>
-void PackTransposed(const Row& src, int64_t n, int64_t dim, int64_t ld, float* dst) {
+// Packs rows [0, n) of a matrix (row r at src + r lds, dim entries) transposed into
+// dst[dim][ld], zero past n.
+void PackTransposed(const float* src, int64_t lds, int64_t n, int64_t dim, int64_t ld,
+                    float* dst) {
   std::fill(dst, dst + dim * ld, 0.0f);
-  for (int64_t r = 0; r < n; ++r) {
-    const float* x = src(r);
-    for (int64_t c = 0; c < dim; ++c) dst[c * ld + r] = x[c];
-  }
+  Transpose(src, lds, n, dim, dst, ld);
 }
 
 // Scaled scores of query rows [i0, i0 + rows) of head h against one kv head's packed keys
@@ -173,7 +171,7 @@ void TopkForward(const AttentionArgs& a, const Problem& p, int k, int query_chun
   float* kt = ctx.shared_scratch(static_cast<size_t>(B * Hk * Dk * Skp));
   ctx.parallel_for(B * Hk, [&](int64_t bh, int) {
     const int64_t b = bh / Hk, hk = bh % Hk;
-    PackTransposed([&](int64_t r) { return a.k.row<const float>(b, r, hk); }, Sk, Dk, Skp,
+    PackTransposed(a.k.row<const float>(b, 0, hk), a.k.stride[1], Sk, Dk, Skp,
                    kt + bh * Dk * Skp);
   });
   const int64_t kk = std::min<int64_t>(k, Sk);
@@ -296,7 +294,7 @@ void TopkBackward(const BackwardArgs& g, const Problem& pr, int k, int query_chu
         const TaskScratch w(carve, rows_per_task, kk, Dk, Dkp, Skp, 0, true);
         float *kt = w.kt, *q = w.q, *s = w.s, *heap = w.heap, *p = w.p;
         int32_t* idx = w.idx;
-        PackTransposed([&](int64_t r) { return a.k.row<const float>(b, r, hk); }, Sk, Dk, Skp, kt);
+        PackTransposed(a.k.row<const float>(b, 0, hk), a.k.stride[1], Sk, Dk, Skp, kt);
         zero_key_gradients(g, b, hk);
         for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
           for (int64_t i0 = 0; i0 < Sq; i0 += rows_per_task) {
@@ -325,8 +323,7 @@ void TopkFfForward(const ConstTensorView& x, const ConstTensorView& keys,
   const int64_t T = x.shape[0], Dm = x.shape[1], F = keys.shape[0], Dout = values.shape[1];
   const int64_t Fp = RoundUp(std::max<int64_t>(F, 1), kStatePad), Dmp = pad_to_state(Dm);
   float* kt = ctx.shared_scratch(static_cast<size_t>(Dm * Fp));
-  PackTransposed([&](int64_t r) { return keys.ptr<const float>() + r * keys.stride[0]; }, F, Dm, Fp,
-                 kt);
+  PackTransposed(keys.ptr<const float>(), keys.stride[0], F, Dm, Fp, kt);
   const int64_t kk = std::min<int64_t>(k, F);
   const int64_t blocks = hwy::DivCeil(T, kRowsPerTask);
   ctx.reserve_scratch(Carve::floats<TaskScratch>(kRowsPerTask, kk, Dm, Dmp, Fp, 0, false));
