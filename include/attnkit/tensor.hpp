@@ -79,8 +79,8 @@ inline float to_float(float16 h) {
   const uint32_t two_w = w + w;
   const float normal = detail::bits_to_float((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
   const float subnormal = detail::bits_to_float((two_w >> 17) | (126u << 23)) - 0.5f;
-  return detail::bits_to_float(sign | detail::float_to_bits(two_w < (1u << 27) ? subnormal
-                                                                              : normal));
+  return detail::bits_to_float(sign |
+                               detail::float_to_bits(two_w < (1u << 27) ? subnormal : normal));
 }
 // Round to nearest even; beyond 65520 (the rounding midpoint past 65504) gives +-Inf, NaN
 // stays NaN. The float arithmetic does the rounding: scaling by 2^112 then 2^-110 overflows

@@ -302,8 +302,9 @@ class Mechanism:
     def capabilities(self) -> dict:
         """causal, streaming, backward, needs_memory, uses_gate, uses_filter, emits_lse (every
         mechanism has a non-causal forward), bfloat16 (its own bfloat16 kernels; every
-        mechanism takes bfloat16 and float16, on float32 copies where it has none), aligned (queries and
-        keys are one sequence, Sq == Sk: memory's chunks and lara's landmarks pool queries),
+        mechanism takes bfloat16 and float16, on float32 copies where it has none), aligned
+        (queries and keys are one sequence, Sq == Sk: memory's chunks and lara's landmarks
+        pool queries),
         and masks: the mask keywords it takes (key_lengths and causal: every mechanism)."""
         return self._m.capabilities()
 

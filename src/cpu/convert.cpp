@@ -110,8 +110,7 @@ void ForRowPieces(const Rows& rows, Context& ctx, Fn&& fn) {
   const int64_t per = std::max<int64_t>(1, (int64_t{16} << 10) / rows.len);
   const int64_t pieces = (rows.count + per - 1) / per;
   ctx.parallel_for(
-      pieces,
-      [&](int64_t p, int) { fn(p * per, std::min(rows.count, (p + 1) * per)); },
+      pieces, [&](int64_t p, int) { fn(p * per, std::min(rows.count, (p + 1) * per)); },
       6.0 * static_cast<double>(rows.count * rows.len));
 }
 

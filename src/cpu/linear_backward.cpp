@@ -56,13 +56,13 @@ HWY_INLINE void AddProduct(float a, const float* HWY_RESTRICT x, const float* HW
 
 // Per-worker scratch of one (batch, kv head) task (Carve layout).
 struct Buffers {
-  float *phik, *dphik, *w, *fq, *dnum, *dden;      // per key / per query row of the head
-  float *dk, *dv;                                  // the task's key gradients, summed
-  float *dphiq;                                    // phi'(q) of one block
-  float *c, *z, *ct, *dc, *dz;                     // states
-  float *fkb, *fkt, *vb, *vt, *fqt;                // one block's operands
-  float *s, *g;                                    // every block's masked products [sq][tp]
-  float *st, *gt, *num, *dfq, *dfk, *dvb;          // one block's products
+  float *phik, *dphik, *w, *fq, *dnum, *dden;  // per key / per query row of the head
+  float *dk, *dv;                              // the task's key gradients, summed
+  float* dphiq;                                // phi'(q) of one block
+  float *c, *z, *ct, *dc, *dz;                 // states
+  float *fkb, *fkt, *vb, *vt, *fqt;            // one block's operands
+  float *s, *g;                                // every block's masked products [sq][tp]
+  float *st, *gt, *num, *dfq, *dfk, *dvb;      // one block's products
   Buffers(Carve& k, int64_t sq, int64_t sk, int64_t dkp, int64_t dvp, int64_t tp)
       : phik(k.take(sk * dkp)),
         dphik(k.take(sk * dkp)),

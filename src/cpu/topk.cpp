@@ -87,8 +87,7 @@ HWY_INLINE int64_t SelectTopK(const float* HWY_RESTRICT s, int64_t n, int64_t k,
 
 // Packs rows [0, n) of a matrix (row r at src + r lds, dim entries) transposed into
 // dst[dim][ld], zero past n.
-void PackTransposed(const float* src, int64_t lds, int64_t n, int64_t dim, int64_t ld,
-                    float* dst) {
+void PackTransposed(const float* src, int64_t lds, int64_t n, int64_t dim, int64_t ld, float* dst) {
   std::fill(dst, dst + dim * ld, 0.0f);
   Transpose(src, lds, n, dim, dst, ld);
 }
@@ -171,8 +170,7 @@ void TopkForward(const AttentionArgs& a, const Problem& p, int k, int query_chun
   float* kt = ctx.shared_scratch(static_cast<size_t>(B * Hk * Dk * Skp));
   ctx.parallel_for(B * Hk, [&](int64_t bh, int) {
     const int64_t b = bh / Hk, hk = bh % Hk;
-    PackTransposed(a.k.row<const float>(b, 0, hk), a.k.stride[1], Sk, Dk, Skp,
-                   kt + bh * Dk * Skp);
+    PackTransposed(a.k.row<const float>(b, 0, hk), a.k.stride[1], Sk, Dk, Skp, kt + bh * Dk * Skp);
   });
   const int64_t kk = std::min<int64_t>(k, Sk);
   ctx.reserve_scratch(

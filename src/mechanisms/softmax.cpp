@@ -73,9 +73,7 @@ class Softmax final : public Mechanism {
   }
 
  protected:
-  void validate(const AttentionArgs& a) const override {
-    check_qkv(a, input_dtype(a));
-  }
+  void validate(const AttentionArgs& a) const override { check_qkv(a, input_dtype(a)); }
   void run_reference(const AttentionArgs& a, const Problem& p) const override {
     ref::softmax_ref(a, p);
   }

@@ -296,11 +296,10 @@ void check_finite(const ConstTensorView& t, std::string_view name) {
 void check_result(const ConstTensorView& t, std::string_view name, const AttentionArgs& a) {
   if (t.dtype == DType::kBool || finite(t)) return;
   if (is_narrow(t.dtype)) {  // rounding a finite float32 result overflowed (float16)
-    throw Error(std::string(name), std::string(dtype_name(t.dtype)) +
-                                       " cannot hold the result (largest entry past " +
-                                       (t.dtype == DType::kF16 ? "65504" : "3.4e38") +
-                                       "); scale the inputs down, or pass a float32 " +
-                                       std::string(name));
+    throw Error(std::string(name),
+                std::string(dtype_name(t.dtype)) + " cannot hold the result (largest entry past " +
+                    (t.dtype == DType::kF16 ? "65504" : "3.4e38") +
+                    "); scale the inputs down, or pass a float32 " + std::string(name));
   }
   throw Error(std::string(name),
               std::string(dtype_name(t.dtype)) +
@@ -331,8 +330,7 @@ Shape check_qkv(const AttentionArgs& a, DType dtype) {
   check_tensor(a.v, "v", 4, dtype);
   const bool out_given = a.out.present() || !InputsOnly::active();
   if (out_given) {
-    if (is_narrow(dtype) && a.out.present() && a.out.dtype != dtype &&
-        a.out.dtype != DType::kF32) {
+    if (is_narrow(dtype) && a.out.present() && a.out.dtype != dtype && a.out.dtype != DType::kF32) {
       throw Error("out", std::string("must be ") + dtype_name(dtype) + " or float32 (for " +
                              dtype_name(dtype) + " q, k, v), got " + dtype_name(a.out.dtype));
     }

@@ -78,8 +78,8 @@ void check_unused(const AttentionArgs& a, std::string_view mechanism, bool memor
 // memory [B, L >= 1, Hq, Dk] and optional memory_out (same shape); Dk == Dv since memory
 // rows serve as keys and values (luna, memory).
 void check_memory_args(const AttentionArgs& a, const Shape& sh, DType dtype);
-// dout like out, dq like q, dk like k, dv like v (all of dtype, narrow ones too); gradients must not overlap
-// the inputs or each other.
+// dout like out, dq like q, dk like k, dv like v (all of dtype, narrow ones too); gradients must
+// not overlap the inputs or each other.
 void check_backward(const BackwardArgs& g, DType dtype);
 // Streaming: the spec, appended k [B, T, Hk, Dk] / v [B, T, Hk, Dv], and queries
 // q [B, Tq, Hq, Dk] with out [B, Tq, Hq, Dv] (float32, finite).

@@ -26,7 +26,8 @@ Widened::Widened(Context& ctx, std::initializer_list<ConstTensorView> views) : c
 
 TensorView Widened::allocate(const ConstTensorView& like) {
   const size_t n = room_for(like);
-  if (used_ + n > size_) throw Error("internal", "Widened: a view was not given to the constructor");
+  if (used_ + n > size_)
+    throw Error("internal", "Widened: a view was not given to the constructor");
   TensorView v;
   v.data = room_ + used_;
   used_ += n;

@@ -133,7 +133,8 @@ TEST_F(Cli, BenchAndDecodeRowsSayWhatTheyMeasure) {
       << r.output;
   r = cli("bench -m softmax -n 64 --bf16 --bf16-path gpu");
   EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_NE(r.output.find("bf16_path: 'gpu' is not a bfloat16 path"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("bf16_path: 'gpu' is not a bfloat16 path"), std::string::npos)
+      << r.output;
   r = cli("bench -m heinsen,linear --decode -n 100 --heads 2 -d 16 --reps 2 -f csv");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find(",decode step (append 1 + query 1),100,"), std::string::npos) << r.output;
@@ -153,8 +154,9 @@ TEST_F(Cli, BenchAndDecodeRowsSayWhatTheyMeasure) {
 // window's pairs, a mechanism that cannot honour them is an error (bench) or a skipped row
 // (compare), and run's output equals the masked library call.
 TEST_F(Cli, MaskOptionsRunBenchAndCompare) {
-  Result r = cli("bench -m softmax -n 256 --heads 2 -d 16 --reps 1 --causal --window 32 "
-                 "--softcap 5 -f json");
+  Result r =
+      cli("bench -m softmax -n 256 --heads 2 -d 16 --reps 1 --causal --window 32 "
+          "--softcap 5 -f json");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("window=(32,-1) softcap=5"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"window\": ["), std::string::npos) << r.output;
@@ -171,8 +173,7 @@ TEST_F(Cli, MaskOptionsRunBenchAndCompare) {
   EXPECT_NE(r.output.find("--window: must be L or L,R"), std::string::npos) << r.output;
   r = cli("bench -m softmax -n 300 --decode --heads 2 -d 16 --reps 2 --window 15 -f csv");
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find(",decode step (append 1 + query 1),300,"), std::string::npos)
-      << r.output;
+  EXPECT_NE(r.output.find(",decode step (append 1 + query 1),300,"), std::string::npos) << r.output;
   // run: the output file equals the library's masked call.
   ASSERT_EQ(cli("run --causal --window 7 --softcap 2 " + qkv() + " -o " + dir + "/o.npy").code, 0);
   Problem want = p;

@@ -63,8 +63,8 @@ TEST(Convert, Float16RoundsToNearestEven) {
   EXPECT_EQ(to_float16(65520.0f).bits, 0x7c00u);   // the midpoint to 2^16 rounds away: Inf
   EXPECT_EQ(to_float16(-1e30f).bits, 0xfc00u);
   EXPECT_EQ(to_float16(INFINITY).bits, 0x7c00u);
-  EXPECT_EQ(to_float16(0x1p-25f).bits, 0u);          // half the smallest subnormal: to even
-  EXPECT_EQ(to_float16(0x1.000002p-25f).bits, 1u);   // just above it: up
+  EXPECT_EQ(to_float16(0x1p-25f).bits, 0u);         // half the smallest subnormal: to even
+  EXPECT_EQ(to_float16(0x1.000002p-25f).bits, 1u);  // just above it: up
 }
 
 TEST(Convert, Bfloat16RoundsToNearestEven) {
@@ -100,7 +100,8 @@ TEST(Convert, SimdConversionsEqualTheScalarOnesOnEveryTarget) {
       SCOPED_TRACE(target + " " + dtype_name(t));
       v.dtype = t;
       for (int64_t r = 0; r < 30; ++r)
-        for (int64_t c = 0; c < len; ++c) narrow[r * pitch + c] = static_cast<uint16_t>(r * len + c);
+        for (int64_t c = 0; c < len; ++c)
+          narrow[r * pitch + c] = static_cast<uint16_t>(r * len + c);
       std::vector<float> got(wide.size());
       cpu::widen(as_const(v), got.data(), ctx);
       int64_t bad = 0;

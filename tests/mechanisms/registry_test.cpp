@@ -233,7 +233,8 @@ TEST(Registry, NarrowInputsFailClearly) {
   a.k = narrow_view(kh, p.k, DType::kF16);
   a.v = narrow_view(vh, p.v, DType::kF16);
   a.out = narrow_mut(out, p.out, DType::kBF16);
-  EXPECT_EQ(softmax->check(a), "out: must be float16 or float32 (for float16 q, k, v), got bfloat16");
+  EXPECT_EQ(softmax->check(a),
+            "out: must be float16 or float32 (for float16 q, k, v), got bfloat16");
   a.out = p.out.mut64();
   EXPECT_EQ(softmax->check(a),
             "out: must be float16 or float32 (for float16 q, k, v), got float64");

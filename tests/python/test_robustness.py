@@ -116,7 +116,8 @@ def test_refused_threads_raise_instead_of_hanging():
 
 def test_bad_arrays_are_attnkit_errors(rng):
     q, k, v = qkv(rng)
-    with pytest.raises(attnkit.Error, match="q: dtype must be float32, float64, bfloat16 or float16"):
+    message = "q: dtype must be float32, float64, bfloat16 or float16"
+    with pytest.raises(attnkit.Error, match=message):
         attnkit.attention(q.astype(object), k, v)
     with pytest.raises(attnkit.Error, match="k: dtype must be"):
         attnkit.attention(q, k.astype(np.complex64), v)

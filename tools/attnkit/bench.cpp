@@ -191,7 +191,7 @@ void bench_decode(const Common& c, const BenchArgs& args, const std::string& nam
 }
 
 DType narrow_dtype(const BenchArgs& args) {
-  return args.dtype == "bfloat16" ? DType::kBF16
+  return args.dtype == "bfloat16"  ? DType::kBF16
          : args.dtype == "float16" ? DType::kF16
                                    : DType::kF32;
 }
@@ -277,8 +277,8 @@ int cmd_bench(const Common& c, const BenchArgs& args) {
       const bool own = dt == DType::kBF16 && m->capabilities().bf16_path &&
                        (!args.backward || path.rfind("amx", 0) == 0);
       const std::string bf16_text = !is_narrow(dt) ? ""
-                                    : (dt == DType::kBF16 ? " bf16 " : " fp16 ") +
-                                          (own ? path : std::string("fp32"));
+                                                   : (dt == DType::kBF16 ? " bf16 " : " fp16 ") +
+                                                         (own ? path : std::string("fp32"));
       Progress progress(static_cast<int>(seqs.size()));
       for (int64_t n : seqs) {
         progress.step(name + " seq=" + std::to_string(n));

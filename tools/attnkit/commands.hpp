@@ -15,10 +15,10 @@ struct Common {
   double scale = 0.0;
   std::vector<std::string> configs;  // "name:key=value,..."
   std::string format = "table";
-  std::string simd;      // force one compiled SIMD target ("": the best this CPU supports)
+  std::string simd;       // force one compiled SIMD target ("": the best this CPU supports)
   std::string bf16_path;  // force one bfloat16 path (Context::bf16_paths(); "": the best)
-  std::string window;    // "L" or "L,R": sliding window (Mask::window_left / right)
-  double softcap = 0.0;  // logit soft-cap (Mask::softcap)
+  std::string window;     // "L" or "L,R": sliding window (Mask::window_left / right)
+  double softcap = 0.0;   // logit soft-cap (Mask::softcap)
 };
 
 // The sliding window of --window: {left, right} (-1 = unbounded; "L" leaves right at -1).
@@ -49,7 +49,7 @@ struct BenchArgs {
   Shape shape;
   std::string seqs = "1024,2048,4096";
   int warmup = 2, reps = 10;
-  bool decode = false;    // time one streaming step (append 1 + query 1) after seq tokens
+  bool decode = false;  // time one streaming step (append 1 + query 1) after seq tokens
   // q, k, v (and out, dout, the gradients) in this dtype: float32, bfloat16 or float16.
   std::string dtype = "float32";
   bool backward = false;  // time the backward pass (dq, dk, dv, dmemory) after one forward
