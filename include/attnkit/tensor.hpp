@@ -36,29 +36,6 @@ constexpr const char* dtype_name(DType t) {
 }
 constexpr bool is_narrow(DType t) { return t == DType::kBF16 || t == DType::kF16; }
 
-// bfloat16 storage: the upper 16 bits of a float32. Kernels widen it on load.
-struct bfloat16 {
-  uint16_t bits = 0;
-};
-inline float to_float(bfloat16 x) {
-  const uint32_t u = static_cast<uint32_t>(x.bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-// Round to nearest even (NaN stays NaN).
-inline bfloat16 to_bfloat16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  if ((u & 0x7fffffffu) > 0x7f800000u) return {static_cast<uint16_t>((u >> 16) | 0x40)};
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return {static_cast<uint16_t>(u >> 16)};
-}
-
-// IEEE binary16 storage (1 sign, 5 exponent, 10 mantissa bits; largest finite 65504).
-struct float16 {
-  uint16_t bits = 0;
-};
 namespace detail {
 inline float bits_to_float(uint32_t u) {
   float f;
@@ -71,6 +48,26 @@ inline uint32_t float_to_bits(float f) {
   return u;
 }
 }  // namespace detail
+
+// bfloat16 storage: the upper 16 bits of a float32. Kernels widen it on load.
+struct bfloat16 {
+  uint16_t bits = 0;
+};
+inline float to_float(bfloat16 x) {
+  return detail::bits_to_float(static_cast<uint32_t>(x.bits) << 16);
+}
+// Round to nearest even (NaN stays NaN).
+inline bfloat16 to_bfloat16(float f) {
+  uint32_t u = detail::float_to_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return {static_cast<uint16_t>((u >> 16) | 0x40)};
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return {static_cast<uint16_t>(u >> 16)};
+}
+
+// IEEE binary16 storage (1 sign, 5 exponent, 10 mantissa bits; largest finite 65504).
+struct float16 {
+  uint16_t bits = 0;
+};
 // Exact (every binary16 value is a float32). The exponent is rebased by one multiply, and
 // subnormals come out of a float subtraction (Maratyszcza's FP16 conversions).
 inline float to_float(float16 h) {
@@ -96,6 +93,14 @@ inline float16 to_float16(float f) {
   const uint32_t bits = detail::float_to_bits(base);
   const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
   return {static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign))};
+}
+
+// f rounded to the bits of narrow dtype t (bfloat16 or float16), and such bits widened.
+inline uint16_t to_narrow_bits(float f, DType t) {
+  return t == DType::kBF16 ? to_bfloat16(f).bits : to_float16(f).bits;
+}
+inline float from_narrow_bits(uint16_t bits, DType t) {
+  return t == DType::kBF16 ? to_float(bfloat16{bits}) : to_float(float16{bits});
 }
 
 template <typename T>

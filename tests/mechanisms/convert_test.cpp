@@ -107,7 +107,7 @@ TEST(Convert, SimdConversionsEqualTheScalarOnesOnEveryTarget) {
       int64_t bad = 0;
       for (int64_t i = 0; i < 30 * len; ++i) {
         const uint16_t h = static_cast<uint16_t>(i);
-        const float want = t == DType::kBF16 ? to_float(bfloat16{h}) : to_float(float16{h});
+        const float want = from_narrow_bits(h, t);
         bad += bits_of(got[i]) != bits_of(want) && !(std::isnan(got[i]) && std::isnan(want));
       }
       EXPECT_EQ(bad, 0) << "widened elements differ from the scalar conversion";
@@ -116,7 +116,7 @@ TEST(Convert, SimdConversionsEqualTheScalarOnesOnEveryTarget) {
       for (int64_t r = 0; r < 30; ++r) {
         for (int64_t c = 0; c < len; ++c) {
           const float x = wide[r * len + c];
-          const uint16_t want = t == DType::kBF16 ? to_bfloat16(x).bits : to_float16(x).bits;
+          const uint16_t want = to_narrow_bits(x, t);
           bad += narrow[r * pitch + c] != want;
         }
         for (int64_t c = len; c < pitch; ++c) bad += narrow[r * pitch + c] != 0xdead;  // padding

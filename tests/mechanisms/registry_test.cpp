@@ -114,10 +114,6 @@ void for_each_element(const Operand& o, Fn&& fn) {
           fn(b * o.stride[0] + t * o.stride[1] + h * o.stride[2] + c);
 }
 
-uint16_t round_bits(float x, DType t) {
-  return t == DType::kBF16 ? to_bfloat16(x).bits : to_float16(x).bits;
-}
-
 // Narrow gradients (got, laid out like want) against the float32 kernel's on the same values:
 // within their rounding (half an ulp, plus 1e-5 of the largest for kernels whose order of
 // summation follows the layout); bfloat16 kernels (native) round P and dS too: 2^-7 of it.
@@ -126,7 +122,7 @@ void expect_narrow_grads(const std::vector<uint16_t>& got, const Operand& want, 
   double worst = 0, wmax = 0;
   for_each_element(want, [&](int64_t o) { wmax = std::max(wmax, std::abs(double{want.f32[o]})); });
   for_each_element(want, [&](int64_t o) {
-    const double w = want.f32[o], g = widen_element(got[o], t);
+    const double w = want.f32[o], g = from_narrow_bits(got[o], t);
     worst = std::max(worst, std::abs(g - w) - half_ulp(t) * std::abs(w));
   });
   EXPECT_LE(worst, (native ? 0x1p-7 : 1e-5) * wmax + 1e-7) << what;
@@ -166,10 +162,10 @@ TEST(Registry, NarrowInputsRunEveryMechanismInTheirDtype) {
         int64_t unrounded = 0;
         for (float x : p.v.f32) vmax = std::max(vmax, std::abs(double{x}));
         for_each_element(p.out, [&](int64_t o) {
-          const double want = r.out.f64[o], got = widen_element(out[o], dt);
+          const double want = r.out.f64[o], got = from_narrow_bits(out[o], dt);
           ref_max = std::max(ref_max, std::abs(want));
           worst = std::max(worst, std::abs(got - want) - half_ulp(dt) * std::abs(want));
-          unrounded += out[o] != round_bits(p.out.f32[o], dt);
+          unrounded += out[o] != to_narrow_bits(p.out.f32[o], dt);
         });
         EXPECT_EQ(unrounded, 0) << what << ": narrow out is not the float32 out rounded";
         // bfloat16 kernels round P for P V: 2^-9 of max |v| (twice, for slack).
@@ -180,9 +176,8 @@ TEST(Registry, NarrowInputsRunEveryMechanismInTheirDtype) {
         }
         if (!caps.backward) continue;
         // The float32 yardstick reads the same values: the rounded inputs, the narrow out.
-        for_each_element(p.out, [&](int64_t o) {
-          p.out.f64[o] = p.out.f32[o] = static_cast<float>(widen_element(out[o], dt));
-        });
+        for_each_element(
+            p.out, [&](int64_t o) { p.out.f64[o] = p.out.f32[o] = from_narrow_bits(out[o], dt); });
         Grads g32(p, 9);
         const std::vector<uint16_t> dout = round_to_narrow(g32.dout, dt);
         Grads gn = g32;

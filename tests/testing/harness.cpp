@@ -87,15 +87,11 @@ ConstTensorView bf16_view(const std::vector<bfloat16>& data, const Operand& like
   return v;
 }
 
-double widen_element(uint16_t bits, DType dtype) {
-  return dtype == DType::kBF16 ? to_float(bfloat16{bits}) : to_float(float16{bits});
-}
-
 std::vector<uint16_t> round_to_narrow(Operand& o, DType dtype) {
   std::vector<uint16_t> out(o.f32.size());
   for (size_t i = 0; i < out.size(); ++i) {
-    out[i] = dtype == DType::kBF16 ? to_bfloat16(o.f32[i]).bits : to_float16(o.f32[i]).bits;
-    o.f32[i] = static_cast<float>(widen_element(out[i], dtype));
+    out[i] = to_narrow_bits(o.f32[i], dtype);
+    o.f32[i] = from_narrow_bits(out[i], dtype);
     o.f64[i] = o.f32[i];
   }
   return out;

@@ -51,8 +51,6 @@ ConstTensorView bf16_view(const std::vector<bfloat16>& data, const Operand& like
 std::vector<uint16_t> round_to_narrow(Operand& o, DType dtype);
 ConstTensorView narrow_view(const std::vector<uint16_t>& data, const Operand& like, DType dtype);
 TensorView narrow_mut(std::vector<uint16_t>& data, const Operand& like, DType dtype);
-// Element i of narrow storage, widened.
-double widen_element(uint16_t bits, DType dtype);
 
 Operand make_operand(std::array<int64_t, 4> shape, Layout layout, std::mt19937& rng,
                      double stddev = 1.0);

@@ -213,8 +213,7 @@ Timing time_pass(const Common& c, const BenchArgs& args, const Mechanism& m, int
   if (is_narrow(dt)) {
     for (auto [src, dst, view] :
          {std::tuple{&w.q, &q16, &a.q}, {&w.k, &k16, &a.k}, {&w.v, &v16, &a.v}}) {
-      for (float x : src->vec())
-        dst->push_back(dt == DType::kBF16 ? to_bfloat16(x).bits : to_float16(x).bits);
+      for (float x : src->vec()) dst->push_back(to_narrow_bits(x, dt));
       view->data = dst->data();
       view->dtype = dt;
     }
