@@ -64,30 +64,22 @@ bool all_finite<float>(const ConstTensorView& t) {
     return bad == 0;
   });
 }
-// bfloat16: the same exponent test on its 16 bits.
-template <>
-bool all_finite<bfloat16>(const ConstTensorView& t) {
-  return for_each_row<bfloat16>(t, [](const bfloat16* p, int64_t n) {
+// The narrow dtypes: the same exponent test on their 16 bits (8 exponent bits for bfloat16,
+// 5 for float16).
+template <typename T, uint16_t kExponent>
+bool all_finite_narrow(const ConstTensorView& t) {
+  return for_each_row<T>(t, [](const T* p, int64_t n) {
     uint32_t bad = 0;
-    for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>((p[i].bits & 0x7f80u) == 0x7f80u);
-    return bad == 0;
-  });
-}
-
-// float16: its 5 exponent bits.
-template <>
-bool all_finite<float16>(const ConstTensorView& t) {
-  return for_each_row<float16>(t, [](const float16* p, int64_t n) {
-    uint32_t bad = 0;
-    for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>((p[i].bits & 0x7c00u) == 0x7c00u);
+    for (int64_t i = 0; i < n; ++i)
+      bad |= static_cast<uint32_t>((p[i].bits & kExponent) == kExponent);
     return bad == 0;
   });
 }
 
 bool scan_finite(const ConstTensorView& t) {
   return t.dtype == DType::kF64    ? all_finite<double>(t)
-         : t.dtype == DType::kBF16 ? all_finite<bfloat16>(t)
-         : t.dtype == DType::kF16  ? all_finite<float16>(t)
+         : t.dtype == DType::kBF16 ? all_finite_narrow<bfloat16, 0x7f80>(t)
+         : t.dtype == DType::kF16  ? all_finite_narrow<float16, 0x7c00>(t)
                                    : all_finite<float>(t);
 }
 
