@@ -11,6 +11,7 @@
 #include <array>
 
 #include "src/cpu/kernels.hpp"
+#include "src/cpu/ops/matmul-inl.h"  // WidenBf16
 
 HWY_BEFORE_NAMESPACE();
 namespace attnkit::cpu {
@@ -22,20 +23,6 @@ using DF = hn::ScalableTag<float>;
 using DU32 = hn::RebindToUnsigned<DF>;
 using DU16 = hn::Rebind<uint16_t, DF>;
 using DH = hn::Rebind<hwy::float16_t, DF>;
-
-// bfloat16 bits to float32: the 16 bits are the float's upper half.
-HWY_INLINE void WidenBf16(const uint16_t* HWY_RESTRICT src, float* HWY_RESTRICT dst, int64_t n) {
-  const DF df;
-  const DU32 du;
-  const DU16 d16;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  int64_t i = 0;
-  for (; i + N <= n; i += N) {
-    const auto u = hn::ShiftLeft<16>(hn::PromoteTo(du, hn::LoadU(d16, src + i)));
-    hn::StoreU(hn::BitCast(df, u), df, dst + i);
-  }
-  for (; i < n; ++i) dst[i] = to_float(bfloat16{src[i]});
-}
 
 // float32 to bfloat16 bits, rounded to nearest even as to_bfloat16 (NaN stays a quiet NaN).
 HWY_INLINE void NarrowBf16(const float* HWY_RESTRICT src, uint16_t* HWY_RESTRICT dst, int64_t n) {

@@ -188,16 +188,26 @@ HWY_INLINE void PrefetchRow(const void* row, int64_t bytes) {
   for (int64_t i = 0; i < bytes; i += 64) hwy::Prefetch(static_cast<const char*>(row) + i);
 }
 
+// bfloat16 bits src[0:n) widened into dst: the 16 bits are the float's upper half.
+HWY_INLINE void WidenBf16(const uint16_t* HWY_RESTRICT src, float* HWY_RESTRICT dst, int64_t n) {
+  const hn::ScalableTag<float> df;
+  const hn::RebindToUnsigned<decltype(df)> du;
+  const hn::Rebind<uint16_t, decltype(df)> d16;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto u = hn::ShiftLeft<16>(hn::PromoteTo(du, hn::LoadU(d16, src + i)));
+    hn::StoreU(hn::BitCast(df, u), df, dst + i);
+  }
+  for (; i < n; ++i) dst[i] = to_float(bfloat16{src[i]});
+}
+
 // Row [i0, i1, i2] of a float32 or bfloat16 view as float32: the view's own memory, or
 // widened into tmp (at least shape[3] floats).
 HWY_INLINE const float* RowF32(const ConstTensorView& t, int64_t i0, int64_t i1, int64_t i2,
                                float* HWY_RESTRICT tmp) {
   if (t.dtype == DType::kF32) return t.row<const float>(i0, i1, i2);
-  const uint16_t* src = static_cast<const uint16_t*>(t.row_address(i0, i1, i2));
-  for (int64_t i = 0; i < t.shape[3]; ++i) {
-    const uint32_t u = static_cast<uint32_t>(src[i]) << 16;
-    std::memcpy(tmp + i, &u, sizeof(float));
-  }
+  WidenBf16(static_cast<const uint16_t*>(t.row_address(i0, i1, i2)), tmp, t.shape[3]);
   return tmp;
 }
 
